@@ -1,0 +1,60 @@
+"""The `lorafleet` command.
+
+Client and admin subcommands live in this package and import only grpc and the stubs.
+Server subcommands are dispatched lazily to their component (the one place this package
+names another component), so `lorafleet generate` never imports torch or etcd.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# Server subcommands: name -> (module with `main(argv)`, one-line help).
+SERVER_COMMANDS: dict[str, tuple[str, str]] = {}
+
+# Client subcommands: name -> module with `add_arguments(parser)` and `run(args) -> int`.
+CLIENT_COMMANDS: dict[str, str] = {}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lorafleet",
+        description="Serve many LoRA adapters on one base model, across a fleet of workers.",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in SERVER_COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    for name, module_name in CLIENT_COMMANDS.items():
+        module = importlib.import_module(module_name)
+        command = sub.add_parser(name, help=module.HELP, description=module.__doc__)
+        module.add_arguments(command)
+        command.set_defaults(run=module.run)
+    return parser
+
+
+def _version() -> str:
+    import lorafleet
+
+    return f"lorafleet {lorafleet.__version__}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `lorafleet` command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SERVER_COMMANDS:
+        module_name, _ = SERVER_COMMANDS[argv[0]]
+        return importlib.import_module(module_name).main(argv[1:]) or 0
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return args.run(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

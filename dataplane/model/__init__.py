@@ -1,0 +1,1 @@
+"""Llama-family decoder models loaded from Hugging Face checkpoint directories."""

