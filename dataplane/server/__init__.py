@@ -1,0 +1,1 @@
+"""The worker's gRPC front: Generate, WorkerService, metrics and the `serve` command."""
