@@ -120,6 +120,14 @@ class AdapterCache:
             adapter = self._host.get(source.digest)
         return adapter if adapter is not None else self._load_into_host(source)
 
+    def put_host(self, source: AdapterSource, adapter: Any) -> None:
+        """Adds an adapter the caller already loaded (and checked) to the host tier."""
+        self.add_source(source)
+        with self._lock:
+            self._host[source.digest] = adapter
+            self._host.move_to_end(source.digest)
+            self._trim_host()
+
     def try_install(self, key: Hashable) -> bool:
         """Copies `key` from host into a free or evictable device slot; False if neither."""
         with self._lock:

@@ -32,7 +32,11 @@ class UnknownAdapter(LookupError):
 
 
 class AdapterUnavailable(RuntimeError):
-    """The version exists but cannot take new requests (being evicted, or failed)."""
+    """The version exists but cannot take new requests now (being evicted)."""
+
+
+class AdapterFailed(AdapterUnavailable):
+    """The version's load failed (invalid, or made for another base model)."""
 
 
 def parse_name(name: str) -> str:
@@ -100,9 +104,11 @@ class VersionTable:
         return self._defaults.get(entry.name) == entry.version
 
     def add(self, entry: VersionEntry, *, make_default: bool) -> VersionEntry:
-        """Records a version; the first version of a name becomes its default."""
+        """Records a version; the first version of a name (or the first to load after a
+        failed one) becomes its default."""
         self._entries[(entry.name, entry.version)] = entry
-        if make_default or entry.name not in self._defaults:
+        current = self._entries.get((entry.name, self._defaults.get(entry.name, 0)))
+        if make_default or current is None or current.state is VersionState.FAILED:
             self._defaults[entry.name] = entry.version
         return entry
 
@@ -117,7 +123,7 @@ class VersionTable:
         if entry.is_evicting:
             raise AdapterUnavailable(f"adapter {entry.label} is being evicted")
         if entry.state is VersionState.FAILED:
-            raise AdapterUnavailable(f"adapter {entry.label} failed to load: {entry.error}")
+            raise AdapterFailed(f"adapter {entry.label} failed to load: {entry.error}")
         return entry
 
     def acquire(self, entry: VersionEntry) -> None:

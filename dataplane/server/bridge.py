@@ -67,7 +67,7 @@ class EngineBridge:
                 item = await outputs.get()
                 if isinstance(item, BaseException):
                     raise item
-                finished = bool(item.finished)
+                finished = item.is_finished
                 yield item
         finally:
             self._streams.pop(request_id, None)

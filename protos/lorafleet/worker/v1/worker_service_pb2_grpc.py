@@ -69,17 +69,20 @@ class WorkerServiceServicer:
     """
 
     def LoadAdapter(self, request, context):
-        """LoadAdapter makes an adapter version resident on this worker, up to the tier asked
-        for. It returns once the version is in that tier.
+        """LoadAdapter makes an adapter version resident on this worker. It returns once the
+        version is validated and in host memory, and also in a device slot when tier is
+        DEVICE and a slot is free or unused by running requests (otherwise it moves to a
+        device slot on its first request). Loading an existing version again is a no-op.
 
         Status codes:
         INVALID_ARGUMENT    a field is malformed, or the adapter fails validation (the
         message gives every reason).
         NOT_FOUND           the source URI names nothing.
+        ALREADY_EXISTS      the version exists with another source URI (versions are
+        immutable).
         FAILED_PRECONDITION the adapter was trained for another base model, or its
         weights do not match the expected digest.
-        RESOURCE_EXHAUSTED  every device slot is pinned by running requests.
-        UNAVAILABLE         the worker is draining.
+        UNAVAILABLE         the worker is draining, or the source cannot be read now.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,90 @@
+"""InferenceService on a worker: a thin translation between protos and `Worker`."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+from google.protobuf import duration_pb2
+
+from lorafleet.dataplane.engine.engine import InvalidRequestError
+from lorafleet.dataplane.engine.outputs import RequestOutput
+from lorafleet.dataplane.engine.request import FinishReason
+from lorafleet.dataplane.lora.versions import AdapterFailed, AdapterUnavailable, UnknownAdapter
+from lorafleet.dataplane.server.requests import BadRequest, prompt_of, sampling_of
+from lorafleet.dataplane.server.worker import Admitted, Draining, QueueFull, Worker
+from lorafleet.inference.v1 import inference_service_pb2 as pb
+from lorafleet.inference.v1 import inference_service_pb2_grpc as pb_grpc
+
+_FINISH = {
+    FinishReason.STOP: pb.FINISH_REASON_STOP,
+    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+    FinishReason.CANCELLED: pb.FINISH_REASON_CANCELLED,
+    FinishReason.ERROR: pb.FINISH_REASON_ERROR,
+}
+
+
+class InferenceServicer(pb_grpc.InferenceServiceServicer):
+    """Streams completions from the worker's engine."""
+
+    def __init__(self, worker: Worker):
+        self._worker = worker
+
+    async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
+        try:
+            prompt, params = prompt_of(request), sampling_of(request)
+            admitted = self._worker.admit(request.request_id, request.adapter)
+        except (BadRequest, ValueError) as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except UnknownAdapter as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except AdapterFailed as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except AdapterUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except QueueFull as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except Draining as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        try:
+            async for output in self._worker.generate(admitted, prompt, params):
+                if output.new_token_ids or output.text:
+                    yield pb.GenerateResponse(delta=_delta(output))
+                if output.is_finished:
+                    yield pb.GenerateResponse(summary=self._summary(admitted, output))
+                    if output.finish_reason is FinishReason.ERROR:
+                        await context.abort(grpc.StatusCode.INTERNAL, output.error or "error")
+        except InvalidRequestError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    def _summary(self, admitted: Admitted, output: RequestOutput) -> pb.GenerateSummary:
+        entry, timings = admitted.entry, output.timings
+        summary = pb.GenerateSummary(
+            finish_reason=_FINISH[output.finish_reason],
+            usage=pb.Usage(prompt_tokens=output.usage.num_prompt_tokens,
+                           completion_tokens=output.usage.num_output_tokens),
+            adapter_version=entry.label if entry else "",
+            adapter_digest=entry.digest if entry else "",
+            matched_stop=output.stop_string or "",
+            error_message=output.error or "",
+            worker_id=self._worker.options.worker_id,
+            request_id=admitted.caller_id,
+        )
+        _set_duration(summary.timings.queued, timings.first_scheduled, timings.arrival)
+        _set_duration(summary.timings.time_to_first_token, timings.first_token, timings.arrival)
+        _set_duration(summary.timings.total, time.monotonic(), timings.arrival)
+        return summary
+
+
+def _delta(output: RequestOutput) -> pb.TokenDelta:
+    delta = pb.TokenDelta(token_ids=output.new_token_ids, text=output.text)
+    for lp in output.logprobs or ():
+        delta.logprobs.add(token_id=lp.token_id, logprob=lp.logprob,
+                           top=[pb.TopLogprob(token_id=t.token_id, logprob=t.logprob)
+                                for t in lp.top])
+    return delta
+
+
+def _set_duration(field: duration_pb2.Duration, end: float | None, start: float | None) -> None:
+    if end is not None and start is not None:
+        field.FromNanoseconds(int(max(end - start, 0.0) * 1e9))
