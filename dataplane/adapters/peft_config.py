@@ -1,0 +1,195 @@
+"""`adapter_config.json` of a PEFT LoRA adapter: what is honoured, what is refused and why.
+
+Pure Python (no torch). Options are checked against an allow-list: an option this loader
+does not know, set to anything but its off value, is refused by name rather than ignored,
+so a future PEFT feature that changes the math can never be served half-applied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import re
+import types
+from collections.abc import Mapping
+
+from lorafleet.dataplane.adapters.errors import Problem
+
+CONFIG_FILE = "adapter_config.json"
+ALL_LINEAR = "all-linear"
+
+# Options honoured by the loader (read into AdapterSpec).
+_HONOURED = {
+    "r", "lora_alpha", "use_rslora", "target_modules", "exclude_modules", "rank_pattern",
+    "alpha_pattern", "fan_in_fan_out", "base_model_name_or_path", "auto_mapping",
+    "peft_type", "bias", "task_type", "init_lora_weights",
+}
+# Options that only matter while training or for bookkeeping: the saved weights say it all.
+_INERT = {
+    "revision", "inference_mode", "lora_dropout", "loftq_config", "eva_config",
+    "corda_config", "lora_ga_config", "megatron_core", "peft_version", "qalora_group_size",
+    "layers_pattern", "ensure_weight_tying", "runtime_config",
+}
+# Refused options with a reason worth more than the generic message.
+_REFUSED_WHY = {
+    "use_dora": "DoRA (use_dora) is not supported: it rescales the merged weight per column",
+    "modules_to_save": "modules_to_save is not supported: it replaces whole base-model modules",
+    "layers_to_transform": "layers_to_transform is not supported: adapters must cover every layer",
+    "lora_bias": "lora_bias is not supported: lora_B has no bias here",
+    "trainable_token_indices": "trainable_token_indices is not supported: it changes embeddings",
+    "layer_replication": "layer_replication is not supported: it changes the base model's layers",
+    "target_parameters": "target_parameters is not supported: only linear modules take LoRA",
+}
+# init_lora_weights values whose adapters expect a base model modified at init time.
+_BASE_MODIFYING_INITS = ("pissa", "olora", "corda", "lora_ga", "loftq")
+_CAUSAL_LM_TASKS = (None, "CAUSAL_LM")
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterSpec:
+    """The parts of adapter_config.json that decide the LoRA math."""
+
+    r: int
+    lora_alpha: float
+    use_rslora: bool
+    # A tuple of names (matched as PEFT does: exact or a ".name" suffix) or one regex.
+    target_modules: tuple[str, ...] | str
+    exclude_modules: tuple[str, ...] | str | None
+    rank_pattern: Mapping[str, int]
+    alpha_pattern: Mapping[str, float]
+    fan_in_fan_out: bool
+    base_model_name_or_path: str | None
+    # `auto_mapping.base_model_class` (e.g. "LlamaForCausalLM") when PEFT recorded it.
+    base_model_class: str | None
+
+    def rank_for(self, module_name: str) -> int:
+        """Rank of the full module name (e.g. "model.layers.0.self_attn.q_proj")."""
+        key = pattern_key(self.rank_pattern, module_name)
+        return int(self.rank_pattern[key]) if key is not None else self.r
+
+    def alpha_for(self, module_name: str) -> float:
+        """lora_alpha of the full module name."""
+        key = pattern_key(self.alpha_pattern, module_name)
+        return float(self.alpha_pattern[key]) if key is not None else self.lora_alpha
+
+    def scale_for(self, module_name: str) -> float:
+        """PEFT's scaling: alpha / r, or alpha / sqrt(r) with rsLoRA."""
+        rank = self.rank_for(module_name)
+        divisor = math.sqrt(rank) if self.use_rslora else rank
+        return self.alpha_for(module_name) / divisor
+
+
+def pattern_key(patterns: Mapping[str, object], module_name: str) -> str | None:
+    """The first rank/alpha pattern key matching `module_name`, as PEFT matches them.
+
+    PEFT treats each key as a regex that must match a dotted suffix of the module name.
+    """
+    for key in patterns:
+        if re.match(rf"(.*\.)?({key})$", module_name):
+            return key
+    return None
+
+
+def read_adapter_config(directory: pathlib.Path) -> tuple[AdapterSpec | None, list[Problem]]:
+    """Reads and checks `directory/adapter_config.json`; returns the spec or the problems."""
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        return None, [Problem(f"{CONFIG_FILE} is missing: not a PEFT adapter directory")]
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return None, [Problem(f"{CONFIG_FILE} is not valid JSON: {exc}")]
+    if not isinstance(raw, dict):
+        return None, [Problem(f"{CONFIG_FILE} must hold a JSON object")]
+    return parse_adapter_config(raw)
+
+
+def parse_adapter_config(raw: dict) -> tuple[AdapterSpec | None, list[Problem]]:
+    """Checks a parsed adapter_config.json; returns the spec (None if unusable) and problems."""
+    problems = _refusals(raw)
+    r = raw.get("r", 8)
+    alpha = raw.get("lora_alpha", 8)
+    if not _is_positive_int(r):
+        problems.append(Problem(f"r must be a positive integer, got {r!r}"))
+    if not _is_number(alpha):
+        problems.append(Problem(f"lora_alpha must be a number, got {alpha!r}"))
+    targets = _names_or_regex(raw.get("target_modules"), "target_modules", problems)
+    excludes = _names_or_regex(raw.get("exclude_modules"), "exclude_modules", problems)
+    rank_pattern = _pattern(raw.get("rank_pattern"), "rank_pattern", _is_positive_int, problems)
+    alpha_pattern = _pattern(raw.get("alpha_pattern"), "alpha_pattern", _is_number, problems)
+    if targets is None and "target_modules" not in raw:
+        problems.append(Problem("target_modules is missing: the adapter names no module"))
+    if problems:
+        return None, problems
+    spec = AdapterSpec(
+        r=int(r), lora_alpha=float(alpha), use_rslora=bool(raw.get("use_rslora", False)),
+        target_modules=targets, exclude_modules=excludes,
+        rank_pattern=types.MappingProxyType(rank_pattern),
+        alpha_pattern=types.MappingProxyType(alpha_pattern),
+        fan_in_fan_out=bool(raw.get("fan_in_fan_out", False)),
+        base_model_name_or_path=raw.get("base_model_name_or_path"),
+        base_model_class=(raw.get("auto_mapping") or {}).get("base_model_class"),
+    )
+    return spec, []
+
+
+def _refusals(raw: dict) -> list[Problem]:
+    """Problems with the adapter type and with options that are set but not supported."""
+    problems = []
+    peft_type = raw.get("peft_type", "LORA")
+    if peft_type != "LORA":
+        problems.append(Problem(f"peft_type {peft_type!r} is not supported: only LORA adapters"))
+    bias = raw.get("bias", "none")
+    if bias != "none":
+        problems.append(Problem(f"bias={bias!r} is not supported: it trains base-model biases"))
+    task = raw.get("task_type")
+    if task not in _CAUSAL_LM_TASKS:
+        problems.append(Problem(
+            f"task_type {task!r} is for another model head; only CAUSAL_LM adapters are served",
+            is_base_model_mismatch=True,
+        ))
+    init = str(raw.get("init_lora_weights", True)).lower()
+    if init.startswith(_BASE_MODIFYING_INITS):
+        problems.append(Problem(
+            f"init_lora_weights={init!r} adapters expect a base model modified at init; "
+            "convert it with save_pretrained(path_initial_model_for_weight_conversion=...)"
+        ))
+    for key in sorted(raw.keys() - _HONOURED - _INERT):
+        if _is_set(raw[key]):
+            problems.append(Problem(
+                _REFUSED_WHY.get(key, f"PEFT option {key}={raw[key]!r} is not supported")
+            ))
+    return problems
+
+
+def _names_or_regex(value, field: str, problems: list[Problem]) -> tuple[str, ...] | str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    problems.append(Problem(f"{field} must be a list of names or a regex string, got {value!r}"))
+    return None
+
+
+def _pattern(value, field: str, is_valid, problems: list[Problem]) -> dict:
+    if not value:
+        return {}
+    if not isinstance(value, dict) or not all(is_valid(v) for v in value.values()):
+        problems.append(Problem(f"{field} must map module patterns to numbers, got {value!r}"))
+        return {}
+    return dict(value)
+
+
+def _is_set(value) -> bool:
+    """Whether an option is switched on (anything but null, false, empty or 'none')."""
+    return value not in (None, False, "", "none") and value != [] and value != {}
+
+
+def _is_positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

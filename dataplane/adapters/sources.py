@@ -1,0 +1,133 @@
+"""Resolves an adapter source URI to a local directory: a path, file:///path or s3://bucket/prefix.
+
+S3 needs the optional `s3` extra (boto3), imported only when an s3:// URI is resolved. An
+S3 adapter is mirrored into `cache_dir/s3/<bucket>/<prefix>/<etag digest>/`: a changed
+object gets a new directory, an unchanged one is not downloaded again, and a download is
+renamed into place only once complete, so a reader never sees half a mirror.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+import shutil
+import tempfile
+import urllib.parse
+
+from lorafleet.dataplane.adapters.errors import (
+    AdapterInvalid,
+    AdapterNotFound,
+    AdapterSourceUnavailable,
+)
+
+# The files of a PEFT adapter directory the loader reads (the .bin only to name the refusal).
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+_S3_MISSING_CODES = {"NoSuchBucket", "NoSuchKey", "404", "NotFound"}
+
+
+def default_cache_dir() -> pathlib.Path:
+    """Where S3 adapters are mirrored unless told otherwise."""
+    return pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "lorafleet" / "adapters"
+
+
+class SourceResolver:
+    """Turns source URIs into local adapter directories.
+
+    `s3_client` is any object with boto3's `list_objects_v2(Bucket=, Prefix=, Delimiter=)`
+    and `download_file(Bucket, Key, Filename)`; by default one is made with boto3 on first use.
+    """
+
+    def __init__(self, cache_dir: pathlib.Path | None = None, *, s3_client=None) -> None:
+        self._cache_dir = pathlib.Path(cache_dir) if cache_dir else default_cache_dir()
+        self._s3_client = s3_client
+
+    def resolve(self, uri: str) -> pathlib.Path:
+        """The local directory holding the adapter `uri` names."""
+        parsed = urllib.parse.urlparse(uri)
+        if parsed.scheme == "":
+            return _local_dir(pathlib.Path(uri), uri)
+        if parsed.scheme == "file":
+            if parsed.netloc not in ("", "localhost"):
+                raise AdapterInvalid([f"file URI {uri!r} names host {parsed.netloc!r}; use file:///path"])
+            return _local_dir(pathlib.Path(urllib.parse.unquote(parsed.path)), uri)
+        if parsed.scheme == "s3":
+            return self._resolve_s3(parsed.netloc, parsed.path.strip("/"), uri)
+        raise AdapterInvalid(
+            [f"source {uri!r} has unsupported scheme {parsed.scheme!r}; "
+             "use a local path, file:///path or s3://bucket/prefix"]
+        )
+
+    def _resolve_s3(self, bucket: str, prefix: str, uri: str) -> pathlib.Path:
+        if not bucket or not prefix:
+            raise AdapterInvalid([f"S3 source {uri!r} must name a bucket and a prefix: s3://bucket/prefix"])
+        client = self._client()
+        objects = _list_adapter_objects(client, bucket, prefix, uri)
+        etags = "\n".join(f"{name}={etag}" for name, etag in sorted(objects.items()))
+        target = self._cache_dir / "s3" / bucket / prefix / hashlib.sha256(etags.encode()).hexdigest()[:16]
+        if target.is_dir():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = pathlib.Path(tempfile.mkdtemp(dir=target.parent, prefix=".partial-"))
+        try:
+            for name in objects:
+                _s3_call(uri, client.download_file, bucket, f"{prefix}/{name}", str(staging / name))
+            os.rename(staging, target)
+        except OSError:
+            if not target.is_dir():  # a concurrent download that won the rename is fine
+                raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
+
+    def _client(self):
+        if self._s3_client is None:
+            try:
+                import boto3
+            except ImportError as exc:
+                raise AdapterSourceUnavailable(
+                    "s3:// adapter sources need boto3: install the 's3' extra "
+                    "(pip install 'lorafleet[s3]')"
+                ) from exc
+            self._s3_client = boto3.client("s3")
+        return self._s3_client
+
+
+def _local_dir(path: pathlib.Path, uri: str) -> pathlib.Path:
+    if not path.exists():
+        raise AdapterNotFound(f"adapter source {uri!r} does not exist")
+    if not path.is_dir():
+        raise AdapterInvalid([f"adapter source {uri!r} is a file; expected a PEFT adapter directory"])
+    return path
+
+
+def _list_adapter_objects(client, bucket: str, prefix: str, uri: str) -> dict[str, str]:
+    """{file name: ETag} of the adapter files directly under the prefix."""
+    found: dict[str, str] = {}
+    token = None
+    while True:
+        kwargs = {"Bucket": bucket, "Prefix": f"{prefix}/", "Delimiter": "/"}
+        if token:
+            kwargs["ContinuationToken"] = token
+        page = _s3_call(uri, client.list_objects_v2, **kwargs)
+        for obj in page.get("Contents", []):
+            name = obj["Key"].rsplit("/", 1)[-1]
+            if name in ADAPTER_FILES:
+                found[name] = str(obj.get("ETag", ""))
+        token = page.get("NextContinuationToken")
+        if not page.get("IsTruncated") or not token:
+            break
+    if not found:
+        raise AdapterNotFound(f"adapter source {uri!r} holds no adapter files")
+    return found
+
+
+def _s3_call(uri: str, method, *args, **kwargs):
+    """Calls the S3 client, translating its failures into adapter errors."""
+    try:
+        return method(*args, **kwargs)
+    except Exception as exc:  # botocore's errors are not importable without the extra
+        code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+        if code in _S3_MISSING_CODES:
+            raise AdapterNotFound(f"adapter source {uri!r} does not exist ({code})") from exc
+        raise AdapterSourceUnavailable(f"reading adapter source {uri!r} failed: {exc}") from exc

@@ -1,0 +1,79 @@
+"""Reads an adapter's weights in PEFT's orientation, checks their values and digests them.
+
+The digest is the adapter version's identity. It is sha256 over, per module in canonical
+order (layer, then q/k/v/o/gate/up/down): the module's name, rank and float64 scale, then
+lora_A [r, in] and lora_B [out, r] as little-endian float32. So it ignores what does not
+change the math — tensor order in the file, safetensors metadata, JSON formatting,
+training-only options, fan_in_fan_out storage and fp16/bf16/fp32 storage of equal values —
+and changes with any weight, rank, alpha or rsLoRA flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections import defaultdict
+from collections.abc import Iterator
+
+import torch
+from safetensors import safe_open
+
+from lorafleet.dataplane.adapters.errors import Problem
+from lorafleet.dataplane.adapters.modules import ModuleRef, describe_modules
+from lorafleet.dataplane.adapters.structure import AdapterPlan, ModulePlan
+
+DIGEST_VERSION = b"lorafleet-adapter-digest-v1\n"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModuleTensors:
+    """One module's weights in float32, PEFT orientation: a [r, in], b [out, r]."""
+
+    plan: ModulePlan
+    a: torch.Tensor
+    b: torch.Tensor
+
+
+def iter_module_tensors(plan: AdapterPlan) -> Iterator[ModuleTensors]:
+    """Yields each module's weights, transposed back when stored fan_in_fan_out."""
+    with safe_open(str(plan.weights_path), framework="pt") as weights:
+        for module in plan.modules:
+            a = weights.get_tensor(module.a_name).to(torch.float32)
+            b = weights.get_tensor(module.b_name).to(torch.float32)
+            if plan.spec.fan_in_fan_out:
+                a, b = a.T, b.T
+            yield ModuleTensors(module, a.contiguous(), b.contiguous())
+
+
+class Digester:
+    """Accumulates the canonical digest, module by module, in plan order."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256(DIGEST_VERSION)
+
+    def add(self, tensors: ModuleTensors) -> None:
+        """Hashes one module; call in the plan's (canonical) module order."""
+        m = tensors.plan
+        self._hash.update(f"{m.ref.name} r={m.rank} scale={m.scale!r}\n".encode())
+        for tensor in (tensors.a, tensors.b):
+            self._hash.update(tensor.numpy().astype("<f4", copy=False).tobytes())
+
+    def hexdigest(self) -> str:
+        """The digest as 64 hex characters."""
+        return self._hash.hexdigest()
+
+
+class NonFiniteCollector:
+    """Collects modules whose lora_A or lora_B hold NaN or infinity, for one message each."""
+
+    def __init__(self) -> None:
+        self._refs: dict[str, list[ModuleRef]] = defaultdict(list)
+
+    def add(self, ref: ModuleRef, kind: str, tensor: torch.Tensor) -> None:
+        """Records `ref` if `tensor` has a non-finite value."""
+        if not bool(torch.isfinite(tensor).all()):
+            self._refs[kind].append(ref)
+
+    def problems(self, what: str = "holds NaN or infinite values") -> list[Problem]:
+        """One problem per tensor kind with non-finite values."""
+        return [Problem(f"{describe_modules(refs)} {kind} {what}") for kind, refs in self._refs.items()]
