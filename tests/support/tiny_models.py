@@ -6,23 +6,9 @@ tokenizer.json and tokenizer_config.json (with a chat template), like a hub down
 
 from __future__ import annotations
 
-import json
 import pathlib
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
-VOCAB_SIZE = 384
-
-_CORPUS = [
-    "The quick brown fox jumps over the lazy dog.",
-    "Serving many LoRA adapters on one base model saves GPUs.",
-    "Hello world! Multi-tenant inference with adapters, caches and kernels.",
-    "Numbers 0 1 2 3 4 5 6 7 8 9 and punctuation: ,.;:!?()[]{}",
-    "Unicode: café, naïve, 東京, emoji 🙂 and more text for the tokenizer.",
-] * 20
+from lorafleet.dataplane.demo import VOCAB_SIZE, write_tokenizer
 
 # name -> (config class name, extra config fields)
 ARCHITECTURES = {
@@ -31,26 +17,6 @@ ARCHITECTURES = {
     "llama-tied": ("LlamaConfig", {"num_key_value_heads": 4, "tie_word_embeddings": True}),
     "mistral": ("MistralConfig", {"num_key_value_heads": 2, "sliding_window": None}),
 }
-
-
-def write_tokenizer(directory: pathlib.Path) -> None:
-    """Trains a small byte-level BPE tokenizer (deterministic) into `directory`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE, special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
-    )
-    tokenizer.train_from_iterator(_CORPUS, trainer)
-    tokenizer.save(str(directory / "tokenizer.json"))
-    config = {
-        "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
-        "chat_template": CHAT_TEMPLATE, "tokenizer_class": "PreTrainedTokenizerFast",
-    }
-    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
 
 
 def make_checkpoint(
