@@ -16,7 +16,9 @@ from collections.abc import Sequence
 SERVER_COMMANDS: dict[str, tuple[str, str]] = {}
 
 # Client subcommands: name -> module with `add_arguments(parser)` and `run(args) -> int`.
-CLIENT_COMMANDS: dict[str, str] = {}
+CLIENT_COMMANDS: dict[str, str] = {
+    "generate": "lorafleet.clients.generate",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
