@@ -1,0 +1,185 @@
+"""The engine loop: one step = schedule, run, apply results.
+
+Synchronous and single-threaded; the worker's server runs it on its own thread. The
+runner (every tensor) and the tokenizer come in through small protocols, so this module
+stays pure Python.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import Protocol
+
+from lorafleet.dataplane.engine.blocks import BlockAllocator
+from lorafleet.dataplane.engine.outputs import EngineStats, RequestOutput, SampledToken
+from lorafleet.dataplane.engine.params import SamplingParams
+from lorafleet.dataplane.engine.request import FinishReason, Request
+from lorafleet.dataplane.engine.scheduler import Scheduler, SchedulerOutput
+from lorafleet.dataplane.engine.stream import RequestStream
+
+
+class InvalidRequestError(ValueError):
+    """A request the engine cannot serve; the message says why."""
+
+
+class Runner(Protocol):
+    """Runs one planned step on the model and samples (see lorafleet.dataplane.runner)."""
+
+    def execute(self, plan: SchedulerOutput) -> Mapping[str, SampledToken]:
+        """Computes the plan; returns the sampled token of every sampling request."""
+        ...
+
+    def release(self, request_ids: Iterable[str]) -> None:
+        """Forgets per-request state (sampling generators) of finished requests."""
+        ...
+
+
+class Tokenizer(Protocol):
+    """Text <-> token ids, and chat rendering (see lorafleet.dataplane.tokenizer)."""
+
+    eos_token_ids: tuple[int, ...]
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`."""
+        ...
+
+    def decode(self, token_ids: list[int]) -> str:
+        """Text of `token_ids`, special tokens skipped."""
+        ...
+
+    def encode_chat(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
+        """Token ids of a conversation rendered with the chat template."""
+        ...
+
+
+class Engine:
+    """Continuous-batching engine over a scheduler, a runner and a tokenizer."""
+
+    def __init__(
+        self, scheduler: Scheduler, runner: Runner, tokenizer: Tokenizer, *,
+        vocab_size: int, max_model_len: int, clock=time.monotonic,
+    ) -> None:
+        self.scheduler = scheduler
+        self.runner = runner
+        self.tokenizer = tokenizer
+        self.vocab_size = vocab_size
+        self.max_model_len = max_model_len
+        self._clock = clock
+        self._streams: dict[str, RequestStream] = {}
+        self._pending: list[RequestOutput] = []
+
+    @property
+    def allocator(self) -> BlockAllocator:
+        """The KV block allocator (for KV use and tests)."""
+        return self.scheduler.allocator
+
+    def add_request(
+        self, request_id: str, prompt_token_ids: Sequence[int] | None = None, *,
+        prompt: str | None = None, messages: Sequence[Mapping[str, str]] | None = None,
+        params: SamplingParams | None = None, adapter: Hashable | None = None,
+    ) -> None:
+        """Queues a request given as exactly one of token ids, text or chat messages."""
+        if request_id in self._streams:
+            raise InvalidRequestError(f"request_id {request_id!r} is already in use")
+        params = params or SamplingParams()
+        token_ids = self._prompt_tokens(prompt_token_ids, prompt, messages)
+        self._check_fits(token_ids, params)
+        request = Request(
+            request_id=request_id, prompt_token_ids=token_ids, params=params,
+            arrival_time=self._clock(), adapter=adapter,
+        )
+        self.scheduler.add(request)
+        self._streams[request_id] = RequestStream(request, self.tokenizer)
+
+    def _prompt_tokens(self, token_ids, prompt, messages) -> tuple[int, ...]:
+        """The prompt as token ids, from whichever form was given."""
+        if sum(x is not None for x in (token_ids, prompt, messages)) != 1:
+            raise InvalidRequestError("give exactly one of prompt_token_ids, prompt, messages")
+        if prompt is not None:
+            token_ids = self.tokenizer.encode(prompt)
+        elif messages is not None:
+            token_ids = self.tokenizer.encode_chat(messages)
+        token_ids = tuple(int(t) for t in token_ids)
+        if not token_ids:
+            raise InvalidRequestError("the prompt is empty")
+        bad = [t for t in token_ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise InvalidRequestError(f"prompt token ids {bad[:5]} are outside [0, {self.vocab_size})")
+        return token_ids
+
+    def _check_fits(self, token_ids: tuple[int, ...], params: SamplingParams) -> None:
+        """Rejects prompts longer than the context or than the whole KV cache could hold."""
+        if len(token_ids) >= self.max_model_len:
+            raise InvalidRequestError(
+                f"prompt has {len(token_ids)} tokens; the model's context is {self.max_model_len}"
+            )
+        longest = min(len(token_ids) + params.max_tokens, self.max_model_len)
+        if self.allocator.num_blocks_for(longest) > self.allocator.num_blocks:
+            raise InvalidRequestError(
+                f"prompt plus max_tokens ({longest} tokens) exceeds the KV cache "
+                f"({self.allocator.num_blocks * self.allocator.block_size} tokens)"
+            )
+
+    def abort(self, request_id: str) -> bool:
+        """Cancels a request and frees its blocks; its final output comes with the next
+        step(). False if the request is unknown or already finished."""
+        stream = self._streams.get(request_id)
+        if stream is None:
+            return False
+        self._pending.append(self._finish(stream, FinishReason.CANCELLED))
+        return True
+
+    def has_unfinished(self) -> bool:
+        """True while any request is waiting or running, or a final output is pending."""
+        return self.scheduler.has_unfinished() or bool(self._pending)
+
+    def stats(self) -> EngineStats:
+        """Queue depth and KV block use."""
+        return EngineStats(
+            num_waiting=self.scheduler.num_waiting, num_running=self.scheduler.num_running,
+            num_used_blocks=self.allocator.num_used_blocks,
+            num_total_blocks=self.allocator.num_blocks,
+        )
+
+    def step(self) -> list[RequestOutput]:
+        """Schedules, runs the model once and returns every request's news."""
+        outputs, self._pending = self._pending, []
+        plan = self.scheduler.schedule()
+        if plan.is_empty:
+            return outputs
+        now = self._clock()
+        for entry in plan.scheduled:
+            self._streams[entry.request_id].mark_scheduled(now)
+        try:
+            sampled = self.runner.execute(plan)
+        except Exception as exc:  # a failed step ends its requests, not the engine
+            return outputs + self._fail(plan, exc)
+        self.scheduler.update(plan, {k: v.token_id for k, v in sampled.items()})
+        now = self._clock()
+        for request_id, token in sampled.items():
+            outputs.append(self._apply(self._streams[request_id], token, now))
+        return outputs
+
+    def _apply(self, stream: RequestStream, token: SampledToken, now: float) -> RequestOutput:
+        """Turns one sampled token into the request's output, finishing it if it stops."""
+        reason = stream.accept(token, now, self.max_model_len)
+        if reason is None:
+            return stream.output()
+        return self._finish(stream, reason)
+
+    def _finish(self, stream: RequestStream, reason: FinishReason, error=None) -> RequestOutput:
+        """Frees the request everywhere and builds its final output."""
+        request_id = stream.request.request_id
+        self.scheduler.finish(request_id)
+        self.runner.release([request_id])
+        del self._streams[request_id]
+        return stream.output(reason, error)
+
+    def _fail(self, plan: SchedulerOutput, exc: Exception) -> list[RequestOutput]:
+        """Ends every request of a failed step with an error."""
+        message = f"{type(exc).__name__}: {exc}"
+        return [
+            self._finish(self._streams[e.request_id], FinishReason.ERROR, message)
+            for e in plan.scheduled if e.request_id in self._streams
+        ]

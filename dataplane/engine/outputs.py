@@ -1,0 +1,75 @@
+"""What one engine step reports for each request it touched."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from lorafleet.dataplane.engine.request import FinishReason, RequestTimings
+
+
+@dataclasses.dataclass(frozen=True)
+class TopLogprob:
+    """One alternative token at a step and its natural-log probability."""
+
+    token_id: int
+    logprob: float
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenLogprob:
+    """The sampled token's log-probability (before temperature) and the most likely tokens."""
+
+    token_id: int
+    logprob: float
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class SampledToken:
+    """What the runner returns per sampling request: the token and, if asked, its logprobs."""
+
+    token_id: int
+    logprob: TokenLogprob | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Usage:
+    """Token counts of a request so far."""
+
+    num_prompt_tokens: int
+    num_output_tokens: int
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestOutput:
+    """A request's news from one step.
+
+    `text` is the text the new tokens complete; it never splits a UTF-8 character and never
+    holds a prefix of a stop string that may still match. `finish_reason` is set on the
+    last output of a request only; `stop_string` names the stop string that ended it.
+    """
+
+    request_id: str
+    new_token_ids: tuple[int, ...]
+    text: str
+    logprobs: tuple[TokenLogprob, ...] | None
+    finish_reason: FinishReason | None
+    stop_string: str | None
+    usage: Usage
+    timings: RequestTimings
+    error: str | None = None
+
+    @property
+    def is_finished(self) -> bool:
+        """True on the last output of the request."""
+        return self.finish_reason is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineStats:
+    """Load indicators for heartbeats and admission control."""
+
+    num_waiting: int
+    num_running: int
+    num_used_blocks: int
+    num_total_blocks: int

@@ -1,0 +1,245 @@
+"""Iteration-level scheduler: which requests run in the next step, and how many tokens each.
+
+Each request's computed tokens catch up to its length under a per-step token budget, so a
+prompt may be prefilled in chunks while other requests decode. Running requests go first,
+then waiting ones; when KV blocks run out, the newest running request is preempted and
+later recomputed from scratch.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Hashable, Mapping
+
+from lorafleet.dataplane.engine.adapter_gate import AdapterGate, AllAdaptersReady
+from lorafleet.dataplane.engine.blocks import BlockAllocator
+from lorafleet.dataplane.engine.params import SamplingParams
+from lorafleet.dataplane.engine.request import Request, RequestStatus
+
+
+@dataclasses.dataclass(frozen=True)
+class SchedulerConfig:
+    """Per-step limits: tokens computed (prefill chunks plus decodes) and sequences."""
+
+    max_num_batched_tokens: int = 2048
+    max_num_seqs: int = 64
+
+    def __post_init__(self) -> None:
+        if self.max_num_batched_tokens < 1:
+            raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
+        if self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduledRequest:
+    """One request's share of a step: compute `token_ids` at positions start_position.. .
+
+    `is_sampling` is true when this chunk reaches the end of the request's tokens, so the
+    step yields its next token.
+    """
+
+    request_id: str
+    token_ids: tuple[int, ...]
+    start_position: int
+    block_table: tuple[int, ...]
+    adapter: Hashable | None
+    params: SamplingParams
+    is_sampling: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class SchedulerOutput:
+    """The plan for one step."""
+
+    scheduled: tuple[ScheduledRequest, ...]
+    preempted_ids: tuple[str, ...]
+    num_batched_tokens: int
+
+    @property
+    def is_empty(self) -> bool:
+        """True when nothing runs this step."""
+        return not self.scheduled
+
+
+@dataclasses.dataclass
+class _StepBudget:
+    """What is left of one step's limits while it is being planned."""
+
+    num_tokens: int
+    num_seqs: int
+    adapters: set = dataclasses.field(default_factory=set)
+
+    @property
+    def is_exhausted(self) -> bool:
+        return self.num_tokens <= 0 or self.num_seqs <= 0
+
+
+class Scheduler:
+    """Owns the waiting queue, the running list and every request's KV blocks."""
+
+    def __init__(
+        self, config: SchedulerConfig, allocator: BlockAllocator, gate: AdapterGate | None = None
+    ) -> None:
+        self.config = config
+        self.allocator = allocator
+        self.gate = gate or AllAdaptersReady()
+        self.waiting: collections.deque[Request] = collections.deque()
+        self.running: list[Request] = []
+        self._requests: dict[str, Request] = {}
+
+    @property
+    def num_waiting(self) -> int:
+        """Requests queued (new or preempted)."""
+        return len(self.waiting)
+
+    @property
+    def num_running(self) -> int:
+        """Requests holding KV blocks."""
+        return len(self.running)
+
+    def has_unfinished(self) -> bool:
+        """True while any request is waiting or running."""
+        return bool(self._requests)
+
+    def get(self, request_id: str) -> Request | None:
+        """The unfinished request with this id, if any."""
+        return self._requests.get(request_id)
+
+    def add(self, request: Request) -> None:
+        """Queues a new request."""
+        if request.request_id in self._requests:
+            raise ValueError(f"request_id {request.request_id!r} is already in use")
+        self._requests[request.request_id] = request
+        self.waiting.append(request)
+
+    def schedule(self) -> SchedulerOutput:
+        """Plans the next step: running requests first, then waiting ones."""
+        budget = _StepBudget(self.config.max_num_batched_tokens, self.config.max_num_seqs)
+        scheduled: list[Request] = []
+        preempted: list[Request] = []
+        for request in list(self.running):
+            if budget.is_exhausted:
+                break
+            if request.status is not RequestStatus.RUNNING or not self._can_join(request, budget):
+                continue
+            num_new = min(request.num_pending_tokens, budget.num_tokens)
+            if self._try_reserve_running(request, num_new, preempted):
+                self._take(request, num_new, budget, scheduled)
+        if not preempted:
+            self._admit_waiting(budget, scheduled)
+        return self._plan(scheduled, preempted)
+
+    def _admit_waiting(self, budget: _StepBudget, scheduled: list[Request]) -> None:
+        """Moves waiting requests to running while blocks and budget last; skips, never
+        blocks on, a request whose adapter cannot run this step."""
+        skipped: list[Request] = []
+        while self.waiting and not budget.is_exhausted:
+            request = self.waiting.popleft()
+            if not self._can_join(request, budget):
+                skipped.append(request)
+                continue
+            num_new = min(request.num_pending_tokens, budget.num_tokens)
+            if not self._try_reserve(request, num_new):
+                self.waiting.appendleft(request)
+                break
+            request.status = RequestStatus.RUNNING
+            self.running.append(request)
+            self._take(request, num_new, budget, scheduled)
+        self.waiting.extendleft(reversed(skipped))
+
+    def _can_join(self, request: Request, budget: _StepBudget) -> bool:
+        """True when the request's adapter is ready and fits the step's adapter limit."""
+        key = request.adapter
+        if key is None:
+            return True
+        if not self.gate.is_ready(key):
+            self.gate.request_load(key)
+            return False
+        limit = self.gate.max_loras
+        return key in budget.adapters or limit is None or len(budget.adapters) < limit
+
+    def _take(self, request: Request, num_new: int, budget: _StepBudget, out: list) -> None:
+        """Charges the request's tokens to the budget and records it for this step."""
+        budget.num_tokens -= num_new
+        budget.num_seqs -= 1
+        if request.adapter is not None:
+            budget.adapters.add(request.adapter)
+        request.num_scheduled_tokens = num_new
+        out.append(request)
+
+    def _try_reserve(self, request: Request, num_new: int) -> bool:
+        """Allocates the blocks the request needs to hold `num_new` more tokens."""
+        needed = self.allocator.num_blocks_for(request.num_computed_tokens + num_new)
+        blocks = self.allocator.try_allocate(needed - len(request.block_table))
+        if blocks is None:
+            return False
+        request.block_table.extend(blocks)
+        return True
+
+    def _try_reserve_running(self, request: Request, num_new: int, preempted: list) -> bool:
+        """Like _try_reserve, preempting the newest running requests until blocks suffice;
+        returns False when the request itself had to be preempted."""
+        while not self._try_reserve(request, num_new):
+            victim = self._pick_victim()
+            self._preempt(victim)
+            preempted.append(victim)
+            if victim is request:
+                return False
+        return True
+
+    def _pick_victim(self) -> Request:
+        """The lowest-priority running request: the one admitted last."""
+        return self.running[-1]
+
+    def _preempt(self, request: Request) -> None:
+        """Frees the request's blocks and queues it first, to be recomputed from scratch."""
+        self.running.remove(request)
+        self.allocator.free(request.block_table)
+        request.block_table = []
+        request.num_computed_tokens = 0
+        request.num_preemptions += 1
+        request.status = RequestStatus.WAITING
+        self.waiting.appendleft(request)
+
+    def _plan(self, scheduled: list[Request], preempted: list[Request]) -> SchedulerOutput:
+        """Freezes this step's decisions for the runner."""
+        entries = []
+        for r in scheduled:
+            start, num_new = r.num_computed_tokens, r.num_scheduled_tokens
+            entries.append(ScheduledRequest(
+                request_id=r.request_id, token_ids=r.token_ids(start, start + num_new),
+                start_position=start, block_table=tuple(r.block_table), adapter=r.adapter,
+                params=r.params, is_sampling=start + num_new == r.num_tokens,
+            ))
+        return SchedulerOutput(
+            scheduled=tuple(entries),
+            preempted_ids=tuple(r.request_id for r in preempted),
+            num_batched_tokens=sum(len(e.token_ids) for e in entries),
+        )
+
+    def update(self, output: SchedulerOutput, sampled: Mapping[str, int]) -> None:
+        """Records a finished step: computed tokens advance, sampled tokens are appended."""
+        for entry in output.scheduled:
+            request = self._requests.get(entry.request_id)
+            if request is None or request.status is not RequestStatus.RUNNING:
+                continue
+            request.num_computed_tokens += len(entry.token_ids)
+            token = sampled.get(entry.request_id)
+            if token is not None:
+                request.output_token_ids.append(token)
+
+    def finish(self, request_id: str) -> Request | None:
+        """Removes a request wherever it is and frees its blocks; None if unknown."""
+        request = self._requests.pop(request_id, None)
+        if request is None:
+            return None
+        if request.status is RequestStatus.RUNNING:
+            self.running.remove(request)
+        else:
+            self.waiting.remove(request)
+        self.allocator.free(request.block_table)
+        request.block_table = []
+        request.status = RequestStatus.FINISHED
+        return request

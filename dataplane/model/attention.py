@@ -1,0 +1,91 @@
+"""Attention over a paged KV cache.
+
+The cache of one layer is a pair of tensors [num_blocks, block_size, num_kv_heads,
+head_dim]; token t of a sequence lives in block block_table[t // block_size] at offset
+t % block_size. A step's tokens are ordered decodes first (one query each, attended in one
+padded batch), then prefill chunks (several queries each, attended per sequence).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclasses.dataclass(frozen=True)
+class PrefillSpan:
+    """A sequence computing several tokens this step: batch rows [start, stop).
+
+    `block_table` covers its `num_context` tokens (earlier ones plus these); `mask` is
+    [num_new, num_context] (True: attend), or None for a causal prompt starting at 0.
+    """
+
+    start: int
+    stop: int
+    num_context: int
+    block_table: torch.Tensor
+    mask: torch.Tensor | None
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionMetadata:
+    """Where this step's keys and values go and what each query attends to.
+
+    slot_mapping [num_tokens]: the cache slot of each token. The first num_decodes rows are
+    single-query sequences with decode_block_tables [num_decodes, max_blocks] (padded) and
+    decode_mask [num_decodes, 1, 1, max_blocks * block_size].
+    """
+
+    slot_mapping: torch.Tensor
+    num_decodes: int
+    decode_block_tables: torch.Tensor | None
+    decode_mask: torch.Tensor | None
+    prefills: tuple[PrefillSpan, ...]
+
+
+def paged_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
+) -> torch.Tensor:
+    """Stores k, v [tokens, kv_heads, dim] in the cache, then attends q [tokens, heads, dim]."""
+    num_kv_heads, head_dim = k.shape[1], k.shape[2]
+    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, k)
+    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, v)
+    out = torch.empty_like(q)
+    if meta.num_decodes:
+        out[: meta.num_decodes] = _decode(q[: meta.num_decodes], k_cache, v_cache, meta)
+    for span in meta.prefills:
+        out[span.start : span.stop] = _prefill(q[span.start : span.stop], k_cache, v_cache, span)
+    return out
+
+
+def _gather(cache: torch.Tensor, block_tables: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """[seqs, kv_heads, tokens, dim] keys or values of the given block tables."""
+    seqs, num_blocks = block_tables.shape
+    blocks = cache[block_tables].view(seqs, num_blocks * cache.shape[1], *cache.shape[2:])
+    return blocks[:, :num_tokens].transpose(1, 2)
+
+
+def _decode(q, k_cache, v_cache, meta: AttentionMetadata) -> torch.Tensor:
+    """One query per sequence, all sequences in one padded, masked batch."""
+    tables, mask = meta.decode_block_tables, meta.decode_mask
+    keys = _gather(k_cache, tables, mask.shape[-1])
+    values = _gather(v_cache, tables, mask.shape[-1])
+    out = F.scaled_dot_product_attention(
+        q.unsqueeze(2), keys, values, attn_mask=mask, enable_gqa=True
+    )
+    return out.squeeze(2)
+
+
+def _prefill(q, k_cache, v_cache, span: PrefillSpan) -> torch.Tensor:
+    """Several queries of one sequence against its whole context."""
+    table = span.block_table.unsqueeze(0)
+    keys = _gather(k_cache, table, span.num_context)
+    values = _gather(v_cache, table, span.num_context)
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1).unsqueeze(0), keys, values,
+        attn_mask=span.mask, is_causal=span.mask is None, enable_gqa=True,
+    )
+    return out.squeeze(0).transpose(0, 1)

@@ -1,0 +1,1 @@
+"""The model runner: owns every tensor (weights, KV cache, sampling state) of a worker."""

@@ -1,0 +1,98 @@
+"""Building a ready engine from a checkpoint directory.
+
+Order matters: weights are placed first, then `reserve_memory` runs (the adapter cache
+preallocates its device slots there and returns their bytes), then the KV cache is sized
+from what is left of the budget.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Callable, Hashable
+
+import torch
+
+from lorafleet.dataplane.engine.adapter_gate import AdapterGate
+from lorafleet.dataplane.engine.blocks import BlockAllocator
+from lorafleet.dataplane.engine.engine import Engine
+from lorafleet.dataplane.engine.scheduler import Scheduler, SchedulerConfig
+from lorafleet.dataplane.model.config import ModelConfig
+from lorafleet.dataplane.model.decoder import DecoderModel
+from lorafleet.dataplane.runner.batch import BatchBuilder
+from lorafleet.dataplane.runner.kv_cache import (
+    KVCacheBudget,
+    allocate_kv_cache,
+    bytes_per_block,
+    count_kv_blocks,
+    free_device_memory,
+)
+from lorafleet.dataplane.runner.model_runner import ModelRunner
+from lorafleet.dataplane.tokenizer import Tokenizer
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def default_device() -> torch.device:
+    """cuda when a GPU is visible, else cpu."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_dtype(name: str | torch.dtype | None, checkpoint_dtype: str) -> torch.dtype:
+    """The dtype asked for, else the checkpoint's own, else float32."""
+    if isinstance(name, torch.dtype):
+        if name not in DTYPES.values():
+            raise ValueError(f"dtype {name} is not supported; use one of {list(DTYPES)}")
+        return name
+    chosen = name or (checkpoint_dtype if checkpoint_dtype in DTYPES else "float32")
+    if chosen not in DTYPES:
+        raise ValueError(f"dtype {chosen!r} is not supported; use one of {list(DTYPES)}")
+    return DTYPES[chosen]
+
+
+def create_engine(
+    model_dir: str | pathlib.Path, *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    kv_cache: KVCacheBudget = KVCacheBudget(fraction=0.5),  # noqa: B008 (frozen)
+    block_size: int = 16,
+    scheduler_config: SchedulerConfig = SchedulerConfig(),  # noqa: B008 (frozen)
+    adapter_gate: AdapterGate | None = None,
+    reserve_memory: Callable[[DecoderModel], int] | None = None,
+    adapter_slot: Callable[[Hashable], int] | None = None,
+    lora_context: Callable | None = None,
+) -> Engine:
+    """Loads a checkpoint and wires scheduler, runner and tokenizer into an Engine.
+
+    reserve_memory(model) preallocates other device buffers once the weights are placed
+    and returns their size in bytes, which the KV cache then does without.
+    adapter_slot(key) gives a scheduled adapter's device slot; lora_context(batch) builds
+    the LoraContext the model's projections call for a StepBatch with adapters.
+    """
+    model_dir = pathlib.Path(model_dir)
+    device = torch.device(device) if device is not None else default_device()
+    config = ModelConfig.from_dir(model_dir)
+    model = DecoderModel.from_dir(model_dir, device, resolve_dtype(dtype, config.torch_dtype))
+    num_free = free_device_memory(device) if kv_cache.fraction is not None else None
+    num_reserved = reserve_memory(model) if reserve_memory is not None else 0
+    block_bytes = bytes_per_block(config, block_size, model.dtype)
+    num_blocks = count_kv_blocks(kv_cache, num_free, num_reserved, block_bytes)
+    cache = allocate_kv_cache(config, num_blocks, block_size, device, model.dtype)
+    builder = BatchBuilder(block_size, device, config.sliding_window, adapter_slot)
+    runner = ModelRunner(model, cache, builder, lora_context)
+    scheduler = Scheduler(scheduler_config, BlockAllocator(num_blocks, block_size), adapter_gate)
+    tokenizer = Tokenizer.from_dir(model_dir, eos_token_ids=_eos_token_ids(model_dir, config))
+    return Engine(scheduler, runner, tokenizer, vocab_size=config.vocab_size,
+                  max_model_len=config.max_position_embeddings)
+
+
+def _eos_token_ids(model_dir: pathlib.Path, config) -> tuple[int, ...]:
+    """EOS ids from config.json and generation_config.json (which may list several)."""
+    ids = list(config.eos_token_ids)
+    path = model_dir / "generation_config.json"
+    if path.exists():
+        eos = json.loads(path.read_text()).get("eos_token_id")
+        for token in eos if isinstance(eos, list) else [eos]:
+            if token is not None and token not in ids:
+                ids.append(int(token))
+    return tuple(ids)
