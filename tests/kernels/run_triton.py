@@ -1,0 +1,39 @@
+"""Runs the Triton launchers on saved cases; started by test_triton_interpreter.py.
+
+    TRITON_INTERPRET=1 python -m tests.kernels.run_triton CASES_IN RESULTS_OUT
+
+Triton picks interpreter or compiler when a kernel is decorated, so this runs in its own
+process with the variable set before lorafleet.kernels is imported; the rest of the suite
+keeps its normal environment.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+
+def main(cases_path: str, results_path: str) -> None:
+    """Applies each case's kernel to its y and saves {case name: y}."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        raise SystemExit("run with TRITON_INTERPRET=1")
+    from lorafleet.kernels import LoraBatch
+    from lorafleet.kernels.bgmv import bgmv_triton
+    from lorafleet.kernels.sgmv import sgmv_triton
+
+    kernels = {"sgmv": sgmv_triton, "bgmv": bgmv_triton}
+    results = {}
+    for name, case in torch.load(cases_path).items():
+        y = case["y"].clone()
+        kernels[case["kernel"]](
+            y, case["x"], case["lora_a"], case["lora_b"], case["scale"], case["ranks"],
+            batch=LoraBatch.from_slots(case["slots"]),
+        )
+        results[name] = y
+    torch.save(results, results_path)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
