@@ -107,21 +107,26 @@ def read_adapter_config(directory: pathlib.Path) -> tuple[AdapterSpec | None, li
 
 
 def parse_adapter_config(raw: dict) -> tuple[AdapterSpec | None, list[Problem]]:
-    """Checks a parsed adapter_config.json; returns the spec (None if unusable) and problems."""
-    problems = _refusals(raw)
+    """Checks a parsed adapter_config.json; returns the spec and every problem.
+
+    The spec is None only when the config is malformed; refused options still yield one,
+    so the weights can be checked too and every reason reported at once.
+    """
+    malformed: list[Problem] = []
     r = raw.get("r", 8)
     alpha = raw.get("lora_alpha", 8)
     if not _is_positive_int(r):
-        problems.append(Problem(f"r must be a positive integer, got {r!r}"))
+        malformed.append(Problem(f"r must be a positive integer, got {r!r}"))
     if not _is_number(alpha):
-        problems.append(Problem(f"lora_alpha must be a number, got {alpha!r}"))
-    targets = _names_or_regex(raw.get("target_modules"), "target_modules", problems)
-    excludes = _names_or_regex(raw.get("exclude_modules"), "exclude_modules", problems)
-    rank_pattern = _pattern(raw.get("rank_pattern"), "rank_pattern", _is_positive_int, problems)
-    alpha_pattern = _pattern(raw.get("alpha_pattern"), "alpha_pattern", _is_number, problems)
-    if targets is None and "target_modules" not in raw:
-        problems.append(Problem("target_modules is missing: the adapter names no module"))
-    if problems:
+        malformed.append(Problem(f"lora_alpha must be a number, got {alpha!r}"))
+    targets = _names_or_regex(raw.get("target_modules"), "target_modules", malformed)
+    excludes = _names_or_regex(raw.get("exclude_modules"), "exclude_modules", malformed)
+    rank_pattern = _pattern(raw.get("rank_pattern"), "rank_pattern", _is_positive_int, malformed)
+    alpha_pattern = _pattern(raw.get("alpha_pattern"), "alpha_pattern", _is_number, malformed)
+    if raw.get("target_modules") is None:
+        malformed.append(Problem("target_modules is missing: the adapter names no module"))
+    problems = _refusals(raw) + malformed
+    if malformed:
         return None, problems
     spec = AdapterSpec(
         r=int(r), lora_alpha=float(alpha), use_rslora=bool(raw.get("use_rslora", False)),
@@ -132,7 +137,7 @@ def parse_adapter_config(raw: dict) -> tuple[AdapterSpec | None, list[Problem]]:
         base_model_name_or_path=raw.get("base_model_name_or_path"),
         base_model_class=(raw.get("auto_mapping") or {}).get("base_model_class"),
     )
-    return spec, []
+    return spec, problems
 
 
 def _refusals(raw: dict) -> list[Problem]:

@@ -22,6 +22,8 @@ _REFUSED_TENSORS = (
     (re.compile(r".*\.lora_[AB]\.bias"), "lora_bias is not supported: lora_B has no bias here"),
     (re.compile(r".*\.modules_to_save\..*|.*\.original_module\..*"),
      "modules_to_save is not supported: it replaces whole base-model modules"),
+    (re.compile(r".*\.base_layer\..*"),
+     "the file holds base-model weights (base_layer), which an adapter may not replace"),
 )
 
 
@@ -39,7 +41,10 @@ def pair_weight_keys(
         refused = next((why for pattern, why in _REFUSED_TENSORS if pattern.fullmatch(name)), None)
         match = _KEY.fullmatch(name)
         if refused is not None or match is None:
-            problems.append(Problem(refused or f"tensor {name!r} is not a PEFT LoRA weight"))
+            problems.append(Problem(
+                refused or f"tensor {name!r} is not a LoRA weight (lora_A/lora_B) of a module; "
+                "an adapter may not carry base-model weights"
+            ))
             continue
         ref, problem = parse_module_name(match["module"], config)
         if problem is not None:

@@ -115,3 +115,28 @@ def test_validate_reports_a_good_adapter(model_config, plain_adapter, base_dir):
     assert report.rank == 4 and report.target_modules == ("q_proj", "v_proj")
     assert report.base_model_name_or_path == str(base_dir)
     assert report.size_bytes == loaded.num_parameters * 2
+
+
+@pytest.mark.parametrize(
+    "targets", [r".*\.(q_proj|v_proj)", ["self_attn.q_proj", "model.layers.0.self_attn.v_proj", "v_proj"]],
+    ids=["regex", "suffixes"],
+)
+def test_target_modules_forms_select_the_same_modules(targets, model_config, plain_adapter, tmp_path):
+    original = load_adapter(str(plain_adapter), model_config, max_lora_rank=8)
+    renamed = copy_adapter(plain_adapter, tmp_path / "t", config_changes={"target_modules": targets})
+    adapter = load_adapter(str(renamed), model_config, max_lora_rank=8)
+    assert adapter.digest == original.digest
+    assert sorted(adapter.modules) == sorted(original.modules)
+
+
+def test_all_linear_shorthand_and_exclude_modules(base_dir, model_config, tmp_path):
+    expanded = make_adapter(base_dir, tmp_path / "all", r=2, alpha=4, target_modules="all-linear")
+    shorthand = copy_adapter(expanded, tmp_path / "short", config_changes={"target_modules": "all-linear"})
+    adapter = load_adapter(str(shorthand), model_config, max_lora_rank=8)
+    assert adapter.target_modules == tuple(PROJECTIONS) and len(adapter.modules) == 14
+    excluded = copy_adapter(
+        expanded, tmp_path / "ex", config_changes={"target_modules": "all-linear", "exclude_modules": ["o_proj"]},
+        tensors_fn=lambda t: {k: v for k, v in t.items() if "o_proj" not in k},
+    )
+    adapter = load_adapter(str(excluded), model_config, max_lora_rank=8)
+    assert "o_proj" not in adapter.target_modules and len(adapter.modules) == 12

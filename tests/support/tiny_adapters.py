@@ -21,8 +21,13 @@ def make_adapter(
     alpha_pattern: dict[str, float] | None = None,
     seed: int = 0,
     init_nonzero: bool = True,
+    **lora_options,
 ) -> pathlib.Path:
-    """Builds a PEFT LoRA adapter on the checkpoint at `base_dir`, saves it to `out_dir`."""
+    """Builds a PEFT LoRA adapter on the checkpoint at `base_dir`, saves it to `out_dir`.
+
+    `lora_options` go to `peft.LoraConfig` as they are (e.g. use_dora=True,
+    modules_to_save=[...]) to build the adapters a loader must refuse.
+    """
     import peft
     import torch
     import transformers
@@ -31,7 +36,7 @@ def make_adapter(
     config = peft.LoraConfig(
         r=r, lora_alpha=alpha, target_modules=target_modules, use_rslora=use_rslora,
         rank_pattern=rank_pattern or {}, alpha_pattern=alpha_pattern or {},
-        task_type="CAUSAL_LM",
+        task_type="CAUSAL_LM", **lora_options,
     )
     torch.manual_seed(seed)
     model = peft.get_peft_model(base, config)
@@ -49,5 +54,5 @@ def _randomise_lora(model, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if "lora_A" in name or "lora_B" in name:
+            if "lora_" in name:  # lora_A/B, and lora_embedding_A/B
                 param.copy_(torch.randn(param.shape, generator=gen) * 0.1)
