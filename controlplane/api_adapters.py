@@ -1,0 +1,67 @@
+"""AdapterService: a thin translation between messages and the registry."""
+
+from __future__ import annotations
+
+from lorafleet.control.v1 import adapter_service_pb2 as adapter_pb
+from lorafleet.control.v1 import adapter_service_pb2_grpc as adapter_grpc
+from lorafleet.controlplane.api_status import grpc_errors
+from lorafleet.controlplane.registry import AdapterRegistry
+from lorafleet.controlplane.rollouts import RolloutManager
+
+
+class AdapterServicer(adapter_grpc.AdapterServiceServicer):
+    """Serves the adapter registry over gRPC."""
+
+    def __init__(self, registry: AdapterRegistry, rollouts: RolloutManager):
+        self.registry = registry
+        self.rollouts = rollouts
+
+    @grpc_errors
+    async def CreateAdapter(self, request, context):
+        """Registers an adapter."""
+        adapter = await self.registry.create_adapter(request.adapter)
+        return adapter_pb.CreateAdapterResponse(adapter=adapter)
+
+    @grpc_errors
+    async def GetAdapter(self, request, context):
+        """An adapter with its versions and rollout."""
+        adapter = await self.registry.get_adapter(request.name)
+        versions = await self.registry.list_versions(request.name)
+        rollout = await self.registry.get_rollout(request.name)
+        return adapter_pb.GetAdapterResponse(adapter=adapter, versions=versions, rollout=rollout)
+
+    @grpc_errors
+    async def ListAdapters(self, request, context):
+        """Adapters in name order."""
+        adapters = await self.registry.list_adapters(request.tenant)
+        return adapter_pb.ListAdaptersResponse(adapters=adapters)
+
+    @grpc_errors
+    async def DeleteAdapter(self, request, context):
+        """Deletes an adapter that receives no traffic."""
+        await self.registry.delete_adapter(request.name)
+        return adapter_pb.DeleteAdapterResponse()
+
+    @grpc_errors
+    async def CreateAdapterVersion(self, request, context):
+        """Adds a version, validated by a worker when one is up."""
+        version = await self.registry.create_version(request.adapter, request.source_uri)
+        return adapter_pb.CreateAdapterVersionResponse(version=version)
+
+    @grpc_errors
+    async def ListAdapterVersions(self, request, context):
+        """An adapter's versions, oldest first."""
+        versions = await self.registry.list_versions(request.adapter)
+        return adapter_pb.ListAdapterVersionsResponse(versions=versions)
+
+    @grpc_errors
+    async def UpdateRollout(self, request, context):
+        """Sets a new traffic split."""
+        rollout = await self.rollouts.update(request.adapter, request.weights)
+        return adapter_pb.UpdateRolloutResponse(rollout=rollout)
+
+    @grpc_errors
+    async def RollbackRollout(self, request, context):
+        """Restores the previous traffic split."""
+        rollout = await self.rollouts.rollback(request.adapter)
+        return adapter_pb.RollbackRolloutResponse(rollout=rollout)

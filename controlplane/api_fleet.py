@@ -1,0 +1,77 @@
+"""FleetService: heartbeats, workers, placement view, routing-table stream, drain."""
+
+from __future__ import annotations
+
+from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
+from lorafleet.control.v1 import fleet_service_pb2_grpc as fleet_grpc
+from lorafleet.controlplane.api_status import grpc_errors
+from lorafleet.controlplane.fleet import FleetRegistry
+from lorafleet.controlplane.routing import diff, holders, routing_table
+from lorafleet.controlplane.schema import Snapshot
+from lorafleet.controlplane.store import EtcdStore
+
+
+def placement_view(snapshot: Snapshot, adapter: str = "") -> list[fleet_pb.VersionPlacement]:
+    """Stored placements with the workers that report each version serving."""
+    held = holders(snapshot)
+    view = []
+    for key, stored in sorted(snapshot.placements.items()):
+        if adapter and key[0] != adapter:
+            continue
+        placement = fleet_pb.VersionPlacement()
+        placement.CopyFrom(stored)
+        placement.resident_worker_ids[:] = sorted(w.worker_id for w, _ in held.get(key, []))
+        view.append(placement)
+    return view
+
+
+class FleetServicer(fleet_grpc.FleetServiceServicer):
+    """Serves the fleet view over gRPC."""
+
+    def __init__(self, store: EtcdStore, fleet: FleetRegistry):
+        self.store = store
+        self.fleet = fleet
+
+    @grpc_errors
+    async def SendHeartbeat(self, request, context):
+        """Registers or renews a worker."""
+        is_draining = await self.fleet.heartbeat(request.worker)
+        return fleet_pb.SendHeartbeatResponse(
+            heartbeat_interval_seconds=self.fleet.heartbeat_interval_seconds,
+            is_draining=is_draining,
+        )
+
+    @grpc_errors
+    async def ListWorkers(self, request, context):
+        """Live workers in id order."""
+        workers = await self.fleet.list_workers(request.base_model)
+        return fleet_pb.ListWorkersResponse(workers=workers)
+
+    @grpc_errors
+    async def GetPlacement(self, request, context):
+        """Desired and actual holders of each placed version."""
+        snapshot = await self.store.snapshot()
+        return fleet_pb.GetPlacementResponse(placements=placement_view(snapshot, request.adapter))
+
+    @grpc_errors
+    async def DrainWorker(self, request, context):
+        """Marks a worker as draining."""
+        worker = await self.fleet.drain(request.worker_id)
+        return fleet_pb.DrainWorkerResponse(worker=worker)
+
+    async def WatchRoutingTable(self, request, context):
+        """A full routing table, then one message per change, each with its revision."""
+        sent = None
+        async for snapshot in self.store.watch_snapshots():
+            table = routing_table(snapshot, request.base_model)
+            if sent is None:
+                yield fleet_pb.WatchRoutingTableResponse(
+                    revision=snapshot.revision, is_snapshot=True, routes=list(table.values())
+                )
+            else:
+                changed, removed = diff(sent, table)
+                if changed or removed:
+                    yield fleet_pb.WatchRoutingTableResponse(
+                        revision=snapshot.revision, routes=changed, removed_adapters=removed
+                    )
+            sent = table

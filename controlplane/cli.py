@@ -1,0 +1,81 @@
+"""`lorafleet controlplane`: run one control-plane replica until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import uuid
+
+from lorafleet.controlplane.server import ControlPlane, ControlPlaneConfig
+
+DESCRIPTION = """\
+Run a control-plane replica: the adapter registry (AdapterService) and the fleet view
+(FleetService) over gRPC, backed by etcd. Run several replicas against the same etcd for
+availability; the one holding the election lease places adapter versions on workers and
+pushes LoadAdapter/EvictAdapter to them.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command's arguments."""
+    parser = argparse.ArgumentParser(prog="lorafleet controlplane", description=DESCRIPTION)
+    parser.add_argument("--etcd", required=True, metavar="URL",
+                        help="etcd client URL, e.g. http://127.0.0.1:2379")
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default %(default)s)")
+    parser.add_argument("--port", type=int, default=50051,
+                        help="gRPC port; 0 picks a free one (default %(default)s)")
+    parser.add_argument("--root", default="/lorafleet/",
+                        help="etcd key prefix of this fleet (default %(default)s)")
+    parser.add_argument("--replica-id", default=None,
+                        help="name of this replica in the election (default: random)")
+    parser.add_argument("--lease-ttl", type=int, default=10, metavar="S",
+                        help="seconds a worker stays registered without a heartbeat (default %(default)s)")
+    parser.add_argument("--election-ttl", type=int, default=10, metavar="S",
+                        help="seconds before a silent leader is replaced (default %(default)s)")
+    parser.add_argument("--resync", type=float, default=10.0, metavar="S",
+                        help="seconds between full reconcile passes (default %(default)s)")
+    parser.add_argument("--demand-per-replica", type=float, default=4.0, metavar="N",
+                        help="in-flight requests per replica before another is placed (default %(default)s)")
+    parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> ControlPlaneConfig:
+    """The replica's config from parsed arguments."""
+    return ControlPlaneConfig(
+        etcd_url=args.etcd,
+        address=f"{args.host}:{args.port}",
+        root=args.root,
+        replica_id=args.replica_id or f"cp-{uuid.uuid4().hex[:12]}",
+        lease_ttl_seconds=args.lease_ttl,
+        election_ttl_seconds=args.election_ttl,
+        resync_seconds=args.resync,
+        demand_per_replica=args.demand_per_replica,
+    )
+
+
+async def serve(config: ControlPlaneConfig) -> None:
+    """Runs a replica until SIGINT or SIGTERM, then stops it gracefully."""
+    plane = ControlPlane(config)
+    port = await plane.start()
+    host = config.address.rpartition(":")[0]
+    print(f"lorafleet controlplane {config.replica_id} listening on {host}:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await plane.stop()
+
+
+def main(argv=None) -> int:
+    """Entry point of `lorafleet controlplane`."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(config_from_args(args)))
+    return 0

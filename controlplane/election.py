@@ -1,0 +1,78 @@
+"""Leader election over etcd: a lease and a create-if-absent transaction on one key.
+
+The winner keeps its lease alive; it considers itself deposed the moment a renewal is
+refused, the key no longer names it, or it has gone a full TTL without a successful
+renewal (etcd may have expired the lease while unreachable). Writes the leader makes
+are also fenced with a compare on the key, so a deposed leader cannot write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from lorafleet.controlplane.store import RETRYABLE, EtcdStore, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class LeaderElection:
+    """Campaigns for `keys.leader()` as `candidate_id` and holds it."""
+
+    def __init__(self, store: EtcdStore, candidate_id: str, ttl_seconds: int):
+        if ttl_seconds < 2:
+            raise ValueError(f"election ttl_seconds must be >= 2, got {ttl_seconds}")
+        self.store = store
+        self.candidate_id = candidate_id
+        self.ttl_seconds = ttl_seconds
+        self.key = store.keys.leader().encode()
+
+    def fence(self):
+        """A transaction compare that holds only while this candidate leads."""
+        return self.store.ops.value(self.key) == self.candidate_id.encode()
+
+    async def campaign(self) -> int:
+        """Blocks until this candidate leads; returns the lease that holds the key."""
+        ops = self.store.ops
+        while True:
+            lease_id = await self.store.grant_lease(self.ttl_seconds)
+            won = await self.store.commit(
+                [ops.create(self.key) == 0],
+                [ops.put(self.key, self.candidate_id.encode(), lease=lease_id)],
+            )
+            if won:
+                log.info("%s is the leader", self.candidate_id)
+                return lease_id
+            await self.resign(lease_id)
+            await asyncio.sleep(self.ttl_seconds / 4)
+
+    async def hold(self, lease_id: int) -> None:
+        """Keeps the lease alive; returns as soon as leadership may have been lost."""
+        loop = asyncio.get_running_loop()
+        last_renewed = loop.time()
+        while True:
+            await asyncio.sleep(self.ttl_seconds / 4)
+            remaining = last_renewed + self.ttl_seconds - loop.time()
+            if remaining <= 0:
+                log.warning("%s could not renew its lease in time", self.candidate_id)
+                return
+            try:
+                is_held = await asyncio.wait_for(self._renew(lease_id), remaining)
+            except (asyncio.TimeoutError, StoreUnavailable, *RETRYABLE):
+                continue  # etcd unreachable: keep trying until the TTL runs out
+            if not is_held:
+                log.warning("%s lost the leader lease", self.candidate_id)
+                return
+            last_renewed = loop.time()
+
+    async def _renew(self, lease_id: int) -> bool:
+        if not await self.store.try_refresh_lease(lease_id):
+            return False
+        found = await self.store.get(self.store.keys.leader())
+        return found is not None and found[0] == self.candidate_id.encode()
+
+    async def resign(self, lease_id: int) -> None:
+        """Gives the lease up (and with it the key, if held); errors are ignored."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.store.client.revoke_lease(lease_id), 2.0)

@@ -1,0 +1,104 @@
+"""Workers: heartbeats kept alive by etcd leases, listing and draining.
+
+Each worker's record lives under its own lease. A heartbeat renews the lease (or grants
+a new one when it expired) and rewrites the record; a worker that stops heartbeating
+vanishes from etcd when its lease runs out, which is how the reconciler learns it died.
+A drain mark is a separate key on the same lease, so it ends with the worker.
+"""
+
+from __future__ import annotations
+
+import aetcd.exceptions
+
+from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
+from lorafleet.controlplane.errors import InvalidArgument, NotFound
+from lorafleet.controlplane.schema import SchemaError, check_worker_id, now
+from lorafleet.controlplane.store import EtcdStore
+
+
+async def read_workers(store: EtcdStore) -> dict[str, fleet_pb.Worker]:
+    """Live workers by id, with is_draining set from their drain marks."""
+    items, _ = await store.get_prefix(store.keys.worker(""))
+    drains, _ = await store.get_prefix(store.keys.drain(""))
+    workers = {}
+    for _, value in sorted(items.items()):
+        worker = fleet_pb.Worker.FromString(value)
+        worker.is_draining = store.keys.drain(worker.worker_id) in drains
+        workers[worker.worker_id] = worker
+    return workers
+
+
+class FleetRegistry:
+    """Heartbeats, worker listing and draining."""
+
+    def __init__(self, store: EtcdStore, lease_ttl_seconds: int):
+        if lease_ttl_seconds < 2:
+            raise ValueError(f"lease_ttl_seconds must be >= 2 (etcd's minimum), got "
+                             f"{lease_ttl_seconds}")
+        self.store = store
+        self.keys = store.keys
+        self.lease_ttl_seconds = lease_ttl_seconds
+
+    @property
+    def heartbeat_interval_seconds(self) -> int:
+        """How often workers should heartbeat: three tries per lease TTL."""
+        return max(1, self.lease_ttl_seconds // 3)
+
+    async def heartbeat(self, worker: fleet_pb.Worker) -> bool:
+        """Registers or renews `worker`; returns whether it is being drained."""
+        _check_worker(worker)
+        record = fleet_pb.Worker()
+        record.CopyFrom(worker)
+        record.is_draining = False  # kept in its own key, see module docstring
+        record.last_heartbeat_time.CopyFrom(now())
+        key = self.keys.worker(worker.worker_id)
+        lease_id = await self._renewed_lease(key)
+        try:
+            await self.store.call(
+                lambda: self.store.client.put(key.encode(), record.SerializeToString(), lease=lease_id)
+            )
+        except aetcd.exceptions.ClientError:
+            # The lease expired between renewal and write: start a fresh one.
+            lease_id = await self.store.grant_lease(self.lease_ttl_seconds)
+            await self.store.call(
+                lambda: self.store.client.put(key.encode(), record.SerializeToString(), lease=lease_id)
+            )
+        return await self.store.get(self.keys.drain(worker.worker_id)) is not None
+
+    async def _renewed_lease(self, key: str) -> int:
+        found = await self.store.get(key)
+        if found is not None and found[1].lease and await self.store.try_refresh_lease(
+            found[1].lease
+        ):
+            return found[1].lease
+        return await self.store.grant_lease(self.lease_ttl_seconds)
+
+    async def list_workers(self, base_model: str = "") -> list[fleet_pb.Worker]:
+        """Live workers in id order, optionally of one base model."""
+        workers = await read_workers(self.store)
+        return [w for w in workers.values() if not base_model or w.base_model.name == base_model]
+
+    async def drain(self, worker_id: str) -> fleet_pb.Worker:
+        """Marks a worker as draining: placement moves its adapters elsewhere."""
+        key = self.keys.worker(worker_id)
+        found = await self.store.get(key)
+        if found is None:
+            raise NotFound(f"worker {worker_id!r} not found")
+        drain_key = self.keys.drain(worker_id).encode()
+        await self.store.call(lambda: self.store.client.put(drain_key, b"", lease=found[1].lease))
+        worker = fleet_pb.Worker.FromString(found[0])
+        worker.is_draining = True
+        return worker
+
+
+def _check_worker(worker: fleet_pb.Worker) -> None:
+    if not worker.worker_id:
+        raise InvalidArgument("worker.worker_id is required")
+    try:
+        check_worker_id(worker.worker_id)
+    except SchemaError as error:
+        raise InvalidArgument(str(error)) from error
+    if not worker.address:
+        raise InvalidArgument("worker.address is required")
+    if not worker.base_model.name:
+        raise InvalidArgument("worker.base_model.name is required")

@@ -1,0 +1,151 @@
+"""The reconciler: level-based, run only by the elected leader.
+
+Each pass reads everything fresh (one etcd range read plus every worker's
+`ListAdapters`), validates pending versions, computes and stores the desired placement,
+pushes `LoadAdapter` where a placed version is missing, then `EvictAdapter` where a
+version is no longer placed and that is safe (see planning.py). A pass runs on every
+etcd change (watched) and at least every `resync_seconds`, so a missed event is caught
+by the next resync. Failed calls back off per (worker, version); a version that a worker
+refuses is recorded in its placement's `failures` and placed elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+
+import grpc
+
+from lorafleet.controlplane.election import LeaderElection
+from lorafleet.controlplane.placement import PlacementPolicy
+from lorafleet.controlplane.planning import (
+    Eviction,
+    Load,
+    desired_placement,
+    plan_evictions,
+    plan_loads,
+)
+from lorafleet.controlplane.reconcile_io import ActionBackoff, fetch_residency, write_placement
+from lorafleet.controlplane.schema import Snapshot
+from lorafleet.controlplane.store import EtcdStore
+from lorafleet.controlplane.validation import VersionValidator
+from lorafleet.controlplane.worker_client import TRANSIENT_CODES, WorkerClients
+from lorafleet.worker.v1 import worker_service_pb2 as worker_pb
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReconcilerConfig:
+    """Timing and policy of the reconciler."""
+
+    resync_seconds: float = 10.0
+    min_pass_interval_seconds: float = 0.1
+    load_timeout_seconds: float = 60.0
+    max_concurrent_calls: int = 16
+    policy: PlacementPolicy = PlacementPolicy()
+
+
+class Reconciler:
+    """Drives workers towards the desired placement; one instance per leadership term."""
+
+    def __init__(self, store: EtcdStore, clients: WorkerClients, validator: VersionValidator,
+                 election: LeaderElection, config: ReconcilerConfig | None = None):
+        self.store = store
+        self.clients = clients
+        self.validator = validator
+        self.election = election
+        self.config = config or ReconcilerConfig()
+        self.backoff = ActionBackoff()
+        self._calls = asyncio.Semaphore(self.config.max_concurrent_calls)
+
+    async def run(self) -> None:
+        """Reconciles until cancelled: on every etcd change and every resync period."""
+        wake = asyncio.Event()
+        watcher = asyncio.create_task(self._wake_on_changes(wake))
+        try:
+            while True:
+                wake.clear()
+                try:
+                    if await self.reconcile_once():
+                        wake.set()  # progress made: look again right away
+                except Exception:  # a pass must never end the reconciler
+                    log.exception("reconcile pass failed; retrying after the resync period")
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(wake.wait(), self.config.resync_seconds)
+                await asyncio.sleep(self.config.min_pass_interval_seconds)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    async def _wake_on_changes(self, wake: asyncio.Event) -> None:
+        async for _ in self.store.watch_snapshots():
+            wake.set()
+
+    async def reconcile_once(self) -> bool:
+        """One level-based pass; returns whether it changed anything (worth a re-pass)."""
+        snapshot = await self.store.snapshot()
+        if await self.validator.validate_pending(snapshot):
+            snapshot = await self.store.snapshot()
+        desired = desired_placement(snapshot, self.config.policy)
+        wrote = await write_placement(self.store, self.election.fence(), snapshot, desired)
+        residency = await fetch_residency(self.clients, snapshot)
+        loads = [a for a in plan_loads(snapshot, desired, residency) if self.backoff.is_due(a)]
+        evictions = [
+            a for a in plan_evictions(snapshot, desired, residency) if self.backoff.is_due(a)
+        ]
+        results = await asyncio.gather(
+            *(self._load(snapshot, a) for a in loads), *(self._evict(a) for a in evictions)
+        )
+        return wrote or any(results)
+
+    async def _load(self, snapshot: Snapshot, load: Load) -> bool:
+        request = worker_pb.LoadAdapterRequest(
+            adapter=load.adapter, version=load.version, source_uri=load.source_uri,
+            digest=load.digest, tier=worker_pb.TIER_HOST,
+        )
+        try:
+            async with self._calls:
+                await self.clients.call(load.address, "LoadAdapter", request,
+                                        timeout=self.config.load_timeout_seconds)
+        except grpc.aio.AioRpcError as error:
+            if error.code() in TRANSIENT_CODES:
+                self.backoff.failed(load)
+                log.info("load %s@%d on %s deferred: %s", load.adapter, load.version,
+                         load.worker_id, error.details())
+                return False
+            await self._record_failure(snapshot, load, error)
+            return True
+        self.backoff.succeeded(load)
+        return True
+
+    async def _record_failure(self, snapshot: Snapshot, load: Load, error) -> None:
+        log.warning("load %s@%d on %s failed: %s", load.adapter, load.version, load.worker_id,
+                    error.details())
+        placement = snapshot.placements.get((load.adapter, load.version))
+        if placement is None:
+            return
+        placement.failures[load.worker_id] = f"{error.code().name}: {error.details()}"
+        key = self.store.keys.placement(load.adapter, load.version).encode()
+        await self.store.commit(
+            [self.election.fence()], [self.store.ops.put(key, placement.SerializeToString())]
+        )
+
+    async def _evict(self, eviction: Eviction) -> bool:
+        request = worker_pb.EvictAdapterRequest(
+            adapter=eviction.adapter, version=eviction.version, tier=worker_pb.TIER_HOST
+        )
+        try:
+            async with self._calls:
+                await self.clients.call(eviction.address, "EvictAdapter", request)
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.NOT_FOUND:
+                self.backoff.failed(eviction)
+                log.info("evict %s@%d on %s deferred: %s", eviction.adapter, eviction.version,
+                         eviction.worker_id, error.details())
+                return False
+        self.backoff.succeeded(eviction)
+        return True

@@ -1,0 +1,158 @@
+"""The adapter registry: adapters and their immutable versions, stored in etcd.
+
+Each change is one etcd transaction guarded by compares, so two control-plane replicas
+serving the same etcd never overwrite each other: a lost race is retried from a fresh
+read, a few times, then reported as Conflict.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+
+from lorafleet.control.v1 import adapter_service_pb2 as adapter_pb
+from lorafleet.controlplane.errors import (
+    AlreadyExists,
+    Conflict,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
+from lorafleet.controlplane.schema import SchemaError, check_adapter_name, now
+from lorafleet.controlplane.store import EtcdStore
+from lorafleet.controlplane.validation import VersionValidator
+
+SUPPORTED_SCHEMES = ("", "file", "s3")
+NUM_TXN_ATTEMPTS = 5
+
+
+def checked_name(name: str) -> str:
+    """`name` if it is a valid "tenant/name", else InvalidArgument naming the field."""
+    try:
+        return check_adapter_name(name)
+    except SchemaError as error:
+        raise InvalidArgument(str(error)) from error
+
+
+class AdapterRegistry:
+    """Adapters and versions: create, read, list, delete; versions validated by workers."""
+
+    def __init__(self, store: EtcdStore, validator: VersionValidator):
+        self.store = store
+        self.keys = store.keys
+        self.validator = validator
+
+    async def create_adapter(self, adapter: adapter_pb.Adapter) -> adapter_pb.Adapter:
+        """Stores a new adapter; AlreadyExists when the name is taken."""
+        checked_name(adapter.name)
+        if not adapter.base_model:
+            raise InvalidArgument("adapter.base_model is required")
+        if adapter.max_replicas and max(adapter.min_replicas, 1) > adapter.max_replicas:
+            raise InvalidArgument(
+                f"adapter.min_replicas ({adapter.min_replicas}) exceeds "
+                f"adapter.max_replicas ({adapter.max_replicas})"
+            )
+        stored = adapter_pb.Adapter()
+        stored.CopyFrom(adapter)
+        stored.create_time.CopyFrom(now())
+        key = self.keys.adapter(adapter.name)
+        ops = self.store.ops
+        created = await self.store.commit(
+            [ops.create(key.encode()) == 0], [ops.put(key.encode(), stored.SerializeToString())]
+        )
+        if not created:
+            raise AlreadyExists(f"adapter {adapter.name!r} already exists")
+        return stored
+
+    async def get_adapter(self, name: str) -> adapter_pb.Adapter:
+        """The adapter, or NotFound."""
+        found = await self.store.get(self.keys.adapter(checked_name(name)))
+        if found is None:
+            raise NotFound(f"adapter {name!r} not found")
+        return adapter_pb.Adapter.FromString(found[0])
+
+    async def list_adapters(self, tenant: str = "") -> list[adapter_pb.Adapter]:
+        """Adapters in name order, optionally of one tenant."""
+        prefix = self.keys.adapter(f"{tenant}/" if tenant else "")
+        items, _ = await self.store.get_prefix(prefix)
+        return [adapter_pb.Adapter.FromString(items[key]) for key in sorted(items)]
+
+    async def list_versions(self, name: str) -> list[adapter_pb.AdapterVersion]:
+        """An adapter's versions, oldest first; NotFound for an unknown adapter."""
+        await self.get_adapter(name)
+        items, _ = await self.store.get_prefix(self.keys.versions(name))
+        return [adapter_pb.AdapterVersion.FromString(items[key]) for key in sorted(items)]
+
+    async def get_rollout(self, name: str) -> adapter_pb.Rollout | None:
+        """The rollout in effect, or None when the adapter never had one."""
+        found = await self.store.get(self.keys.rollout(name))
+        return None if found is None else adapter_pb.Rollout.FromString(found[0])
+
+    async def delete_adapter(self, name: str) -> None:
+        """Deletes an adapter with its versions, rollouts and placement, in one transaction.
+
+        FailedPrecondition while its rollout routes traffic to any version.
+        """
+        ops = self.store.ops
+        for _ in range(NUM_TXN_ATTEMPTS):
+            await self.get_adapter(name)
+            rollout_key = self.keys.rollout(name).encode()
+            found = await self.store.get(self.keys.rollout(name))
+            if found is not None and any(w.weight > 0 for w in _rollout(found).weights):
+                raise FailedPrecondition(
+                    f"adapter {name!r} still receives traffic; set its rollout to no "
+                    "versions first"
+                )
+            guard = ops.mod(rollout_key) == found[1].mod_revision if found else (
+                ops.create(rollout_key) == 0
+            )
+            deletes = [
+                ops.delete(self.keys.adapter(name).encode()),
+                ops.delete(rollout_key),
+                *(self.store.delete_prefix_op(p) for p in (
+                    self.keys.versions(name), self.keys.history(name), self.keys.placement(name)
+                )),
+            ]
+            if await self.store.commit([guard], deletes):
+                return
+        raise Conflict(f"adapter {name!r} kept changing; try again")
+
+    async def create_version(self, name: str, source_uri: str) -> adapter_pb.AdapterVersion:
+        """Adds a version and has a worker validate it (PENDING while no worker can)."""
+        _check_source_uri(source_uri)
+        adapter = await self.get_adapter(name)
+        version = await self._store_pending(name, source_uri)
+        validated = await self.validator.try_validate(version, adapter.base_model)
+        return validated or version
+
+    async def _store_pending(self, name: str, source_uri: str) -> adapter_pb.AdapterVersion:
+        ops = self.store.ops
+        for _ in range(NUM_TXN_ATTEMPTS):
+            existing = await self.list_versions(name)
+            number = max((v.version for v in existing), default=0) + 1
+            version = adapter_pb.AdapterVersion(
+                adapter=name, version=number, source_uri=source_uri,
+                state=adapter_pb.VERSION_STATE_PENDING, create_time=now(),
+            )
+            key = self.keys.version(name, number).encode()
+            adapter_key = self.keys.adapter(name).encode()
+            stored = await self.store.commit(
+                [ops.create(key) == 0, ops.version(adapter_key) > 0],
+                [ops.put(key, version.SerializeToString())],
+            )
+            if stored:
+                return version
+        raise Conflict(f"versions of {name!r} kept changing; try again")
+
+
+def _rollout(found) -> adapter_pb.Rollout:
+    return adapter_pb.Rollout.FromString(found[0])
+
+
+def _check_source_uri(source_uri: str) -> None:
+    if not source_uri:
+        raise InvalidArgument("source_uri is required")
+    scheme = urllib.parse.urlsplit(source_uri).scheme
+    if scheme not in SUPPORTED_SCHEMES:
+        raise InvalidArgument(
+            f"source_uri scheme {scheme!r} is not supported; use a path, file:// or s3://"
+        )

@@ -1,0 +1,211 @@
+"""Typed access to etcd (aetcd): reads, one-transaction writes, leases and watches.
+
+Every call rides out an etcd restart: connection errors are retried with exponential
+backoff until `RetryPolicy.give_up_seconds`, then StoreUnavailable is raised. The gRPC
+channel reconnects on its own; short reconnect backoffs make recovery quick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import aetcd
+import aetcd.exceptions
+import aetcd.utils
+
+from lorafleet.controlplane.schema import DEFAULT_ROOT, Keys, Snapshot, decode_into
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Errors that mean "etcd is not reachable right now", worth retrying.
+RETRYABLE = (
+    aetcd.exceptions.ConnectionFailedError,
+    aetcd.exceptions.ConnectionTimeoutError,
+    aetcd.exceptions.InternalError,
+    aetcd.exceptions.WatchTimeoutError,
+)
+
+
+class StoreUnavailable(RuntimeError):
+    """etcd did not answer within the retry budget."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff for etcd calls."""
+
+    first_delay: float = 0.05
+    max_delay: float = 1.0
+    give_up_seconds: float = 30.0
+    call_timeout_seconds: float = 5.0
+
+    def delays(self):
+        """Backoff delays, doubling up to max_delay."""
+        delay = self.first_delay
+        while True:
+            yield delay
+            delay = min(delay * 2, self.max_delay)
+
+
+def parse_endpoint(url: str) -> tuple[str, int]:
+    """(host, port) of an etcd URL such as http://127.0.0.1:2379 or host:port."""
+    parsed = urllib.parse.urlsplit(url if "//" in url else f"//{url}")
+    if not parsed.hostname:
+        raise ValueError(f"etcd URL {url!r} has no host; expected http://host:port")
+    return parsed.hostname, parsed.port or 2379
+
+
+class EtcdStore:
+    """One aetcd client plus the schema's keys; every method retries connection errors."""
+
+    def __init__(self, url: str, root: str = DEFAULT_ROOT, retry: RetryPolicy | None = None):
+        if not root.startswith("/") or not root.endswith("/"):
+            raise ValueError(f"etcd root {root!r} must start and end with '/'")
+        self.keys = Keys(root)
+        self.retry = retry or RetryPolicy()
+        host, port = parse_endpoint(url)
+        self.client = aetcd.Client(
+            host=host,
+            port=port,
+            timeout=self.retry.call_timeout_seconds,
+            options={
+                "grpc.initial_reconnect_backoff_ms": 100,
+                "grpc.min_reconnect_backoff_ms": 100,
+                "grpc.max_reconnect_backoff_ms": 1000,
+            },
+        )
+
+    @property
+    def ops(self):
+        """aetcd's transaction operation builders (put, delete, compare targets)."""
+        return self.client.transactions
+
+    async def close(self) -> None:
+        """Closes the client and its watches."""
+        await self.client.close()
+
+    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Runs `fn()` (one etcd call), retrying connection errors with backoff."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.retry.give_up_seconds
+        for delay in self.retry.delays():
+            try:
+                return await fn()
+            except RETRYABLE as error:
+                if loop.time() + delay > deadline:
+                    raise StoreUnavailable(f"etcd unavailable: {error}") from error
+                log.info("etcd call failed (%s); retrying in %.2fs", error, delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable: delays() never ends")
+
+    async def get(self, key: str) -> tuple[bytes, Any] | None:
+        """(value, key metadata) of `key`, or None when absent."""
+        found = await self.call(lambda: self.client.get(key.encode()))
+        return None if found is None else (found.value, found)
+
+    async def get_prefix(self, prefix: str) -> tuple[dict[str, bytes], int]:
+        """Every key under `prefix` with its value, and the revision they were read at."""
+        found = await self.call(lambda: self.client.get_prefix(prefix.encode()))
+        return {kv.key.decode(): kv.value for kv in found}, found.header.revision
+
+    async def snapshot(self) -> Snapshot:
+        """Everything under the root, decoded, at one revision."""
+        items, revision = await self.get_prefix(self.keys.root)
+        return decode_into(Snapshot(revision=revision), self.keys.root, items)
+
+    async def commit(self, compare: Sequence[Any], success: Sequence[Any]) -> bool:
+        """Applies `success` in one transaction if every `compare` holds; returns whether."""
+        succeeded, _ = await self.call(
+            lambda: self.client.transaction(compare=list(compare), success=list(success), failure=[])
+        )
+        return succeeded
+
+    def delete_prefix_op(self, prefix: str):
+        """A transaction operation deleting every key under `prefix`."""
+        key = prefix.encode()
+        return self.ops.delete(key, range_end=aetcd.utils.prefix_range_end(key))
+
+    async def grant_lease(self, ttl_seconds: int) -> int:
+        """A new lease's id."""
+        lease = await self.call(lambda: self.client.lease(ttl_seconds))
+        return lease.id
+
+    async def try_refresh_lease(self, lease_id: int) -> bool:
+        """Renews a lease; False when it has already expired."""
+        reply = await self.call(lambda: self.client.refresh_lease(lease_id))
+        return reply is not None and reply.TTL > 0
+
+    async def revoke_lease(self, lease_id: int) -> None:
+        """Ends a lease now, deleting its keys."""
+        await self.call(lambda: self.client.revoke_lease(lease_id))
+
+    async def watch_snapshots(self) -> AsyncIterator[Snapshot]:
+        """Snapshots of the root: one at a listed revision, then one per change after it.
+
+        Lists at revision R, watches from R + 1, so no change falls in between. When the
+        watch breaks (etcd restarted, compaction), it lists again after a backoff.
+        """
+        delays = self.retry.delays()
+        while True:
+            try:
+                items, listed_at = await self.get_prefix(self.keys.root)
+                yield decode_into(Snapshot(revision=listed_at), self.keys.root, items)
+                async for revision in self._watch_changes(items, listed_at + 1):
+                    delays = self.retry.delays()
+                    yield decode_into(Snapshot(revision=revision), self.keys.root, items)
+            except (*RETRYABLE, StoreUnavailable, aetcd.exceptions.ClientError) as error:
+                delay = next(delays)
+                log.info("etcd watch broke (%s); listing again in %.2fs", error, delay)
+                await asyncio.sleep(delay)
+
+    async def _watch_changes(self, items: dict[str, bytes], start: int) -> AsyncIterator[int]:
+        """Applies watched events to `items`; yields the revision after each batch."""
+        prefix = self.keys.root.encode()
+        watch = await self.client.watch(
+            prefix, range_end=aetcd.utils.prefix_range_end(prefix), start_revision=start
+        )
+        queue: asyncio.Queue = asyncio.Queue()
+        pump = asyncio.create_task(_pump(watch, queue))
+        try:
+            while True:
+                # One etcd transaction arrives as events enqueued together: drain them
+                # all so a snapshot never shows half a transaction.
+                batch = [await queue.get()]
+                while not queue.empty():
+                    batch.append(queue.get_nowait())
+                yield _apply(items, batch)
+        finally:
+            pump.cancel()
+            # The stream may be gone already (etcd restarted): nothing left to cancel.
+            with contextlib.suppress(Exception, asyncio.TimeoutError):
+                await asyncio.wait_for(watch.cancel(), 1.0)
+
+
+async def _pump(watch, queue: asyncio.Queue) -> None:
+    try:
+        async for event in watch:
+            queue.put_nowait(event)
+        queue.put_nowait(StoreUnavailable("etcd watch ended"))
+    except Exception as error:  # handed to the consumer, which re-lists
+        queue.put_nowait(error)
+
+
+def _apply(items: dict[str, bytes], batch: list) -> int:
+    revision = 0
+    for event in batch:
+        if isinstance(event, Exception):
+            raise event
+        key = event.kv.key.decode()
+        if event.kind == "DELETE":
+            items.pop(key, None)
+        else:
+            items[key] = event.kv.value
+        revision = max(revision, event.kv.mod_revision)
+    return revision

@@ -1,0 +1,65 @@
+"""Calls to workers' WorkerService, one cached channel per address, with retries.
+
+Transient failures (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED) are retried
+with exponential backoff a few times; every other status is final and raised at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import grpc
+
+from lorafleet.worker.v1 import worker_service_pb2_grpc as worker_grpc
+
+TRANSIENT_CODES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+     grpc.StatusCode.RESOURCE_EXHAUSTED}
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class CallPolicy:
+    """Deadline and retries of one call to a worker."""
+
+    timeout_seconds: float = 5.0
+    num_attempts: int = 3
+    first_delay: float = 0.1
+
+
+class WorkerClients:
+    """WorkerService stubs by worker address; `close()` closes every channel."""
+
+    def __init__(self, policy: CallPolicy | None = None):
+        self.policy = policy or CallPolicy()
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def stub(self, address: str) -> worker_grpc.WorkerServiceStub:
+        """A stub for the worker at `address`, reusing its channel."""
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(address)
+            self._channels[address] = channel
+        return worker_grpc.WorkerServiceStub(channel)
+
+    async def call(self, address: str, method: str, request, timeout: float | None = None):
+        """Calls `method` on the worker at `address`, retrying transient failures."""
+        delay = self.policy.first_delay
+        for attempt in range(self.policy.num_attempts):
+            try:
+                rpc = getattr(self.stub(address), method)
+                return await rpc(request, timeout=timeout or self.policy.timeout_seconds)
+            except grpc.aio.AioRpcError as error:
+                is_last = attempt == self.policy.num_attempts - 1
+                if error.code() not in TRANSIENT_CODES or is_last:
+                    raise
+            await asyncio.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def close(self) -> None:
+        """Closes every channel."""
+        channels, self._channels = self._channels, {}
+        for channel in channels.values():
+            await channel.close()
