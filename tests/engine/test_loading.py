@@ -1,0 +1,95 @@
+"""Checkpoints, dtypes, KV cache sizing and request validation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lorafleet.dataplane.engine.engine import InvalidRequestError
+from lorafleet.dataplane.engine.params import SamplingParams
+from lorafleet.dataplane.model.config import ModelConfig
+from lorafleet.dataplane.runner.factory import create_engine
+from lorafleet.dataplane.runner.kv_cache import (
+    KVCacheBudget,
+    KVCacheSizeError,
+    bytes_per_block,
+    count_kv_blocks,
+)
+from tests.engine.conftest import make_prompts
+from tests.engine.drive import GREEDY, make_engine, run_all, tokens_of
+
+
+def test_sharded_checkpoint_loads_and_matches_transformers(checkpoints, hf_greedy):
+    directory = checkpoints("llama-gqa", max_shard_size="40KB")
+    assert (directory / "model.safetensors.index.json").exists()
+    assert len(list(directory.glob("model-*.safetensors"))) > 1
+    prompts = make_prompts((4, 21))
+    engine = make_engine(directory)
+    for i, prompt in enumerate(prompts):
+        engine.add_request(f"r{i}", prompt, params=GREEDY)
+    outputs = run_all(engine)
+    assert [tokens_of(outputs[f"r{i}"]) for i in range(2)] == hf_greedy("llama-gqa", prompts)
+
+
+def test_bfloat16_runs_close_to_transformers(checkpoints):
+    import transformers
+
+    directory = checkpoints("qwen2-bias")
+    engine = make_engine(directory, dtype="bfloat16")
+    assert engine.runner.inner.kv_cache.dtype == torch.bfloat16
+    prompt = make_prompts((13,))[0]
+    engine.add_request("r", prompt, params=SamplingParams(max_tokens=8, temperature=0.0,
+                                                          logprobs=0, ignore_eos=True))
+    outputs = run_all(engine)["r"]
+    assert len(tokens_of(outputs)) == 8
+    model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.bfloat16)
+    logits = model(torch.tensor([prompt])).logits[0, -1].float()
+    first = outputs[0].logprobs[0]
+    assert first.logprob == pytest.approx(torch.log_softmax(logits, -1)[first.token_id].item(),
+                                          abs=0.05)
+
+
+def test_kv_blocks_come_from_the_budget_minus_reserved_memory(checkpoints):
+    directory = checkpoints("llama-gqa")
+    config = ModelConfig.from_dir(directory)
+    block_bytes = bytes_per_block(config, 16, torch.float32)
+    seen = []
+
+    def reserve(model):
+        seen.append(model.weights.embed.shape)  # weights are placed before the hook runs
+        return 10 * block_bytes
+
+    engine = create_engine(directory, device="cpu", dtype="float32", reserve_memory=reserve,
+                           kv_cache=KVCacheBudget(num_bytes=50 * block_bytes))
+    assert seen == [(config.vocab_size, config.hidden_size)]
+    assert engine.allocator.num_blocks == 40
+    assert count_kv_blocks(KVCacheBudget(fraction=0.5), 100 * block_bytes, 0, block_bytes) == 50
+    with pytest.raises(KVCacheSizeError, match="holds no block"):
+        count_kv_blocks(KVCacheBudget(num_bytes=block_bytes), None, 1, block_bytes)
+
+
+def test_requests_that_cannot_be_served_are_refused_clearly(checkpoints):
+    engine = make_engine(checkpoints("llama-gqa"), num_blocks=8)
+    with pytest.raises(InvalidRequestError, match="outside"):
+        engine.add_request("a", [1, 999999])
+    with pytest.raises(InvalidRequestError, match="exceeds the KV cache"):
+        engine.add_request("b", [5] * 20, params=SamplingParams(max_tokens=40))
+    with pytest.raises(InvalidRequestError, match="exactly one"):
+        engine.add_request("c", [5], prompt="hi")
+    engine.add_request("d", [5])
+    with pytest.raises(InvalidRequestError, match="already in use"):
+        engine.add_request("d", [6])
+
+
+def test_chat_and_text_prompts_are_tokenized(checkpoints):
+    engine = make_engine(checkpoints("llama-tied"))
+    engine.add_request("chat", messages=[{"role": "user", "content": "Hello world!"}],
+                       params=SamplingParams(max_tokens=4, ignore_eos=True))
+    engine.add_request("text", prompt="The quick brown fox",
+                       params=SamplingParams(max_tokens=4, ignore_eos=True))
+    outputs = run_all(engine)
+    expected = len(engine.tokenizer.encode_chat([{"role": "user", "content": "Hello world!"}]))
+    assert outputs["chat"][-1].usage.num_prompt_tokens == expected
+    assert outputs["text"][-1].usage.num_prompt_tokens == len(
+        engine.tokenizer.encode("The quick brown fox"))
+    assert all(len(tokens_of(o)) == 4 for o in outputs.values())
