@@ -77,16 +77,17 @@ class DeviceSlotBank:
 class LoraStep:
     """The LoRA part of one step: which slot each row uses, and the slots themselves.
 
-    The model calls `apply` once per (layer, projection); it is the only place LoRA math
+    The model calls `add_delta` once per (layer, projection); it is the only place LoRA math
     enters the forward pass.
     """
 
     bank: DeviceSlotBank
     batch: LoraBatch
 
-    def apply(self, layer: int, projection: str, x: torch.Tensor, y: torch.Tensor) -> None:
+    def add_delta(self, layer: int, projection: str, x: torch.Tensor, y: torch.Tensor) -> None:
         """y += the LoRA delta of each row's adapter for this projection, in place."""
         buffers = self.bank.buffers(layer, projection)
         if buffers is not None:
             add_lora(y, x, buffers.lora_a, buffers.lora_b, buffers.scale, buffers.ranks,
                      batch=self.batch)
+

@@ -27,10 +27,13 @@ class EngineStepError(RuntimeError):
 
 
 class EngineBridge:
-    """Owns the engine thread. `engine` needs add_request/abort/step/has_unfinished."""
+    """Owns the engine thread. `engine` needs add_request/abort/step/has_unfinished;
+    `before_step(engine)` runs on the engine thread before every step."""
 
-    def __init__(self, engine: Any, *, name: str = "lorafleet-engine"):
+    def __init__(self, engine: Any, *, before_step: Callable[[Any], None] | None = None,
+                 name: str = "lorafleet-engine"):
         self.engine = engine
+        self._before_step = before_step
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._stopping = threading.Event()
@@ -111,6 +114,8 @@ class EngineBridge:
 
     def _step(self) -> None:
         try:
+            if self._before_step is not None:
+                self._before_step(self.engine)
             outputs = self.engine.step()
         except Exception as exc:
             log.exception("engine step failed; failing the requests in flight")

@@ -12,7 +12,13 @@ from lorafleet.dataplane.engine.outputs import RequestOutput
 from lorafleet.dataplane.engine.request import FinishReason
 from lorafleet.dataplane.lora.versions import AdapterFailed, AdapterUnavailable, UnknownAdapter
 from lorafleet.dataplane.server.requests import BadRequest, prompt_of, sampling_of
-from lorafleet.dataplane.server.worker import Admitted, Draining, QueueFull, Worker
+from lorafleet.dataplane.server.worker import (
+    AdapterLoadFailed,
+    Admitted,
+    Draining,
+    QueueFull,
+    Worker,
+)
 from lorafleet.inference.v1 import inference_service_pb2 as pb
 from lorafleet.inference.v1 import inference_service_pb2_grpc as pb_grpc
 
@@ -56,6 +62,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                         await context.abort(grpc.StatusCode.INTERNAL, output.error or "error")
         except InvalidRequestError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except AdapterLoadFailed as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
 
     def _summary(self, admitted: Admitted, output: RequestOutput) -> pb.GenerateSummary:
         entry, timings = admitted.entry, output.timings

@@ -16,7 +16,8 @@ from typing import Any
 
 from lorafleet.dataplane.engine.outputs import RequestOutput
 from lorafleet.dataplane.engine.params import SamplingParams
-from lorafleet.dataplane.lora.cache import AdapterCache, AdapterSource
+from lorafleet.dataplane.lora.cache import AdapterSource
+from lorafleet.dataplane.lora.runtime import LoraRuntime
 from lorafleet.dataplane.lora.versions import VersionEntry, VersionState, VersionTable
 from lorafleet.dataplane.server.bridge import EngineBridge
 from lorafleet.dataplane.server.metrics import FinishedRequest, GaugeSnapshot, WorkerMetrics
@@ -25,6 +26,10 @@ from lorafleet.dataplane.server.requests import PromptInput
 
 class QueueFull(RuntimeError):
     """More requests are waiting than the worker accepts."""
+
+
+class AdapterLoadFailed(RuntimeError):
+    """The request's adapter could not be brought back from its source."""
 
 
 class Draining(RuntimeError):
@@ -54,13 +59,15 @@ class Admitted:
 class Worker:
     """Owns admission and adapter lifecycle; the engine runs behind `bridge`."""
 
-    def __init__(self, bridge: EngineBridge, cache: AdapterCache, adapters: Any,
-                 metrics: WorkerMetrics, options: WorkerOptions):
+    def __init__(self, bridge: EngineBridge, lora: LoraRuntime, adapters: Any,
+                 metrics: WorkerMetrics, options: WorkerOptions, base_model: Any):
         self.bridge = bridge
-        self.cache = cache
+        self.lora = lora
+        self.cache = lora.cache
         self.adapters = adapters  # loads/validates adapter dirs: see dataplane/lora/loading.py
         self.metrics = metrics
         self.options = options
+        self.base_model = base_model  # worker.v1 BaseModel
         self.versions = VersionTable()
         self.is_draining = False
         self._num_in_flight = 0
@@ -97,6 +104,10 @@ class Worker:
         try:
             async for output in self.bridge.stream(admitted.request_id, add):
                 last = output
+                failure = self.lora.failed_requests.pop(admitted.request_id, None)
+                if failure is not None:
+                    raise AdapterLoadFailed(
+                        f"adapter {entry.label if entry else ''} could not be loaded: {failure}")
                 yield output
         finally:
             self._num_in_flight -= 1
@@ -175,6 +186,10 @@ class Worker:
         while not await self.bridge.call(
                 lambda engine: self.cache.evict(entry.digest, keep_host=keep_host)):
             await asyncio.sleep(0.01)  # a running request still uses the slot
+
+    async def validate_adapter(self, source_uri: str):
+        """A dry-run load of `source_uri` with this worker's rules (off the event loop)."""
+        return await asyncio.to_thread(self.adapters.validate, source_uri)
 
     # -- status -------------------------------------------------------------------
 

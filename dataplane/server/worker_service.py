@@ -21,9 +21,9 @@ _TIER = {"device": pb.TIER_DEVICE, "host": pb.TIER_HOST, None: pb.TIER_SOURCE}
 class WorkerServicer(pb_grpc.WorkerServiceServicer):
     """Manages this worker's adapters for the control plane (and for grpcurl)."""
 
-    def __init__(self, worker: Worker, status):
+    def __init__(self, worker: Worker):
         self._worker = worker
-        self._status = status  # callable -> GetWorkerStatusResponse
+        self.address = ""  # host:port, set once the server is bound
 
     async def LoadAdapter(self, request: pb.LoadAdapterRequest, context):
         name = await _checked_name(request.adapter, context)
@@ -74,7 +74,29 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
             base_model=report.base_model or "", size_bytes=report.size_bytes or 0)
 
     async def GetWorkerStatus(self, request, context):
-        return self._status()
+        return self.status()
+
+    def status(self) -> pb.GetWorkerStatusResponse:
+        """Identity, limits and load of this worker."""
+        worker = self._worker
+        engine, lora, options = worker.bridge.engine, worker.lora, worker.options
+        stats, counts = engine.stats(), worker.cache.counts()
+        in_flight: dict[str, int] = {}
+        for entry in worker.versions.entries():
+            if entry.num_pins:
+                in_flight[entry.label] = entry.num_pins
+        return pb.GetWorkerStatusResponse(
+            worker_id=options.worker_id, address=self.address, base_model=worker.base_model,
+            capacities=pb.Capacities(
+                max_loras=lora.max_loras, max_lora_rank=lora.max_lora_rank,
+                max_cpu_loras=lora.max_cpu_loras, num_kv_blocks=stats.num_total_blocks,
+                kv_block_size=engine.allocator.block_size, max_num_seqs=options.max_num_seqs,
+                max_waiting=options.max_waiting, lora_slot_bytes=lora.bank.num_bytes_per_slot),
+            load=pb.WorkerLoad(
+                num_waiting=stats.num_waiting, num_running=stats.num_running,
+                num_kv_blocks_used=stats.num_used_blocks, num_device_adapters=counts["device"],
+                num_host_adapters=counts["host"], requests_per_adapter=in_flight),
+            is_draining=worker.is_draining)
 
     def residency(self, entry: VersionEntry) -> pb.AdapterResidency:
         """The proto view of one version on this worker."""

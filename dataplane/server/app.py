@@ -1,0 +1,61 @@
+"""Starting and stopping a worker's gRPC server, adapters and metrics endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+
+from lorafleet.dataplane.server.build import MemoryReport, WorkerConfig, build_worker
+from lorafleet.dataplane.server.inference import InferenceServicer
+from lorafleet.dataplane.server.worker import Worker
+from lorafleet.dataplane.server.worker_service import WorkerServicer
+from lorafleet.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
+from lorafleet.rpcserver import RunningServer, ServiceBinding, full_name, start_server
+from lorafleet.worker.v1 import worker_service_pb2, worker_service_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class RunningWorker:
+    """A serving worker: its gRPC server, domain object and metrics port."""
+
+    worker: Worker
+    server: RunningServer
+    address: str
+    metrics_port: int | None
+    memory: MemoryReport
+    worker_servicer: WorkerServicer
+
+    async def stop(self, grace_seconds: float = 10.0) -> None:
+        """Refuses new requests, lets in-flight streams finish for the grace period,
+        cancels the rest, then stops the engine thread."""
+        self.worker.is_draining = True
+        await self.server.stop(grace_seconds)
+        await asyncio.to_thread(self.worker.bridge.stop)
+        self.worker.metrics.close()
+        self.worker.cache.close()
+
+
+async def start_worker(config: WorkerConfig, *, host: str = "127.0.0.1", port: int = 0,
+                       metrics_port: int | None = None,
+                       adapters: tuple[tuple[str, str], ...] = ()) -> RunningWorker:
+    """Builds the worker, loads the start-up adapters, and starts serving."""
+    worker, memory = await asyncio.to_thread(build_worker, config)
+    worker.bridge.start()
+    for name, path in adapters:
+        entry = await worker.load_adapter(name, 0, str(path), make_default=True)
+        log.info("loaded %s (digest %s, rank %d)", entry.label, entry.digest[:12], entry.rank)
+    inference = InferenceServicer(worker)
+    worker_servicer = WorkerServicer(worker)
+    server = await start_server([
+        ServiceBinding(inference_service_pb2_grpc.add_InferenceServiceServicer_to_server,
+                       inference, full_name(inference_service_pb2, "InferenceService")),
+        ServiceBinding(worker_service_pb2_grpc.add_WorkerServiceServicer_to_server,
+                       worker_servicer, full_name(worker_service_pb2, "WorkerService")),
+    ], f"{host}:{port}")
+    address = f"{host}:{server.port}"
+    worker_servicer.address = address
+    bound_metrics = worker.metrics.start_http(host, metrics_port) if metrics_port is not None else None
+    return RunningWorker(worker, server, address, bound_metrics, memory, worker_servicer)
