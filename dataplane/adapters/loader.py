@@ -65,8 +65,12 @@ class LoadedAdapter:
 
 
 def load_adapter(
-    uri: str, model_config: ModelConfig, *, max_lora_rank: int,
-    dtype: torch.dtype = torch.float32, resolver: SourceResolver | None = None,
+    uri: str,
+    model_config: ModelConfig,
+    *,
+    max_lora_rank: int,
+    dtype: torch.dtype = torch.float32,
+    resolver: SourceResolver | None = None,
 ) -> LoadedAdapter:
     """Resolves, validates and reads the adapter at `uri` for the base model `model_config`.
 
@@ -79,16 +83,25 @@ def load_adapter(
     digest, problems, modules = _read_weights(plan, dtype, is_kept=True)
     raise_for_problems(problems, source=uri)
     return LoadedAdapter(
-        digest=digest, source=uri, rank=plan.rank, target_modules=plan.target_modules,
-        modules=types.MappingProxyType(modules), dtype=dtype,
-        size_bytes=plan.num_parameters * _element_size(dtype), num_parameters=plan.num_parameters,
+        digest=digest,
+        source=uri,
+        rank=plan.rank,
+        target_modules=plan.target_modules,
+        modules=types.MappingProxyType(modules),
+        dtype=dtype,
+        size_bytes=plan.num_parameters * _element_size(dtype),
+        num_parameters=plan.num_parameters,
         base_model_name_or_path=plan.spec.base_model_name_or_path,
     )
 
 
 def validate_adapter(
-    uri: str, model_config: ModelConfig, *, max_lora_rank: int,
-    dtype: torch.dtype = torch.float32, resolver: SourceResolver | None = None,
+    uri: str,
+    model_config: ModelConfig,
+    *,
+    max_lora_rank: int,
+    dtype: torch.dtype = torch.float32,
+    resolver: SourceResolver | None = None,
 ) -> ValidationReport:
     """Checks the adapter at `uri` exactly as `load_adapter` would, keeping no weights.
 
@@ -105,14 +118,22 @@ def validate_adapter(
         return ValidationReport(uri, tuple(problems), base_model_name_or_path=base_model)
     digest, value_problems, _ = _read_weights(plan, dtype, is_kept=False)
     return ValidationReport(
-        uri, tuple(problems + value_problems), digest=digest, rank=plan.rank, target_modules=plan.target_modules,
-        base_model_name_or_path=base_model, num_parameters=plan.num_parameters,
+        uri,
+        tuple(problems + value_problems),
+        digest=digest,
+        rank=plan.rank,
+        target_modules=plan.target_modules,
+        base_model_name_or_path=base_model,
+        num_parameters=plan.num_parameters,
         size_bytes=plan.num_parameters * _element_size(dtype),
     )
 
 
 def _read_weights(
-    plan: AdapterPlan, dtype: torch.dtype, *, is_kept: bool,
+    plan: AdapterPlan,
+    dtype: torch.dtype,
+    *,
+    is_kept: bool,
 ) -> tuple[str, list[Problem], dict[tuple[int, str], ModuleWeights]]:
     """Digest, value problems and (if `is_kept`) the weights cast to `dtype`, module by module."""
     digester, nonfinite, overflow = Digester(), NonFiniteCollector(), NonFiniteCollector()
@@ -126,7 +147,9 @@ def _read_weights(
             # Finite in float32 but past a half-precision range would serve infinities.
             overflow.add(ref, kind, cast)
         if is_kept:
-            modules[(ref.layer_index, ref.projection)] = ModuleWeights(a, b, _fp32(tensors.plan.scale))
+            modules[(ref.layer_index, ref.projection)] = ModuleWeights(
+                a, b, _fp32(tensors.plan.scale)
+            )
     problems = nonfinite.problems() or overflow.problems(f"overflows {dtype}")
     return digester.hexdigest(), problems, modules
 

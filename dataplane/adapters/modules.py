@@ -16,8 +16,13 @@ from lorafleet.dataplane.model.config import PROJECTIONS, ModelConfig
 
 # The module holding each projection inside a decoder layer.
 _PARENT = {
-    "q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
-    "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp",
+    "q_proj": "self_attn",
+    "k_proj": "self_attn",
+    "v_proj": "self_attn",
+    "o_proj": "self_attn",
+    "gate_proj": "mlp",
+    "up_proj": "mlp",
+    "down_proj": "mlp",
 }
 # Linear-like modules outside the decoder layers that LoRA could target but this loader refuses.
 EMBEDDING_MODULES = {
@@ -60,7 +65,8 @@ def parse_module_name(name: str, config: ModelConfig) -> tuple[ModuleRef | None,
         generic = re.sub(r"\.\d+\.", ".N.", name)
         return None, Problem(
             f"weights for module {generic!r}, which is not a q/k/v/o/gate/up/down projection "
-            f"of a {config.architecture} model", is_base_model_mismatch=True,
+            f"of a {config.architecture} model",
+            is_base_model_mismatch=True,
         )
     layer = int(match[1])
     if layer >= config.num_layers:
@@ -71,7 +77,9 @@ def parse_module_name(name: str, config: ModelConfig) -> tuple[ModuleRef | None,
     return ModuleRef(layer, match[3]), None
 
 
-def targeted_modules(spec: AdapterSpec, config: ModelConfig) -> tuple[set[ModuleRef], list[Problem]]:
+def targeted_modules(
+    spec: AdapterSpec, config: ModelConfig
+) -> tuple[set[ModuleRef], list[Problem]]:
     """The projections `spec.target_modules` selects, matched as PEFT does, minus excludes.
 
     Entries that select an embedding or lm_head, or nothing at all, are problems.
@@ -94,7 +102,9 @@ def targeted_modules(spec: AdapterSpec, config: ModelConfig) -> tuple[set[Module
                 problems.append(_matches_nothing(f"target_modules entry {entry!r}"))
             chosen |= hits
     chosen = {name for name in chosen if not _is_excluded(spec.exclude_modules, name)}
-    problems += [Problem(EMBEDDING_MODULES[name]) for name in sorted(chosen & EMBEDDING_MODULES.keys())]
+    problems += [
+        Problem(EMBEDDING_MODULES[name]) for name in sorted(chosen & EMBEDDING_MODULES.keys())
+    ]
     return {projections[name] for name in chosen if name in projections}, problems
 
 

@@ -22,15 +22,36 @@ ALL_LINEAR = "all-linear"
 
 # Options honoured by the loader (read into AdapterSpec).
 _HONOURED = {
-    "r", "lora_alpha", "use_rslora", "target_modules", "exclude_modules", "rank_pattern",
-    "alpha_pattern", "fan_in_fan_out", "base_model_name_or_path", "auto_mapping",
-    "peft_type", "bias", "task_type", "init_lora_weights",
+    "r",
+    "lora_alpha",
+    "use_rslora",
+    "target_modules",
+    "exclude_modules",
+    "rank_pattern",
+    "alpha_pattern",
+    "fan_in_fan_out",
+    "base_model_name_or_path",
+    "auto_mapping",
+    "peft_type",
+    "bias",
+    "task_type",
+    "init_lora_weights",
 }
 # Options that only matter while training or for bookkeeping: the saved weights say it all.
 _INERT = {
-    "revision", "inference_mode", "lora_dropout", "loftq_config", "eva_config",
-    "corda_config", "lora_ga_config", "megatron_core", "peft_version", "qalora_group_size",
-    "layers_pattern", "ensure_weight_tying", "runtime_config",
+    "revision",
+    "inference_mode",
+    "lora_dropout",
+    "loftq_config",
+    "eva_config",
+    "corda_config",
+    "lora_ga_config",
+    "megatron_core",
+    "peft_version",
+    "qalora_group_size",
+    "layers_pattern",
+    "ensure_weight_tying",
+    "runtime_config",
 }
 # Refused options with a reason worth more than the generic message.
 _REFUSED_WHY = {
@@ -129,8 +150,11 @@ def parse_adapter_config(raw: dict) -> tuple[AdapterSpec | None, list[Problem]]:
     if malformed:
         return None, problems
     spec = AdapterSpec(
-        r=int(r), lora_alpha=float(alpha), use_rslora=bool(raw.get("use_rslora", False)),
-        target_modules=targets, exclude_modules=excludes,
+        r=int(r),
+        lora_alpha=float(alpha),
+        use_rslora=bool(raw.get("use_rslora", False)),
+        target_modules=targets,
+        exclude_modules=excludes,
         rank_pattern=types.MappingProxyType(rank_pattern),
         alpha_pattern=types.MappingProxyType(alpha_pattern),
         fan_in_fan_out=bool(raw.get("fan_in_fan_out", False)),
@@ -151,21 +175,25 @@ def _refusals(raw: dict) -> list[Problem]:
         problems.append(Problem(f"bias={bias!r} is not supported: it trains base-model biases"))
     task = raw.get("task_type")
     if task not in _CAUSAL_LM_TASKS:
-        problems.append(Problem(
-            f"task_type {task!r} is for another model head; only CAUSAL_LM adapters are served",
-            is_base_model_mismatch=True,
-        ))
+        problems.append(
+            Problem(
+                f"task_type {task!r} is for another model head; only CAUSAL_LM adapters are served",
+                is_base_model_mismatch=True,
+            )
+        )
     init = str(raw.get("init_lora_weights", True)).lower()
     if init.startswith(_BASE_MODIFYING_INITS):
-        problems.append(Problem(
-            f"init_lora_weights={init!r} adapters expect a base model modified at init; "
-            "convert it with save_pretrained(path_initial_model_for_weight_conversion=...)"
-        ))
+        problems.append(
+            Problem(
+                f"init_lora_weights={init!r} adapters expect a base model modified at init; "
+                "convert it with save_pretrained(path_initial_model_for_weight_conversion=...)"
+            )
+        )
     for key in sorted(raw.keys() - _HONOURED - _INERT):
         if _is_set(raw[key]):
-            problems.append(Problem(
-                _REFUSED_WHY.get(key, f"PEFT option {key}={raw[key]!r} is not supported")
-            ))
+            problems.append(
+                Problem(_REFUSED_WHY.get(key, f"PEFT option {key}={raw[key]!r} is not supported"))
+            )
     return problems
 
 

@@ -28,7 +28,11 @@ _S3_MISSING_CODES = {"NoSuchBucket", "NoSuchKey", "404", "NotFound"}
 
 def default_cache_dir() -> pathlib.Path:
     """Where S3 adapters are mirrored unless told otherwise."""
-    return pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "lorafleet" / "adapters"
+    return (
+        pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache"))
+        / "lorafleet"
+        / "adapters"
+    )
 
 
 class SourceResolver:
@@ -49,22 +53,34 @@ class SourceResolver:
             return _local_dir(pathlib.Path(uri), uri)
         if parsed.scheme == "file":
             if parsed.netloc not in ("", "localhost"):
-                raise AdapterInvalid([f"file URI {uri!r} names host {parsed.netloc!r}; use file:///path"])
+                raise AdapterInvalid(
+                    [f"file URI {uri!r} names host {parsed.netloc!r}; use file:///path"]
+                )
             return _local_dir(pathlib.Path(urllib.parse.unquote(parsed.path)), uri)
         if parsed.scheme == "s3":
             return self._resolve_s3(parsed.netloc, parsed.path.strip("/"), uri)
         raise AdapterInvalid(
-            [f"source {uri!r} has unsupported scheme {parsed.scheme!r}; "
-             "use a local path, file:///path or s3://bucket/prefix"]
+            [
+                f"source {uri!r} has unsupported scheme {parsed.scheme!r}; "
+                "use a local path, file:///path or s3://bucket/prefix"
+            ]
         )
 
     def _resolve_s3(self, bucket: str, prefix: str, uri: str) -> pathlib.Path:
         if not bucket or not prefix:
-            raise AdapterInvalid([f"S3 source {uri!r} must name a bucket and a prefix: s3://bucket/prefix"])
+            raise AdapterInvalid(
+                [f"S3 source {uri!r} must name a bucket and a prefix: s3://bucket/prefix"]
+            )
         client = self._client()
         objects = _list_adapter_objects(client, bucket, prefix, uri)
         etags = "\n".join(f"{name}={etag}" for name, etag in sorted(objects.items()))
-        target = self._cache_dir / "s3" / bucket / prefix / hashlib.sha256(etags.encode()).hexdigest()[:16]
+        target = (
+            self._cache_dir
+            / "s3"
+            / bucket
+            / prefix
+            / hashlib.sha256(etags.encode()).hexdigest()[:16]
+        )
         if target.is_dir():
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -97,7 +113,9 @@ def _local_dir(path: pathlib.Path, uri: str) -> pathlib.Path:
     if not path.exists():
         raise AdapterNotFound(f"adapter source {uri!r} does not exist")
     if not path.is_dir():
-        raise AdapterInvalid([f"adapter source {uri!r} is a file; expected a PEFT adapter directory"])
+        raise AdapterInvalid(
+            [f"adapter source {uri!r} is a file; expected a PEFT adapter directory"]
+        )
     return path
 
 

@@ -57,7 +57,10 @@ class AdapterPlan:
 
 
 def plan_adapter(
-    directory: pathlib.Path, config: ModelConfig, *, max_lora_rank: int,
+    directory: pathlib.Path,
+    config: ModelConfig,
+    *,
+    max_lora_rank: int,
 ) -> tuple[AdapterPlan | None, AdapterSpec | None, list[Problem]]:
     """Checks `directory` against `config`; returns the plan, the spec and every problem.
 
@@ -70,15 +73,20 @@ def plan_adapter(
     if spec is None or header is None:
         return None, spec, problems
     if spec.base_model_class and spec.base_model_class != config.architecture:
-        problems.append(Problem(
-            f"adapter was trained on a {spec.base_model_class}, the base model is a "
-            f"{config.architecture}", is_base_model_mismatch=True,
-        ))
+        problems.append(
+            Problem(
+                f"adapter was trained on a {spec.base_model_class}, the base model is a "
+                f"{config.architecture}",
+                is_base_model_mismatch=True,
+            )
+        )
     pairs, key_problems = pair_weight_keys(list(header), config)
     targeted, target_problems = targeted_modules(spec, config)
     problems += key_problems + target_problems + _coverage_problems(pairs, targeted)
     complete = {ref: p for ref, p in pairs.items() if ref in targeted and len(p) == 2}
-    modules = [_module_plan(ref, complete[ref], spec) for ref in sorted(complete, key=ModuleRef.sort_key)]
+    modules = [
+        _module_plan(ref, complete[ref], spec) for ref in sorted(complete, key=ModuleRef.sort_key)
+    ]
     problems += _shape_problems(modules, header, spec, config)
     if not modules and not problems:
         problems.append(Problem("the adapter has no LoRA weights for any module"))
@@ -95,20 +103,26 @@ def _rank_problems(modules: list[ModulePlan], max_lora_rank: int) -> list[Proble
     if not too_big:
         return []
     rank = max(m.rank for m in modules)
-    return [Problem(
-        f"{describe_modules(too_big)} rank up to {rank} is above this worker's "
-        f"max_lora_rank {max_lora_rank}"
-    )]
+    return [
+        Problem(
+            f"{describe_modules(too_big)} rank up to {rank} is above this worker's "
+            f"max_lora_rank {max_lora_rank}"
+        )
+    ]
 
 
-def _read_weights_header(directory: pathlib.Path) -> tuple[dict[str, TensorInfo] | None, list[Problem]]:
+def _read_weights_header(
+    directory: pathlib.Path,
+) -> tuple[dict[str, TensorInfo] | None, list[Problem]]:
     path = directory / WEIGHTS_FILE
     if not path.is_file():
         if (directory / PICKLED_WEIGHTS_FILE).is_file():
-            return None, [Problem(
-                f"{PICKLED_WEIGHTS_FILE} holds pickled weights, which are refused (loading a "
-                f"pickle can run code); save the adapter as {WEIGHTS_FILE}"
-            )]
+            return None, [
+                Problem(
+                    f"{PICKLED_WEIGHTS_FILE} holds pickled weights, which are refused (loading a "
+                    f"pickle can run code); save the adapter as {WEIGHTS_FILE}"
+                )
+            ]
         return None, [Problem(f"{WEIGHTS_FILE} is missing")]
     try:
         return read_header(path), []
@@ -118,11 +132,17 @@ def _read_weights_header(directory: pathlib.Path) -> tuple[dict[str, TensorInfo]
 
 def _module_plan(ref: ModuleRef, pair: dict[str, str], spec: AdapterSpec) -> ModulePlan:
     return ModulePlan(
-        ref, pair[LORA_A], pair[LORA_B], spec.rank_for(ref.name), spec.scale_for(ref.name),
+        ref,
+        pair[LORA_A],
+        pair[LORA_B],
+        spec.rank_for(ref.name),
+        spec.scale_for(ref.name),
     )
 
 
-def _coverage_problems(pairs: dict[ModuleRef, dict[str, str]], targeted: set[ModuleRef]) -> list[Problem]:
+def _coverage_problems(
+    pairs: dict[ModuleRef, dict[str, str]], targeted: set[ModuleRef]
+) -> list[Problem]:
     """Weights without a target, targets without weights, and lora_A without lora_B."""
     groups: dict[str, list[ModuleRef]] = defaultdict(list)
     for ref, pair in pairs.items():
@@ -137,7 +157,9 @@ def _coverage_problems(pairs: dict[ModuleRef, dict[str, str]], targeted: set[Mod
 
 
 def _shape_problems(
-    modules: list[ModulePlan], header: dict[str, TensorInfo], spec: AdapterSpec,
+    modules: list[ModulePlan],
+    header: dict[str, TensorInfo],
+    spec: AdapterSpec,
     config: ModelConfig,
 ) -> list[Problem]:
     """Dtype and shape problems, one message per kind of problem and projection."""
@@ -147,16 +169,24 @@ def _shape_problems(
         in_features, out_features = shapes[m.ref.projection]
         # (name, kind, features, axis of the rank in PEFT's [r, in] / [out, r] layout)
         for name, kind, features, rank_axis in (
-            (m.a_name, LORA_A, in_features, 0), (m.b_name, LORA_B, out_features, 1),
+            (m.a_name, LORA_A, in_features, 0),
+            (m.b_name, LORA_B, out_features, 1),
         ):
             axis = 1 - rank_axis if spec.fan_in_fan_out else rank_axis
             for problem in _tensor_problems(kind, header[name], m.rank, features, axis):
                 groups[problem].append(m.ref)
-    return [Problem(f"{describe_modules(refs)} {what}", mismatch) for (what, mismatch), refs in groups.items()]
+    return [
+        Problem(f"{describe_modules(refs)} {what}", mismatch)
+        for (what, mismatch), refs in groups.items()
+    ]
 
 
 def _tensor_problems(
-    kind: str, info: TensorInfo, rank: int, features: int, rank_axis: int,
+    kind: str,
+    info: TensorInfo,
+    rank: int,
+    features: int,
+    rank_axis: int,
 ) -> list[tuple[str, bool]]:
     """(message, is_base_model_mismatch) for one tensor's dtype and shape."""
     problems = []
@@ -168,10 +198,13 @@ def _tensor_problems(
     if list(info.shape) != want:
         # Right rank, wrong feature size: a sound adapter trained for another model size.
         is_mismatch = len(info.shape) == 2 and info.shape[rank_axis] == rank
-        problems.append((
-            f"{kind} has shape {list(info.shape)}, expected {want} (rank {rank} from "
-            f"r/rank_pattern, {features} features in the base model)", is_mismatch,
-        ))
+        problems.append(
+            (
+                f"{kind} has shape {list(info.shape)}, expected {want} (rank {rank} from "
+                f"r/rank_pattern, {features} features in the base model)",
+                is_mismatch,
+            )
+        )
     return problems
 
 

@@ -76,4 +76,6 @@ class NonFiniteCollector:
 
     def problems(self, what: str = "holds NaN or infinite values") -> list[Problem]:
         """One problem per tensor kind with non-finite values."""
-        return [Problem(f"{describe_modules(refs)} {kind} {what}") for kind, refs in self._refs.items()]
+        return [
+            Problem(f"{describe_modules(refs)} {kind} {what}") for kind, refs in self._refs.items()
+        ]

@@ -17,18 +17,29 @@ LORA_B = "lora_B"
 _KEY = re.compile(r"base_model\.model\.(?P<module>.+)\.(?P<kind>lora_[AB])\.weight")
 # Tensors of PEFT features this loader refuses, and why.
 _REFUSED_TENSORS = (
-    (re.compile(r".*\.lora_embedding_[AB](\.\w+)?"), "embedding LoRA (lora_embedding_A/B) is not supported"),
-    (re.compile(r".*\.lora_magnitude_vector(\.\w+)?"), "DoRA (lora_magnitude_vector) is not supported"),
+    (
+        re.compile(r".*\.lora_embedding_[AB](\.\w+)?"),
+        "embedding LoRA (lora_embedding_A/B) is not supported",
+    ),
+    (
+        re.compile(r".*\.lora_magnitude_vector(\.\w+)?"),
+        "DoRA (lora_magnitude_vector) is not supported",
+    ),
     (re.compile(r".*\.lora_[AB]\.bias"), "lora_bias is not supported: lora_B has no bias here"),
-    (re.compile(r".*\.modules_to_save\..*|.*\.original_module\..*"),
-     "modules_to_save is not supported: it replaces whole base-model modules"),
-    (re.compile(r".*\.base_layer\..*"),
-     "the file holds base-model weights (base_layer), which an adapter may not replace"),
+    (
+        re.compile(r".*\.modules_to_save\..*|.*\.original_module\..*"),
+        "modules_to_save is not supported: it replaces whole base-model modules",
+    ),
+    (
+        re.compile(r".*\.base_layer\..*"),
+        "the file holds base-model weights (base_layer), which an adapter may not replace",
+    ),
 )
 
 
 def pair_weight_keys(
-    names: list[str], config: ModelConfig,
+    names: list[str],
+    config: ModelConfig,
 ) -> tuple[dict[ModuleRef, dict[str, str]], list[Problem]]:
     """Groups tensor names by projection: {ref: {"lora_A": name, "lora_B": name}}.
 
@@ -41,10 +52,13 @@ def pair_weight_keys(
         refused = next((why for pattern, why in _REFUSED_TENSORS if pattern.fullmatch(name)), None)
         match = _KEY.fullmatch(name)
         if refused is not None or match is None:
-            problems.append(Problem(
-                refused or f"tensor {name!r} is not a LoRA weight (lora_A/lora_B) of a module; "
-                "an adapter may not carry base-model weights"
-            ))
+            problems.append(
+                Problem(
+                    refused
+                    or f"tensor {name!r} is not a LoRA weight (lora_A/lora_B) of a module; "
+                    "an adapter may not carry base-model weights"
+                )
+            )
             continue
         ref, problem = parse_module_name(match["module"], config)
         if problem is not None:

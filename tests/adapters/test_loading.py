@@ -18,8 +18,11 @@ CASES = {
     "alpha_not_r": dict(r=8, alpha=32, target_modules=["k_proj", "o_proj", "down_proj"]),
     "rslora": dict(r=16, alpha=8, target_modules=["q_proj", "up_proj"], use_rslora=True),
     "patterns": dict(
-        r=4, alpha=8, target_modules=ALL,
-        rank_pattern={"q_proj": 8, "layers.1.mlp.down_proj": 2}, alpha_pattern={"v_proj": 3},
+        r=4,
+        alpha=8,
+        target_modules=ALL,
+        rank_pattern={"q_proj": 8, "layers.1.mlp.down_proj": 2},
+        alpha_pattern={"v_proj": 3},
     ),
     "all_linear": dict(r=4, alpha=16, target_modules="all-linear"),
 }
@@ -74,7 +77,9 @@ def test_patterns_set_rank_and_scale_per_module(base_dir, model_config, tmp_path
     adapter_dir = make_adapter(base_dir, tmp_path / "p", seed=1, **CASES["patterns"])
     adapter = load_adapter(str(adapter_dir), model_config, max_lora_rank=16)
     assert adapter.weights(0, "q_proj").rank == 8 and adapter.weights(0, "q_proj").scale == 1.0
-    assert adapter.weights(1, "down_proj").rank == 2 and adapter.weights(1, "down_proj").scale == 4.0
+    assert (
+        adapter.weights(1, "down_proj").rank == 2 and adapter.weights(1, "down_proj").scale == 4.0
+    )
     assert adapter.weights(0, "down_proj").rank == 4
     assert adapter.weights(1, "v_proj").scale == 0.75
     assert adapter.rank == 8
@@ -89,7 +94,9 @@ def test_rslora_scale_is_alpha_over_sqrt_r(base_dir, model_config, tmp_path):
 
 def test_fan_in_fan_out_file_is_transposed_back(base_dir, model_config, plain_adapter, tmp_path):
     flipped = copy_adapter(
-        plain_adapter, tmp_path / "fifo", config_changes={"fan_in_fan_out": True},
+        plain_adapter,
+        tmp_path / "fifo",
+        config_changes={"fan_in_fan_out": True},
         tensors_fn=lambda t: {k: v.T for k, v in t.items()},
     )
     adapter = load_adapter(str(flipped), model_config, max_lora_rank=16)
@@ -108,7 +115,9 @@ def test_dtype_and_size(model_config, plain_adapter):
 
 
 def test_validate_reports_a_good_adapter(model_config, plain_adapter, base_dir):
-    report = validate_adapter(str(plain_adapter), model_config, max_lora_rank=8, dtype=torch.float16)
+    report = validate_adapter(
+        str(plain_adapter), model_config, max_lora_rank=8, dtype=torch.float16
+    )
     loaded = load_adapter(str(plain_adapter), model_config, max_lora_rank=8)
     assert report.is_valid and report.reasons == ()
     assert report.digest == loaded.digest
@@ -118,12 +127,17 @@ def test_validate_reports_a_good_adapter(model_config, plain_adapter, base_dir):
 
 
 @pytest.mark.parametrize(
-    "targets", [r".*\.(q_proj|v_proj)", ["self_attn.q_proj", "model.layers.0.self_attn.v_proj", "v_proj"]],
+    "targets",
+    [r".*\.(q_proj|v_proj)", ["self_attn.q_proj", "model.layers.0.self_attn.v_proj", "v_proj"]],
     ids=["regex", "suffixes"],
 )
-def test_target_modules_forms_select_the_same_modules(targets, model_config, plain_adapter, tmp_path):
+def test_target_modules_forms_select_the_same_modules(
+    targets, model_config, plain_adapter, tmp_path
+):
     original = load_adapter(str(plain_adapter), model_config, max_lora_rank=8)
-    renamed = copy_adapter(plain_adapter, tmp_path / "t", config_changes={"target_modules": targets})
+    renamed = copy_adapter(
+        plain_adapter, tmp_path / "t", config_changes={"target_modules": targets}
+    )
     adapter = load_adapter(str(renamed), model_config, max_lora_rank=8)
     assert adapter.digest == original.digest
     assert sorted(adapter.modules) == sorted(original.modules)
@@ -131,11 +145,15 @@ def test_target_modules_forms_select_the_same_modules(targets, model_config, pla
 
 def test_all_linear_shorthand_and_exclude_modules(base_dir, model_config, tmp_path):
     expanded = make_adapter(base_dir, tmp_path / "all", r=2, alpha=4, target_modules="all-linear")
-    shorthand = copy_adapter(expanded, tmp_path / "short", config_changes={"target_modules": "all-linear"})
+    shorthand = copy_adapter(
+        expanded, tmp_path / "short", config_changes={"target_modules": "all-linear"}
+    )
     adapter = load_adapter(str(shorthand), model_config, max_lora_rank=8)
     assert adapter.target_modules == tuple(PROJECTIONS) and len(adapter.modules) == 14
     excluded = copy_adapter(
-        expanded, tmp_path / "ex", config_changes={"target_modules": "all-linear", "exclude_modules": ["o_proj"]},
+        expanded,
+        tmp_path / "ex",
+        config_changes={"target_modules": "all-linear", "exclude_modules": ["o_proj"]},
         tensors_fn=lambda t: {k: v for k, v in t.items() if "o_proj" not in k},
     )
     adapter = load_adapter(str(excluded), model_config, max_lora_rank=8)

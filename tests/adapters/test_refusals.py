@@ -23,7 +23,9 @@ def refusal(adapter_dir, model_config, *, max_lora_rank=16, dtype=torch.float32)
     """The error load_adapter raises; also checks validate_adapter gives the same reasons."""
     with pytest.raises(AdapterInvalid) as info:
         load_adapter(str(adapter_dir), model_config, max_lora_rank=max_lora_rank, dtype=dtype)
-    report = validate_adapter(str(adapter_dir), model_config, max_lora_rank=max_lora_rank, dtype=dtype)
+    report = validate_adapter(
+        str(adapter_dir), model_config, max_lora_rank=max_lora_rank, dtype=dtype
+    )
     assert not report.is_valid
     assert report.reasons == info.value.reasons
     assert report.is_base_model_mismatch == isinstance(info.value, BaseModelMismatch)
@@ -66,8 +68,12 @@ def test_rank_above_max_lora_rank(plain_adapter, model_config):
 
 
 def test_adapter_for_another_hidden_size_is_a_base_model_mismatch(tmp_path, model_config):
-    other_base = make_checkpoint(tmp_path / "small", "llama-gqa", hidden_size=32, intermediate_size=64)
-    adapter_dir = make_adapter(other_base, tmp_path / "a", r=4, alpha=8, target_modules=["q_proj", "down_proj"])
+    other_base = make_checkpoint(
+        tmp_path / "small", "llama-gqa", hidden_size=32, intermediate_size=64
+    )
+    adapter_dir = make_adapter(
+        other_base, tmp_path / "a", r=4, alpha=8, target_modules=["q_proj", "down_proj"]
+    )
     error = refusal(adapter_dir, model_config)
     assert isinstance(error, BaseModelMismatch)
     assert "q_proj of layers 0, 1: lora_A has shape [4, 32], expected [4, 64]" in str(error)
@@ -88,10 +94,14 @@ def test_adapter_for_another_architecture_is_a_base_model_mismatch(tmp_path, mod
 
 
 def test_recorded_base_model_class_must_match(plain_adapter, model_config, tmp_path):
-    changed = copy_adapter(plain_adapter, tmp_path / "a", config_changes={
-        "task_type": None,
-        "auto_mapping": {"base_model_class": "Qwen2ForCausalLM", "parent_library": "x"},
-    })
+    changed = copy_adapter(
+        plain_adapter,
+        tmp_path / "a",
+        config_changes={
+            "task_type": None,
+            "auto_mapping": {"base_model_class": "Qwen2ForCausalLM", "parent_library": "x"},
+        },
+    )
     error = refusal(changed, model_config)
     assert isinstance(error, BaseModelMismatch)
     assert "trained on a Qwen2ForCausalLM, the base model is a LlamaForCausalLM" in str(error)
@@ -129,15 +139,23 @@ def test_keys_matching_nothing_are_refused(plain_adapter, model_config, tmp_path
 
 
 def test_target_entry_matching_nothing_is_refused(plain_adapter, model_config, tmp_path):
-    changed = copy_adapter(plain_adapter, tmp_path / "t", config_changes={"target_modules": ["q_proj", "v_proj", "wq"]})
+    changed = copy_adapter(
+        plain_adapter, tmp_path / "t", config_changes={"target_modules": ["q_proj", "v_proj", "wq"]}
+    )
     error = refusal(changed, model_config)
-    assert error.reasons == ("target_modules entry 'wq' matches no q/k/v/o/gate/up/down projection of the base model",)
+    assert error.reasons == (
+        "target_modules entry 'wq' matches no q/k/v/o/gate/up/down projection of the base model",
+    )
 
 
 def test_weights_outside_target_modules_are_refused(plain_adapter, model_config, tmp_path):
-    changed = copy_adapter(plain_adapter, tmp_path / "t", config_changes={"target_modules": ["q_proj"]})
+    changed = copy_adapter(
+        plain_adapter, tmp_path / "t", config_changes={"target_modules": ["q_proj"]}
+    )
     error = refusal(changed, model_config)
-    assert error.reasons == ("v_proj of layers 0, 1: has weights, but target_modules does not select it",)
+    assert error.reasons == (
+        "v_proj of layers 0, 1: has weights, but target_modules does not select it",
+    )
 
 
 def test_targeted_modules_without_weights_are_refused(plain_adapter, model_config, tmp_path):
@@ -145,7 +163,9 @@ def test_targeted_modules_without_weights_are_refused(plain_adapter, model_confi
         return {k: v for k, v in tensors.items() if "layers.1.self_attn.q_proj" not in k}
 
     error = refusal(copy_adapter(plain_adapter, tmp_path / "d", tensors_fn=drop), model_config)
-    assert error.reasons == ("q_proj of layer 1: is selected by target_modules, but the file has no weights for it",)
+    assert error.reasons == (
+        "q_proj of layer 1: is selected by target_modules, but the file has no weights for it",
+    )
 
 
 @pytest.mark.parametrize(
@@ -160,7 +180,9 @@ def test_targeted_modules_without_weights_are_refused(plain_adapter, model_confi
     ids=["ia3", "unknown_option", "pissa", "zero_rank", "seq_cls"],
 )
 def test_config_refusals(changes, expected, plain_adapter, model_config, tmp_path):
-    error = refusal(copy_adapter(plain_adapter, tmp_path / "c", config_changes=changes), model_config)
+    error = refusal(
+        copy_adapter(plain_adapter, tmp_path / "c", config_changes=changes), model_config
+    )
     assert any(expected in reason for reason in error.reasons), error.reasons
 
 
@@ -170,12 +192,24 @@ def test_every_reason_is_collected(plain_adapter, model_config, tmp_path):
         tensors[key] = torch.zeros(16, 4)
         return tensors
 
-    broken = copy_adapter(plain_adapter, tmp_path / "many", tensors_fn=reshape, config_changes={
-        "bias": "all", "use_dora": True, "target_modules": ["q_proj", "v_proj", "lm_head"],
-    })
+    broken = copy_adapter(
+        plain_adapter,
+        tmp_path / "many",
+        tensors_fn=reshape,
+        config_changes={
+            "bias": "all",
+            "use_dora": True,
+            "target_modules": ["q_proj", "v_proj", "lm_head"],
+        },
+    )
     error = refusal(broken, model_config)
     text = "\n".join(error.reasons)
-    for fragment in ("bias='all'", "DoRA", "LoRA on lm_head", "lora_B has shape [16, 4], expected [32, 4]"):
+    for fragment in (
+        "bias='all'",
+        "DoRA",
+        "LoRA on lm_head",
+        "lora_B has shape [16, 4], expected [32, 4]",
+    ):
         assert fragment in text
     assert len(error.reasons) == 4
     assert not isinstance(error, BaseModelMismatch)
@@ -185,7 +219,9 @@ def test_missing_config_and_fp64_weights(plain_adapter, model_config, tmp_path):
     no_config = copy_adapter(plain_adapter, tmp_path / "nc")
     (no_config / "adapter_config.json").unlink()
     assert "adapter_config.json is missing" in str(refusal(no_config, model_config))
-    wide = copy_adapter(plain_adapter, tmp_path / "f64", tensors_fn=lambda t: {k: v.double() for k, v in t.items()})
+    wide = copy_adapter(
+        plain_adapter, tmp_path / "f64", tensors_fn=lambda t: {k: v.double() for k, v in t.items()}
+    )
     assert "dtype F64" in str(refusal(wide, model_config))
     (tmp_path / "nc" / "adapter_config.json").write_text(json.dumps({"r": 4}))
     assert "target_modules is missing" in str(refusal(no_config, model_config))
@@ -194,7 +230,9 @@ def test_missing_config_and_fp64_weights(plain_adapter, model_config, tmp_path):
 def test_another_model_config_is_checked_not_trusted(plain_adapter):
     """The base model named in the adapter config plays no part; the given config decides."""
     raw = json.loads((plain_adapter / "adapter_config.json").read_text())
-    bigger = json.loads((__import__("pathlib").Path(raw["base_model_name_or_path"]) / "config.json").read_text())
+    bigger = json.loads(
+        (__import__("pathlib").Path(raw["base_model_name_or_path"]) / "config.json").read_text()
+    )
     bigger["num_hidden_layers"] = 1
     error = refusal(plain_adapter, ModelConfig.from_dict(bigger))
     assert isinstance(error, BaseModelMismatch)

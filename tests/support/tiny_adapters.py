@@ -34,9 +34,14 @@ def make_adapter(
 
     base = transformers.AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     config = peft.LoraConfig(
-        r=r, lora_alpha=alpha, target_modules=target_modules, use_rslora=use_rslora,
-        rank_pattern=rank_pattern or {}, alpha_pattern=alpha_pattern or {},
-        task_type="CAUSAL_LM", **lora_options,
+        r=r,
+        lora_alpha=alpha,
+        target_modules=target_modules,
+        use_rslora=use_rslora,
+        rank_pattern=rank_pattern or {},
+        alpha_pattern=alpha_pattern or {},
+        task_type="CAUSAL_LM",
+        **lora_options,
     )
     torch.manual_seed(seed)
     model = peft.get_peft_model(base, config)
