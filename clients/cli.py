@@ -13,7 +13,9 @@ import sys
 from collections.abc import Sequence
 
 # Server subcommands: name -> (module with `main(argv)`, one-line help).
-SERVER_COMMANDS: dict[str, tuple[str, str]] = {}
+SERVER_COMMANDS: dict[str, tuple[str, str]] = {
+    "controlplane": ("lorafleet.controlplane.cli", "run a control-plane replica over etcd"),
+}
 
 # Client subcommands: name -> module with `add_arguments(parser)` and `run(args) -> int`.
 CLIENT_COMMANDS: dict[str, str] = {
