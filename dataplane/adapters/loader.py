@@ -116,7 +116,11 @@ def validate_adapter(
     base_model = spec.base_model_name_or_path if spec else None
     if plan is None:
         return ValidationReport(uri, tuple(problems), base_model_name_or_path=base_model)
-    digest, value_problems, _ = _read_weights(plan, dtype, is_kept=False)
+    try:
+        digest, value_problems, _ = _read_weights(plan, dtype, is_kept=False)
+    except AdapterInvalid as exc:  # corrupt tensor data
+        problems += [Problem(reason) for reason in exc.reasons]
+        return ValidationReport(uri, tuple(problems), base_model_name_or_path=base_model)
     return ValidationReport(
         uri,
         tuple(problems + value_problems),

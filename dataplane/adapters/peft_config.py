@@ -198,7 +198,12 @@ def _refusals(raw: dict) -> list[Problem]:
 
 
 def _names_or_regex(value, field: str, problems: list[Problem]) -> tuple[str, ...] | str | None:
-    if value is None or isinstance(value, str):
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value.lower() != ALL_LINEAR and not _is_regex(value):
+            problems.append(Problem(f"{field} {value!r} is not a valid regular expression"))
+            return None
         return value
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return tuple(value)
@@ -212,7 +217,19 @@ def _pattern(value, field: str, is_valid, problems: list[Problem]) -> dict:
     if not isinstance(value, dict) or not all(is_valid(v) for v in value.values()):
         problems.append(Problem(f"{field} must map module patterns to numbers, got {value!r}"))
         return {}
+    bad_keys = [key for key in value if not _is_regex(rf"(.*\.)?({key})$")]
+    if bad_keys:
+        problems.append(Problem(f"{field} keys {bad_keys} are not valid regular expressions"))
+        return {}
     return dict(value)
+
+
+def _is_regex(text: str) -> bool:
+    try:
+        re.compile(text)
+    except re.error:
+        return False
+    return True
 
 
 def _is_set(value) -> bool:

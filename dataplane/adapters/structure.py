@@ -20,8 +20,9 @@ from lorafleet.dataplane.model.config import PROJECTIONS, ModelConfig
 
 WEIGHTS_FILE = "adapter_model.safetensors"
 PICKLED_WEIGHTS_FILE = "adapter_model.bin"
-# Element sizes of the stored dtypes accepted; fp64/int/fp8 files are refused.
-STORED_DTYPE_BYTES = {"F16": 2, "BF16": 2, "F32": 4}
+# Stored dtypes accepted (safetensors codes); float32 holds each exactly, which the digest
+# relies on. fp64, integer and fp8 files are refused.
+STORED_DTYPES = ("F16", "BF16", "F32")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,8 +191,8 @@ def _tensor_problems(
 ) -> list[tuple[str, bool]]:
     """(message, is_base_model_mismatch) for one tensor's dtype and shape."""
     problems = []
-    if info.dtype not in STORED_DTYPE_BYTES:
-        allowed = list(STORED_DTYPE_BYTES)
+    if info.dtype not in STORED_DTYPES:
+        allowed = list(STORED_DTYPES)
         problems.append((f"{kind} has dtype {info.dtype}; expected one of {allowed}", False))
     want = [features, features]
     want[rank_axis] = rank

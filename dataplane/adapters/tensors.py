@@ -16,9 +16,9 @@ from collections import defaultdict
 from collections.abc import Iterator
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
-from lorafleet.dataplane.adapters.errors import Problem
+from lorafleet.dataplane.adapters.errors import AdapterInvalid, Problem
 from lorafleet.dataplane.adapters.modules import ModuleRef, describe_modules
 from lorafleet.dataplane.adapters.structure import AdapterPlan, ModulePlan
 
@@ -35,14 +35,21 @@ class ModuleTensors:
 
 
 def iter_module_tensors(plan: AdapterPlan) -> Iterator[ModuleTensors]:
-    """Yields each module's weights, transposed back when stored fan_in_fan_out."""
-    with safe_open(str(plan.weights_path), framework="pt") as weights:
-        for module in plan.modules:
-            a = weights.get_tensor(module.a_name).to(torch.float32)
-            b = weights.get_tensor(module.b_name).to(torch.float32)
-            if plan.spec.fan_in_fan_out:
-                a, b = a.T, b.T
-            yield ModuleTensors(module, a.contiguous(), b.contiguous())
+    """Yields each module's weights, transposed back when stored fan_in_fan_out.
+
+    Raises AdapterInvalid when the file's data does not match its header (truncated,
+    overlapping or corrupt tensors).
+    """
+    try:
+        with safe_open(str(plan.weights_path), framework="pt") as weights:
+            for module in plan.modules:
+                a = weights.get_tensor(module.a_name).to(torch.float32)
+                b = weights.get_tensor(module.b_name).to(torch.float32)
+                if plan.spec.fan_in_fan_out:
+                    a, b = a.T, b.T
+                yield ModuleTensors(module, a.contiguous(), b.contiguous())
+    except (SafetensorError, OSError) as exc:
+        raise AdapterInvalid([f"{plan.weights_path.name} is corrupt: {exc}"]) from exc
 
 
 class Digester:

@@ -237,3 +237,26 @@ def test_another_model_config_is_checked_not_trusted(plain_adapter):
     error = refusal(plain_adapter, ModelConfig.from_dict(bigger))
     assert isinstance(error, BaseModelMismatch)
     assert "weights for layer 1, but the base model has 1 layers" in str(error)
+
+
+def test_corrupt_weights_file_is_refused(plain_adapter, model_config, tmp_path):
+    truncated = copy_adapter(plain_adapter, tmp_path / "trunc")
+    data = (truncated / "adapter_model.safetensors").read_bytes()
+    (truncated / "adapter_model.safetensors").write_bytes(data[:-64])
+    assert "adapter_model.safetensors is corrupt" in str(refusal(truncated, model_config))
+    (truncated / "adapter_model.safetensors").write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{oops")
+    assert "malformed header" in str(refusal(truncated, model_config))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"target_modules": "(q_proj"}, {"rank_pattern": {"q_proj[": 8}}],
+    ids=["target_regex", "pattern_key"],
+)
+def test_invalid_regexes_are_refused(changes, plain_adapter, model_config, tmp_path):
+    error = refusal(
+        copy_adapter(plain_adapter, tmp_path / "re", config_changes=changes), model_config
+    )
+    assert "not a valid regular expression" in str(error) or "not valid regular expressions" in str(
+        error
+    )
