@@ -129,12 +129,25 @@ def _matches_nothing(what: str) -> Problem:
 
 
 def describe_modules(refs) -> str:
-    """'q_proj of layers 0, 1; v_proj of layer 3:' for a group of modules, in message order."""
+    """'q_proj of layers 0-31; v_proj of layer 3:' for a group of modules, in message order."""
     layers: dict[str, list[int]] = defaultdict(list)
     for ref in sorted(refs, key=ModuleRef.sort_key):
         layers[ref.projection].append(ref.layer_index)
     parts = [
-        f"{proj} of layer{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}"
+        f"{proj} of layer{'s' if len(ids) > 1 else ''} {_runs(ids)}"
         for proj, ids in sorted(layers.items(), key=lambda kv: PROJECTIONS.index(kv[0]))
     ]
     return "; ".join(parts) + ":"
+
+
+def _runs(ids: list[int]) -> str:
+    """'0-3, 7, 9, 10' for sorted layer numbers: runs of three or more are shortened."""
+    runs: list[list[int]] = []
+    for i in ids:
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return ", ".join(
+        f"{run[0]}-{run[-1]}" if len(run) >= 3 else ", ".join(map(str, run)) for run in runs
+    )

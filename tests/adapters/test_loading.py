@@ -8,9 +8,10 @@ import transformers
 from peft import PeftModel
 
 from lorafleet.dataplane.adapters.loader import load_adapter, validate_adapter
-from lorafleet.dataplane.model.config import PROJECTIONS
+from lorafleet.dataplane.model.config import PROJECTIONS, ModelConfig
 from tests.adapters.conftest import copy_adapter
 from tests.support.tiny_adapters import make_adapter
+from tests.support.tiny_models import make_checkpoint
 
 ALL = list(PROJECTIONS)
 CASES = {
@@ -158,3 +159,12 @@ def test_all_linear_shorthand_and_exclude_modules(base_dir, model_config, tmp_pa
     )
     adapter = load_adapter(str(excluded), model_config, max_lora_rank=8)
     assert "o_proj" not in adapter.target_modules and len(adapter.modules) == 12
+
+
+@pytest.mark.parametrize("arch", ["qwen2-bias", "mistral"])
+def test_other_llama_family_architectures(arch, tmp_path):
+    base = make_checkpoint(tmp_path / arch, arch)
+    adapter_dir = make_adapter(base, tmp_path / "a", r=4, alpha=8, target_modules="all-linear")
+    adapter = load_adapter(str(adapter_dir), ModelConfig.from_dir(base), max_lora_rank=8)
+    assert_same_math(adapter, peft_deltas(base, adapter_dir))
+    assert len(adapter.modules) == 14

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from lorafleet.dataplane.adapters import AdapterInvalid, BaseModelMismatch
 from lorafleet.dataplane.adapters.loader import load_adapter, validate_adapter
+from lorafleet.dataplane.adapters.modules import ModuleRef, describe_modules
 from lorafleet.dataplane.model.config import ModelConfig
 from tests.adapters.conftest import copy_adapter, first_key
 from tests.support.tiny_adapters import make_adapter
@@ -227,14 +228,13 @@ def test_missing_config_and_fp64_weights(plain_adapter, model_config, tmp_path):
     assert "target_modules is missing" in str(refusal(no_config, model_config))
 
 
-def test_another_model_config_is_checked_not_trusted(plain_adapter):
+def test_another_model_config_is_checked_not_trusted(plain_adapter, base_dir):
     """The base model named in the adapter config plays no part; the given config decides."""
-    raw = json.loads((plain_adapter / "adapter_config.json").read_text())
-    bigger = json.loads(
-        (__import__("pathlib").Path(raw["base_model_name_or_path"]) / "config.json").read_text()
-    )
-    bigger["num_hidden_layers"] = 1
-    error = refusal(plain_adapter, ModelConfig.from_dict(bigger))
+    named = json.loads((plain_adapter / "adapter_config.json").read_text())
+    assert named["base_model_name_or_path"] == str(base_dir)
+    smaller = json.loads((base_dir / "config.json").read_text())
+    smaller["num_hidden_layers"] = 1
+    error = refusal(plain_adapter, ModelConfig.from_dict(smaller))
     assert isinstance(error, BaseModelMismatch)
     assert "weights for layer 1, but the base model has 1 layers" in str(error)
 
@@ -260,3 +260,8 @@ def test_invalid_regexes_are_refused(changes, plain_adapter, model_config, tmp_p
     assert "not a valid regular expression" in str(error) or "not valid regular expressions" in str(
         error
     )
+
+
+def test_messages_name_layers_compactly():
+    refs = [ModuleRef(i, "q_proj") for i in (0, 1, 2, 3, 7, 9, 10)] + [ModuleRef(5, "v_proj")]
+    assert describe_modules(refs) == "q_proj of layers 0-3, 7, 9, 10; v_proj of layer 5:"
