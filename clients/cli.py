@@ -12,9 +12,13 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-# Server subcommands: name -> (module with `main(argv)`, one-line help).
+# Server subcommands: name -> ("module:function" taking argv, one-line help).
 SERVER_COMMANDS: dict[str, tuple[str, str]] = {
     "controlplane": ("lorafleet.controlplane.cli", "run a control-plane replica over etcd"),
+    "serve": ("lorafleet.dataplane.serve:main",
+              "serve a model and its adapters on this machine (no etcd)"),
+    "up": ("lorafleet.dataplane.serve:up_main",
+           "serve a generated demo model and adapters, and print how to call them"),
 }
 
 # Client subcommands: name -> module with `add_arguments(parser)` and `run(args) -> int`.
@@ -50,8 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `lorafleet` command."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SERVER_COMMANDS:
-        module_name, _ = SERVER_COMMANDS[argv[0]]
-        return importlib.import_module(module_name).main(argv[1:]) or 0
+        target, _ = SERVER_COMMANDS[argv[0]]
+        module_name, _, function = target.partition(":")
+        return getattr(importlib.import_module(module_name), function or "main")(argv[1:]) or 0
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:

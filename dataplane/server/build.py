@@ -17,7 +17,7 @@ from lorafleet.dataplane.engine.scheduler import SchedulerConfig
 from lorafleet.dataplane.lora.loading import AdapterFiles
 from lorafleet.dataplane.lora.runtime import LoraRuntime
 from lorafleet.dataplane.model.config import ModelConfig
-from lorafleet.dataplane.runner.factory import create_engine
+from lorafleet.dataplane.runner.factory import create_engine, default_device
 from lorafleet.dataplane.runner.kv_cache import KVCacheBudget, bytes_per_block
 from lorafleet.dataplane.server.bridge import EngineBridge
 from lorafleet.dataplane.server.identity import base_model_of
@@ -25,6 +25,8 @@ from lorafleet.dataplane.server.metrics import WorkerMetrics
 from lorafleet.dataplane.server.worker import Worker, WorkerOptions
 
 log = logging.getLogger(__name__)
+
+CPU_KV_CACHE_BYTES = 1 << 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +41,7 @@ class WorkerConfig:
     max_lora_rank: int = 64
     max_cpu_loras: int = 32
     kv_cache_bytes: int | None = None
-    kv_cache_fraction: float = 0.5
+    kv_cache_fraction: float | None = None
     block_size: int = 16
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
@@ -47,10 +49,16 @@ class WorkerConfig:
     worker_id: str = dataclasses.field(default_factory=socket.gethostname)
 
     def kv_budget(self) -> KVCacheBudget:
-        """Bytes when given, else a fraction of free device memory."""
+        """Bytes or a fraction when given; else 85% of free GPU memory, or 1 GiB on a CPU
+        (host memory is shared with everything else on the machine)."""
         if self.kv_cache_bytes is not None:
             return KVCacheBudget(num_bytes=self.kv_cache_bytes)
-        return KVCacheBudget(fraction=self.kv_cache_fraction)
+        if self.kv_cache_fraction is not None:
+            return KVCacheBudget(fraction=self.kv_cache_fraction)
+        device = self.device or str(default_device())
+        if device.startswith("cuda"):
+            return KVCacheBudget(fraction=0.85)
+        return KVCacheBudget(num_bytes=CPU_KV_CACHE_BYTES)
 
 
 @dataclasses.dataclass(frozen=True)

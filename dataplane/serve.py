@@ -1,0 +1,141 @@
+"""`lorafleet serve` (one worker, no etcd) and `lorafleet up` (the same on a demo)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import pathlib
+import signal
+import sys
+
+SERVE_DESCRIPTION = """\
+Serve one base model and its LoRA adapters from this machine: streaming
+InferenceService.Generate and WorkerService (load/evict/list adapters) on one gRPC port,
+Prometheus metrics on another. No control plane or etcd is needed."""
+
+UP_DESCRIPTION = """\
+Generate a small demo checkpoint and three demo adapters (random weights: the text is not
+meaningful) under --demo-dir, serve them like `lorafleet serve`, and print commands that
+stream a completion from each adapter. Takes every `serve` option; --model replaces the
+demo model (and its adapters) with yours."""
+
+
+def _adapter_arg(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH (e.g. acme/support=/adapters/s), got {text!r}")
+    return name, path
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser, *, model_required: bool) -> None:
+    """The options shared by `serve`, `up` and `worker`."""
+    parser.add_argument("--model", type=pathlib.Path, required=model_required,
+                        help="Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json)")
+    parser.add_argument("--model-name", help="name reported for the base model (default: the directory name)")
+    parser.add_argument("--adapter", type=_adapter_arg, action="append", default=[], metavar="NAME=PATH",
+                        help="load a PEFT adapter at start as tenant/name (repeatable)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
+    parser.add_argument("--port", type=int, default=50051, help="gRPC port; 0 picks a free one (default %(default)s)")
+    parser.add_argument("--metrics-port", type=int, default=9400,
+                        help="Prometheus /metrics port; 0 picks a free one, -1 disables (default %(default)s)")
+    parser.add_argument("--device", help="cpu or cuda[:N] (default: cuda when available)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                        help="weight dtype (default: the checkpoint's)")
+    parser.add_argument("--max-loras", type=int, default=8,
+                        help="device adapter slots = distinct adapters per step (default %(default)s)")
+    parser.add_argument("--max-lora-rank", type=int, default=64,
+                        help="largest adapter rank accepted; slots are sized for it (default %(default)s)")
+    parser.add_argument("--max-cpu-loras", type=int, default=32,
+                        help="adapters kept in host memory (default %(default)s)")
+    parser.add_argument("--kv-cache-bytes", type=int,
+                        help="KV cache size in bytes, adapter slots included "
+                             "(default: 0.85 of free GPU memory; 1 GiB on a CPU)")
+    parser.add_argument("--kv-cache-fraction", type=float,
+                        help="instead of --kv-cache-bytes: this fraction of the device memory "
+                             "free after the weights, less the adapter slots")
+    parser.add_argument("--max-num-seqs", type=int, default=64, help="sequences per step (default %(default)s)")
+    parser.add_argument("--max-num-batched-tokens", type=int, default=2048,
+                        help="tokens per step, prefill chunks included (default %(default)s)")
+    parser.add_argument("--max-waiting", type=int, default=256,
+                        help="queued requests beyond which Generate answers RESOURCE_EXHAUSTED (default %(default)s)")
+    parser.add_argument("--worker-id", help="stable id of this worker (default: the host name)")
+    parser.add_argument("--grace-seconds", type=float, default=30.0,
+                        help="on SIGTERM, how long in-flight streams may finish (default %(default)s)")
+
+
+def worker_config(args: argparse.Namespace):
+    """The WorkerConfig the parsed options describe."""
+    from lorafleet.dataplane.server.build import WorkerConfig
+
+    extra = {"worker_id": args.worker_id} if args.worker_id else {}
+    return WorkerConfig(
+        model_dir=args.model, model_name=args.model_name, device=args.device, dtype=args.dtype,
+        max_loras=args.max_loras, max_lora_rank=args.max_lora_rank,
+        max_cpu_loras=args.max_cpu_loras, kv_cache_bytes=args.kv_cache_bytes,
+        kv_cache_fraction=args.kv_cache_fraction, max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens, max_waiting=args.max_waiting, **extra)
+
+
+async def serve(args: argparse.Namespace, on_ready=None) -> None:
+    """Runs a worker until SIGTERM or SIGINT, then shuts it down gracefully."""
+    from lorafleet.dataplane.server.app import start_worker
+
+    metrics_port = None if args.metrics_port < 0 else args.metrics_port
+    running = await start_worker(worker_config(args), host=args.host, port=args.port,
+                                 metrics_port=metrics_port, adapters=tuple(args.adapter))
+    print(f"lorafleet worker {running.worker.options.worker_id} serving on {running.address}", flush=True)
+    print(f"  {running.memory.describe()}", flush=True)
+    if running.metrics_port is not None:
+        print(f"  metrics: http://{args.host}:{running.metrics_port}/metrics", flush=True)
+    if on_ready is not None:
+        on_ready(running)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print(f"shutting down: in-flight streams have {args.grace_seconds:.0f}s", flush=True)
+    await running.stop(args.grace_seconds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`lorafleet serve`."""
+    parser = argparse.ArgumentParser(prog="lorafleet serve", description=SERVE_DESCRIPTION)
+    add_serve_arguments(parser, model_required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(args))
+    return 0
+
+
+def up_main(argv: list[str] | None = None) -> int:
+    """`lorafleet up`: serve the generated demo (or --model) and print how to call it."""
+    parser = argparse.ArgumentParser(prog="lorafleet up", description=UP_DESCRIPTION)
+    add_serve_arguments(parser, model_required=False)
+    parser.add_argument("--demo-dir", type=pathlib.Path, default=pathlib.Path("demo"),
+                        help="where the demo checkpoint and adapters are written (default ./%(default)s)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.model is None:
+        from lorafleet.dataplane.demo import ensure_demo
+
+        print(f"writing the demo model and adapters under {args.demo_dir}/ ...", flush=True)
+        args.model, demo_adapters = ensure_demo(args.demo_dir)
+        args.adapter = [(name, str(path)) for name, path in demo_adapters.items()] + args.adapter
+    asyncio.run(serve(args, on_ready=lambda running: _print_examples(running, args)))
+    return 0
+
+
+def _print_examples(running, args) -> None:
+    grpcurl = pathlib.Path(sys.executable).parent / "grpcurl"
+    lorafleet = pathlib.Path(sys.executable).parent / "lorafleet"
+    print("\nTry it (Ctrl-C stops the worker):", flush=True)
+    for name in [None] + [name for name, _ in args.adapter]:
+        body = '{"adapter": "%s", "text": "Hello", "sampling": {"max_tokens": 16, "temperature": 0}}' % (name or "")
+        print(f"  {grpcurl} -plaintext -d '{body}' {running.address} "
+              "lorafleet.inference.v1.InferenceService/Generate")
+        adapter = f" --adapter {name}" if name else ""
+        print(f"  {lorafleet} generate --addr {running.address}{adapter} 'Hello'")
+    print(f"  {grpcurl} -plaintext {running.address} lorafleet.worker.v1.WorkerService/ListAdapters\n",
+          flush=True)
