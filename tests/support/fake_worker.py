@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 
 import grpc
 
@@ -59,7 +60,7 @@ class FakeWorkerService(worker_grpc.WorkerServiceServicer):
             digest=fake_digest(request.source_uri), tier=request.tier or worker_pb.TIER_DEVICE,
             state=worker_pb.LOAD_STATE_READY, rank=8, size_bytes=4096,
         )
-        self.worker.calls.append(("load", request.adapter, request.version))
+        self.worker.calls.append((time.monotonic(), "load", request.adapter, request.version))
         return worker_pb.LoadAdapterResponse(adapter=table[key])
 
     async def EvictAdapter(self, request, context):
@@ -69,7 +70,7 @@ class FakeWorkerService(worker_grpc.WorkerServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, "not on this worker")
         evicted = [self.worker.residency.pop(k) for k in keys]
         for key in keys:
-            self.worker.calls.append(("evict", *key))
+            self.worker.calls.append((time.monotonic(), "evict", *key))
         return worker_pb.EvictAdapterResponse(adapters=evicted)
 
     async def ListAdapters(self, request, context):
@@ -98,7 +99,8 @@ class FakeWorker:
         self.missing_sources: set[str] = set()
         self.load_failures: dict[str, tuple[grpc.StatusCode, str]] = {}
         self.requests_per_adapter: dict[str, int] = {}
-        self.calls: list[tuple[str, str, int]] = []
+        # (monotonic time, "load" | "evict", adapter, version), in call order.
+        self.calls: list[tuple[float, str, str, int]] = []
         self.num_validations = 0
         self.is_draining = False
         self.address = ""
