@@ -24,6 +24,9 @@ SERVER_COMMANDS: dict[str, tuple[str, str]] = {
 # Client subcommands: name -> module with `add_arguments(parser)` and `run(args) -> int`.
 CLIENT_COMMANDS: dict[str, str] = {
     "generate": "lorafleet.clients.generate",
+    "adapter": "lorafleet.clients.admin",
+    "workers": "lorafleet.clients.workers",
+    "placement": "lorafleet.clients.placement",
 }
 
 

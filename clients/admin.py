@@ -1,0 +1,157 @@
+"""Manage adapters: register them, add versions, split traffic, roll back, delete.
+
+    lorafleet adapter create acme/support --base-model tiny-llama [--min-replicas 2]
+    lorafleet adapter version acme/support /models/adapters/support-v2
+    lorafleet adapter rollout acme/support 1=90 2=10     # no pairs: stop all traffic
+    lorafleet adapter rollback acme/support
+    lorafleet adapter list [--tenant acme]
+    lorafleet adapter get acme/support
+    lorafleet adapter delete acme/support
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from lorafleet.clients.console import add_common_arguments, call, print_json, print_table, timestamp
+from lorafleet.control.v1 import adapter_service_pb2 as pb
+from lorafleet.control.v1 import adapter_service_pb2_grpc as pb_grpc
+
+HELP = "manage adapters, versions and rollouts on the control plane"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the `adapter` sub-commands."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the examples
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    create = sub.add_parser("create", help="register an adapter name")
+    create.add_argument("name", help="'tenant/name'")
+    create.add_argument("--base-model", required=True, help="base model its versions fit")
+    create.add_argument("--description", default="", help="free text")
+    create.add_argument("--min-replicas", type=int, default=0, help="fewest workers per version")
+    create.add_argument("--max-replicas", type=int, default=0, help="most workers (0: no limit)")
+    version = sub.add_parser("version", help="add a version from a source URI (validated)")
+    version.add_argument("name", help="'tenant/name'")
+    version.add_argument("source_uri", help="path, file:// or s3:// URI workers can read")
+    rollout = sub.add_parser("rollout", help="set the traffic split, e.g. 1=90 2=10")
+    rollout.add_argument("name", help="'tenant/name'")
+    rollout.add_argument("weights", nargs="*", metavar="VERSION=WEIGHT",
+                         help="versions and relative weights; none stops all traffic")
+    rollback = sub.add_parser("rollback", help="restore the previous traffic split")
+    rollback.add_argument("name", help="'tenant/name'")
+    listing = sub.add_parser("list", help="list adapters")
+    listing.add_argument("--tenant", default="", help="only this tenant's adapters")
+    get = sub.add_parser("get", help="show an adapter, its versions and rollout")
+    get.add_argument("name", help="'tenant/name'")
+    delete = sub.add_parser("delete", help="delete an adapter that receives no traffic")
+    delete.add_argument("name", help="'tenant/name'")
+    for command in (create, version, rollout, rollback, listing, get, delete):
+        add_common_arguments(command)
+
+
+def parse_weights(pairs: list[str]) -> list[pb.VersionWeight]:
+    """VERSION=WEIGHT strings as VersionWeight messages; ValueError naming a bad pair."""
+    weights = []
+    for pair in pairs:
+        version, sep, weight = pair.partition("=")
+        if not sep or not version.isdigit() or not weight.isdigit():
+            raise ValueError(f"weight {pair!r} must be VERSION=WEIGHT, e.g. 2=10")
+        weights.append(pb.VersionWeight(version=int(version), weight=int(weight)))
+    return weights
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs the chosen sub-command."""
+    if args.action == "rollout":
+        try:
+            args.parsed_weights = parse_weights(args.weights)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+    return call(args, lambda channel: ACTIONS[args.action](pb_grpc.AdapterServiceStub(channel), args))
+
+
+def _create(stub, args) -> None:
+    adapter = pb.Adapter(name=args.name, base_model=args.base_model, description=args.description,
+                         min_replicas=args.min_replicas, max_replicas=args.max_replicas)
+    reply = stub.CreateAdapter(pb.CreateAdapterRequest(adapter=adapter), timeout=args.timeout)
+    _print_adapters(args, [reply.adapter])
+
+
+def _version(stub, args) -> None:
+    request = pb.CreateAdapterVersionRequest(adapter=args.name, source_uri=args.source_uri)
+    reply = stub.CreateAdapterVersion(request, timeout=args.timeout)
+    _print_versions(args, [reply.version])
+
+
+def _rollout(stub, args) -> None:
+    request = pb.UpdateRolloutRequest(adapter=args.name, weights=args.parsed_weights)
+    _print_rollout(args, stub.UpdateRollout(request, timeout=args.timeout).rollout)
+
+
+def _rollback(stub, args) -> None:
+    request = pb.RollbackRolloutRequest(adapter=args.name)
+    _print_rollout(args, stub.RollbackRollout(request, timeout=args.timeout).rollout)
+
+
+def _list(stub, args) -> None:
+    reply = stub.ListAdapters(pb.ListAdaptersRequest(tenant=args.tenant), timeout=args.timeout)
+    _print_adapters(args, reply.adapters)
+
+
+def _get(stub, args) -> None:
+    reply = stub.GetAdapter(pb.GetAdapterRequest(name=args.name), timeout=args.timeout)
+    if args.json:
+        print_json([reply])
+        return
+    _print_adapters(args, [reply.adapter])
+    print()
+    _print_versions(args, reply.versions)
+    print()
+    if reply.HasField("rollout"):
+        _print_rollout(args, reply.rollout)
+    else:
+        print("no rollout yet: the adapter receives no traffic")
+
+
+def _delete(stub, args) -> None:
+    stub.DeleteAdapter(pb.DeleteAdapterRequest(name=args.name), timeout=args.timeout)
+    print(f"deleted {args.name}")
+
+
+ACTIONS = {"create": _create, "version": _version, "rollout": _rollout, "rollback": _rollback,
+           "list": _list, "get": _get, "delete": _delete}
+
+
+def _print_adapters(args, adapters) -> None:
+    if args.json:
+        print_json(adapters)
+        return
+    print_table(
+        ["ADAPTER", "BASE MODEL", "MIN", "MAX", "CREATED", "DESCRIPTION"],
+        [[a.name, a.base_model, a.min_replicas or 1, a.max_replicas or "any",
+          timestamp(a.create_time), a.description] for a in adapters],
+    )
+
+
+def _print_versions(args, versions) -> None:
+    if args.json:
+        print_json(versions)
+        return
+    print_table(
+        ["VERSION", "STATE", "DIGEST", "RANK", "MODULES", "SOURCE", "REASONS"],
+        [[v.version, pb.VersionState.Name(v.state).removeprefix("VERSION_STATE_"),
+          v.digest[:12], v.rank or "", list(v.target_modules), v.source_uri, "; ".join(v.reasons)]
+         for v in versions],
+    )
+
+
+def _print_rollout(args, rollout) -> None:
+    if args.json:
+        print_json([rollout])
+        return
+    total = sum(w.weight for w in rollout.weights)
+    print(f"rollout generation {rollout.generation} ({timestamp(rollout.update_time) or 'never'})")
+    print_table(["VERSION", "WEIGHT", "SHARE"],
+                [[w.version, w.weight, f"{100 * w.weight / total:.0f}%"] for w in rollout.weights])
