@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import logging
 
 import grpc
 
+from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
 from lorafleet.controlplane.election import LeaderElection
 from lorafleet.controlplane.placement import PlacementPolicy
 from lorafleet.controlplane.planning import (
@@ -82,8 +84,14 @@ class Reconciler:
                 await watcher
 
     async def _wake_on_changes(self, wake: asyncio.Event) -> None:
-        async for _ in self.store.watch_snapshots():
-            wake.set()
+        # Heartbeats rewrite worker keys every few seconds; only changes that can alter a
+        # decision wake a pass early. Load drift is picked up by the periodic resync.
+        last = None
+        async for snapshot in self.store.watch_snapshots():
+            shape = decision_fingerprint(snapshot)
+            if shape != last:
+                wake.set()
+                last = shape
 
     async def reconcile_once(self) -> bool:
         """One level-based pass; returns whether it changed anything (worth a re-pass)."""
@@ -149,3 +157,22 @@ class Reconciler:
                 return False
         self.backoff.succeeded(eviction)
         return True
+
+
+def decision_fingerprint(snapshot: Snapshot) -> str:
+    """A digest of the snapshot without heartbeat times, load and per-request counters."""
+    digest = hashlib.sha256()
+    for mapping in (snapshot.adapters, snapshot.versions, snapshot.rollouts, snapshot.placements):
+        for key, message in sorted(mapping.items()):
+            digest.update(repr(key).encode() + message.SerializeToString(deterministic=True))
+    for worker_id, worker in sorted(snapshot.workers.items()):
+        shape = fleet_pb.Worker()
+        shape.CopyFrom(worker)
+        shape.ClearField("last_heartbeat_time")
+        shape.ClearField("load")
+        for residency in shape.adapters:
+            residency.ClearField("last_used")
+            residency.ClearField("num_pinned_requests")
+        digest.update(worker_id.encode() + shape.SerializeToString(deterministic=True))
+    digest.update(repr(snapshot.leader).encode())
+    return digest.hexdigest()

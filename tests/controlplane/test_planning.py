@@ -1,0 +1,115 @@
+"""Reconciler decisions and the routing table from hand-built snapshots: no etcd, no workers."""
+
+from __future__ import annotations
+
+from lorafleet.control.v1 import adapter_service_pb2 as pb
+from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
+from lorafleet.controlplane.placement import PlacementPolicy
+from lorafleet.controlplane.planning import (
+    demand_by_version,
+    desired_placement,
+    plan_evictions,
+    plan_loads,
+)
+from lorafleet.controlplane.reconciler import decision_fingerprint
+from lorafleet.controlplane.routing import diff, routing_table
+from lorafleet.controlplane.schema import Snapshot
+from lorafleet.worker.v1 import worker_service_pb2 as worker_pb
+
+READY = worker_pb.LOAD_STATE_READY
+
+
+def _residency(adapter, version, tier=worker_pb.TIER_HOST, state=READY):
+    return worker_pb.AdapterResidency(adapter=adapter, version=version, tier=tier, state=state)
+
+
+def _snapshot(rollout_weights, workers) -> Snapshot:
+    """Adapter acme/a with versions 1 and 2, the given split, and workers {id: residency}."""
+    snapshot = Snapshot(revision=7)
+    snapshot.adapters["acme/a"] = pb.Adapter(name="acme/a", base_model="m")
+    for number in (1, 2):
+        snapshot.versions[("acme/a", number)] = pb.AdapterVersion(
+            adapter="acme/a", version=number, digest=f"d{number}", source_uri=f"/a{number}",
+            state=pb.VERSION_STATE_READY)
+    snapshot.rollouts["acme/a"] = pb.Rollout(adapter="acme/a", weights=[
+        pb.VersionWeight(version=v, weight=w) for v, w in rollout_weights])
+    for worker_id, held in workers.items():
+        snapshot.workers[worker_id] = fleet_pb.Worker(
+            worker_id=worker_id, address=f"{worker_id}:1", base_model=worker_pb.BaseModel(name="m"),
+            capacities=worker_pb.Capacities(max_loras=1, max_cpu_loras=4), adapters=held)
+    return snapshot
+
+
+def _residency_map(snapshot):
+    return {w.worker_id: {(r.adapter, r.version): r for r in w.adapters}
+            for w in snapshot.workers.values()}
+
+
+def test_routed_version_is_not_evicted_before_its_new_replica_is_ready():
+    snapshot = _snapshot([(1, 1)], {"old": [_residency("acme/a", 1)], "new": []})
+    desired = {("acme/a", 1): ("new",)}
+    residency = _residency_map(snapshot)
+    assert [(x.worker_id, x.version) for x in plan_loads(snapshot, desired, residency)] == [
+        ("new", 1)]
+    assert plan_evictions(snapshot, desired, residency) == []
+    residency["new"] = {("acme/a", 1): _residency("acme/a", 1)}
+    assert [(x.worker_id, x.version) for x in plan_evictions(snapshot, desired, residency)] == [
+        ("old", 1)]
+
+
+def test_unrouted_versions_are_evicted_at_once_and_loading_ones_not_reloaded():
+    snapshot = _snapshot([(1, 1), (2, 0)], {
+        "w0": [_residency("acme/a", 2), _residency("acme/a", 1, state=worker_pb.LOAD_STATE_LOADING)],
+    })
+    desired = {("acme/a", 1): ("w0",)}
+    residency = _residency_map(snapshot)
+    assert plan_loads(snapshot, desired, residency) == []
+    assert [(x.worker_id, x.version) for x in plan_evictions(snapshot, desired, residency)] == [
+        ("w0", 2)]
+
+
+def test_desired_placement_excludes_failed_workers_and_reads_demand():
+    snapshot = _snapshot([(1, 1)], {"w0": [], "w1": [], "w2": []})
+    snapshot.workers["w0"].load.requests_per_adapter["acme/a@1"] = 6
+    snapshot.workers["w1"].load.requests_per_adapter["acme/a@1"] = 3
+    snapshot.workers["w1"].load.requests_per_adapter["malformed"] = 5
+    assert demand_by_version(snapshot) == {("acme/a", 1): 9.0}
+    snapshot.placements[("acme/a", 1)] = fleet_pb.VersionPlacement(
+        adapter="acme/a", version=1, failures={"w2": "FAILED_PRECONDITION: bad digest"})
+    desired = desired_placement(snapshot, PlacementPolicy(demand_per_replica=4))
+    assert desired == {("acme/a", 1): ("w0", "w1")}  # 3 wanted, w2 excluded
+
+
+def test_routing_table_lists_serving_holders_device_first():
+    snapshot = _snapshot([(1, 90), (2, 10)], {
+        "a": [_residency("acme/a", 1, tier=worker_pb.TIER_HOST)],
+        "b": [_residency("acme/a", 1, tier=worker_pb.TIER_DEVICE),
+              _residency("acme/a", 2, state=worker_pb.LOAD_STATE_FAILED)],
+    })
+    route = routing_table(snapshot)["acme/a"]
+    assert [(v.version, v.digest, v.weight) for v in route.versions] == [(1, "d1", 90),
+                                                                        (2, "d2", 10)]
+    assert [w.worker_id for w in route.versions[0].workers] == ["b", "a"]
+    assert list(route.versions[1].workers) == []
+    assert routing_table(snapshot, base_model="other") == {}
+
+
+def test_routing_diff_reports_changes_and_removals():
+    before = routing_table(_snapshot([(1, 1)], {"a": [_residency("acme/a", 1)]}))
+    moved = routing_table(_snapshot([(1, 1)], {"b": [_residency("acme/a", 1)]}))
+    changed, removed = diff(before, moved)
+    assert [r.versions[0].workers[0].worker_id for r in changed] == ["b"] and removed == []
+    assert diff(moved, moved) == ([], [])
+    stopped = routing_table(_snapshot([], {"b": [_residency("acme/a", 1)]}))
+    assert diff(moved, stopped) == ([], ["acme/a"])
+
+
+def test_fingerprint_ignores_heartbeat_noise_but_not_residency():
+    snapshot = _snapshot([(1, 1)], {"a": [_residency("acme/a", 1)]})
+    first = decision_fingerprint(snapshot)
+    snapshot.workers["a"].last_heartbeat_time.seconds = 99
+    snapshot.workers["a"].load.num_running = 3
+    snapshot.workers["a"].adapters[0].num_pinned_requests = 2
+    assert decision_fingerprint(snapshot) == first
+    snapshot.workers["a"].adapters.add(adapter="acme/a", version=2, state=READY)
+    assert decision_fingerprint(snapshot) != first
