@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.support.etcd import EtcdServer
+from tests.support.lora_suite import PeftReference, make_suite
 
 
 @pytest.fixture
@@ -17,3 +18,14 @@ def etcd(tmp_path):
         yield server
     finally:
         server.stop()
+@pytest.fixture(scope="session")
+def lora_suite(tmp_path_factory):
+    """(base checkpoint dir, {adapter name: PEFT dir})."""
+    return make_suite(tmp_path_factory.mktemp("lora-suite"))
+
+
+@pytest.fixture(scope="session")
+def peft_reference(lora_suite):
+    """Greedy references from peft on transformers."""
+    base, adapters = lora_suite
+    return PeftReference(base, adapters)

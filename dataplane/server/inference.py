@@ -19,6 +19,7 @@ from lorafleet.dataplane.server.worker import (
     QueueFull,
     Worker,
 )
+from lorafleet.dataplane.tokenizer import ChatTemplateError
 from lorafleet.inference.v1 import inference_service_pb2 as pb
 from lorafleet.inference.v1 import inference_service_pb2_grpc as pb_grpc
 
@@ -62,6 +63,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                         await context.abort(grpc.StatusCode.INTERNAL, output.error or "error")
         except InvalidRequestError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except ChatTemplateError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"chat: {exc}")
         except AdapterLoadFailed as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
 

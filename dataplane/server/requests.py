@@ -18,19 +18,19 @@ class BadRequest(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class PromptInput:
-    """Exactly one prompt form, as keyword arguments for Engine.add_request."""
+    """Exactly one prompt form: token ids, text, or chat messages."""
 
     token_ids: tuple[int, ...] | None = None
     text: str | None = None
     messages: tuple[dict, ...] | None = None
 
-    def engine_kwargs(self) -> dict:
-        """The arguments Engine.add_request takes for this form."""
+    def token_ids_for(self, tokenizer) -> tuple[int, ...]:
+        """The prompt as token ids (text and chat through the model's tokenizer)."""
         if self.token_ids is not None:
-            return {"prompt_token_ids": self.token_ids}
+            return self.token_ids
         if self.text is not None:
-            return {"prompt": self.text}
-        return {"messages": self.messages}
+            return tuple(tokenizer.encode(self.text))
+        return tuple(tokenizer.encode_chat(list(self.messages)))
 
 
 def prompt_of(request: pb.GenerateRequest) -> PromptInput:

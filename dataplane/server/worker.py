@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+from lorafleet.dataplane.engine.engine import InvalidRequestError
 from lorafleet.dataplane.engine.outputs import RequestOutput
 from lorafleet.dataplane.engine.params import SamplingParams
 from lorafleet.dataplane.lora.cache import AdapterSource
@@ -97,8 +98,12 @@ class Worker:
         key = entry.digest if entry is not None else None
 
         def add(engine):
-            engine.add_request(admitted.request_id, params=params, adapter=key,
-                               **prompt.engine_kwargs())
+            token_ids = prompt.token_ids_for(engine.tokenizer)
+            if len(token_ids) + params.max_tokens > engine.max_model_len:
+                raise InvalidRequestError(
+                    f"sampling.max_tokens: prompt ({len(token_ids)} tokens) plus max_tokens "
+                    f"({params.max_tokens}) exceeds the context of {engine.max_model_len}")
+            engine.add_request(admitted.request_id, token_ids, params=params, adapter=key)
 
         last = None
         try:
