@@ -25,3 +25,7 @@ class FailedPrecondition(ControlPlaneError):
 
 class Conflict(ControlPlaneError):
     """A concurrent writer changed the keys first, repeatedly (ABORTED)."""
+
+
+class NotLeader(ControlPlaneError):
+    """A fenced write failed: this replica no longer holds the election lease."""

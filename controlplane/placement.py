@@ -13,8 +13,10 @@ Properties (each covered by a table test):
   and more as demand grows (one replica per `demand_per_replica` requests in flight),
   up to max_replicas;
 - a worker never gets more versions than its slots; draining workers get none;
-- sticky: versions keep the workers they have before any new worker is chosen, and
-  the hottest versions keep theirs first, so a small change in inputs moves few;
+- coverage first: when slots are scarce, every version gets its minimum before any
+  version gets demand-driven extras (hottest versions first within each round);
+- sticky: versions keep the workers they have before any new worker is chosen, so a
+  small change in inputs moves few;
 - replicas spread: a new replica goes to the least-filled eligible worker;
 - deterministic: ties break on version key and worker id, never on input order.
 """
@@ -92,13 +94,17 @@ def place(
     state = _FleetState(workers)
     ordered = sorted(versions, key=lambda v: (-v.demand, v.adapter, v.version))
     wanted = {v.key: num_replicas_wanted(v, state.num_candidates(v), policy) for v in ordered}
-    chosen: dict[VersionKey, list[str]] = {}
-    for version in ordered:
-        chosen[version.key] = _keep_current(version, current.get(version.key, ()), wanted, state)
-    for version in ordered:
-        missing = wanted[version.key] - len(chosen[version.key])
-        if missing > 0:
-            chosen[version.key] += state.take_least_filled(version, chosen[version.key], missing)
+    chosen: dict[VersionKey, list[str]] = {v.key: [] for v in ordered}
+    # Coverage first: every version's minimum before any version's demand-driven extras,
+    # so when slots are scarce a cold version still gets served before a hot one grows.
+    minimums = {v.key: min(wanted[v.key], max(1, v.min_replicas)) for v in ordered}
+    for limits in (minimums, wanted):
+        for version in ordered:
+            _keep_current(version, current.get(version.key, ()), limits, state, chosen)
+        for version in ordered:
+            missing = limits[version.key] - len(chosen[version.key])
+            if missing > 0:
+                chosen[version.key] += state.take_least_filled(version, chosen[version.key], missing)
     return {key: tuple(sorted(ids)) for key, ids in sorted(chosen.items())}
 
 
@@ -116,17 +122,17 @@ def count_moves(
 def _keep_current(
     version: VersionDemand,
     current_ids: Iterable[str],
-    wanted: Mapping[VersionKey, int],
+    limits: Mapping[VersionKey, int],
     state: _FleetState,
-) -> list[str]:
-    kept: list[str] = []
+    chosen: dict[VersionKey, list[str]],
+) -> None:
+    kept = chosen[version.key]
     for worker_id in sorted(set(current_ids)):
-        if len(kept) == wanted[version.key]:
-            break
-        if state.can_hold(version, worker_id):
+        if len(kept) >= limits[version.key]:
+            return
+        if worker_id not in kept and state.can_hold(version, worker_id):
             state.assign(worker_id)
             kept.append(worker_id)
-    return kept
 
 
 class _FleetState:

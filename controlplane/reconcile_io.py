@@ -9,6 +9,7 @@ import time
 import grpc
 
 from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
+from lorafleet.controlplane.errors import NotLeader
 from lorafleet.controlplane.planning import Residency
 from lorafleet.controlplane.schema import Snapshot, VersionKey
 from lorafleet.controlplane.store import EtcdStore
@@ -98,5 +99,5 @@ async def write_placement(store: EtcdStore, fence, snapshot: Snapshot, desired) 
     ] + [store.ops.delete(store.keys.placement(*key).encode()) for key in to_delete]
     for start in range(0, len(ops), MAX_OPS_PER_TXN):
         if not await store.commit([fence], ops[start:start + MAX_OPS_PER_TXN]):
-            raise PermissionError("no longer the leader: placement not written")
+            raise NotLeader("no longer the leader: placement not written")
     return bool(ops)

@@ -79,6 +79,13 @@ def test_hot_versions_win_scarce_slots():
     assert placement[("acme/cold", 1)] == ()
 
 
+def test_every_version_is_covered_before_hot_versions_grow():
+    versions = [_version("hot", demand=8.0), _version("cold")]
+    current = {("acme/hot", 1): ("w0", "w1")}
+    placement = place(versions, _workers(2, slots=1), current)
+    assert placement == {("acme/cold", 1): ("w1",), ("acme/hot", 1): ("w0",)}
+
+
 def test_replicas_of_one_version_land_on_distinct_workers():
     placement = place([_version("a", min_replicas=3)], _workers(3, slots=10), {})
     assert placement[("acme/a", 1)] == ("w0", "w1", "w2")
