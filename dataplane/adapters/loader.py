@@ -21,7 +21,7 @@ from lorafleet.dataplane.adapters.errors import AdapterInvalid, Problem, raise_f
 from lorafleet.dataplane.adapters.report import ValidationReport
 from lorafleet.dataplane.adapters.sources import SourceResolver
 from lorafleet.dataplane.adapters.structure import AdapterPlan, plan_adapter
-from lorafleet.dataplane.adapters.tensors import Digester, NonFiniteCollector, iter_module_tensors
+from lorafleet.dataplane.adapters.tensors import Digester, ValueCheck, iter_module_tensors
 from lorafleet.dataplane.adapters.weight_keys import LORA_A, LORA_B
 from lorafleet.dataplane.model.config import ModelConfig
 
@@ -140,22 +140,19 @@ def _read_weights(
     is_kept: bool,
 ) -> tuple[str, list[Problem], dict[tuple[int, str], ModuleWeights]]:
     """Digest, value problems and (if `is_kept`) the weights cast to `dtype`, module by module."""
-    digester, nonfinite, overflow = Digester(), NonFiniteCollector(), NonFiniteCollector()
+    digester, values = Digester(), ValueCheck(dtype)
     modules = {}
     for tensors in iter_module_tensors(plan):
         digester.add(tensors)
         ref = tensors.plan.ref
-        a, b = tensors.a.to(dtype), tensors.b.to(dtype)
-        for kind, stored, cast in ((LORA_A, tensors.a, a), (LORA_B, tensors.b, b)):
-            nonfinite.add(ref, kind, stored)
-            # Finite in float32 but past a half-precision range would serve infinities.
-            overflow.add(ref, kind, cast)
+        values.add(ref, LORA_A, tensors.a)
+        values.add(ref, LORA_B, tensors.b)
         if is_kept:
+            a, b = tensors.a.to(dtype), tensors.b.to(dtype)
             modules[(ref.layer_index, ref.projection)] = ModuleWeights(
                 a, b, _fp32(tensors.plan.scale)
             )
-    problems = nonfinite.problems() or overflow.problems(f"overflows {dtype}")
-    return digester.hexdigest(), problems, modules
+    return digester.hexdigest(), values.problems(), modules
 
 
 def _fp32(value: float) -> float:

@@ -70,19 +70,31 @@ class Digester:
         return self._hash.hexdigest()
 
 
-class NonFiniteCollector:
-    """Collects modules whose lora_A or lora_B hold NaN or infinity, for one message each."""
+class ValueCheck:
+    """Collects tensors holding NaN or infinity, or values past the load dtype's range."""
 
-    def __init__(self) -> None:
-        self._refs: dict[str, list[ModuleRef]] = defaultdict(list)
+    def __init__(self, dtype: torch.dtype) -> None:
+        self._dtype = dtype
+        self._nonfinite: dict[str, list[ModuleRef]] = defaultdict(list)
+        self._overflow: dict[str, list[ModuleRef]] = defaultdict(list)
 
     def add(self, ref: ModuleRef, kind: str, tensor: torch.Tensor) -> None:
-        """Records `ref` if `tensor` has a non-finite value."""
-        if not bool(torch.isfinite(tensor).all()):
-            self._refs[kind].append(ref)
+        """Checks one float32 tensor of module `ref`."""
+        # min and max propagate NaN and hold any infinity (far faster than isfinite().all());
+        # casting is monotonic, so only they can overflow first in a half-precision dtype.
+        extremes = torch.stack(torch.aminmax(tensor))
+        if not bool(torch.isfinite(extremes).all()):
+            self._nonfinite[kind].append(ref)
+        elif not bool(torch.isfinite(extremes.to(self._dtype)).all()):
+            self._overflow[kind].append(ref)
 
-    def problems(self, what: str = "holds NaN or infinite values") -> list[Problem]:
-        """One problem per tensor kind with non-finite values."""
+    def problems(self) -> list[Problem]:
+        """One problem per tensor kind and failure."""
         return [
-            Problem(f"{describe_modules(refs)} {kind} {what}") for kind, refs in self._refs.items()
+            Problem(f"{describe_modules(refs)} {kind} {what}")
+            for found, what in (
+                (self._nonfinite, "holds NaN or infinite values"),
+                (self._overflow, f"has values beyond the range of {self._dtype}"),
+            )
+            for kind, refs in found.items()
         ]

@@ -108,13 +108,17 @@ def test_recorded_base_model_class_must_match(plain_adapter, model_config, tmp_p
     assert "trained on a Qwen2ForCausalLM, the base model is a LlamaForCausalLM" in str(error)
 
 
-def test_nan_values_are_refused(plain_adapter, model_config, tmp_path):
+def test_nan_and_infinite_values_are_refused(plain_adapter, model_config, tmp_path):
     def poison(tensors):
         tensors[first_key(tensors, "layers.1.self_attn.v_proj.lora_B")][0, 0] = math.nan
+        tensors[first_key(tensors, "layers.0.self_attn.q_proj.lora_A")][2, 1] = -math.inf
         return tensors
 
     error = refusal(copy_adapter(plain_adapter, tmp_path / "nan", tensors_fn=poison), model_config)
-    assert error.reasons == ("v_proj of layer 1: lora_B holds NaN or infinite values",)
+    assert error.reasons == (
+        "q_proj of layer 0: lora_A holds NaN or infinite values",
+        "v_proj of layer 1: lora_B holds NaN or infinite values",
+    )
 
 
 def test_values_that_overflow_the_load_dtype_are_refused(plain_adapter, model_config, tmp_path):
@@ -125,7 +129,7 @@ def test_values_that_overflow_the_load_dtype_are_refused(plain_adapter, model_co
     big = copy_adapter(plain_adapter, tmp_path / "big", tensors_fn=inflate)
     assert load_adapter(str(big), model_config, max_lora_rank=8).weights(0, "q_proj").a[1, 2] == 1e6
     error = refusal(big, model_config, dtype=torch.float16)
-    assert "q_proj of layer 0: lora_A overflows torch.float16" in str(error)
+    assert "q_proj of layer 0: lora_A has values beyond the range of torch.float16" in str(error)
 
 
 def test_keys_matching_nothing_are_refused(plain_adapter, model_config, tmp_path):
