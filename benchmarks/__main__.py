@@ -12,6 +12,7 @@ import sys
 # name -> module with `main(argv=None)`.
 BENCHMARKS: dict[str, str] = {
     "placement": "benchmarks.placement",
+    "lora_kernels": "benchmarks.lora_kernels",
 }
 
 

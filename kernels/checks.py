@@ -52,6 +52,15 @@ def check_lora_args(
         raise ValueError(f"all tensors and the batch must be on one device, got {sorted(map(str, devices))}")
 
 
+def checked_ranks(ranks: torch.Tensor, max_rank: int) -> list[int]:
+    """The slot ranks as Python ints; raises if one lies outside [0, max_rank]."""
+    values = ranks.tolist()
+    for slot, rank in enumerate(values):
+        if not 0 <= rank <= max_rank:
+            raise ValueError(f"ranks[{slot}] = {rank} is outside [0, max_rank={max_rank}]")
+    return values
+
+
 def _check_shape(name: str, tensor: torch.Tensor, expected: tuple[int, ...]) -> None:
     if tuple(tensor.shape) != expected:
         raise ValueError(f"{name} has shape {tuple(tensor.shape)}, expected {expected}")
