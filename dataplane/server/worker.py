@@ -147,12 +147,16 @@ class Worker:
             if make_default:
                 self.versions.add(existing, make_default=True)
             return existing
+        started, loaded = time.monotonic(), None
         try:
             loaded = await asyncio.to_thread(self.adapters.load, source_uri)
+            self.metrics.record_load("host", time.monotonic() - started, is_ok=True)
             if digest and loaded.digest != digest:
                 raise DigestMismatch(f"{name}@{version}: weights at {source_uri} have "
                                      f"digest {loaded.digest}, expected {digest}")
         except Exception as exc:
+            if loaded is None:
+                self.metrics.record_load("host", time.monotonic() - started, is_ok=False)
             # Kept (FAILED, with the reason) so requests for it get the reason too.
             failed = VersionEntry(name, version, "", source_uri, state=VersionState.FAILED,
                                   error=str(exc))

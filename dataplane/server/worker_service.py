@@ -71,7 +71,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         return pb.ValidateAdapterResponse(
             is_valid=report.is_valid, reasons=report.reasons, digest=report.digest or "",
             rank=report.rank or 0, target_modules=report.target_modules,
-            base_model=report.base_model or "", size_bytes=report.size_bytes or 0)
+            base_model=report.base_model_name_or_path or "", size_bytes=report.size_bytes or 0)
 
     async def GetWorkerStatus(self, request, context):
         return self.status()
