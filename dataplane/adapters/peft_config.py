@@ -20,39 +20,20 @@ from lorafleet.dataplane.adapters.errors import Problem
 CONFIG_FILE = "adapter_config.json"
 ALL_LINEAR = "all-linear"
 
-# Options honoured by the loader (read into AdapterSpec).
-_HONOURED = {
-    "r",
-    "lora_alpha",
-    "use_rslora",
-    "target_modules",
-    "exclude_modules",
-    "rank_pattern",
-    "alpha_pattern",
-    "fan_in_fan_out",
-    "base_model_name_or_path",
-    "auto_mapping",
-    "peft_type",
-    "bias",
-    "task_type",
-    "init_lora_weights",
-}
+# Options honoured by the loader (read into AdapterSpec or checked).
+# fmt: off
+_HONOURED = frozenset({
+    "r", "lora_alpha", "use_rslora", "target_modules", "exclude_modules", "rank_pattern",
+    "alpha_pattern", "fan_in_fan_out", "base_model_name_or_path", "auto_mapping", "peft_type",
+    "bias", "task_type", "init_lora_weights",
+})
 # Options that only matter while training or for bookkeeping: the saved weights say it all.
-_INERT = {
-    "revision",
-    "inference_mode",
-    "lora_dropout",
-    "loftq_config",
-    "eva_config",
-    "corda_config",
-    "lora_ga_config",
-    "megatron_core",
-    "peft_version",
-    "qalora_group_size",
-    "layers_pattern",
-    "ensure_weight_tying",
-    "runtime_config",
-}
+_INERT = frozenset({
+    "revision", "inference_mode", "lora_dropout", "loftq_config", "eva_config", "corda_config",
+    "lora_ga_config", "megatron_core", "peft_version", "qalora_group_size", "layers_pattern",
+    "ensure_weight_tying", "runtime_config",
+})
+# fmt: on
 # Refused options with a reason worth more than the generic message.
 _REFUSED_WHY = {
     "use_dora": "DoRA (use_dora) is not supported: it rescales the merged weight per column",

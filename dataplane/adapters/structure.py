@@ -68,6 +68,8 @@ def plan_adapter(
     The plan is None unless the weights can be read as planned; it comes back alongside a
     rank above `max_lora_rank`, which is this worker's limit rather than a broken adapter.
     """
+    if not isinstance(max_lora_rank, int) or max_lora_rank < 1:
+        raise ValueError(f"max_lora_rank must be a positive integer, got {max_lora_rank!r}")
     spec, problems = read_adapter_config(directory)
     header, file_problems = _read_weights_header(directory)
     problems += file_problems

@@ -61,6 +61,11 @@ def test_unsupported_peft_features_are_refused(options, expected, base_dir, mode
     assert any(expected in reason for reason in error.reasons), error.reasons
 
 
+def test_max_lora_rank_must_be_positive(plain_adapter, model_config):
+    with pytest.raises(ValueError, match="max_lora_rank must be a positive integer, got 0"):
+        load_adapter(str(plain_adapter), model_config, max_lora_rank=0)
+
+
 def test_rank_above_max_lora_rank(plain_adapter, model_config):
     error = refusal(plain_adapter, model_config, max_lora_rank=2)
     assert "max_lora_rank 2" in str(error) and "rank up to 4" in str(error)
