@@ -61,6 +61,9 @@ class AdapterSpec:
     exclude_modules: tuple[str, ...] | str | None
     rank_pattern: Mapping[str, int]
     alpha_pattern: Mapping[str, float]
+    # Tensors stored transposed (lora_A as [in, r], lora_B as [r, out]), the layout of
+    # fan-in/fan-out (Conv1D-style) weights; transposed back on load. PEFT itself resets
+    # the flag to False on nn.Linear projections, so its Llama adapters arrive with False.
     fan_in_fan_out: bool
     base_model_name_or_path: str | None
     # `auto_mapping.base_model_class` (e.g. "LlamaForCausalLM") when PEFT recorded it.
