@@ -13,6 +13,7 @@ import sys
 BENCHMARKS: dict[str, str] = {
     "placement": "benchmarks.placement",
     "lora_kernels": "benchmarks.lora_kernels",
+    "adapter_load": "benchmarks.adapter_load",
 }
 
 
