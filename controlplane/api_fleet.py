@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
 from lorafleet.control.v1 import fleet_service_pb2_grpc as fleet_grpc
 from lorafleet.controlplane.api_status import grpc_errors
@@ -62,16 +64,18 @@ class FleetServicer(fleet_grpc.FleetServiceServicer):
     async def WatchRoutingTable(self, request, context):
         """A full routing table, then one message per change, each with its revision."""
         sent = None
-        async for snapshot in self.store.watch_snapshots():
-            table = routing_table(snapshot, request.base_model)
-            if sent is None:
-                yield fleet_pb.WatchRoutingTableResponse(
-                    revision=snapshot.revision, is_snapshot=True, routes=list(table.values())
-                )
-            else:
-                changed, removed = diff(sent, table)
-                if changed or removed:
+        # aclosing: the etcd watch ends with the RPC, not whenever the collector runs.
+        async with contextlib.aclosing(self.store.watch_snapshots()) as snapshots:
+            async for snapshot in snapshots:
+                table = routing_table(snapshot, request.base_model)
+                if sent is None:
                     yield fleet_pb.WatchRoutingTableResponse(
-                        revision=snapshot.revision, routes=changed, removed_adapters=removed
+                        revision=snapshot.revision, is_snapshot=True, routes=list(table.values())
                     )
-            sent = table
+                else:
+                    changed, removed = diff(sent, table)
+                    if changed or removed:
+                        yield fleet_pb.WatchRoutingTableResponse(
+                            revision=snapshot.revision, routes=changed, removed_adapters=removed
+                        )
+                sent = table

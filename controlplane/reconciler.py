@@ -87,11 +87,12 @@ class Reconciler:
         # Heartbeats rewrite worker keys every few seconds; only changes that can alter a
         # decision wake a pass early. Load drift is picked up by the periodic resync.
         last = None
-        async for snapshot in self.store.watch_snapshots():
-            shape = decision_fingerprint(snapshot)
-            if shape != last:
-                wake.set()
-                last = shape
+        async with contextlib.aclosing(self.store.watch_snapshots()) as snapshots:
+            async for snapshot in snapshots:
+                shape = decision_fingerprint(snapshot)
+                if shape != last:
+                    wake.set()
+                    last = shape
 
     async def reconcile_once(self) -> bool:
         """One level-based pass; returns whether it changed anything (worth a re-pass)."""

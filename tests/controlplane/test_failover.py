@@ -93,6 +93,7 @@ async def test_killing_the_leader_hands_over_and_loses_nothing(etcd):
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             process.wait()
+            process.stdout.close()
 
 
 async def test_etcd_restart_recovers_without_operator_action(etcd, plane, stubs, make_worker):
