@@ -60,6 +60,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser, *, model_required: bool
     parser.add_argument("--max-waiting", type=int, default=256,
                         help="queued requests beyond which Generate answers RESOURCE_EXHAUSTED (default %(default)s)")
     parser.add_argument("--worker-id", help="stable id of this worker (default: the host name)")
+    parser.add_argument("--otlp-endpoint", metavar="HOST:PORT",
+                        help="export a tracing span per request to this OTLP/gRPC collector "
+                             "(needs the otlp extra)")
     parser.add_argument("--grace-seconds", type=float, default=30.0,
                         help="on SIGTERM, how long in-flight streams may finish (default %(default)s)")
 
@@ -83,7 +86,8 @@ async def serve(args: argparse.Namespace, on_ready=None) -> None:
 
     metrics_port = None if args.metrics_port < 0 else args.metrics_port
     running = await start_worker(worker_config(args), host=args.host, port=args.port,
-                                 metrics_port=metrics_port, adapters=tuple(args.adapter))
+                                 metrics_port=metrics_port, adapters=tuple(args.adapter),
+                                 otlp_endpoint=args.otlp_endpoint)
     print(f"lorafleet worker {running.worker.options.worker_id} serving on {running.address}", flush=True)
     print(f"  {running.memory.describe()}", flush=True)
     if running.metrics_port is not None:

@@ -6,8 +6,11 @@ import asyncio
 import dataclasses
 import logging
 
+from opentelemetry.sdk.trace import TracerProvider
+
 from lorafleet.dataplane.server.build import MemoryReport, WorkerConfig, build_worker
 from lorafleet.dataplane.server.inference import InferenceServicer
+from lorafleet.dataplane.server.tracing import make_tracer_provider, tracer_of
 from lorafleet.dataplane.server.worker import Worker
 from lorafleet.dataplane.server.worker_service import WorkerServicer
 from lorafleet.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
@@ -27,6 +30,7 @@ class RunningWorker:
     metrics_port: int | None
     memory: MemoryReport
     worker_servicer: WorkerServicer
+    tracer_provider: TracerProvider | None = None
 
     async def stop(self, grace_seconds: float = 10.0) -> None:
         """Refuses new requests, lets in-flight streams finish for the grace period,
@@ -36,13 +40,18 @@ class RunningWorker:
         await asyncio.to_thread(self.worker.bridge.stop)
         self.worker.metrics.close()
         self.worker.cache.close()
+        if self.tracer_provider is not None:
+            self.tracer_provider.shutdown()  # flushes the spans not yet exported
 
 
 async def start_worker(config: WorkerConfig, *, host: str = "127.0.0.1", port: int = 0,
                        metrics_port: int | None = None,
-                       adapters: tuple[tuple[str, str], ...] = ()) -> RunningWorker:
+                       adapters: tuple[tuple[str, str], ...] = (),
+                       otlp_endpoint: str | None = None) -> RunningWorker:
     """Builds the worker, loads the start-up adapters, and starts serving."""
     worker, memory = await asyncio.to_thread(build_worker, config)
+    tracer_provider = make_tracer_provider(otlp_endpoint, config.worker_id)
+    worker.tracer = tracer_of(tracer_provider)
     worker.bridge.start()
     for name, path in adapters:
         entry = await worker.load_adapter(name, 0, str(path), make_default=True)
@@ -58,4 +67,5 @@ async def start_worker(config: WorkerConfig, *, host: str = "127.0.0.1", port: i
     address = f"{host}:{server.port}"
     worker_servicer.address = address
     bound_metrics = worker.metrics.start_http(host, metrics_port) if metrics_port is not None else None
-    return RunningWorker(worker, server, address, bound_metrics, memory, worker_servicer)
+    return RunningWorker(worker, server, address, bound_metrics, memory, worker_servicer,
+                         tracer_provider)

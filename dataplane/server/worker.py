@@ -14,6 +14,8 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+from opentelemetry import trace
+
 from lorafleet.dataplane.engine.engine import InvalidRequestError
 from lorafleet.dataplane.engine.outputs import RequestOutput
 from lorafleet.dataplane.engine.params import SamplingParams
@@ -69,6 +71,7 @@ class Worker:
         self.metrics = metrics
         self.options = options
         self.base_model = base_model  # worker.v1 BaseModel
+        self.tracer = trace.NoOpTracer()
         self.versions = VersionTable()
         self.is_draining = False
         self._num_in_flight = 0
@@ -106,6 +109,11 @@ class Worker:
             engine.add_request(admitted.request_id, token_ids, params=params, adapter=key)
 
         last = None
+        span = self.tracer.start_span("lorafleet.Generate", attributes={
+            "lorafleet.request_id": admitted.caller_id,
+            "lorafleet.adapter": entry.label if entry else "",
+            "lorafleet.adapter_digest": key or "",
+        })
         try:
             async for output in self.bridge.stream(admitted.request_id, add):
                 last = output
@@ -119,6 +127,7 @@ class Worker:
             if entry is not None:
                 self.versions.release(entry)
             self._record(admitted, last)
+            _end_span(span, last)
 
     def _record(self, admitted: Admitted, last: RequestOutput | None) -> None:
         if last is None:
@@ -215,3 +224,16 @@ class DigestMismatch(ValueError):
 
 class VersionConflict(ValueError):
     """name@version exists with other weights; versions are immutable."""
+
+
+def _end_span(span, last: RequestOutput | None) -> None:
+    """Closes a request's span with what it produced."""
+    if last is not None:
+        reason = last.finish_reason.value if last.finish_reason else "cancelled"
+        span.set_attribute("lorafleet.finish_reason", reason)
+        span.set_attribute("lorafleet.prompt_tokens", last.usage.num_prompt_tokens)
+        span.set_attribute("lorafleet.completion_tokens", last.usage.num_output_tokens)
+        if last.timings.first_token is not None:
+            ttft = last.timings.first_token - last.timings.arrival
+            span.set_attribute("lorafleet.time_to_first_token_s", ttft)
+    span.end()
