@@ -40,16 +40,10 @@ def check_lora_args(
     _check_shape("ranks", ranks, (num_slots,))
     if scale.dtype != torch.float32 or ranks.dtype != torch.int32:
         raise ValueError(f"scale must be float32 and ranks int32, got {scale.dtype} and {ranks.dtype}")
-    if (x.numel() and x.stride(1) != 1) or (y.numel() and y.stride(1) != 1):
-        raise ValueError("x and y need contiguous columns (stride 1 in the last dimension)")
-    if not (lora_a.is_contiguous() and lora_b.is_contiguous()):
-        raise ValueError("lora_a and lora_b must be contiguous")
     max_slot = batch.max_slot
     if max_slot is not None and max_slot >= num_slots:
         raise ValueError(f"batch uses slot {max_slot} but the buffers have {num_slots} slots")
-    devices = {t.device for t in (y, x, lora_a, lora_b, scale, ranks, batch.token_order)}
-    if len(devices) != 1:
-        raise ValueError(f"all tensors and the batch must be on one device, got {sorted(map(str, devices))}")
+    _check_layout(y, x, lora_a, lora_b, scale, ranks, batch)
 
 
 def checked_ranks(ranks: torch.Tensor, max_rank: int) -> list[int]:
@@ -59,6 +53,17 @@ def checked_ranks(ranks: torch.Tensor, max_rank: int) -> list[int]:
         if not 0 <= rank <= max_rank:
             raise ValueError(f"ranks[{slot}] = {rank} is outside [0, max_rank={max_rank}]")
     return values
+
+
+def _check_layout(y, x, lora_a, lora_b, scale, ranks, batch: LoraBatch) -> None:
+    """Kernels index rows by stride and columns by 1, all on one device."""
+    if (x.numel() and x.stride(1) != 1) or (y.numel() and y.stride(1) != 1):
+        raise ValueError("x and y need contiguous columns (stride 1 in the last dimension)")
+    if not (lora_a.is_contiguous() and lora_b.is_contiguous()):
+        raise ValueError("lora_a and lora_b must be contiguous")
+    devices = {t.device for t in (y, x, lora_a, lora_b, scale, ranks, batch.token_order)}
+    if len(devices) != 1:
+        raise ValueError(f"all tensors and the batch must be on one device, got {sorted(map(str, devices))}")
 
 
 def _check_shape(name: str, tensor: torch.Tensor, expected: tuple[int, ...]) -> None:

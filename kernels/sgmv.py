@@ -12,11 +12,17 @@ Shapes (S = num_slots, R = max_rank, T = num_tokens):
     batch    LoraBatch               sorted rows and the segment table
 
 Ranks below max_rank: buffers are sized for max_rank, so a rank-r adapter pays
-(R - r) / R of its slot's memory as padding. It pays no compute for it: the torch path
-slices A[slot, :r] and B[slot, :, :r], and the Triton kernels mask every load at r < rank,
-so padded rows and columns are never read (their contents do not matter). The Triton tile
-is still BLOCK_R = next_power_of_2(R) wide, so its arithmetic is that of rank R; LoRA is
-memory-bound, which is what the masking saves.
+(R - r) / R of its slot's memory as padding (rank 8 in a max-rank-64 buffer: 7/8 of it).
+What it pays in compute depends on the path:
+  - Triton (both kernels): every load is masked at r < rank, so padding is never read and
+    memory traffic scales with the actual rank; the tile is still BLOCK_R =
+    next_power_of_2(R) wide, so the arithmetic is that of rank R (LoRA is memory-bound,
+    and traffic is what the masking saves).
+  - torch, grouped (`sgmv_torch`): slices A[slot, :r] and B[slot, :, :r]; no padding cost.
+  - torch, gathered (`bgmv_torch`, picked for small hidden sizes): computes all R columns
+    and zeroes the padded ones, paying rank-R work; cheap at the sizes where it is picked.
+Padding contents never change a result, but must be finite for the gathered path
+(0 * inf is NaN); `LoraBuffers` keeps them zero.
 
 The Triton path runs two kernels: shrink writes scale * x @ A^T into an fp32 [T, R]
 intermediate, expand adds that times B^T into y.
