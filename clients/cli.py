@@ -17,6 +17,8 @@ SERVER_COMMANDS: dict[str, tuple[str, str]] = {
     "controlplane": ("lorafleet.controlplane.cli", "run a control-plane replica over etcd"),
     "serve": ("lorafleet.dataplane.serve:main",
               "serve a model and its adapters on this machine (no etcd)"),
+    "worker": ("lorafleet.dataplane.serve:worker_main",
+               "serve a model as a fleet worker that obeys the control plane"),
     "up": ("lorafleet.dataplane.serve:up_main",
            "serve a generated demo model and adapters, and print how to call them"),
 }

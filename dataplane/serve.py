@@ -85,9 +85,14 @@ async def serve(args: argparse.Namespace, on_ready=None) -> None:
     from lorafleet.dataplane.server.app import start_worker
 
     metrics_port = None if args.metrics_port < 0 else args.metrics_port
+    fleet = {}
+    if getattr(args, "controlplane", None):
+        fleet = dict(controlplanes=tuple(a.strip() for a in args.controlplane.split(",")),
+                     heartbeat_seconds=args.heartbeat_seconds,
+                     advertise_address=args.advertise_address)
     running = await start_worker(worker_config(args), host=args.host, port=args.port,
                                  metrics_port=metrics_port, adapters=tuple(args.adapter),
-                                 otlp_endpoint=args.otlp_endpoint)
+                                 otlp_endpoint=args.otlp_endpoint, **fleet)
     print(f"lorafleet worker {running.worker.options.worker_id} serving on {running.address}", flush=True)
     print(f"  {running.memory.describe()}", flush=True)
     if running.metrics_port is not None:
@@ -107,6 +112,29 @@ def main(argv: list[str] | None = None) -> int:
     """`lorafleet serve`."""
     parser = argparse.ArgumentParser(prog="lorafleet serve", description=SERVE_DESCRIPTION)
     add_serve_arguments(parser, model_required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(args))
+    return 0
+
+
+WORKER_DESCRIPTION = """\
+Serve a base model like `lorafleet serve`, as part of a fleet: register with the control
+plane, heartbeat (identity, limits, load, adapters), and let the control plane validate,
+load and evict adapter versions through WorkerService."""
+
+
+def worker_main(argv: list[str] | None = None) -> int:
+    """`lorafleet worker`: a worker that registers, heartbeats and obeys the control plane."""
+    parser = argparse.ArgumentParser(prog="lorafleet worker", description=WORKER_DESCRIPTION)
+    add_serve_arguments(parser, model_required=True)
+    parser.add_argument("--controlplane", required=True, metavar="ADDR[,ADDR...]",
+                        help="control-plane replicas (host:port), tried in order")
+    parser.add_argument("--advertise-address", metavar="HOST:PORT",
+                        help="address others use to reach this worker (default: the bound one)")
+    parser.add_argument("--heartbeat-seconds", type=float, default=2.0,
+                        help="heartbeat period until the control plane asks for another "
+                             "(default %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(serve(args))

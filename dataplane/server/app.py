@@ -9,6 +9,7 @@ import logging
 from opentelemetry.sdk.trace import TracerProvider
 
 from lorafleet.dataplane.server.build import MemoryReport, WorkerConfig, build_worker
+from lorafleet.dataplane.server.heartbeat import Heartbeat
 from lorafleet.dataplane.server.inference import InferenceServicer
 from lorafleet.dataplane.server.tracing import make_tracer_provider, tracer_of
 from lorafleet.dataplane.server.worker import Worker
@@ -31,11 +32,18 @@ class RunningWorker:
     memory: MemoryReport
     worker_servicer: WorkerServicer
     tracer_provider: TracerProvider | None = None
+    heartbeat: Heartbeat | None = None
+    is_stopped: bool = False
 
     async def stop(self, grace_seconds: float = 10.0) -> None:
         """Refuses new requests, lets in-flight streams finish for the grace period,
-        cancels the rest, then stops the engine thread."""
+        cancels the rest, then stops the engine thread. Stopping twice is a no-op."""
+        if self.is_stopped:
+            return
+        self.is_stopped = True
         self.worker.is_draining = True
+        if self.heartbeat is not None:
+            await self.heartbeat.stop()
         await self.server.stop(grace_seconds)
         await asyncio.to_thread(self.worker.bridge.stop)
         self.worker.metrics.close()
@@ -47,8 +55,13 @@ class RunningWorker:
 async def start_worker(config: WorkerConfig, *, host: str = "127.0.0.1", port: int = 0,
                        metrics_port: int | None = None,
                        adapters: tuple[tuple[str, str], ...] = (),
-                       otlp_endpoint: str | None = None) -> RunningWorker:
-    """Builds the worker, loads the start-up adapters, and starts serving."""
+                       otlp_endpoint: str | None = None,
+                       controlplanes: tuple[str, ...] = (),
+                       heartbeat_seconds: float = 2.0,
+                       advertise_address: str | None = None) -> RunningWorker:
+    """Builds the worker, loads the start-up adapters, and starts serving; with
+    `controlplanes`, also registers and heartbeats (advertising `advertise_address`,
+    default the bound address)."""
     worker, memory = await asyncio.to_thread(build_worker, config)
     tracer_provider = make_tracer_provider(otlp_endpoint, config.worker_id)
     worker.tracer = tracer_of(tracer_provider)
@@ -65,7 +78,12 @@ async def start_worker(config: WorkerConfig, *, host: str = "127.0.0.1", port: i
                        worker_servicer, full_name(worker_service_pb2, "WorkerService")),
     ], f"{host}:{port}")
     address = f"{host}:{server.port}"
-    worker_servicer.address = address
+    worker_servicer.address = advertise_address or address
+    heartbeat = None
+    if controlplanes:
+        heartbeat = Heartbeat(worker_servicer, controlplanes, interval=heartbeat_seconds)
+        await heartbeat.send_once()
+        heartbeat.start()
     bound_metrics = worker.metrics.start_http(host, metrics_port) if metrics_port is not None else None
     return RunningWorker(worker, server, address, bound_metrics, memory, worker_servicer,
-                         tracer_provider)
+                         tracer_provider, heartbeat)

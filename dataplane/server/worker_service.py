@@ -22,17 +22,17 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
     """Manages this worker's adapters for the control plane (and for grpcurl)."""
 
     def __init__(self, worker: Worker):
-        self._worker = worker
+        self.worker = worker
         self.address = ""  # host:port, set once the server is bound
 
     async def LoadAdapter(self, request: pb.LoadAdapterRequest, context):
         name = await _checked_name(request.adapter, context)
         if not request.source_uri:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "source_uri: required")
-        if self._worker.is_draining:
+        if self.worker.is_draining:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "worker is draining")
         try:
-            entry = await self._worker.load_adapter(
+            entry = await self.worker.load_adapter(
                 name, request.version, request.source_uri, digest=request.digest,
                 to_device=request.tier in (pb.TIER_UNSPECIFIED, pb.TIER_DEVICE),
                 make_default=request.make_default)
@@ -48,7 +48,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         name = await _checked_name(request.adapter, context)
         keep_host = request.tier == pb.TIER_DEVICE
         try:
-            entries = await self._worker.evict_adapter(name, request.version, keep_host=keep_host)
+            entries = await self.worker.evict_adapter(name, request.version, keep_host=keep_host)
         except LookupError as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         except TimeoutError as exc:
@@ -56,7 +56,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         return pb.EvictAdapterResponse(adapters=[self.residency(e) for e in entries])
 
     async def ListAdapters(self, request: pb.ListAdaptersRequest, context):
-        listed = [self.residency(e) for e in self._worker.versions.entries()]
+        listed = [self.residency(e) for e in self.worker.versions.entries()]
         if request.tier != pb.TIER_UNSPECIFIED:
             listed = [r for r in listed if r.tier == request.tier]
         return pb.ListAdaptersResponse(adapters=listed)
@@ -65,7 +65,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         if not request.source_uri:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "source_uri: required")
         try:
-            report = await self._worker.validate_adapter(request.source_uri)
+            report = await self.worker.validate_adapter(request.source_uri)
         except AdapterError as exc:
             await context.abort(grpc.StatusCode[exc.status_code_name], str(exc))
         return pb.ValidateAdapterResponse(
@@ -78,7 +78,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
 
     def status(self) -> pb.GetWorkerStatusResponse:
         """Identity, limits and load of this worker."""
-        worker = self._worker
+        worker = self.worker
         engine, lora, options = worker.bridge.engine, worker.lora, worker.options
         stats, counts = engine.stats(), worker.cache.counts()
         in_flight: dict[str, int] = {}
@@ -100,12 +100,12 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
 
     def residency(self, entry: VersionEntry) -> pb.AdapterResidency:
         """The proto view of one version on this worker."""
-        tier = self._worker.cache.tier_of(entry.digest) if entry.digest else None
+        tier = self.worker.cache.tier_of(entry.digest) if entry.digest else None
         out = pb.AdapterResidency(
             adapter=entry.name, version=entry.version, digest=entry.digest,
             tier=_TIER[tier], state=_STATE[entry.state], error_message=entry.error,
             rank=entry.rank, size_bytes=entry.size_bytes,
-            num_pinned_requests=entry.num_pins, is_default=self._worker.versions.is_default(entry),
+            num_pinned_requests=entry.num_pins, is_default=self.worker.versions.is_default(entry),
             source_uri=entry.source_uri)
         if entry.last_used is not None:
             out.last_used.FromNanoseconds(int(entry.last_used * 1e9))
