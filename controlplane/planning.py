@@ -80,13 +80,21 @@ class Eviction:
     version: int
 
 
-def is_serving(residency: worker_pb.AdapterResidency | None) -> bool:
-    """Whether a reported residency can serve requests now."""
+def is_serving(residency: worker_pb.AdapterResidency | None, digest: str) -> bool:
+    """Whether a reported residency holds weights with `digest`, ready to serve now."""
     return (
         residency is not None
         and residency.state == worker_pb.LOAD_STATE_READY
         and residency.tier in SERVING_TIERS
+        and residency.digest == digest
     )
+
+
+def is_stale(residency: worker_pb.AdapterResidency, snapshot: Snapshot) -> bool:
+    """Whether a worker holds other weights under this name@version than the registry
+    knows (the adapter was deleted and registered again), or a version it no longer has."""
+    version = snapshot.versions.get((residency.adapter, residency.version))
+    return version is None or bool(residency.digest and residency.digest != version.digest)
 
 
 def plan_loads(snapshot: Snapshot, desired, residency: Residency) -> list[Load]:
@@ -96,7 +104,11 @@ def plan_loads(snapshot: Snapshot, desired, residency: Residency) -> list[Load]:
         version = snapshot.versions[key]
         for worker_id in worker_ids:
             held = residency.get(worker_id, {}).get(key)
-            if is_serving(held) or (held and held.state == worker_pb.LOAD_STATE_LOADING):
+            if held is not None and (
+                is_serving(held, version.digest)
+                or held.state == worker_pb.LOAD_STATE_LOADING
+                or is_stale(held, snapshot)  # evicted first; the load follows next pass
+            ):
                 continue
             worker = snapshot.workers[worker_id]
             loads.append(Load(worker_id, worker.address, key[0], key[1], version.digest,
@@ -112,12 +124,20 @@ def plan_evictions(snapshot: Snapshot, desired, residency: Residency) -> list[Ev
         worker = snapshot.workers.get(worker_id)
         if worker is None:
             continue
-        for key in sorted(held):
-            placed_on = desired.get(key, ())
-            if worker_id in placed_on:
+        for key, entry in sorted(held.items()):
+            if not is_stale(entry, snapshot) and not _can_drop(snapshot, key, worker_id,
+                                                              desired, residency, routed):
                 continue
-            if key in routed and not any(is_serving(residency.get(w, {}).get(key))
-                                         for w in placed_on):
-                continue  # its new replica is not up yet: keep this one serving
             evictions.append(Eviction(worker_id, worker.address, key[0], key[1]))
     return evictions
+
+
+def _can_drop(snapshot, key, worker_id, desired, residency, routed) -> bool:
+    placed_on = desired.get(key, ())
+    if worker_id in placed_on:
+        return False
+    if key not in routed:
+        return True
+    # Routed: only once another placed worker serves these weights, so it never has zero.
+    digest = snapshot.versions[key].digest
+    return any(is_serving(residency.get(w, {}).get(key), digest) for w in placed_on)

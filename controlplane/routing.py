@@ -16,12 +16,19 @@ SERVING_TIERS = (worker_pb.TIER_DEVICE, worker_pb.TIER_HOST)
 
 
 def holders(snapshot: Snapshot) -> dict[VersionKey, list[tuple[fleet_pb.Worker, int]]]:
-    """(worker, tier) pairs per version, for versions reported READY in a serving tier."""
+    """(worker, tier) pairs per version, for workers that report its weights (by digest)
+    READY in a serving tier."""
     found: dict[VersionKey, list[tuple[fleet_pb.Worker, int]]] = {}
     for worker in snapshot.workers.values():
         for residency in worker.adapters:
-            if residency.state == worker_pb.LOAD_STATE_READY and residency.tier in SERVING_TIERS:
-                key = (residency.adapter, residency.version)
+            key = (residency.adapter, residency.version)
+            version = snapshot.versions.get(key)
+            if (
+                version is not None
+                and residency.digest == version.digest  # not older weights under the name
+                and residency.state == worker_pb.LOAD_STATE_READY
+                and residency.tier in SERVING_TIERS
+            ):
                 found.setdefault(key, []).append((worker, residency.tier))
     return found
 

@@ -19,8 +19,9 @@ from lorafleet.worker.v1 import worker_service_pb2 as worker_pb
 READY = worker_pb.LOAD_STATE_READY
 
 
-def _residency(adapter, version, tier=worker_pb.TIER_HOST, state=READY):
-    return worker_pb.AdapterResidency(adapter=adapter, version=version, tier=tier, state=state)
+def _residency(adapter, version, tier=worker_pb.TIER_HOST, state=READY, digest=None):
+    return worker_pb.AdapterResidency(adapter=adapter, version=version, tier=tier, state=state,
+                                      digest=digest or f"d{version}")
 
 
 def _snapshot(rollout_weights, workers) -> Snapshot:
@@ -66,6 +67,20 @@ def test_unrouted_versions_are_evicted_at_once_and_loading_ones_not_reloaded():
     assert plan_loads(snapshot, desired, residency) == []
     assert [(x.worker_id, x.version) for x in plan_evictions(snapshot, desired, residency)] == [
         ("w0", 2)]
+
+
+def test_older_weights_under_the_same_name_are_evicted_before_loading():
+    # acme/a was deleted and registered again: w0 still holds the old acme/a@1 weights.
+    snapshot = _snapshot([(1, 1)], {"w0": [_residency("acme/a", 1, digest="old")]})
+    desired = {("acme/a", 1): ("w0",)}
+    residency = _residency_map(snapshot)
+    assert plan_loads(snapshot, desired, residency) == []
+    assert [(x.worker_id, x.version) for x in plan_evictions(snapshot, desired, residency)] == [
+        ("w0", 1)]
+    assert list(routing_table(snapshot)["acme/a"].versions[0].workers) == []
+    residency["w0"] = {}
+    assert [(x.worker_id, x.digest) for x in plan_loads(snapshot, desired, residency)] == [
+        ("w0", "d1")]
 
 
 def test_desired_placement_excludes_failed_workers_and_reads_demand():
