@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-done
+BUF    := $(VENV)/node/node_modules/.bin/buf
 
 .PHONY: setup test lint proto proto-check run bench clean
 
@@ -20,6 +21,9 @@ $(STAMP): pyproject.toml setup.py
 	$(PY) protos/generate.py --check
 	$(VENV)/bin/etcd --version >/dev/null
 	$(VENV)/bin/grpcurl -version >/dev/null 2>&1
+	# buf (proto lint) ships on npm; without npm, `make lint` says it skipped it.
+	if command -v npm >/dev/null 2>&1; then \
+	  npm install --silent --no-audit --no-fund --prefix $(VENV)/node @bufbuild/buf@1.75.0; fi
 	touch $@
 
 test: setup
@@ -28,6 +32,8 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(PY) protos/generate.py --check
+	if [ -x $(BUF) ]; then cd protos && ../$(BUF) lint; \
+	else echo "buf not installed (needs npm): proto lint skipped"; fi
 
 proto: setup
 	$(PY) protos/generate.py

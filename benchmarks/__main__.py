@@ -14,6 +14,7 @@ BENCHMARKS: dict[str, str] = {
     "placement": "benchmarks.placement",
     "lora_kernels": "benchmarks.lora_kernels",
     "adapter_load": "benchmarks.adapter_load",
+    "lora_decode": "benchmarks.lora_decode",
 }
 
 
