@@ -98,7 +98,8 @@ def build_worker(config: WorkerConfig) -> tuple[Worker, MemoryReport]:
         lora_context=lora.lora_context)
     lora.attach(engine)
     dtype = engine.runner.model.dtype
-    files = AdapterFiles(model_config, config.max_lora_rank, dtype)
+    files = AdapterFiles(model_config, config.max_lora_rank, dtype,
+                         pin_memory=engine.runner.model.device.type == "cuda")
     metrics = WorkerMetrics(config.worker_id, lambda: worker.gauges())
     options = WorkerOptions(config.worker_id, config.max_waiting, config.max_num_seqs)
     bridge = EngineBridge(engine, before_step=lora.fail_unloadable)
