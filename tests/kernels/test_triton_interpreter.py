@@ -46,16 +46,22 @@ def _case(kernel: str, dtype_name: str) -> dict:
             "expected": reference_lora(y, x, buffers, slots)}
 
 
-CASES = {f"{k}-{d}": _case(k, d) for k in ("sgmv", "bgmv") for d in DTYPES}
+CASE_NAMES = tuple(f"{k}-{d}" for k in ("sgmv", "bgmv") for d in DTYPES)
 
 
 @pytest.fixture(scope="module")
-def triton_results(tmp_path_factory):
+def cases():
+    """Every (kernel, dtype) case with its inputs and fp32 expected output."""
+    return {name: _case(*name.split("-")) for name in CASE_NAMES}
+
+
+@pytest.fixture(scope="module")
+def triton_results(cases, tmp_path_factory):
     """Every case run once through the Triton launchers in an interpreter subprocess."""
     folder = tmp_path_factory.mktemp("triton")
     cases_path, results_path = folder / "cases.pt", folder / "results.pt"
     torch.save({name: {k: v for k, v in case.items() if k != "expected"}
-                for name, case in CASES.items()}, cases_path)
+                for name, case in cases.items()}, cases_path)
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     done = subprocess.run(
         [sys.executable, "-m", "tests.kernels.run_triton", str(cases_path), str(results_path)],
@@ -65,9 +71,9 @@ def triton_results(tmp_path_factory):
     return torch.load(results_path)
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_triton_kernel_matches_fp32_reference(triton_results, name):
-    case, y = CASES[name], triton_results[name]
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_triton_kernel_matches_fp32_reference(cases, triton_results, name):
+    case, y = cases[name], triton_results[name]
     atol, rtol = TOLERANCE[name.split("-")[1]]
     assert y.dtype == case["y"].dtype
     torch.testing.assert_close(y.float(), case["expected"], atol=atol, rtol=rtol)
