@@ -108,11 +108,16 @@ async def serve(args: argparse.Namespace, on_ready=None) -> None:
     await running.stop(args.grace_seconds)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`lorafleet serve`."""
+def serve_parser() -> argparse.ArgumentParser:
+    """The parser of `lorafleet serve`."""
     parser = argparse.ArgumentParser(prog="lorafleet serve", description=SERVE_DESCRIPTION)
     add_serve_arguments(parser, model_required=True)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`lorafleet serve`."""
+    args = serve_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(serve(args))
     return 0
@@ -124,8 +129,8 @@ plane, heartbeat (identity, limits, load, adapters), and let the control plane v
 load and evict adapter versions through WorkerService."""
 
 
-def worker_main(argv: list[str] | None = None) -> int:
-    """`lorafleet worker`: a worker that registers, heartbeats and obeys the control plane."""
+def worker_parser() -> argparse.ArgumentParser:
+    """The parser of `lorafleet worker`."""
     parser = argparse.ArgumentParser(prog="lorafleet worker", description=WORKER_DESCRIPTION)
     add_serve_arguments(parser, model_required=True)
     parser.add_argument("--controlplane", required=True, metavar="ADDR[,ADDR...]",
@@ -135,7 +140,12 @@ def worker_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heartbeat-seconds", type=float, default=2.0,
                         help="heartbeat period until the control plane asks for another "
                              "(default %(default)s)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def worker_main(argv: list[str] | None = None) -> int:
+    """`lorafleet worker`: a worker that registers, heartbeats and obeys the control plane."""
+    args = worker_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(serve(args))
     return 0
