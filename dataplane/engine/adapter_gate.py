@@ -18,6 +18,9 @@ class AdapterGate(Protocol):
     `is_ready(key)` is true when the adapter's weights are in a device slot.
     `request_load(key)` starts a background load; it must return at once and may be called
     again for a load already under way.
+    `can_admit(key)` is asked before a *waiting* request starts: False holds new requests of
+    an adapter back (its running ones continue) so its slot can drain for an adapter that
+    has waited for one — otherwise steady traffic to resident adapters starves a cold one.
     """
 
     max_loras: int | None
@@ -28,6 +31,10 @@ class AdapterGate(Protocol):
 
     def request_load(self, key: Hashable) -> None:
         """Starts loading `key` if it is not loaded or loading; never blocks."""
+        ...
+
+    def can_admit(self, key: Hashable) -> bool:
+        """True when a new request of `key` may start running now."""
         ...
 
 
@@ -42,3 +49,7 @@ class AllAdaptersReady:
 
     def request_load(self, key: Hashable) -> None:
         """Nothing to load."""
+
+    def can_admit(self, key: Hashable) -> bool:
+        """Always true."""
+        return True

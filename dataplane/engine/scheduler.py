@@ -137,7 +137,7 @@ class Scheduler:
         skipped: list[Request] = []
         while self.waiting and not budget.is_exhausted:
             request = self.waiting.popleft()
-            if not self._can_join(request, budget):
+            if not self._can_join(request, budget, is_new=True):
                 skipped.append(request)
                 continue
             num_new = min(request.num_pending_tokens, budget.num_tokens)
@@ -149,11 +149,14 @@ class Scheduler:
             self._take(request, num_new, budget, scheduled)
         self.waiting.extendleft(reversed(skipped))
 
-    def _can_join(self, request: Request, budget: _StepBudget) -> bool:
-        """True when the request's adapter is ready and fits the step's adapter limit."""
+    def _can_join(self, request: Request, budget: _StepBudget, *, is_new: bool = False) -> bool:
+        """True when the request's adapter is ready and fits the step's adapter limit (and,
+        for a request not yet running, the gate lets new requests of it start)."""
         key = request.adapter
         if key is None:
             return True
+        if is_new and not self.gate.can_admit(key):
+            return False
         if not self.gate.is_ready(key):
             self.gate.request_load(key)
             return False

@@ -65,6 +65,7 @@ class AdapterCache:
         self._sources: dict[str, AdapterSource] = {}
         self._loading: dict[str, concurrent.futures.Future] = {}
         self._failures: dict[str, str] = {}
+        self._draining: str | None = None  # see can_admit
         self._lock = threading.Lock()
         self._load = load
         self._running_keys = running_keys
@@ -138,13 +139,29 @@ class AdapterCache:
             return False
         slot = self._free_slot()
         if slot is None:
+            self._start_draining()
             return False
         started = time.monotonic()
         self._release_slot(slot)
         self._slots.write(slot, adapter)
         self._slot_keys[slot], self._slot_used[slot] = key, time.monotonic()
+        self._draining = None
         self._on_load("device", time.monotonic() - started, True)
         return True
+
+    def can_admit(self, key: Hashable) -> bool:
+        """False for new requests of the adapter whose slot is draining, while it still
+        has running requests; its running requests go on."""
+        return key != self._draining or key not in set(self._running_keys())
+
+    def _start_draining(self) -> None:
+        """Every slot is pinned and an adapter waits: stop admitting new requests to the
+        least recently used slot, so it empties and the waiting adapter gets it."""
+        if self._draining is not None and self.slot_of(self._draining) is not None:
+            return
+        held = [i for i, k in enumerate(self._slot_keys) if k is not None]
+        if held:
+            self._draining = self._slot_keys[min(held, key=self._slot_used.__getitem__)]
 
     def _free_slot(self) -> int | None:
         """An empty slot, else the least recently used one no running request pins."""

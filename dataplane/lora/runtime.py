@@ -61,6 +61,10 @@ class LoraRuntime:
         """Starts a background load of `key`."""
         self.cache.request_load(key)
 
+    def can_admit(self, key: Hashable) -> bool:
+        """Whether new requests of `key` may start (False while its slot drains)."""
+        return self.cache.can_admit(key)
+
     # -- the runner's hooks -------------------------------------------------------------
 
     def slot_of(self, key: Hashable) -> int:

@@ -26,6 +26,9 @@ class FakeGate:
     def request_load(self, key):
         self.load_requests.append(key)
 
+    def can_admit(self, key):
+        return True
+
 
 def _request(name, num_prompt=4, adapter=None, max_tokens=4):
     return Request(name, tuple(range(1, num_prompt + 1)), SamplingParams(max_tokens=max_tokens),
