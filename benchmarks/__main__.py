@@ -11,6 +11,7 @@ import sys
 
 # name -> module with `main(argv=None)`.
 BENCHMARKS: dict[str, str] = {
+    "engine_throughput": "benchmarks.engine_throughput",
     "placement": "benchmarks.placement",
     "lora_kernels": "benchmarks.lora_kernels",
     "adapter_load": "benchmarks.adapter_load",

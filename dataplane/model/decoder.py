@@ -60,7 +60,7 @@ class DecoderModel:
         for index, layer in enumerate(self.weights.layers):
             hidden = self._layer(index, layer, hidden, cos, sin, meta, kv_cache[index], lora)
         hidden = rms_norm(hidden[sample_rows], self.weights.norm, self.config.rms_norm_eps)
-        return F.linear(hidden, self.weights.lm_head).float()
+        return torch.mm(hidden, self.weights.lm_head).float()
 
     def _layer(self, index, layer: LayerWeights, hidden, cos, sin, meta, cache, lora):
         eps = self.config.rms_norm_eps

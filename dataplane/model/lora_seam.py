@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 
 
 class LoraContext(Protocol):
@@ -34,10 +33,10 @@ def project(
 ) -> tuple[torch.Tensor, ...]:
     """Computes fused projections (e.g. q|k|v) of x and returns them split by `sizes`.
 
-    The weights of several projections with the same input are stacked so one matmul
-    serves them; each output slice still gets its own adapter delta.
+    `weight` is [in, sum(sizes)]: the weights of several projections with the same input
+    are stacked so one matmul serves them; each output slice gets its own adapter delta.
     """
-    y = F.linear(x, weight, bias)
+    y = torch.mm(x, weight) if bias is None else torch.addmm(bias, x, weight)
     outputs = y.split(sizes, dim=-1) if len(sizes) > 1 else (y,)
     if lora is not None:
         for name, out in zip(projections, outputs, strict=True):

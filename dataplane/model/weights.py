@@ -18,7 +18,11 @@ class CheckpointError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class LayerWeights:
-    """One decoder layer, with q|k|v and gate|up stacked for one matmul each."""
+    """One decoder layer, with q|k|v and gate|up stacked for one matmul each.
+
+    Projection weights are stored transposed, [in_features, out_features], so a projection
+    is `x @ w`: on CPU that runs faster than `F.linear` for wide outputs, same numbers.
+    """
 
     input_norm: torch.Tensor
     qkv: torch.Tensor
@@ -34,7 +38,11 @@ class LayerWeights:
 
 @dataclasses.dataclass(frozen=True)
 class ModelWeights:
-    """Every tensor of a decoder, on its device and in its dtype."""
+    """Every tensor of a decoder, on its device and in its dtype.
+
+    `embed` is [vocab, hidden]; `lm_head` is [hidden, vocab] (a transposed view of `embed`
+    when the embeddings are tied).
+    """
 
     embed: torch.Tensor
     layers: tuple[LayerWeights, ...]
@@ -77,9 +85,9 @@ def load_weights(
     layers = tuple(_load_layer(tensors, i) for i in range(config.num_layers))
     embed = tensors.get("model.embed_tokens.weight")
     if config.tie_word_embeddings and not tensors.has("lm_head.weight"):
-        lm_head = embed
+        lm_head = embed.t()
     else:
-        lm_head = tensors.get("lm_head.weight")
+        lm_head = tensors.stack(["lm_head.weight"])
     return ModelWeights(embed=embed, layers=layers, norm=tensors.get("model.norm.weight"),
                         lm_head=lm_head)
 
@@ -91,12 +99,12 @@ def _load_layer(tensors: _TensorSource, index: int) -> LayerWeights:
         input_norm=tensors.get(p + "input_layernorm.weight"),
         qkv=tensors.stack([attn + n + ".weight" for n in ("q_proj", "k_proj", "v_proj")]),
         qkv_bias=tensors.stack_optional([attn + n + ".bias" for n in ("q_proj", "k_proj", "v_proj")]),
-        o=tensors.get(attn + "o_proj.weight"),
+        o=tensors.stack([attn + "o_proj.weight"]),
         o_bias=tensors.stack_optional([attn + "o_proj.bias"]),
         post_attention_norm=tensors.get(p + "post_attention_layernorm.weight"),
         gate_up=tensors.stack([mlp + "gate_proj.weight", mlp + "up_proj.weight"]),
         gate_up_bias=tensors.stack_optional([mlp + "gate_proj.bias", mlp + "up_proj.bias"]),
-        down=tensors.get(mlp + "down_proj.weight"),
+        down=tensors.stack([mlp + "down_proj.weight"]),
         down_bias=tensors.stack_optional([mlp + "down_proj.bias"]),
     )
 
@@ -122,13 +130,14 @@ class _TensorSource:
         return tensor.to(device=self._device, dtype=self._dtype).contiguous()
 
     def stack(self, names: list[str]) -> torch.Tensor:
-        return torch.cat([self.get(n) for n in names], dim=0).contiguous()
+        """Projection weights [out, in] concatenated on out, returned as [in, sum(out)]."""
+        return torch.cat([self.get(n) for n in names], dim=0).t().contiguous()
 
     def stack_optional(self, names: list[str]) -> torch.Tensor | None:
-        """The stacked biases, or None when the checkpoint has none of them."""
+        """The concatenated biases, or None when the checkpoint has none of them."""
         present = [self.has(n) for n in names]
         if not any(present):
             return None
         if not all(present):
             raise CheckpointError(f"only some of {names} are in the checkpoint")
-        return self.stack(names)
+        return torch.cat([self.get(n) for n in names], dim=0)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Hashable
 import torch
 
 from lorafleet.dataplane.engine.scheduler import ScheduledRequest, SchedulerOutput
-from lorafleet.dataplane.model.attention import AttentionMetadata, PrefillSpan
+from lorafleet.dataplane.model.attention import AttentionMetadata, DecodeGroup, PrefillSpan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,8 +42,11 @@ class BatchBuilder:
         self._adapter_slot = adapter_slot
 
     def build(self, plan: SchedulerOutput) -> StepBatch:
-        """Orders the step's requests (decodes first) and lays out their tokens."""
-        entries = sorted(plan.scheduled, key=lambda e: len(e.token_ids) > 1)
+        """Orders the step's requests (decodes by context length, then prefill chunks) and
+        lays out their tokens."""
+        decodes = sorted((e for e in plan.scheduled if len(e.token_ids) == 1),
+                         key=lambda e: e.start_position)
+        entries = decodes + [e for e in plan.scheduled if len(e.token_ids) > 1]
         ids, positions, slots, sample_rows = [], [], [], []
         for entry in entries:
             start, stop = entry.start_position, entry.start_position + len(entry.token_ids)
@@ -52,12 +55,9 @@ class BatchBuilder:
             slots.extend(self._slots(entry.block_table, start, stop))
             if entry.is_sampling:
                 sample_rows.append(len(ids) - 1)
-        num_decodes = sum(1 for e in entries if len(e.token_ids) == 1)
-        decode_tables, decode_mask = self._decode_layout(entries[:num_decodes])
         meta = AttentionMetadata(
-            slot_mapping=self._tensor(slots), num_decodes=num_decodes,
-            decode_block_tables=decode_tables, decode_mask=decode_mask,
-            prefills=self._prefill_spans(entries[num_decodes:], num_decodes),
+            slot_mapping=self._tensor(slots), decodes=self._decode_groups(decodes),
+            prefills=self._prefill_spans(entries[len(decodes):], len(decodes)),
         )
         return StepBatch(
             input_ids=self._tensor(ids), positions=self._tensor(positions), attention=meta,
@@ -73,19 +73,32 @@ class BatchBuilder:
         size = self.block_size
         return [block_table[p // size] * size + p % size for p in range(start, stop)]
 
-    def _decode_layout(self, decodes: list[ScheduledRequest]):
-        """Padded block tables and the key mask of the single-query sequences."""
-        if not decodes:
-            return None, None
-        num_blocks = max(len(e.block_table) for e in decodes)
+    def _decode_groups(self, decodes: list[ScheduledRequest]) -> tuple[DecodeGroup, ...]:
+        """Splits decodes (sorted by context) so no group pads its keys to more than twice
+        its shortest context: padded keys are gathered and attended for nothing."""
+        groups, start = [], 0
+        for row in range(1, len(decodes) + 1):
+            if row == len(decodes) or (
+                decodes[row].start_position + 1 > 2 * (decodes[start].start_position + 1)
+            ):
+                groups.append(self._decode_group(decodes[start:row], start))
+                start = row
+        return tuple(groups)
+
+    def _decode_group(self, decodes: list[ScheduledRequest], start: int) -> DecodeGroup:
+        """Padded block tables and key mask of single-query sequences at rows start.. ."""
+        context = [e.start_position + 1 for e in decodes]
+        num_blocks = -(-max(context) // self.block_size)
         # Padding points at block 0, a real block; the mask hides whatever it holds.
-        tables = [list(e.block_table) + [0] * (num_blocks - len(e.block_table)) for e in decodes]
-        context = self._tensor([e.start_position + 1 for e in decodes])
-        keys = torch.arange(num_blocks * self.block_size, device=self.device)
-        mask = keys[None, :] < context[:, None]
+        tables = [list(e.block_table[:num_blocks]) + [0] * (num_blocks - len(e.block_table))
+                  for e in decodes]
+        lengths = self._tensor(context)
+        keys = torch.arange(max(context), device=self.device)
+        mask = keys[None, :] < lengths[:, None]
         if self.sliding_window is not None:
-            mask &= keys[None, :] > (context[:, None] - 1 - self.sliding_window)
-        return self._tensor(tables), mask[:, None, None, :]
+            mask &= keys[None, :] > (lengths[:, None] - 1 - self.sliding_window)
+        return DecodeGroup(start=start, stop=start + len(decodes),
+                           block_tables=self._tensor(tables), mask=mask[:, None, None, :])
 
     def _prefill_spans(self, prefills: list[ScheduledRequest], row: int) -> tuple:
         """Per-sequence spans of multi-token chunks, with their causal masks."""

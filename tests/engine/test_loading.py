@@ -31,18 +31,19 @@ def test_sharded_checkpoint_loads_and_matches_transformers(checkpoints, hf_greed
     assert [tokens_of(outputs[f"r{i}"]) for i in range(2)] == hf_greedy("llama-gqa", prompts)
 
 
-def test_bfloat16_runs_close_to_transformers(checkpoints):
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_runs_close_to_transformers(dtype, checkpoints):
     import transformers
 
     directory = checkpoints("qwen2-bias")
-    engine = make_engine(directory, dtype="bfloat16")
-    assert engine.runner.inner.kv_cache.dtype == torch.bfloat16
+    engine = make_engine(directory, dtype=dtype)
+    assert engine.runner.inner.kv_cache.dtype == getattr(torch, dtype)
     prompt = make_prompts((13,))[0]
     engine.add_request("r", prompt, params=SamplingParams(max_tokens=8, temperature=0.0,
                                                           logprobs=0, ignore_eos=True))
     outputs = run_all(engine)["r"]
     assert len(tokens_of(outputs)) == 8
-    model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.bfloat16)
+    model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=getattr(torch, dtype))
     logits = model(torch.tensor([prompt])).logits[0, -1].float()
     first = outputs[0].logprobs[0]
     assert first.logprob == pytest.approx(torch.log_softmax(logits, -1)[first.token_id].item(),
