@@ -55,11 +55,16 @@ def test_chunked_prefill_keeps_outputs_identical(arch, checkpoints, hf_greedy):
     assert mixed, "no step mixed a prefill chunk with decodes"
 
 
-def test_mistral_and_llama3_rope_match_transformers(checkpoints, hf_greedy):
+def test_mistral_sliding_window_and_llama3_rope_match_transformers(checkpoints, hf_greedy):
     rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
             "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
-    prompts = make_prompts((5, 40))
-    for arch, overrides in (("mistral", {}), ("llama-gqa", {"rope_scaling": rope})):
-        engine = make_engine(checkpoints(arch, **overrides))
-        _submit_all(engine, prompts)
-        _assert_matches(engine, prompts, hf_greedy(arch, prompts, **overrides))
+    prompts = make_prompts((5, 23, 40))
+    cases = (("mistral", {"sliding_window": 8}), ("llama-gqa", {"rope_scaling": rope}))
+    for arch, overrides in cases:
+        reference = hf_greedy(arch, prompts, **overrides)
+        # The window and the scaling change the outputs, so matching them means something.
+        assert reference != hf_greedy(arch, prompts)
+        for limits in ({}, {"max_num_batched_tokens": 10}):
+            engine = make_engine(checkpoints(arch, **overrides), **limits)
+            _submit_all(engine, prompts)
+            _assert_matches(engine, prompts, reference)
