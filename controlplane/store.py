@@ -87,23 +87,29 @@ class EtcdStore:
         """aetcd's transaction operation builders (put, delete, compare targets)."""
         return self.client.transactions
 
-    async def close(self) -> None:
-        """Closes the client and its watches."""
-        await self.client.close()
+    async def close(self, timeout_seconds: float = 5.0) -> None:
+        """Closes the client and its watches, giving up after `timeout_seconds`."""
+        try:
+            await asyncio.wait_for(self.client.close(), timeout_seconds)
+        except asyncio.TimeoutError:
+            # aetcd's watcher can block on a full request queue when its stream is gone;
+            # the process is shutting down, so leaving the channel to the collector is fine.
+            log.warning("etcd client did not close within %.1fs", timeout_seconds)
 
     async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Runs `fn()` (one etcd call), retrying connection errors with backoff."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.retry.give_up_seconds
-        for delay in self.retry.delays():
+        delays = self.retry.delays()
+        while True:
             try:
                 return await fn()
             except RETRYABLE as error:
+                delay = next(delays)
                 if loop.time() + delay > deadline:
                     raise StoreUnavailable(f"etcd unavailable: {error}") from error
                 log.info("etcd call failed (%s); retrying in %.2fs", error, delay)
-                await asyncio.sleep(delay)
-        raise AssertionError("unreachable: delays() never ends")
+            await asyncio.sleep(delay)
 
     async def get(self, key: str) -> tuple[bytes, Any] | None:
         """(value, key metadata) of `key`, or None when absent."""

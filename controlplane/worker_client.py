@@ -46,17 +46,17 @@ class WorkerClients:
     async def call(self, address: str, method: str, request, timeout: float | None = None):
         """Calls `method` on the worker at `address`, retrying transient failures."""
         delay = self.policy.first_delay
-        for attempt in range(self.policy.num_attempts):
+        num_left = self.policy.num_attempts
+        while True:
+            num_left -= 1
             try:
                 rpc = getattr(self.stub(address), method)
                 return await rpc(request, timeout=timeout or self.policy.timeout_seconds)
             except grpc.aio.AioRpcError as error:
-                is_last = attempt == self.policy.num_attempts - 1
-                if error.code() not in TRANSIENT_CODES or is_last:
+                if error.code() not in TRANSIENT_CODES or num_left <= 0:
                     raise
             await asyncio.sleep(delay)
             delay *= 2
-        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def close(self) -> None:
         """Closes every channel."""

@@ -134,7 +134,7 @@ async def test_drain_loads_the_new_replica_before_evicting_the_old(stubs, make_w
     loaded_at = next(i for i, c in enumerate(_timeline(workers)) if c == ("load", target.worker_id))
     evicted_at = next(i for i, c in enumerate(_timeline(workers)) if c == ("evict", first))
     assert loaded_at < evicted_at
-    assert source.is_draining  # told through its heartbeat reply
+    await eventually(lambda: source.is_draining)  # told through its next heartbeat reply
 
 
 async def test_demand_adds_replicas_and_rollback_evicts_the_unrouted_version(stubs, make_worker):

@@ -33,6 +33,7 @@ class FakeWorkerService(worker_grpc.WorkerServiceServicer):
         self.worker = worker
 
     async def ValidateAdapter(self, request, context):
+        """Verdict from `invalid_sources` / `missing_sources`; valid otherwise."""
         if not request.source_uri:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "source_uri is required")
         if request.source_uri in self.worker.missing_sources:
@@ -46,6 +47,7 @@ class FakeWorkerService(worker_grpc.WorkerServiceServicer):
         )
 
     async def LoadAdapter(self, request, context):
+        """Marks the version READY in the asked tier, or fails as `load_failures` says."""
         failure = self.worker.load_failures.get(request.source_uri)
         if failure is not None:
             await context.abort(*failure)
@@ -64,6 +66,7 @@ class FakeWorkerService(worker_grpc.WorkerServiceServicer):
         return worker_pb.LoadAdapterResponse(adapter=table[key])
 
     async def EvictAdapter(self, request, context):
+        """Forgets one version (or all of an adapter's with version 0)."""
         keys = [k for k in self.worker.residency
                 if k[0] == request.adapter and request.version in (0, k[1])]
         if not keys:
@@ -74,9 +77,11 @@ class FakeWorkerService(worker_grpc.WorkerServiceServicer):
         return worker_pb.EvictAdapterResponse(adapters=evicted)
 
     async def ListAdapters(self, request, context):
+        """Every version held."""
         return worker_pb.ListAdaptersResponse(adapters=list(self.worker.residency.values()))
 
     async def GetWorkerStatus(self, request, context):
+        """Identity, capacities and load, as in the heartbeat."""
         status = self.worker.describe()
         return worker_pb.GetWorkerStatusResponse(
             worker_id=status.worker_id, address=status.address, base_model=status.base_model,
