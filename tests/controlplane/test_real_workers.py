@@ -5,6 +5,8 @@ Greedy float32 outputs through the placed versions must equal peft, token for to
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 
@@ -90,6 +92,16 @@ async def test_rollout_places_both_versions_on_real_workers_and_serves_them(
         return {("acme/support", 1), ("acme/support", 2)} <= held
 
     await eventually(both_resident, timeout=20)
+    stream = stubs.fleet.WatchRoutingTable(fleet_pb.WatchRoutingTableRequest())
+    table = {}
+    while not (table.get("acme/support") and all(v.workers for v in table["acme/support"].versions)):
+        message = await asyncio.wait_for(stream.read(), 10)
+        table.update({route.adapter: route for route in message.routes})
+    stream.cancel()
+    routed = {(v.version, v.weight, v.digest): {w.worker_id for w in v.workers}
+              for v in table["acme/support"].versions}
+    assert set(routed) == {(1, 90, versions[0].digest), (2, 10, versions[1].digest)}
+    assert set().union(*routed.values()) <= {"real-0", "real-1"}
     prompt = prompts(3)[2]
     for version, reference in ((1, "acme/qv8"), (2, "beta/ko16")):
         holder = await _holder(workers, ("acme/support", version))
