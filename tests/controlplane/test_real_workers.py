@@ -6,6 +6,7 @@ Greedy float32 outputs through the placed versions must equal peft, token for to
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import grpc
 import pytest
@@ -149,3 +150,30 @@ async def _holder(workers, key):
         if key in await _resident(running):
             return running
     raise AssertionError(f"no worker holds {key}")
+
+
+async def test_lorafleet_worker_command_registers_and_leaves(stubs, plane, lora_suite):
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "lorafleet.clients.cli", "worker", "--model", str(lora_suite[0]),
+        "--model-name", BASE_MODEL, "--controlplane", f"127.0.0.1:{plane.port}",
+        "--port", "0", "--metrics-port", "-1", "--device", "cpu",
+        "--kv-cache-bytes", str(8 << 20), "--worker-id", "cli-worker",
+        "--heartbeat-seconds", "0.3", stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL)
+    try:
+        async def registered():
+            reply = await stubs.fleet.ListWorkers(fleet_pb.ListWorkersRequest())
+            return [w for w in reply.workers if w.worker_id == "cli-worker"]
+
+        (worker,) = await eventually(registered, timeout=30)
+        assert worker.base_model.name == BASE_MODEL and worker.capacities.max_loras == 8
+        process.terminate()
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+
+        async def gone():
+            return not await registered()
+
+        await eventually(gone, timeout=LEASE_TTL + 5)
+    finally:
+        if process.returncode is None:
+            process.kill()
