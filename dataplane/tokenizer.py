@@ -28,7 +28,9 @@ class Tokenizer:
         self.eos_token_ids = tuple(eos_token_ids)
 
     @classmethod
-    def from_dir(cls, model_dir: str | pathlib.Path, eos_token_ids: Sequence[int] = ()) -> Tokenizer:
+    def from_dir(
+        cls, model_dir: str | pathlib.Path, eos_token_ids: Sequence[int] = ()
+    ) -> Tokenizer:
         """Reads tokenizer.json and, when present, tokenizer_config.json of a checkpoint."""
         model_dir = pathlib.Path(model_dir)
         path = model_dir / "tokenizer.json"

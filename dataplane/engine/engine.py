@@ -105,7 +105,9 @@ class Engine:
             raise InvalidRequestError("the prompt is empty")
         bad = [t for t in token_ids if not 0 <= t < self.vocab_size]
         if bad:
-            raise InvalidRequestError(f"prompt token ids {bad[:5]} are outside [0, {self.vocab_size})")
+            raise InvalidRequestError(
+                f"prompt token ids {bad[:5]} are outside [0, {self.vocab_size})"
+            )
         return token_ids
 
     def _check_fits(self, token_ids: tuple[int, ...], params: SamplingParams) -> None:

@@ -67,7 +67,8 @@ def paged_attention(
     v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, v)
     out = torch.empty_like(q)
     for group in meta.decodes:
-        out[group.start : group.stop] = _decode(q[group.start : group.stop], k_cache, v_cache, group)
+        rows = slice(group.start, group.stop)
+        out[rows] = _decode(q[rows], k_cache, v_cache, group)
     for span in meta.prefills:
         out[span.start : span.stop] = _prefill(q[span.start : span.stop], k_cache, v_cache, span)
     return out

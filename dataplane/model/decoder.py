@@ -38,7 +38,7 @@ class DecoderModel:
         q = config.num_heads * config.head_dim
         kv = config.num_kv_heads * config.head_dim
         self._qkv_sizes = (q, kv, kv)
-        self._mlp_sizes = (config.intermediate_size, config.intermediate_size)
+        self._mlp_sizes = (config.intermediate_size,)
 
     @classmethod
     def from_dir(cls, model_dir: str | pathlib.Path, device, dtype) -> DecoderModel:
@@ -67,8 +67,9 @@ class DecoderModel:
         x = rms_norm(hidden, layer.input_norm, eps)
         hidden = hidden + self._attention(index, layer, x, cos, sin, meta, cache, lora)
         x = rms_norm(hidden, layer.post_attention_norm, eps)
-        gate, up = project(x, layer.gate_up, layer.gate_up_bias, index,
-                           ("gate_proj", "up_proj"), self._mlp_sizes, lora)
+        (gate,) = project(x, layer.gate, layer.gate_bias, index, ("gate_proj",),
+                          self._mlp_sizes, lora)
+        (up,) = project(x, layer.up, layer.up_bias, index, ("up_proj",), self._mlp_sizes, lora)
         (down,) = project(F.silu(gate) * up, layer.down, layer.down_bias, index,
                           ("down_proj",), (self.config.hidden_size,), lora)
         return hidden + down

@@ -43,7 +43,8 @@ def hf_greedy(checkpoints):
         key = (arch, repr(prompts), repr(sorted(overrides.items())))
         if key not in cache:
             directory = checkpoints(arch, **overrides)
-            model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+            model = transformers.AutoModelForCausalLM.from_pretrained(
+                directory, dtype=torch.float32)
             cache[key] = [_generate(model, p) for p in prompts]
         return cache[key]
 

@@ -43,7 +43,8 @@ def test_half_precision_runs_close_to_transformers(dtype, checkpoints):
                                                           logprobs=0, ignore_eos=True))
     outputs = run_all(engine)["r"]
     assert len(tokens_of(outputs)) == 8
-    model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=getattr(torch, dtype))
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        directory, dtype=getattr(torch, dtype))
     logits = model(torch.tensor([prompt])).logits[0, -1].float()
     first = outputs[0].logprobs[0]
     assert first.logprob == pytest.approx(torch.log_softmax(logits, -1)[first.token_id].item(),
