@@ -88,10 +88,12 @@ def _decode(q, k_cache, v_cache, group: DecodeGroup) -> torch.Tensor:
     tables, mask = group.block_tables, group.mask
     keys = _gather(k_cache, tables, mask.shape[-1])
     values = _gather(v_cache, tables, mask.shape[-1])
-    out = F.scaled_dot_product_attention(
-        q.unsqueeze(2), keys, values, attn_mask=mask, enable_gqa=True
-    )
-    return out.squeeze(2)
+    # The query heads sharing a KV head become that head's rows: one query position, so no
+    # causal structure is lost, and SDPA skips the GQA expansion (faster on CPU).
+    seqs, num_kv_heads = keys.shape[0], keys.shape[1]
+    grouped = q.view(seqs, num_kv_heads, -1, q.shape[-1])
+    out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=mask)
+    return out.reshape(q.shape)
 
 
 def _prefill(q, k_cache, v_cache, span: PrefillSpan) -> torch.Tensor:
