@@ -8,6 +8,8 @@ import dataclasses
 DEFAULT_MAX_TOKENS = 16
 # Logprob alternatives are bounded so a request cannot make the sampler sort the vocabulary.
 MAX_LOGPROBS = 20
+# Below this temperature, logits / temperature overflows float32: such requests are greedy.
+GREEDY_BELOW_TEMPERATURE = 1e-5
 
 
 class InvalidParamsError(ValueError):
@@ -18,8 +20,9 @@ class InvalidParamsError(ValueError):
 class SamplingParams:
     """How to pick tokens and when to stop.
 
-    temperature 0 is greedy; top_k None means no limit; seed None means a random seed;
-    logprobs None returns none, 0 the sampled token's, N also the N most likely tokens.
+    temperature 0 (or below GREEDY_BELOW_TEMPERATURE) is greedy; top_k None means no
+    limit; seed None means a random seed; logprobs None returns none, 0 the sampled
+    token's, N also the N most likely tokens.
     """
 
     max_tokens: int = DEFAULT_MAX_TOKENS
@@ -34,6 +37,8 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         # Accept lists from callers but store tuples so the params stay hashable and frozen.
+        if isinstance(self.stop, str):
+            raise InvalidParamsError("stop must be a list of strings, not one string")
         object.__setattr__(self, "stop", tuple(self.stop))
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
         _validate(self)
@@ -41,7 +46,7 @@ class SamplingParams:
     @property
     def is_greedy(self) -> bool:
         """True when tokens are picked by argmax."""
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_BELOW_TEMPERATURE
 
 
 def _validate(p: SamplingParams) -> None:

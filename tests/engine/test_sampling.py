@@ -122,3 +122,8 @@ def make_greedy_one(directory, prompt):
 def test_bad_sampling_params_name_the_field(field, value):
     with pytest.raises(InvalidParamsError, match=field):
         SamplingParams(**{field: value})
+
+
+def test_stop_given_as_one_string_is_refused():
+    with pytest.raises(InvalidParamsError, match="not one string"):
+        SamplingParams(stop="end")
