@@ -17,9 +17,20 @@ import urllib.request
 
 def free_port() -> int:
     """A TCP port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports free on 127.0.0.1 a moment ago (held together while
+    chosen, so they differ from each other)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def etcd_binary() -> str:
@@ -41,9 +52,9 @@ class EtcdServer:
 
     def __init__(self, data_dir: pathlib.Path):
         self.data_dir = data_dir
-        self.client_port = free_port()
-        self.peer_port = free_port()
+        self.client_port, self.peer_port = free_ports(2)
         self.process: subprocess.Popen | None = None
+        self._has_started = False
 
     @property
     def endpoint(self) -> str:
@@ -56,6 +67,19 @@ class EtcdServer:
         return f"http://{self.endpoint}"
 
     def start(self, timeout: float = 15.0) -> None:
+        """Starts etcd. On its first start, a port taken by another process in the
+        meantime means new ports and another try; a restart keeps its ports."""
+        for attempt in range(5):
+            try:
+                self._start_once(timeout)
+                self._has_started = True
+                return
+            except RuntimeError:
+                if self._has_started or attempt == 4:
+                    raise
+                self.client_port, self.peer_port = free_ports(2)
+
+    def _start_once(self, timeout: float) -> None:
         peer = f"http://127.0.0.1:{self.peer_port}"
         args = [
             etcd_binary(), "--name", "test", "--data-dir", str(self.data_dir),
