@@ -15,11 +15,6 @@ import time
 import urllib.request
 
 
-def free_port() -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago."""
-    return free_ports(1)[0]
-
-
 def free_ports(count: int) -> list[int]:
     """`count` distinct TCP ports free on 127.0.0.1 a moment ago (held together while
     chosen, so they differ from each other)."""
