@@ -2,32 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 
 import pytest
 
 from lorafleet.dataplane.lora.cache import AdapterCache, AdapterSource
-
-
-@dataclasses.dataclass(frozen=True)
-class FakeAdapter:
-    digest: str
-
-
-class FakeSlots:
-    def __init__(self, num_slots):
-        self.num_slots = num_slots
-        self.contents = [None] * num_slots
-        self.num_writes = 0
-
-    def write(self, slot, adapter):
-        self.contents[slot] = adapter.digest
-        self.num_writes += 1
-
-    def clear(self, slot):
-        self.contents[slot] = None
+from tests.lora.fakes import FakeAdapter, FakeSlots
 
 
 def _source(digest):

@@ -5,29 +5,12 @@ Pure Python: the real scheduler and adapter cache, fake device slots, no tensors
 
 from __future__ import annotations
 
-import dataclasses
-
 from lorafleet.dataplane.engine.blocks import BlockAllocator
 from lorafleet.dataplane.engine.params import SamplingParams
 from lorafleet.dataplane.engine.request import Request
 from lorafleet.dataplane.engine.scheduler import Scheduler, SchedulerConfig
 from lorafleet.dataplane.lora.cache import AdapterCache, AdapterSource
-
-
-@dataclasses.dataclass(frozen=True)
-class FakeAdapter:
-    digest: str
-
-
-class FakeSlots:
-    def __init__(self, num_slots):
-        self.num_slots = num_slots
-
-    def write(self, slot, adapter):
-        pass
-
-    def clear(self, slot):
-        pass
+from tests.lora.fakes import FakeAdapter, FakeSlots
 
 
 def _step(scheduler):
