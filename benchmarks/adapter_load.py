@@ -8,20 +8,18 @@ adapters are synthetic (random, fp16 on disk, all seven projections of 32 layers
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import pathlib
-import platform
 import tempfile
 import time
 
 import torch
 from safetensors.torch import save_file
 
+from benchmarks.results import append_rows
 from lorafleet.dataplane.adapters.loader import load_adapter, validate_adapter
 from lorafleet.dataplane.model.config import ModelConfig
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "adapter_load.jsonl"
 LLAMA_7B = {
     "architectures": ["LlamaForCausalLM"],
     "model_type": "llama",
@@ -120,11 +118,7 @@ def main(argv=None) -> int:
             f"{row['rank']:>5} {row['file_mb']:>8} {row['validate_s']:>11.3f} {row['load_float16_s']:>12.3f}"
             f" {row['load_float32_s']:>12.3f} {row['load_mb_per_s']:>7}"
         )
-    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("a") as out:
-        for row in rows:
-            out.write(json.dumps({"time": stamp, "cpu": platform.processor(), **row}) + "\n")
+    append_rows("adapter_load", rows)
     return 0
 
 

@@ -9,21 +9,18 @@ depend on them): by default the "small" config, hidden 1024, 8 layers, GQA.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import pathlib
-import platform
 import tempfile
 import time
 
 import torch
 
+from benchmarks.results import append_rows
 from lorafleet.dataplane.demo import write_adapter, write_model
 from lorafleet.dataplane.engine.params import SamplingParams
 from lorafleet.dataplane.lora.cache import AdapterSource
 from lorafleet.dataplane.server.build import WorkerConfig, build_worker
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "lora_decode.jsonl"
 TARGET_RATIO = 0.8
 
 
@@ -115,13 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     distinct = rows[-1]["vs_base"]
     verdict = "met" if distinct >= TARGET_RATIO else "NOT met"
     print(f"target: {args.seqs} distinct >= {TARGET_RATIO}x base only -> {distinct:.2f}x ({verdict})")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat()
-    with RESULTS.open("a") as out:
-        for row in rows:
-            out.write(json.dumps({"benchmark": "lora_decode", "time": stamp, "hidden": args.hidden,
-                                  "layers": args.layers, "seqs": args.seqs, "tokens": args.tokens,
-                                  "machine": platform.machine(), **row}) + "\n")
+    append_rows("lora_decode", rows, hidden=args.hidden, layers=args.layers, seqs=args.seqs,
+                tokens=args.tokens)
     return 0
 
 

@@ -8,16 +8,12 @@ worker dies. Demand is Zipf-distributed, like adapter popularity in multi-tenant
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import pathlib
-import platform
 import random
 import time
 
+from benchmarks.results import append_rows
 from lorafleet.controlplane.placement import VersionDemand, WorkerSlots, count_moves, place
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "placement.jsonl"
 TARGET_SECONDS = 1.0
 
 
@@ -90,11 +86,7 @@ def main(argv=None) -> int:
     for row in rows:
         print(f"{row['scenario']:<18} {row['seconds']:>8.3f} {row['num_replicas']:>9}"
               f" {row['num_unplaced']:>9} {row['num_moves']:>7}")
-    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("a") as out:
-        for row in rows:
-            out.write(json.dumps({"time": stamp, "cpu": platform.processor(), **row}) + "\n")
+    append_rows("placement", rows)
     return 0
 
 
