@@ -39,6 +39,7 @@ class Workload:
 
     @property
     def num_output_tokens(self) -> int:
+        """Tokens the requests ask for, the unit of throughput."""
         return sum(n for _, n in self.requests)
 
 

@@ -75,6 +75,7 @@ class _StepBudget:
 
     @property
     def is_exhausted(self) -> bool:
+        """True when no token or sequence is left for this step."""
         return self.num_tokens <= 0 or self.num_seqs <= 0
 
 

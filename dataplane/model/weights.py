@@ -126,9 +126,11 @@ class _TensorSource:
                 self._where.update(dict.fromkeys(f.keys(), path))
 
     def has(self, name: str) -> bool:
+        """True when some file of the checkpoint holds `name`."""
         return name in self._where
 
     def get(self, name: str) -> torch.Tensor:
+        """The tensor `name` on the target device and dtype."""
         if name not in self._where:
             raise CheckpointError(f"weight {name!r} is missing from the checkpoint")
         with safe_open(str(self._where[name]), framework="pt") as f:
