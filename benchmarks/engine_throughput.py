@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
-import json
 import pathlib
-import platform
 import random
 import tempfile
 import time
 
 import torch
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results" / "engine_throughput.jsonl"
+from benchmarks.results import append_rows
+
 SMALL = dict(hidden_size=1024, intermediate_size=2816, num_layers=8, num_heads=16,
              num_key_value_heads=4, vocab_size=32000, max_position_embeddings=1024)
 TARGETS = {("uniform", 32): 1.0, ("mixed", 32): 2.0}
@@ -156,13 +154,7 @@ def _report(rows: list[dict]) -> None:
         print(f"{r['workload']:<9} {r['concurrency']:>4} {r['output_tokens']:>7} "
               f"{r['engine_tok_s']:>13.1f} {r['transformers_tok_s']:>9.1f} "
               f"{r['ratio']:>5.2f}x {target:>7}")
-    RESULTS.parent.mkdir(exist_ok=True)
-    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    with RESULTS.open("a") as f:
-        for r in rows:
-            f.write(json.dumps({"benchmark": "engine_throughput", "time": stamp,
-                                "machine": platform.machine(), "threads": torch.get_num_threads(),
-                                "model": SMALL, **r}) + "\n")
+    append_rows("engine_throughput", rows, threads=torch.get_num_threads(), model=SMALL)
 
 
 if __name__ == "__main__":
