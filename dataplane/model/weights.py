@@ -65,7 +65,9 @@ class ModelWeights:
 def _all_tensors(weights: ModelWeights):
     yield from (weights.embed, weights.norm, weights.lm_head)
     for layer in weights.layers:
-        yield from (t for t in dataclasses.astuple(layer) if t is not None)
+        # Not dataclasses.astuple: it deep-copies every tensor.
+        fields = (getattr(layer, f.name) for f in dataclasses.fields(layer))
+        yield from (t for t in fields if t is not None)
 
 
 def safetensors_files(model_dir: pathlib.Path) -> list[pathlib.Path]:
