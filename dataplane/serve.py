@@ -118,8 +118,7 @@ def serve_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """`lorafleet serve`."""
     args = serve_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(args))
+    _run(args)
     return 0
 
 
@@ -146,8 +145,7 @@ def worker_parser() -> argparse.ArgumentParser:
 def worker_main(argv: list[str] | None = None) -> int:
     """`lorafleet worker`: a worker that registers, heartbeats and obeys the control plane."""
     args = worker_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(args))
+    _run(args)
     return 0
 
 
@@ -158,15 +156,20 @@ def up_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--demo-dir", type=pathlib.Path, default=pathlib.Path("demo"),
                         help="where the demo checkpoint and adapters are written (default ./%(default)s)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.model is None:
         from lorafleet.dataplane.demo import ensure_demo
 
         print(f"writing the demo model and adapters under {args.demo_dir}/ ...", flush=True)
         args.model, demo_adapters = ensure_demo(args.demo_dir)
         args.adapter = [(name, str(path)) for name, path in demo_adapters.items()] + args.adapter
-    asyncio.run(serve(args, on_ready=lambda running: _print_examples(running, args)))
+    _run(args, on_ready=lambda running: _print_examples(running, args))
     return 0
+
+
+def _run(args: argparse.Namespace, on_ready=None) -> None:
+    """Logs to stderr and serves until a signal."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(args, on_ready))
 
 
 def _print_examples(running, args) -> None:
