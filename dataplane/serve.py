@@ -39,6 +39,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser, *, model_required: bool
     parser.add_argument("--port", type=int, default=50051, help="gRPC port; 0 picks a free one (default %(default)s)")
     parser.add_argument("--metrics-port", type=int, default=9400,
                         help="Prometheus /metrics port; 0 picks a free one, -1 disables (default %(default)s)")
+    parser.add_argument("--http-port", type=int,
+                        help="also serve OpenAI-compatible HTTP (/v1/completions, "
+                             "/v1/chat/completions, /v1/models) on this port; 0 picks a free "
+                             "one (default: off; see docs/openai.md)")
     parser.add_argument("--device", help="cpu or cuda[:N] (default: cuda when available)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                         help="weight dtype (default: the checkpoint's)")
@@ -92,11 +96,14 @@ async def serve(args: argparse.Namespace, on_ready=None) -> None:
                      advertise_address=args.advertise_address)
     running = await start_worker(worker_config(args), host=args.host, port=args.port,
                                  metrics_port=metrics_port, adapters=tuple(args.adapter),
-                                 otlp_endpoint=args.otlp_endpoint, **fleet)
+                                 otlp_endpoint=args.otlp_endpoint, http_port=args.http_port,
+                                 **fleet)
     print(f"lorafleet worker {running.worker.options.worker_id} serving on {running.address}", flush=True)
     print(f"  {running.memory.describe()}", flush=True)
     if running.metrics_port is not None:
         print(f"  metrics: http://{args.host}:{running.metrics_port}/metrics", flush=True)
+    if running.http is not None:
+        print(f"  OpenAI API: http://{args.host}:{running.http.port}/v1", flush=True)
     if on_ready is not None:
         on_ready(running)
     stop = asyncio.Event()

@@ -8,6 +8,7 @@ import logging
 
 from opentelemetry.sdk.trace import TracerProvider
 
+from lorafleet.dataplane.openai_http import RunningHttp, start_worker_http
 from lorafleet.dataplane.server.build import MemoryReport, WorkerConfig, build_worker
 from lorafleet.dataplane.server.heartbeat import Heartbeat
 from lorafleet.dataplane.server.inference import InferenceServicer
@@ -33,6 +34,7 @@ class RunningWorker:
     worker_servicer: WorkerServicer
     tracer_provider: TracerProvider | None = None
     heartbeat: Heartbeat | None = None
+    http: RunningHttp | None = None  # OpenAI-compatible HTTP, when asked for
     is_stopped: bool = False
 
     async def stop(self, grace_seconds: float = 10.0) -> None:
@@ -44,6 +46,8 @@ class RunningWorker:
         self.worker.is_draining = True
         if self.heartbeat is not None:
             await self.heartbeat.stop()
+        if self.http is not None:
+            await self.http.stop(grace_seconds)
         await self.server.stop(grace_seconds)
         await asyncio.to_thread(self.worker.bridge.stop)
         self.worker.metrics.close()
@@ -58,7 +62,8 @@ async def start_worker(config: WorkerConfig, *, host: str = "127.0.0.1", port: i
                        otlp_endpoint: str | None = None,
                        controlplanes: tuple[str, ...] = (),
                        heartbeat_seconds: float = 2.0,
-                       advertise_address: str | None = None) -> RunningWorker:
+                       advertise_address: str | None = None,
+                       http_port: int | None = None) -> RunningWorker:
     """Builds the worker, loads the start-up adapters, and starts serving; with
     `controlplanes`, also registers and heartbeats (advertising `advertise_address`,
     default the bound address)."""
@@ -85,5 +90,9 @@ async def start_worker(config: WorkerConfig, *, host: str = "127.0.0.1", port: i
         await heartbeat.send_once()
         heartbeat.start()
     bound_metrics = worker.metrics.start_http(host, metrics_port) if metrics_port is not None else None
+    http = None
+    if http_port is not None:  # after the gRPC server is bound: HTTP calls into it
+        http = await start_worker_http(worker_address=address, base_model=worker.base_model.name,
+                                       host=host, port=http_port)
     return RunningWorker(worker, server, address, bound_metrics, memory, worker_servicer,
-                         tracer_provider, heartbeat)
+                         tracer_provider, heartbeat, http)

@@ -1,0 +1,123 @@
+"""Starting and stopping the OpenAI-compatible HTTP server beside a gRPC server.
+
+aiohttp runs on the same asyncio loop as grpc.aio, so a request is one coroutine from the
+HTTP socket to the gRPC call, and a client that disconnects cancels both (handler
+cancellation is on). The server talks to the InferenceService of its own process over a
+grpc.aio channel, so routing, admission and errors stay where they already are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable
+
+import grpc
+from aiohttp import web
+
+from lorafleet.dataplane.openai_http.api import OpenAIApi
+from lorafleet.dataplane.openai_http.errors import ApiError, from_rpc_error
+from lorafleet.dataplane.openai_http.models import ModelLister, WorkerModels
+
+log = logging.getLogger(__name__)
+
+# Prompts are at most a million characters (see dataplane/server/requests.py); a JSON
+# body beyond this is refused with 413 before it is parsed.
+MAX_BODY_BYTES = 4 * 1024 * 1024
+_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+@dataclasses.dataclass
+class RunningHttp:
+    """A serving HTTP server: its port, and how to stop it."""
+
+    port: int
+    _runner: web.AppRunner
+    _in_flight: set[asyncio.Task]
+    _closers: list[Callable[[], Awaitable[None]]]
+
+    async def stop(self, grace_seconds: float = 5.0) -> None:
+        """Stops accepting connections, lets requests in flight finish for the grace
+        period, cancels the rest, and closes the gRPC channel."""
+        for site in list(self._runner.sites):
+            await site.stop()
+        if self._in_flight:
+            await asyncio.wait(list(self._in_flight), timeout=grace_seconds)
+        await self._runner.cleanup()
+        for close in self._closers:
+            await close()
+
+
+async def start_http_server(*, inference_address: str, models: ModelLister,
+                            base_model: str | Callable[[], str], host: str = "127.0.0.1",
+                            port: int = 0) -> RunningHttp:
+    """Serves OpenAI completions, chat and models on host:port (0 picks a free port),
+    answering from the InferenceService at `inference_address`."""
+    channel = _channel(inference_address)
+    return await _start(OpenAIApi(channel, models, base_model), host, port,
+                        closers=[channel.close])
+
+
+async def start_worker_http(*, worker_address: str, base_model: str,
+                            host: str = "127.0.0.1", port: int = 0) -> RunningHttp:
+    """The HTTP server of a worker: models from its own WorkerService."""
+    channel = _channel(worker_address)
+    api = OpenAIApi(channel, WorkerModels(channel), base_model)
+    return await _start(api, host, port, closers=[channel.close])
+
+
+async def _start(api: OpenAIApi, host: str, port: int, *,
+                 closers: list[Callable[[], Awaitable[None]]]) -> RunningHttp:
+    in_flight: set[asyncio.Task] = set()
+    app = web.Application(client_max_size=MAX_BODY_BYTES,
+                          middlewares=[_tracking(in_flight), _errors])
+    api.add_routes(app)
+    # shutdown_timeout is short: RunningHttp.stop has already waited out the grace period.
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
+                           shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = runner.addresses[0][1]
+    return RunningHttp(bound, runner, in_flight, closers)
+
+
+def _channel(address: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(address, options=[
+        ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES)])
+
+
+def _tracking(in_flight: set[asyncio.Task]):
+    """A middleware that keeps the tasks of requests in flight, for a graceful stop."""
+    @web.middleware
+    async def track(request: web.Request, handler):
+        task = asyncio.current_task()
+        in_flight.add(task)
+        try:
+            return await handler(request)
+        finally:
+            in_flight.discard(task)
+    return track
+
+
+@web.middleware
+async def _errors(request: web.Request, handler):
+    """Every failure as an OpenAI-style error body."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return exc.response()
+    except grpc.aio.AioRpcError as exc:
+        return from_rpc_error(exc).response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+        return ApiError(exc.status, exc.text or exc.reason, type_="invalid_request_error",
+                        code=code.get(exc.status)).response()
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return ApiError(500, "internal server error", type_="server_error",
+                        code="internal").response()
