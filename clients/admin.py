@@ -16,7 +16,6 @@ import sys
 
 from lorafleet.clients.console import add_common_arguments, call, print_json, print_table, timestamp
 from lorafleet.control.v1 import adapter_service_pb2 as pb
-from lorafleet.control.v1 import adapter_service_pb2_grpc as pb_grpc
 
 HELP = "manage adapters, versions and rollouts on the control plane"
 
@@ -69,39 +68,35 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
-    return call(args, lambda channel: ACTIONS[args.action](pb_grpc.AdapterServiceStub(channel), args))
+    return call(args, lambda client: ACTIONS[args.action](client, args))
 
 
-def _create(stub, args) -> None:
-    adapter = pb.Adapter(name=args.name, base_model=args.base_model, description=args.description,
-                         min_replicas=args.min_replicas, max_replicas=args.max_replicas)
-    reply = stub.CreateAdapter(pb.CreateAdapterRequest(adapter=adapter), timeout=args.timeout)
+def _create(client, args) -> None:
+    reply = client.create_adapter(args.name, base_model=args.base_model,
+                                  description=args.description, min_replicas=args.min_replicas,
+                                  max_replicas=args.max_replicas)
     _print_adapters(args, [reply.adapter])
 
 
-def _version(stub, args) -> None:
-    request = pb.CreateAdapterVersionRequest(adapter=args.name, source_uri=args.source_uri)
-    reply = stub.CreateAdapterVersion(request, timeout=args.timeout)
+def _version(client, args) -> None:
+    reply = client.create_adapter_version(args.name, args.source_uri)
     _print_versions(args, [reply.version])
 
 
-def _rollout(stub, args) -> None:
-    request = pb.UpdateRolloutRequest(adapter=args.name, weights=args.parsed_weights)
-    _print_rollout(args, stub.UpdateRollout(request, timeout=args.timeout).rollout)
+def _rollout(client, args) -> None:
+    _print_rollout(args, client.update_rollout(args.name, args.parsed_weights).rollout)
 
 
-def _rollback(stub, args) -> None:
-    request = pb.RollbackRolloutRequest(adapter=args.name)
-    _print_rollout(args, stub.RollbackRollout(request, timeout=args.timeout).rollout)
+def _rollback(client, args) -> None:
+    _print_rollout(args, client.rollback_rollout(args.name).rollout)
 
 
-def _list(stub, args) -> None:
-    reply = stub.ListAdapters(pb.ListAdaptersRequest(tenant=args.tenant), timeout=args.timeout)
-    _print_adapters(args, reply.adapters)
+def _list(client, args) -> None:
+    _print_adapters(args, client.list_adapters(tenant=args.tenant).adapters)
 
 
-def _get(stub, args) -> None:
-    reply = stub.GetAdapter(pb.GetAdapterRequest(name=args.name), timeout=args.timeout)
+def _get(client, args) -> None:
+    reply = client.get_adapter(args.name)
     if args.json:
         print_json([reply])
         return
@@ -115,8 +110,8 @@ def _get(stub, args) -> None:
         print("no rollout yet: the adapter receives no traffic")
 
 
-def _delete(stub, args) -> None:
-    stub.DeleteAdapter(pb.DeleteAdapterRequest(name=args.name), timeout=args.timeout)
+def _delete(client, args) -> None:
+    client.delete_adapter(args.name)
     print(f"deleted {args.name}")
 
 

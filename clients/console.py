@@ -1,38 +1,52 @@
-"""How the admin commands reach the control plane and print what they get back.
+"""How the client commands reach a server and print what they get back.
 
-Every admin command takes `--controlplane ADDR`, `--json` and `--timeout`; prints a
-table (or one JSON object per line with `--json`); and exits 1 with the gRPC status
-and message on stderr when the control plane refuses.
+Every admin command takes `--controlplane ADDR`, `--json`, `--timeout` and `--api-key`;
+prints a table (or one JSON object per line with `--json`); and exits 1 with the gRPC
+status and message on stderr when the control plane refuses.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 
-import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from lorafleet.clients.client import Client
+from lorafleet.clients.errors import LorafleetError
+
+API_KEY_ENV = "LORAFLEET_API_KEY"
+
+
+def add_api_key_argument(parser: argparse.ArgumentParser) -> None:
+    """--api-key, defaulting to $LORAFLEET_API_KEY."""
+    parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV), metavar="KEY",
+                        help="sent as 'authorization: Bearer KEY' on every call "
+                             f"(default: ${API_KEY_ENV})")
+
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """--controlplane, --json and --timeout."""
+    """--controlplane, --json, --timeout and --api-key."""
     parser.add_argument("--controlplane", default="127.0.0.1:50051", metavar="ADDR",
                         help="host:port of a control-plane replica (default %(default)s)")
     parser.add_argument("--json", action="store_true",
                         help="print JSON (one object per line) instead of a table")
     parser.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
+    add_api_key_argument(parser)
 
 
-def call(args: argparse.Namespace, action: Callable[[grpc.Channel], None]) -> int:
-    """Runs `action(channel)`; turns a gRPC error into a message and exit status 1."""
-    with grpc.insecure_channel(args.controlplane) as channel:
+def call(args: argparse.Namespace, action: Callable[[Client], None]) -> int:
+    """Runs `action(client)` against the control plane; turns an error status into a
+    message and exit status 1."""
+    with Client(args.controlplane, api_key=args.api_key, timeout=args.timeout) as client:
         try:
-            action(channel)
-        except grpc.RpcError as error:
-            print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+            action(client)
+        except LorafleetError as error:
+            print(f"error: {error.code.name}: {error.message}", file=sys.stderr)
             return 1
     return 0
 

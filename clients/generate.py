@@ -10,10 +10,11 @@ import argparse
 import json
 import sys
 
-import grpc
-
-from lorafleet.inference.v1 import inference_service_pb2 as pb
-from lorafleet.inference.v1 import inference_service_pb2_grpc as pb_grpc
+from lorafleet.clients.client import Client
+from lorafleet.clients.console import add_api_key_argument
+from lorafleet.clients.errors import LorafleetError
+from lorafleet.clients.events import Summary
+from lorafleet.clients.requests import generate_request
 
 HELP = "stream a completion (from a worker or a gateway)"
 
@@ -39,50 +40,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=120.0, help="deadline in seconds")
     parser.add_argument("--json", action="store_true",
                         help="print every stream message as a JSON line instead of text")
+    add_api_key_argument(parser)
 
 
-def build_request(args: argparse.Namespace) -> pb.GenerateRequest:
-    """The GenerateRequest the options describe."""
-    sampling = pb.SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature,
-                                 top_k=args.top_k, stop=args.stop)
-    if args.top_p is not None:
-        sampling.top_p = args.top_p
-    if args.seed is not None:
-        sampling.seed = args.seed
-    request = pb.GenerateRequest(adapter=args.adapter, sampling=sampling,
-                                 routing_key=args.routing_key)
-    if args.chat:
-        request.chat.messages.add(role="user", content=args.prompt)
-    else:
-        request.text = args.prompt
-    return request
+def _prompt_options(args: argparse.Namespace) -> dict:
+    """The prompt and sampling arguments of Client.generate_stream the options describe."""
+    prompt = {"messages": [{"role": "user", "content": args.prompt}]} if args.chat else {
+        "prompt": args.prompt}
+    return dict(prompt, adapter=args.adapter, max_tokens=args.max_tokens,
+                temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                seed=args.seed, stop=args.stop, routing_key=args.routing_key)
 
 
 def run(args: argparse.Namespace) -> int:
     """Streams the completion to stdout."""
-    from google.protobuf import json_format
-
-    with grpc.insecure_channel(args.addr) as channel:
-        stub = pb_grpc.InferenceServiceStub(channel)
+    with Client(args.addr, api_key=args.api_key, timeout=args.timeout) as client:
         try:
-            for message in stub.Generate(build_request(args), timeout=args.timeout):
-                if args.json:
-                    print(json.dumps(json_format.MessageToDict(message)), flush=True)
-                elif message.HasField("delta"):
-                    sys.stdout.write(message.delta.text)
-                    sys.stdout.flush()
-                else:
-                    _print_summary(message.summary)
-        except grpc.RpcError as exc:
-            print(f"\nerror: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            if args.json:
+                _print_json(client, args)
+            else:
+                _print_text(client, args)
+        except LorafleetError as error:
+            print(f"\nerror: {error.code.name}: {error.message}", file=sys.stderr)
             return 1
     return 0
 
 
-def _print_summary(summary: pb.GenerateSummary) -> None:
-    reason = pb.FinishReason.Name(summary.finish_reason).removeprefix("FINISH_REASON_").lower()
-    ttft = summary.timings.time_to_first_token.ToNanoseconds() / 1e6
-    print(f"\n[{reason}; {summary.usage.prompt_tokens} prompt + "
-          f"{summary.usage.completion_tokens} generated tokens; "
-          f"adapter {summary.adapter_version or 'base'}; first token {ttft:.0f} ms; "
+def _print_text(client: Client, args: argparse.Namespace) -> None:
+    for event in client.generate_stream(**_prompt_options(args)):
+        if isinstance(event, Summary):
+            _print_summary(event)
+        else:
+            sys.stdout.write(event.text)
+            sys.stdout.flush()
+
+
+def _print_json(client: Client, args: argparse.Namespace) -> None:
+    # The raw stream messages, so the JSON is the proto's own (field names, enums).
+    from google.protobuf import json_format
+
+    request = generate_request(**_prompt_options(args))
+    for message in client.generate_responses(request):
+        print(json.dumps(json_format.MessageToDict(message)), flush=True)
+
+
+def _print_summary(summary: Summary) -> None:
+    print(f"\n[{summary.finish_reason.value}; {summary.num_prompt_tokens} prompt + "
+          f"{summary.num_completion_tokens} generated tokens; "
+          f"adapter {summary.adapter_version or 'base'}; "
+          f"first token {summary.time_to_first_token * 1e3:.0f} ms; "
           f"worker {summary.worker_id}]", file=sys.stderr)

@@ -8,8 +8,6 @@ from __future__ import annotations
 import argparse
 
 from lorafleet.clients.console import add_common_arguments, call, print_json, print_table
-from lorafleet.control.v1 import fleet_service_pb2 as pb
-from lorafleet.control.v1 import fleet_service_pb2_grpc as pb_grpc
 
 HELP = "show desired and actual placement of adapter versions"
 
@@ -24,9 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Prints the placement view."""
 
-    def action(channel) -> None:
-        request = pb.GetPlacementRequest(adapter=args.adapter)
-        reply = pb_grpc.FleetServiceStub(channel).GetPlacement(request, timeout=args.timeout)
+    def action(client) -> None:
+        reply = client.get_placement(adapter=args.adapter)
         if args.json:
             print_json(reply.placements)
             return

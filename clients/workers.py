@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 
 from lorafleet.clients.console import add_common_arguments, call, print_json, print_table, timestamp
-from lorafleet.control.v1 import fleet_service_pb2 as pb
-from lorafleet.control.v1 import fleet_service_pb2_grpc as pb_grpc
 from lorafleet.worker.v1 import worker_service_pb2 as worker_pb
 
 HELP = "list the live workers, or drain one"
@@ -28,14 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Lists or drains."""
 
-    def action(channel) -> None:
-        stub = pb_grpc.FleetServiceStub(channel)
+    def action(client) -> None:
         if args.drain:
-            request = pb.DrainWorkerRequest(worker_id=args.drain)
-            workers = [stub.DrainWorker(request, timeout=args.timeout).worker]
+            workers = [client.drain_worker(args.drain).worker]
         else:
-            request = pb.ListWorkersRequest(base_model=args.base_model)
-            workers = stub.ListWorkers(request, timeout=args.timeout).workers
+            workers = client.list_workers(base_model=args.base_model).workers
         _print(args, workers)
 
     return call(args, action)
