@@ -8,7 +8,7 @@ from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
 from lorafleet.control.v1 import fleet_service_pb2_grpc as fleet_grpc
 from lorafleet.controlplane.api_status import grpc_errors
 from lorafleet.controlplane.fleet import FleetRegistry
-from lorafleet.controlplane.routing import diff, holders, routing_table
+from lorafleet.controlplane.routing import diff, holders, live_workers, routing_table
 from lorafleet.controlplane.schema import Snapshot
 from lorafleet.controlplane.store import EtcdStore
 
@@ -68,14 +68,27 @@ class FleetServicer(fleet_grpc.FleetServiceServicer):
         async with contextlib.aclosing(self.store.watch_snapshots()) as snapshots:
             async for snapshot in snapshots:
                 table = routing_table(snapshot, request.base_model)
+                workers = live_workers(snapshot, request.base_model)
                 if sent is None:
                     yield fleet_pb.WatchRoutingTableResponse(
-                        revision=snapshot.revision, is_snapshot=True, routes=list(table.values())
+                        revision=snapshot.revision, is_snapshot=True,
+                        routes=list(table.values()), workers=list(workers.values()),
                     )
                 else:
-                    changed, removed = diff(sent, table)
-                    if changed or removed:
-                        yield fleet_pb.WatchRoutingTableResponse(
-                            revision=snapshot.revision, routes=changed, removed_adapters=removed
-                        )
-                sent = table
+                    message = routing_change(sent, (table, workers), snapshot.revision)
+                    if message is not None:
+                        yield message
+                sent = (table, workers)
+
+
+def routing_change(sent, current, revision: int) -> fleet_pb.WatchRoutingTableResponse | None:
+    """The message that takes a gateway from `sent` to `current` ((routes, workers) pairs),
+    or None when nothing it sees changed."""
+    changed, removed = diff(sent[0], current[0])
+    joined, left = diff(sent[1], current[1])
+    if not (changed or removed or joined or left):
+        return None
+    return fleet_pb.WatchRoutingTableResponse(
+        revision=revision, routes=changed, removed_adapters=removed,
+        workers=joined, removed_worker_ids=left,
+    )

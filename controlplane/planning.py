@@ -1,7 +1,8 @@
 """From a snapshot to decisions: the desired placement, then the loads and evictions.
 
 Pure functions of their inputs, so the reconciler's choices can be tested without etcd
-or workers. Evictions are planned only where they are safe: a routed version is evicted
+or workers. A routed version with no live placed worker keeps the workers already serving
+it (e.g. a gateway's on-demand load) instead of being loaded afresh elsewhere. Evictions are planned only where they are safe: a routed version is evicted
 from a worker only once another worker it is placed on reports it READY, so a routed
 version never drops to zero replicas.
 """
@@ -13,7 +14,7 @@ from collections.abc import Mapping
 
 from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
 from lorafleet.controlplane.placement import PlacementPolicy, VersionDemand, WorkerSlots, place
-from lorafleet.controlplane.routing import SERVING_TIERS
+from lorafleet.controlplane.routing import SERVING_TIERS, holders
 from lorafleet.controlplane.schema import Snapshot, VersionKey
 from lorafleet.worker.v1 import worker_service_pb2 as worker_pb
 
@@ -54,8 +55,28 @@ def desired_placement(snapshot: Snapshot, policy: PlacementPolicy) -> dict[Versi
         WorkerSlots(w.worker_id, w.base_model.name, num_slots(w), w.is_draining)
         for w in snapshot.workers.values()
     ]
-    current = {key: p.desired_worker_ids for key, p in snapshot.placements.items()}
-    return place(versions, workers, current, policy)
+    return place(versions, workers, current_placement(snapshot), policy)
+
+
+def current_placement(snapshot: Snapshot) -> dict[VersionKey, tuple[str, ...]]:
+    """The stored placement, except that a routed version whose stored workers are all
+    gone or draining (or that has none yet) counts the workers serving it instead: a copy a
+    gateway loaded on demand becomes its placement rather than being evicted for a fresh
+    load elsewhere."""
+    current = {key: tuple(p.desired_worker_ids) for key, p in snapshot.placements.items()}
+    held = holders(snapshot)
+    for key in snapshot.routed_weights():
+        if any(_is_placeable(snapshot, w) for w in current.get(key, ())):
+            continue
+        serving = sorted(w.worker_id for w, _ in held.get(key, []) if not w.is_draining)
+        if serving:
+            current[key] = tuple(serving)
+    return current
+
+
+def _is_placeable(snapshot: Snapshot, worker_id: str) -> bool:
+    worker = snapshot.workers.get(worker_id)
+    return worker is not None and not worker.is_draining
 
 
 @dataclasses.dataclass(frozen=True)

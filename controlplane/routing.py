@@ -1,18 +1,22 @@
-"""The routing table gateways follow: per adapter, its routed versions and their holders.
+"""The routing table gateways follow: per adapter, its routed versions and their holders,
+plus the live workers (so a version no worker holds yet can be loaded on demand).
 
-Built from a snapshot of etcd (rollouts, versions, workers' reported residency), so it
-is exactly as fresh as the snapshot's revision. A worker is listed for a version only
-when it reports the version READY in its device or host tier; device holders come first,
-and draining workers last (they still finish what they run).
+Built from a snapshot of etcd (rollouts, versions, placements, workers' reported
+residency), so it is exactly as fresh as the snapshot's revision. A worker is listed for a
+version only when it reports the version READY in its device or host tier; device holders
+come first, and draining workers last (they still finish what they run).
 """
 
 from __future__ import annotations
+
+from typing import TypeVar
 
 from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
 from lorafleet.controlplane.schema import Snapshot, VersionKey
 from lorafleet.worker.v1 import worker_service_pb2 as worker_pb
 
 SERVING_TIERS = (worker_pb.TIER_DEVICE, worker_pb.TIER_HOST)
+Message = TypeVar("Message", fleet_pb.AdapterRoute, fleet_pb.WorkerRoute)
 
 
 def holders(snapshot: Snapshot) -> dict[VersionKey, list[tuple[fleet_pb.Worker, int]]]:
@@ -50,22 +54,38 @@ def routing_table(snapshot: Snapshot, base_model: str = "") -> dict[str, fleet_p
                 held.get((name, share.version), []),
                 key=lambda pair: (pair[0].is_draining, pair[1], pair[0].worker_id),
             )
+            placement = snapshot.placements.get((name, share.version))
             route.versions.add(
                 version=share.version, digest=version.digest, weight=share.weight,
                 workers=[
                     fleet_pb.WorkerEndpoint(worker_id=w.worker_id, address=w.address, tier=tier)
                     for w, tier in ranked
                 ],
+                source_uri=version.source_uri,
+                placed_worker_ids=placement.desired_worker_ids if placement else [],
             )
         if route.versions:
             table[name] = route
     return table
 
 
-def diff(
-    old: dict[str, fleet_pb.AdapterRoute], new: dict[str, fleet_pb.AdapterRoute]
-) -> tuple[list[fleet_pb.AdapterRoute], list[str]]:
-    """(routes added or changed, adapters removed) going from `old` to `new`."""
+def live_workers(snapshot: Snapshot, base_model: str = "") -> dict[str, fleet_pb.WorkerRoute]:
+    """Every live worker by id (optionally only of one base model), as gateways see it.
+
+    Only fields that change rarely, so heartbeats alone never produce a routing message."""
+    return {
+        worker_id: fleet_pb.WorkerRoute(
+            worker_id=worker_id, address=worker.address, base_model=worker.base_model.name,
+            is_draining=worker.is_draining,
+        )
+        for worker_id, worker in sorted(snapshot.workers.items())
+        if not base_model or worker.base_model.name == base_model
+    }
+
+
+def diff(old: dict[str, Message], new: dict[str, Message]) -> tuple[list[Message], list[str]]:
+    """(entries added or changed, names removed) going from `old` to `new`: adapter routes
+    or live workers."""
     changed = [route for name, route in sorted(new.items()) if old.get(name) != route]
     removed = sorted(set(old) - set(new))
     return changed, removed

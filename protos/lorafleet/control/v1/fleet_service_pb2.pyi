@@ -98,16 +98,20 @@ class WatchRoutingTableRequest(_message.Message):
     def __init__(self, base_model: _Optional[str] = ...) -> None: ...
 
 class WatchRoutingTableResponse(_message.Message):
-    __slots__ = ("revision", "is_snapshot", "routes", "removed_adapters")
+    __slots__ = ("revision", "is_snapshot", "routes", "removed_adapters", "workers", "removed_worker_ids")
     REVISION_FIELD_NUMBER: _ClassVar[int]
     IS_SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     ROUTES_FIELD_NUMBER: _ClassVar[int]
     REMOVED_ADAPTERS_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_WORKER_IDS_FIELD_NUMBER: _ClassVar[int]
     revision: int
     is_snapshot: bool
     routes: _containers.RepeatedCompositeFieldContainer[AdapterRoute]
     removed_adapters: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, revision: _Optional[int] = ..., is_snapshot: _Optional[bool] = ..., routes: _Optional[_Iterable[_Union[AdapterRoute, _Mapping]]] = ..., removed_adapters: _Optional[_Iterable[str]] = ...) -> None: ...
+    workers: _containers.RepeatedCompositeFieldContainer[WorkerRoute]
+    removed_worker_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, revision: _Optional[int] = ..., is_snapshot: _Optional[bool] = ..., routes: _Optional[_Iterable[_Union[AdapterRoute, _Mapping]]] = ..., removed_adapters: _Optional[_Iterable[str]] = ..., workers: _Optional[_Iterable[_Union[WorkerRoute, _Mapping]]] = ..., removed_worker_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AdapterRoute(_message.Message):
     __slots__ = ("adapter", "base_model", "versions")
@@ -120,16 +124,20 @@ class AdapterRoute(_message.Message):
     def __init__(self, adapter: _Optional[str] = ..., base_model: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[VersionRoute, _Mapping]]] = ...) -> None: ...
 
 class VersionRoute(_message.Message):
-    __slots__ = ("version", "digest", "weight", "workers")
+    __slots__ = ("version", "digest", "weight", "workers", "source_uri", "placed_worker_ids")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_URI_FIELD_NUMBER: _ClassVar[int]
+    PLACED_WORKER_IDS_FIELD_NUMBER: _ClassVar[int]
     version: int
     digest: str
     weight: int
     workers: _containers.RepeatedCompositeFieldContainer[WorkerEndpoint]
-    def __init__(self, version: _Optional[int] = ..., digest: _Optional[str] = ..., weight: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerEndpoint, _Mapping]]] = ...) -> None: ...
+    source_uri: str
+    placed_worker_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[int] = ..., digest: _Optional[str] = ..., weight: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerEndpoint, _Mapping]]] = ..., source_uri: _Optional[str] = ..., placed_worker_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class WorkerEndpoint(_message.Message):
     __slots__ = ("worker_id", "address", "tier")
@@ -140,6 +148,18 @@ class WorkerEndpoint(_message.Message):
     address: str
     tier: _worker_service_pb2.Tier
     def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., tier: _Optional[_Union[_worker_service_pb2.Tier, str]] = ...) -> None: ...
+
+class WorkerRoute(_message.Message):
+    __slots__ = ("worker_id", "address", "base_model", "is_draining")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    IS_DRAINING_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    address: str
+    base_model: str
+    is_draining: bool
+    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., base_model: _Optional[str] = ..., is_draining: _Optional[bool] = ...) -> None: ...
 
 class DrainWorkerRequest(_message.Message):
     __slots__ = ("worker_id",)

@@ -1,0 +1,64 @@
+"""Placement after a gateway's on-demand load (tests/controlplane/test_planning.py style:
+hand-built snapshots, no etcd): a routed version with no live placed worker keeps the
+workers already serving it, so the copy is not evicted and loaded again elsewhere."""
+
+from __future__ import annotations
+
+import pytest
+
+from lorafleet.control.v1 import adapter_service_pb2 as apb
+from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
+from lorafleet.controlplane.placement import PlacementPolicy
+from lorafleet.controlplane.planning import desired_placement, plan_evictions, plan_loads
+from lorafleet.controlplane.schema import Snapshot
+from lorafleet.worker.v1 import worker_service_pb2 as worker_pb
+
+KEY = ("acme/a", 1)
+
+
+def _snapshot(held_by, stored, draining=()) -> Snapshot:
+    """acme/a@1 routed; workers w-a, w-b, w-c (w-a least filled by id); `held_by` serve it;
+    `stored` is its stored placement (None: none yet)."""
+    snapshot = Snapshot(revision=1)
+    snapshot.adapters["acme/a"] = apb.Adapter(name="acme/a", base_model="m")
+    snapshot.versions[KEY] = apb.AdapterVersion(adapter="acme/a", version=1, digest="d1",
+                                                source_uri="/a1", state=apb.VERSION_STATE_READY)
+    snapshot.rollouts["acme/a"] = apb.Rollout(adapter="acme/a", weights=[
+        apb.VersionWeight(version=1, weight=1)])
+    if stored is not None:
+        snapshot.placements[KEY] = fleet_pb.VersionPlacement(
+            adapter="acme/a", version=1, desired_worker_ids=stored)
+    for worker_id in ("w-a", "w-b", "w-c"):
+        held = [worker_pb.AdapterResidency(adapter="acme/a", version=1, digest="d1",
+                                           tier=worker_pb.TIER_HOST,
+                                           state=worker_pb.LOAD_STATE_READY)
+                ] if worker_id in held_by else []
+        snapshot.workers[worker_id] = fleet_pb.Worker(
+            worker_id=worker_id, address=f"{worker_id}:1", base_model=worker_pb.BaseModel(name="m"),
+            capacities=worker_pb.Capacities(max_loras=1, max_cpu_loras=4), adapters=held,
+            is_draining=worker_id in draining)
+    return snapshot
+
+
+@pytest.mark.parametrize(("held_by", "stored", "draining", "expected"), [
+    # A gateway loaded it on w-b before the leader ever placed it: w-b keeps it.
+    (("w-b",), None, (), ("w-b",)),
+    # Its placed worker died (gone from the snapshot): the on-demand copy on w-c counts.
+    (("w-c",), ["w-dead"], (), ("w-c",)),
+    # Its placed worker is draining: the serving copy on w-b counts.
+    (("w-b",), ["w-a"], ("w-a",), ("w-b",)),
+    # A live placed worker wins over an extra on-demand copy: placement stays sticky.
+    (("w-b", "w-c"), ["w-c"], (), ("w-c",)),
+    # Nobody holds it: the least filled worker, as before.
+    ((), None, (), ("w-a",)),
+])
+def test_placement_after_on_demand_load(held_by, stored, draining, expected):
+    snapshot = _snapshot(held_by, stored, draining)
+    desired = desired_placement(snapshot, PlacementPolicy())
+    assert desired[KEY] == expected
+    residency = {w.worker_id: {(r.adapter, r.version): r for r in w.adapters}
+                 for w in snapshot.workers.values()}
+    if set(held_by) >= set(expected):  # already served where placed: nothing to load
+        assert plan_loads(snapshot, desired, residency) == []
+    evicted = {e.worker_id for e in plan_evictions(snapshot, desired, residency)}
+    assert evicted == set(held_by) - set(expected)
