@@ -21,6 +21,8 @@ SERVER_COMMANDS: dict[str, tuple[str, str]] = {
                "serve a model as a fleet worker that obeys the control plane"),
     "up": ("lorafleet.dataplane.serve:up_main",
            "serve a generated demo model and adapters, and print how to call them"),
+    "gateway": ("lorafleet.dataplane.gateway.cli:main",
+                "route Generate requests to the fleet by the control plane's routing table"),
 }
 
 # Client subcommands: name -> module with `add_arguments(parser)` and `run(args) -> int`.

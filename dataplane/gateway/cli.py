@@ -1,0 +1,85 @@
+"""`lorafleet gateway`: route Generate requests to the fleet until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+
+from lorafleet.dataplane.gateway.app import GatewayConfig, start_gateway
+
+DESCRIPTION = """\
+Run a gateway: it serves lorafleet.inference.v1.InferenceService (the same service as a
+worker, so one client stub points at either) and routes every Generate to a worker by the
+control plane's routing table: the version by the adapter's rollout weights (the same
+routing_key always gets the same version), the worker by tier and load; a version no
+worker holds yet is loaded on demand. It keeps serving from its last table while the
+control plane is away. Stateless: run as many as you like."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command's arguments."""
+    parser = argparse.ArgumentParser(prog="lorafleet gateway", description=DESCRIPTION)
+    parser.add_argument("--controlplane", required=True, metavar="ADDR[,ADDR...]",
+                        help="control-plane replicas (host:port) to follow the routing "
+                             "table from; on failure the next one is tried")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
+    parser.add_argument("--port", type=int, default=50050,
+                        help="gRPC port; 0 picks a free one (default %(default)s)")
+    parser.add_argument("--http-port", type=int, default=None, metavar="N",
+                        help="also serve the OpenAI-compatible HTTP API (completions, chat, "
+                             "models) on this port; 0 picks a free one (default: off)")
+    parser.add_argument("--metrics-port", type=int, default=9401, metavar="N",
+                        help="Prometheus /metrics port; 0 picks a free one, -1 disables "
+                             "(default %(default)s)")
+    parser.add_argument("--base-model", default="", metavar="NAME",
+                        help="route only adapters and workers of this base model; requests "
+                             "without an adapter go to it (default: every base model; "
+                             "needed for such requests when the fleet serves several)")
+    parser.add_argument("--load-timeout", type=float, default=120.0, metavar="S",
+                        help="longest an on-demand adapter load may take (default %(default)s)")
+    parser.add_argument("--grace-seconds", type=float, default=30.0,
+                        help="on SIGTERM, how long in-flight streams may finish (default %(default)s)")
+    parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> GatewayConfig:
+    """The gateway's config from parsed arguments."""
+    controlplanes = tuple(a.strip() for a in args.controlplane.split(",") if a.strip())
+    if not controlplanes:
+        raise SystemExit("lorafleet gateway: --controlplane needs at least one host:port")
+    return GatewayConfig(
+        controlplanes=controlplanes, host=args.host, port=args.port,
+        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        http_port=args.http_port, base_model=args.base_model,
+        load_timeout_seconds=args.load_timeout)
+
+
+async def serve(config: GatewayConfig, grace_seconds: float) -> None:
+    """Runs a gateway until SIGINT or SIGTERM, then stops it gracefully."""
+    gateway = await start_gateway(config)
+    print(f"lorafleet gateway listening on {gateway.address}", flush=True)
+    print(f"  following the routing table of {', '.join(config.controlplanes)}", flush=True)
+    if gateway.metrics_port is not None:
+        print(f"  metrics: http://{config.host}:{gateway.metrics_port}/metrics", flush=True)
+    if gateway.http is not None:
+        print(f"  OpenAI HTTP: http://{config.host}:{gateway.http.port}/v1", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await gateway.stop(grace_seconds)
+
+
+def main(argv=None) -> int:
+    """Entry point of `lorafleet gateway`."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(config_from_args(args), args.grace_seconds))
+    return 0

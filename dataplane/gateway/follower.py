@@ -1,0 +1,121 @@
+"""Following the control plane's routing table: list, then watch, and reconnect forever.
+
+WatchRoutingTable sends a snapshot, then changes. When the stream breaks, the follower
+keeps the table it has (the gateway serves from it meanwhile), waits a capped, jittered
+backoff, and tries the next control-plane replica in its list; the first message of the
+new stream is a snapshot that replaces the table, so changes made meanwhile are picked up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+
+import grpc
+
+from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
+from lorafleet.control.v1 import fleet_service_pb2_grpc as fleet_grpc
+from lorafleet.dataplane.gateway.table import RoutingTable
+
+log = logging.getLogger(__name__)
+
+
+class Backoff:
+    """Exponential delays from `first` up to `cap` seconds, each drawn from [d/2, d] so
+    gateways that lost the same replica do not all come back at once."""
+
+    def __init__(self, first: float = 0.1, cap: float = 5.0, rng: random.Random | None = None):
+        if not 0 < first <= cap:
+            raise ValueError(f"backoff needs 0 < first <= cap, got first={first}, cap={cap}")
+        self.first, self.cap = first, cap
+        self._rng = rng or random.Random()
+        self.num_failures = 0
+
+    def next_delay(self) -> float:
+        """The delay before the next try; each call counts one more failure."""
+        ceiling = min(self.cap, self.first * 2 ** min(self.num_failures, 32))
+        self.num_failures += 1
+        return self._rng.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        """Back to the first delay (after a stream delivered its snapshot)."""
+        self.num_failures = 0
+
+
+class TableFollower:
+    """Keeps `table` current from the first control-plane replica that answers."""
+
+    def __init__(self, controlplanes: Sequence[str], *, base_model: str = "",
+                 on_change: Callable[[RoutingTable], None] = lambda table: None,
+                 backoff: Backoff | None = None):
+        if not controlplanes:
+            raise ValueError("at least one control-plane address is required")
+        self.controlplanes = list(controlplanes)
+        self.base_model = base_model
+        self.table: RoutingTable | None = None
+        self.is_connected = False
+        self._on_change = on_change
+        self._backoff = backoff or Backoff()
+        self._stale_since = time.monotonic()
+        self._has_table = asyncio.Event()
+
+    def age_seconds(self) -> float:
+        """Seconds since the table was last known current: 0 while the stream is up."""
+        return 0.0 if self.is_connected else time.monotonic() - self._stale_since
+
+    async def wait_for_table(self, timeout: float | None = None) -> bool:
+        """Waits until a first snapshot has arrived; False on timeout."""
+        try:
+            await asyncio.wait_for(self._has_table.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def run(self) -> None:
+        """Follows the table until cancelled, rotating over the replicas."""
+        index = 0
+        while True:
+            address = self.controlplanes[index % len(self.controlplanes)]
+            try:
+                await self._follow(address)
+                log.warning("routing stream from %s ended; reconnecting", address)
+            except (grpc.aio.AioRpcError, ValueError) as error:
+                log.log(logging.WARNING if self.is_connected else logging.DEBUG,
+                        "routing stream from %s failed: %s", address, _describe(error))
+            if self.is_connected:
+                self.is_connected = False
+                self._stale_since = time.monotonic()
+            index += 1
+            await asyncio.sleep(self._backoff.next_delay())
+
+    async def _follow(self, address: str) -> None:
+        request = fleet_pb.WatchRoutingTableRequest(base_model=self.base_model)
+        async with grpc.aio.insecure_channel(address) as channel:
+            stream = fleet_grpc.FleetServiceStub(channel).WatchRoutingTable(request)
+            has_snapshot = False
+            async for message in stream:
+                if not has_snapshot and not message.is_snapshot:
+                    raise ValueError(f"{address} sent a change before its snapshot")
+                base = RoutingTable() if message.is_snapshot else self.table
+                self._set(base.apply(message))
+                if not has_snapshot:
+                    has_snapshot = True
+                    self.is_connected = True
+                    self._backoff.reset()
+                    log.info("following the routing table of %s (revision %d, %d adapters, "
+                             "%d workers)", address, message.revision, len(self.table.routes),
+                             len(self.table.workers))
+
+    def _set(self, table: RoutingTable) -> None:
+        self.table = table
+        self._has_table.set()
+        self._on_change(table)
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, grpc.aio.AioRpcError):
+        return f"{error.code().name} {error.details()}"
+    return str(error)

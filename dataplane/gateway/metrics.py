@@ -1,0 +1,58 @@
+"""Gateway metrics on their own Prometheus registry, served on /metrics.
+
+Every series exists from the start (labelled counters at zero), so a dashboard or an alert
+sees 0 rather than "no data" before the first request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+from lorafleet.dataplane.gateway.picking import PICKS
+
+
+class GatewayMetrics:
+    """The gateway's instruments; `age` and `is_connected` are read at scrape time."""
+
+    def __init__(self, age: Callable[[], float], is_connected: Callable[[], bool]):
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "lorafleet_gateway_requests", "Generate requests by final gRPC status code",
+            ["code"], registry=self.registry)
+        self.picks = Counter(
+            "lorafleet_gateway_picks", "Workers picked for an attempt, by why: the version's "
+            "device or host tier, an on-demand load, or the base model", ["tier"],
+            registry=self.registry)
+        self.retries = Counter(
+            "lorafleet_gateway_retries", "Requests retried on another worker after a failure "
+            "before their first message", registry=self.registry)
+        self.outstanding = Gauge(
+            "lorafleet_gateway_outstanding_requests", "Generate requests in progress",
+            registry=self.registry)
+        Gauge("lorafleet_gateway_routing_table_age_seconds",
+              "Seconds since the routing table was last known current (0 while the "
+              "control plane stream is up)", registry=self.registry).set_function(age)
+        Gauge("lorafleet_gateway_controlplane_connected",
+              "1 while a control-plane routing stream is up, else 0",
+              registry=self.registry).set_function(lambda: float(is_connected()))
+        for code in grpc.StatusCode:
+            self.requests.labels(code.name)
+        for pick in PICKS:
+            self.picks.labels(pick)
+        self._http = None
+
+    def start_http(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Serves /metrics on host:port (0 picks a free port); returns the bound port."""
+        server, _ = start_http_server(port, addr=host, registry=self.registry)
+        self._http = server
+        return server.server_port
+
+    def close(self) -> None:
+        """Stops the HTTP endpoint."""
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
