@@ -63,9 +63,11 @@ async def _send_all(response: web.StreamResponse, shape: Shape, message, message
     try:
         for chunk in shape.opening_chunks():
             await _send(response, chunk)
+        summary = None
         while message is not None:
-            await _send_message(response, shape, message)
+            summary = await _send_message(response, shape, message) or summary
             message = await anext(messages, None)
+        check_finished(summary)  # a stream cut short without its summary is an error
         await response.write(DONE)
     except grpc.aio.AioRpcError as exc:
         await _send(response, from_rpc_error(exc, is_chat=is_chat).body())
@@ -88,18 +90,20 @@ def check_finished(summary: pb.GenerateSummary | None) -> pb.GenerateSummary:
 
 
 async def _send_message(response: web.StreamResponse, shape: Shape,
-                        message: pb.GenerateResponse) -> None:
+                        message: pb.GenerateResponse) -> pb.GenerateSummary | None:
+    """Sends the chunks of one Generate message; returns the summary when it is one."""
     if message.HasField("delta"):
         delta = message.delta
         # Tokens whose text is held back (a partial character or stop string) carry
         # nothing to show unless the caller asked for their log-probabilities.
         if delta.text or (shape.has_logprobs and delta.logprobs):
             await _send(response, shape.delta_chunk(delta))
-        return
+        return None
     summary = check_finished(message.summary)
     await _send(response, shape.finish_chunk(summary))
     if shape.include_usage:
         await _send(response, shape.usage_chunk(summary))
+    return summary
 
 
 async def _send(response: web.StreamResponse, chunk: dict) -> None:

@@ -62,7 +62,7 @@ async def start_http_server(*, inference_address: str, models: ModelLister,
 async def start_worker_http(*, worker_address: str, base_model: str,
                             host: str = "127.0.0.1", port: int = 0) -> RunningHttp:
     """The HTTP server of a worker: models from its own WorkerService."""
-    channel = _channel(worker_address)
+    channel = _channel(_reachable(worker_address))
     api = OpenAIApi(channel, WorkerModels(channel), base_model)
     return await _start(api, host, port, closers=[channel.close])
 
@@ -81,6 +81,12 @@ async def _start(api: OpenAIApi, host: str, port: int, *,
     await site.start()
     bound = runner.addresses[0][1]
     return RunningHttp(bound, runner, in_flight, closers)
+
+
+def _reachable(address: str) -> str:
+    """The address to dial for a server bound to `address` (a wildcard means loopback)."""
+    host, _, port = address.rpartition(":")
+    return f"127.0.0.1:{port}" if host in ("", "0.0.0.0", "::", "[::]") else address
 
 
 def _channel(address: str) -> grpc.aio.Channel:
