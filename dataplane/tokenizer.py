@@ -31,7 +31,8 @@ class Tokenizer:
     def from_dir(
         cls, model_dir: str | pathlib.Path, eos_token_ids: Sequence[int] = ()
     ) -> Tokenizer:
-        """Reads tokenizer.json and, when present, tokenizer_config.json of a checkpoint."""
+        """Reads tokenizer.json and, when present, tokenizer_config.json and
+        chat_template.jinja of a checkpoint."""
         model_dir = pathlib.Path(model_dir)
         path = model_dir / "tokenizer.json"
         if not path.exists():
@@ -44,7 +45,7 @@ class Tokenizer:
         eos_id = tokenizer.token_to_id(special["eos_token"]) if special["eos_token"] else None
         if eos_id is not None and eos_id not in eos:
             eos.append(eos_id)
-        return cls(tokenizer, chat_template=config.get("chat_template"),
+        return cls(tokenizer, chat_template=_chat_template(model_dir, config),
                    special_tokens={k: v for k, v in special.items() if v}, eos_token_ids=eos)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
@@ -74,6 +75,15 @@ class Tokenizer:
     def encode_chat(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
         """Token ids of the rendered conversation (the template adds any special tokens)."""
         return self.encode(self.render_chat(messages), add_special_tokens=False)
+
+
+def _chat_template(model_dir: pathlib.Path, config: dict) -> str | None:
+    """chat_template.jinja, where current transformers saves it, else tokenizer_config.json's.
+
+    transformers gives the .jinja file precedence when both exist; so does this.
+    """
+    path = model_dir / "chat_template.jinja"
+    return path.read_text() if path.exists() else config.get("chat_template")
 
 
 def _token_text(token) -> str | None:
