@@ -48,41 +48,48 @@ class GatewayServicer(pb_grpc.InferenceServiceServicer):
         self._metrics = metrics
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
-        # A coroutine writing with context.write (not a generator), so a caller's cancel
-        # reaches the upstream call through plain task cancellation and `finally`.
-        code = grpc.StatusCode.CANCELLED  # unless the stream ends any other way
+        upstream = _Upstream()
+        # The RPC's end (the caller cancels, its deadline passes) cancels the worker's call
+        # at once, even while this generator waits at a `yield` and never sees the cancel.
+        context.add_done_callback(lambda _: upstream.cancel())
+        code = None
         self._metrics.outstanding.inc()
         try:
-            outcome = await self._serve(request, context)
-            code = outcome.code
+            async for message in self._serve(request, context, upstream):
+                yield message
+            code = upstream.outcome.code
         finally:
+            code = code or _interrupted(context)
             self._metrics.outstanding.dec()
             self._metrics.requests.labels(code.name).inc()
-        if outcome.code != OK:
-            await context.abort(outcome.code, outcome.details)
+        if code != OK:
+            await context.abort(code, upstream.outcome.details)
 
-    async def _serve(self, request: pb.GenerateRequest, context) -> Outcome:
+    async def _serve(self, request: pb.GenerateRequest, context, upstream: _Upstream):
+        """Streams the messages of the attempts; leaves the result in `upstream.outcome`."""
         try:
             resolved = self._router.resolve(request)
         except RouteError as error:
-            return Outcome(error.code, error.details)
+            upstream.outcome = Outcome(error.code, error.details)
+            return
         excluded: set[str] = set()
-        failure = None
         for attempt in range(MAX_ATTEMPTS):
             try:
                 target = self._pick(resolved, excluded)
             except RouteError as error:
-                return failure or Outcome(error.code, error.details)
+                upstream.outcome = upstream.outcome or Outcome(error.code, error.details)
+                return
             if attempt:
                 self._metrics.retries.inc()
                 log.info("retrying %s on %s after: %s", request.request_id or "a request",
-                         target.worker_id, failure.details)
-            outcome = await self._attempt(target, resolved, request, context)
-            if not outcome.is_retryable:
-                return outcome
+                         target.worker_id, upstream.outcome.details)
+            upstream.outcome = None
+            async for message in self._attempt(target, resolved, request, context, upstream):
+                yield message
+            if not upstream.outcome.is_retryable:
+                return
             excluded.add(target.worker_id)
-            failure = dataclasses.replace(outcome, is_retryable=False)
-        return failure
+            upstream.outcome = dataclasses.replace(upstream.outcome, is_retryable=False)
 
     def _pick(self, resolved: Resolved, excluded: set[str]) -> Candidate:
         version = resolved.version
@@ -91,37 +98,60 @@ class GatewayServicer(pb_grpc.InferenceServiceServicer):
         self._metrics.picks.labels(target.pick).inc()
         return target
 
-    async def _attempt(self, target: Candidate, resolved: Resolved, request, context) -> Outcome:
+    async def _attempt(self, target: Candidate, resolved: Resolved, request, context,
+                       upstream: _Upstream):
+        """Streams one worker's answer; leaves how it ended in `upstream.outcome`."""
         self._channels.acquire(target.address)
-        call, num_sent, has_summary = None, 0, False
+        num_sent, has_summary = 0, False
         try:
             if target.needs_load:
                 await self._loads.ensure(target.worker_id, target.address, resolved.adapter,
                                          resolved.version, _remaining(context))
-            upstream = pb.GenerateRequest()
-            upstream.CopyFrom(request)
-            upstream.adapter = resolved.reference
-            call = self._channels.inference(target.address).Generate(
-                upstream, timeout=_remaining(context), metadata=_forwarded(context))
-            async for message in call:
-                await context.write(message)
+            forwarded = pb.GenerateRequest()
+            forwarded.CopyFrom(request)
+            forwarded.adapter = resolved.reference
+            upstream.call = self._channels.inference(target.address).Generate(
+                forwarded, timeout=_remaining(context), metadata=_forwarded(context))
+            async for message in upstream.call:
                 num_sent += 1
                 has_summary = message.HasField("summary")
+                yield message
         except grpc.aio.AioRpcError as error:
             code = error.code()
-            return Outcome(code, error.details() or f"worker {target.worker_id}: {code.name}",
-                           is_retryable=num_sent == 0 and code == grpc.StatusCode.UNAVAILABLE)
+            upstream.outcome = Outcome(
+                code, error.details() or f"worker {target.worker_id}: {code.name}",
+                is_retryable=num_sent == 0 and code == grpc.StatusCode.UNAVAILABLE)
         except UpstreamError as error:
-            return Outcome(error.code, error.details,
-                           is_retryable=num_sent == 0 and error.is_retryable)
+            upstream.outcome = Outcome(error.code, error.details,
+                                       is_retryable=num_sent == 0 and error.is_retryable)
+        else:
+            upstream.outcome = Outcome(OK) if has_summary else Outcome(
+                grpc.StatusCode.INTERNAL,
+                f"worker {target.worker_id} ended the stream without a summary")
         finally:
-            if call is not None:
-                call.cancel()  # a no-op once it ended; stops the worker's work otherwise
+            upstream.cancel()  # a no-op once the call ended; stops the worker's work otherwise
+            upstream.call = None
             self._channels.release(target.address)
-        if not has_summary:
-            return Outcome(grpc.StatusCode.INTERNAL,
-                           f"worker {target.worker_id} ended the stream without a summary")
-        return Outcome(OK)
+
+
+class _Upstream:
+    """The worker call a request is on now, and how its last attempt ended."""
+
+    def __init__(self) -> None:
+        self.call: grpc.aio.UnaryStreamCall | None = None
+        self.outcome: Outcome | None = None
+
+    def cancel(self) -> None:
+        """Cancels the call in progress, if any."""
+        if self.call is not None:
+            self.call.cancel()
+
+
+def _interrupted(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    """Why a stream stopped before it ended on its own: the deadline, or a cancel."""
+    remaining = context.time_remaining()
+    is_late = remaining is not None and remaining <= 0
+    return grpc.StatusCode.DEADLINE_EXCEEDED if is_late else grpc.StatusCode.CANCELLED
 
 
 def _remaining(context: grpc.aio.ServicerContext) -> float | None:

@@ -54,12 +54,22 @@ class FakeInference(pb_grpc.InferenceServiceServicer):
         return f"{name}@{held.version}", held.digest
 
 
+class CountingWorkerService(FakeWorkerService):
+    """The fake WorkerService, also counting LoadAdapter attempts (refused ones too)."""
+
+    async def LoadAdapter(self, request, context):
+        """Counts the attempt, then answers as the fake does."""
+        self.worker.load_attempts.append(request.adapter)
+        return await super().LoadAdapter(request, context)
+
+
 class ServingFakeWorker(FakeWorker):
     """tests/support/fake_worker.FakeWorker plus an instant InferenceService."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.received: list[tuple[str, dict]] = []  # (adapter sent, metadata) per Generate
+        self.load_attempts: list[str] = []  # adapter of every LoadAdapter call
         self.num_running = 0
         self.slow_delay = 0.05
 
@@ -67,7 +77,7 @@ class ServingFakeWorker(FakeWorker):
         """Serves WorkerService and InferenceService on a free port; starts heartbeating."""
         bindings = [
             rpcserver.ServiceBinding(worker_grpc.add_WorkerServiceServicer_to_server,
-                                     FakeWorkerService(self),
+                                     CountingWorkerService(self),
                                      rpcserver.full_name(worker_pb, "WorkerService")),
             rpcserver.ServiceBinding(pb_grpc.add_InferenceServiceServicer_to_server,
                                      FakeInference(self),
