@@ -5,17 +5,49 @@ from __future__ import annotations
 
 import dataclasses
 
+import aetcd
 import grpc
 import pytest
 
 from lorafleet.control.v1 import adapter_service_pb2 as apb
+from lorafleet.controlplane.server import ControlPlane
 from lorafleet.dataplane.gateway.app import GatewayConfig, RunningGateway, start_gateway
 from lorafleet.inference.v1 import inference_service_pb2 as pb
 from lorafleet.inference.v1 import inference_service_pb2_grpc as pb_grpc
-from tests.controlplane.conftest import eventually, plane, stubs  # noqa: F401 (fixtures)
+from tests.controlplane.conftest import (  # noqa: F401 (plane, stubs: fixtures)
+    eventually,
+    fast_config,
+    plane,
+    stubs,
+)
 from tests.gateway.fakes import ServingFakeWorker
 
 BASE_MODEL = "tiny-llama"
+LEADER_KEY = b"/lorafleet/leader"
+
+
+def etcd_client(etcd) -> aetcd.Client:
+    """A raw etcd client (for what no API does: holding the leader key)."""
+    host, port = etcd.endpoint.split(":")
+    return aetcd.Client(host=host, port=int(port))
+
+
+async def release_leader(etcd) -> None:
+    """Lets go of the leader key `leaderless_plane` holds: its replica leads and places."""
+    async with etcd_client(etcd) as client:
+        await client.delete(LEADER_KEY)
+
+
+@pytest.fixture
+async def leaderless_plane(etcd):
+    """A replica that cannot lead while the test holds the leader key, so nothing is
+    placed or loaded by the control plane until `release_leader(etcd)`."""
+    async with etcd_client(etcd) as client:
+        await client.put(LEADER_KEY, b"held-by-the-test")
+    replica = ControlPlane(fast_config(etcd.url))
+    await replica.start()
+    yield replica
+    await replica.stop()
 
 
 @pytest.fixture

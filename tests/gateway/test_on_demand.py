@@ -9,34 +9,28 @@ from __future__ import annotations
 
 import asyncio
 
-import aetcd
 import grpc
 import pytest
 
 from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
-from lorafleet.controlplane.server import ControlPlane
 from lorafleet.inference.v1 import inference_service_pb2_grpc as pb_grpc
-from tests.controlplane.conftest import RESYNC, eventually, fast_config
-from tests.gateway.conftest import add_adapter, generate, holders, metric, table_shows
+from tests.controlplane.conftest import RESYNC, eventually
+from tests.gateway.conftest import (
+    add_adapter,
+    etcd_client,
+    generate,
+    holders,
+    metric,
+    release_leader,
+    table_shows,
+)
 from tests.support.fake_worker import fake_digest
-
-LEADER_KEY = b"/lorafleet/leader"
-
-
-def _etcd_client(etcd) -> aetcd.Client:
-    host, port = etcd.endpoint.split(":")
-    return aetcd.Client(host=host, port=int(port))
 
 
 @pytest.fixture
-async def plane(etcd):
-    """A replica that cannot lead (the test holds the leader key), so nothing is placed."""
-    async with _etcd_client(etcd) as client:
-        await client.put(LEADER_KEY, b"held-by-the-test")
-    replica = ControlPlane(fast_config(etcd.url))
-    await replica.start()
-    yield replica
-    await replica.stop()
+async def plane(leaderless_plane):
+    """No placement: the test holds the leader key (see conftest)."""
+    return leaderless_plane
 
 
 async def test_first_requests_load_once_then_placement_keeps_the_copy(
@@ -63,8 +57,7 @@ async def test_first_requests_load_once_then_placement_keeps_the_copy(
     # w-a joins (least filled, first by id); then the replica may lead and place.
     worker_a = await serving_workers("w-a")
     await table_shows(gateway, lambda t: "w-a" in t.workers)
-    async with _etcd_client(etcd) as client:
-        await client.delete(LEADER_KEY)
+    await release_leader(etcd)
 
     async def placed():
         reply = await stubs.fleet.GetPlacement(fleet_pb.GetPlacementRequest(adapter="acme/fresh"))
@@ -97,7 +90,7 @@ async def test_a_failed_load_is_unavailable_with_its_reason_or_retried_elsewhere
         await add_adapter(stubs, "acme/flaky", ["/flaky/v1"], {1: 1})
         placement = fleet_pb.VersionPlacement(adapter="acme/flaky", version=1,
                                               desired_worker_ids=["w-0"])
-        async with _etcd_client(etcd) as client:
+        async with etcd_client(etcd) as client:
             await client.put(b"/lorafleet/placement/acme/flaky/0000000001",
                              placement.SerializeToString())
         await table_shows(gateway, lambda t: "w-1" in t.workers and "acme/flaky" in t.routes
