@@ -63,7 +63,10 @@ class OpenAIApi:
                 return await answer_stream(request, call, shape, is_chat=is_chat)
             return await answer_once(call, shape)
         except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc, is_chat=is_chat) from exc
+            error = from_rpc_error(exc, is_chat=is_chat)
+            if error.param == "model" and error.status == 400:
+                error.message += f", or the base model's name {self._base_model()!r}"
+            raise error from exc
         finally:
             call.cancel()  # a no-op once the stream has ended; frees the sequence otherwise
 

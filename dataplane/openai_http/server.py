@@ -36,10 +36,14 @@ class RunningHttp:
     _runner: web.AppRunner
     _in_flight: set[asyncio.Task]
     _closers: list[Callable[[], Awaitable[None]]]
+    is_stopped: bool = False
 
     async def stop(self, grace_seconds: float = 5.0) -> None:
         """Stops accepting connections, lets requests in flight finish for the grace
-        period, cancels the rest, and closes the gRPC channel."""
+        period, cancels the rest, and closes the gRPC channel. Stopping twice is a no-op."""
+        if self.is_stopped:
+            return
+        self.is_stopped = True
         for site in list(self._runner.sites):
             await site.stop()
         if self._in_flight:

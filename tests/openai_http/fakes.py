@@ -4,6 +4,7 @@ The prompt text picks the script:
   "abort:CODE:message"   abort with that gRPC status before any token
   "fail-after-tokens"    two deltas, then INTERNAL
   "hang"                 one delta, then wait until cancelled
+  "slow"                 the echo of "slow answer", 0.3 s between deltas
   "summary:REASON"       no tokens, a summary with that finish reason
   anything else          one delta per word, then STOP with usage
 """
@@ -46,8 +47,10 @@ class ScriptedInference(pb_grpc.InferenceServiceServicer):
             async for message in self._failing(text, context):
                 yield message
             return
-        for message in _echo(request, text):
+        for message in _echo(request, "slow answer" if text == "slow" else text):
             yield message
+            if text == "slow":
+                await asyncio.sleep(0.3)
 
     async def _failing(self, text, context):
         yield pb.GenerateResponse(delta=pb.TokenDelta(token_ids=[5], text="partial "))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import aiohttp
 import grpc
 import openai
 import pytest
@@ -265,3 +266,23 @@ async def test_grpc_down_is_503(scripted):
     await scripted.grpc_server.server.stop(0)
     status, _, raw = await _post(scripted, "/completions", {"model": "acme/x", "prompt": "x"})
     assert status == 503 and json.loads(raw)["error"]["code"] == grpc.StatusCode.UNAVAILABLE.name.lower()
+
+
+async def test_stop_lets_requests_in_flight_finish_and_refuses_new_ones(scripted):
+    url = scripted.url + "/completions"
+    async with scripted.session.post(url, json={"model": "acme/x", "prompt": "slow",
+                                                "stream": True}) as response:
+        first = await response.content.readuntil(b"\n\n")
+        stopping = asyncio.create_task(scripted.http.stop(5.0))
+        rest = await response.read()
+    await stopping
+    assert b'"slow "' in first and rest.endswith(b"data: [DONE]\n\n")
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await scripted.session.post(url, json={"model": "acme/x", "prompt": "x"})
+
+
+async def test_a_malformed_model_names_the_base_model_too(scripted):
+    status, _, raw = await _post(scripted, "/completions", {
+        "model": "acme/x", "prompt": "abort:INVALID_ARGUMENT:adapter 'gpt-4' must be 'tenant/name'"})
+    error = json.loads(raw)["error"]
+    assert status == 400 and error["param"] == "model" and repr(BASE) in error["message"]
