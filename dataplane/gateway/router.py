@@ -78,7 +78,10 @@ class Router:
             raise RouteError(grpc.StatusCode.NOT_FOUND,
                              f"adapter {name} is unknown or its rollout routes no traffic")
         if number is None:
-            version = pick_version(route, request.routing_key, self.rng)
+            try:
+                version = pick_version(route, request.routing_key, self.rng)
+            except LookupError as exc:
+                raise RouteError(grpc.StatusCode.NOT_FOUND, str(exc)) from None
         else:
             version = find_version(route, number)
             if version is None:

@@ -57,6 +57,10 @@ class WorkerChannels:
         """A WorkerService stub on the worker's channel."""
         return worker_grpc.WorkerServiceStub(self._channel(address))
 
+    def open_addresses(self) -> set[str]:
+        """Addresses that have an open channel."""
+        return set(self._channels)
+
     def acquire(self, address: str) -> None:
         """Counts a request going to `address`."""
         self.outstanding[address] = self.outstanding.get(address, 0) + 1

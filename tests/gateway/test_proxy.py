@@ -7,6 +7,7 @@ import asyncio
 
 import grpc
 
+from lorafleet.dataplane.gateway.upstream import WorkerChannels
 from lorafleet.inference.v1 import inference_service_pb2 as pb
 from lorafleet.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from tests.controlplane.conftest import eventually
@@ -95,3 +96,17 @@ async def test_a_worker_failing_mid_stream_ends_the_callers_stream_with_its_stat
     assert reply.tokens and reply.summary is None
     assert reply.code == CODE.UNAVAILABLE and reply.details
     assert metric(gateway, "lorafleet_gateway_retries_total") == 0  # tokens were sent
+
+
+async def test_channels_are_reused_and_closed_once_their_worker_left_and_is_idle():
+    channels = WorkerChannels()
+    channels.inference("w0:1")
+    channels.worker("w0:1")
+    channels.worker("w1:1")
+    assert channels.open_addresses() == {"w0:1", "w1:1"}  # one per address, both services
+    channels.acquire("w0:1")
+    channels.retain({"w2:1"})  # w0 and w1 left the table
+    assert channels.open_addresses() == {"w0:1"}  # w0 still runs a request of ours
+    channels.release("w0:1")
+    assert channels.open_addresses() == set()
+    await channels.close()
