@@ -8,6 +8,23 @@ from __future__ import annotations
 
 import dataclasses
 
+# Caller input echoed in a message (a URI, a pattern, a tensor name) is cut to this many
+# characters: enough to recognise it, too few to flood a status message or a log line.
+MAX_ECHO_CHARS = 120
+# Reasons past this many are summarised, so a file with thousands of faults still yields a
+# message that fits in a gRPC status.
+MAX_REASONS = 20
+
+
+def echo(value: object, *, is_quoted: bool = True) -> str:
+    """Caller input as a message shows it, cut to MAX_ECHO_CHARS characters and "…".
+
+    `repr(value)`, or a string as it is when not `is_quoted`. Every message of this package
+    that repeats an uploader's or caller's text goes through here.
+    """
+    text = value if isinstance(value, str) and not is_quoted else repr(value)
+    return text if len(text) <= MAX_ECHO_CHARS else text[:MAX_ECHO_CHARS] + "…"
+
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
@@ -48,7 +65,7 @@ class AdapterInvalid(AdapterError):
     def __init__(self, reasons: list[str] | tuple[str, ...], *, source: str = "") -> None:
         self.reasons = tuple(reasons)
         self.source = source
-        where = f"adapter {source}" if source else "adapter"
+        where = f"adapter {echo(source, is_quoted=False)}" if source else "adapter"
         super().__init__(f"{where} refused: " + "; ".join(self.reasons))
 
 
@@ -66,7 +83,19 @@ def raise_for_problems(problems: list[Problem], *, source: str = "") -> None:
     """
     if not problems:
         return
-    reasons = [p.message for p in problems]
+    reasons = [p.message for p in cap_problems(problems)]
     if all(p.is_base_model_mismatch for p in problems):
         raise BaseModelMismatch(reasons, source=source)
     raise AdapterInvalid(reasons, source=source)
+
+
+def cap_problems(problems: list[Problem]) -> list[Problem]:
+    """The first MAX_REASONS problems, then one that counts the rest."""
+    if len(problems) <= MAX_REASONS:
+        return problems
+    rest = problems[MAX_REASONS - 1 :]
+    summary = Problem(
+        f"and {len(rest)} more problems",
+        is_base_model_mismatch=all(p.is_base_model_mismatch for p in rest),
+    )
+    return [*problems[: MAX_REASONS - 1], summary]

@@ -116,21 +116,21 @@ def validate_adapter(
     base_model = spec.base_model_name_or_path if spec else None
     if plan is None:
         return ValidationReport(uri, tuple(problems), base_model_name_or_path=base_model)
-    try:
-        digest, value_problems, _ = _read_weights(plan, dtype, is_kept=False)
-    except AdapterInvalid as exc:  # corrupt tensor data
-        problems += [Problem(reason) for reason in exc.reasons]
-        return ValidationReport(uri, tuple(problems), base_model_name_or_path=base_model)
-    return ValidationReport(
-        uri,
-        tuple(problems + value_problems),
-        digest=digest,
+    described = dict(
         rank=plan.rank,
         target_modules=plan.target_modules,
         base_model_name_or_path=base_model,
         num_parameters=plan.num_parameters,
         size_bytes=plan.num_parameters * _element_size(dtype),
     )
+    if problems:  # a rank above this worker's limit: its data could be any size, so unread
+        return ValidationReport(uri, tuple(problems), **described)
+    try:
+        digest, value_problems, _ = _read_weights(plan, dtype, is_kept=False)
+    except AdapterInvalid as exc:  # corrupt tensor data
+        problems += [Problem(reason) for reason in exc.reasons]
+        return ValidationReport(uri, tuple(problems), base_model_name_or_path=base_model)
+    return ValidationReport(uri, tuple(value_problems), digest=digest, **described)
 
 
 def _read_weights(

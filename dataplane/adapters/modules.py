@@ -10,7 +10,7 @@ import dataclasses
 import re
 from collections import defaultdict
 
-from lorafleet.dataplane.adapters.errors import Problem
+from lorafleet.dataplane.adapters.errors import Problem, echo
 from lorafleet.dataplane.adapters.peft_config import ALL_LINEAR, AdapterSpec
 from lorafleet.dataplane.model.config import PROJECTIONS, ModelConfig
 
@@ -29,7 +29,8 @@ EMBEDDING_MODULES = {
     "model.embed_tokens": "LoRA on the embedding (embed_tokens) is not supported",
     "lm_head": "LoRA on lm_head is not supported",
 }
-_LAYER_MODULE = re.compile(r"model\.layers\.(\d+)\.(\w+)\.(\w+)")
+# ASCII digits only, and few: int() of a 5,000-digit layer number would raise.
+_LAYER_MODULE = re.compile(r"model\.layers\.(\d{1,9})\.(\w+)\.(\w+)", re.ASCII)
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -64,7 +65,7 @@ def parse_module_name(name: str, config: ModelConfig) -> tuple[ModuleRef | None,
         # Layer numbers masked: one message per kind of module, not one per layer.
         generic = re.sub(r"\.\d+\.", ".N.", name)
         return None, Problem(
-            f"weights for module {generic!r}, which is not a q/k/v/o/gate/up/down projection "
+            f"weights for module {echo(generic)}, which is not a q/k/v/o/gate/up/down projection "
             f"of a {config.architecture} model",
             is_base_model_mismatch=True,
         )
@@ -88,37 +89,25 @@ def targeted_modules(
     universe = [*projections, *EMBEDDING_MODULES]
     problems: list[Problem] = []
     targets = spec.target_modules
-    if isinstance(targets, str) and targets.lower() == ALL_LINEAR:
+    if targets.regex is not None and targets.regex.lower() == ALL_LINEAR:
         chosen = set(projections)
-    elif isinstance(targets, str):
-        chosen = {name for name in universe if re.fullmatch(targets, name)}
+    elif targets.regex is not None:
+        chosen = {name for name in universe if targets.is_match(name)}
         if not chosen:
-            problems.append(_matches_nothing(f"target_modules regex {targets!r}"))
+            problems.append(_matches_nothing(f"target_modules regex {echo(targets.regex)}"))
     else:
         chosen = set()
-        for entry in targets:
-            hits = {name for name in universe if _is_name_match(entry, name)}
+        for entry, hits in targets.entry_hits(universe).items():
             if not hits:
-                problems.append(_matches_nothing(f"target_modules entry {entry!r}"))
+                problems.append(_matches_nothing(f"target_modules entry {echo(entry)}"))
             chosen |= hits
-    chosen = {name for name in chosen if not _is_excluded(spec.exclude_modules, name)}
+    excludes = spec.exclude_modules
+    if excludes is not None:
+        chosen = {name for name in chosen if not excludes.is_match(name)}
     problems += [
         Problem(EMBEDDING_MODULES[name]) for name in sorted(chosen & EMBEDDING_MODULES.keys())
     ]
     return {projections[name] for name in chosen if name in projections}, problems
-
-
-def _is_name_match(entry: str, name: str) -> bool:
-    """PEFT's rule for a list entry: the full name, or a dotted suffix of it."""
-    return name == entry or name.endswith(f".{entry}")
-
-
-def _is_excluded(excludes: tuple[str, ...] | str | None, name: str) -> bool:
-    if excludes is None:
-        return False
-    if isinstance(excludes, str):
-        return re.fullmatch(excludes, name) is not None
-    return any(_is_name_match(entry, name) for entry in excludes)
 
 
 def _matches_nothing(what: str) -> Problem:

@@ -8,17 +8,19 @@ so a future PEFT feature that changes the math can never be served half-applied.
 from __future__ import annotations
 
 import dataclasses
-import json
+import logging
 import math
 import pathlib
-import re
-import types
-from collections.abc import Mapping
 
-from lorafleet.dataplane.adapters.errors import Problem
+from lorafleet.dataplane.adapters.bounded_json import JsonRefused, read_json_file
+from lorafleet.dataplane.adapters.errors import Problem, echo
+from lorafleet.dataplane.adapters.patterns import NameRule, PatternMap, PatternRefused
 
 CONFIG_FILE = "adapter_config.json"
 ALL_LINEAR = "all-linear"
+# A real adapter_config.json is a few KB; a bigger one is refused before it is read.
+MAX_CONFIG_BYTES = 1024 * 1024
+log = logging.getLogger(__name__)
 
 # Options honoured by the loader (read into AdapterSpec or checked).
 # fmt: off
@@ -56,11 +58,11 @@ class AdapterSpec:
     r: int
     lora_alpha: float
     use_rslora: bool
-    # A tuple of names (matched as PEFT does: exact or a ".name" suffix) or one regex.
-    target_modules: tuple[str, ...] | str
-    exclude_modules: tuple[str, ...] | str | None
-    rank_pattern: Mapping[str, int]
-    alpha_pattern: Mapping[str, float]
+    # Names (matched as PEFT does: exact or a ".name" suffix) or one regex; patterns.py.
+    target_modules: NameRule
+    exclude_modules: NameRule | None
+    rank_pattern: PatternMap
+    alpha_pattern: PatternMap
     # Tensors stored transposed (lora_A as [in, r], lora_B as [r, out]), the layout of
     # fan-in/fan-out (Conv1D-style) weights; transposed back on load. PEFT itself resets
     # the flag to False on nn.Linear projections, so its Llama adapters arrive with False.
@@ -71,13 +73,11 @@ class AdapterSpec:
 
     def rank_for(self, module_name: str) -> int:
         """Rank of the full module name (e.g. "model.layers.0.self_attn.q_proj")."""
-        key = pattern_key(self.rank_pattern, module_name)
-        return int(self.rank_pattern[key]) if key is not None else self.r
+        return int(self.rank_pattern.value_for(module_name, self.r))
 
     def alpha_for(self, module_name: str) -> float:
         """lora_alpha of the full module name."""
-        key = pattern_key(self.alpha_pattern, module_name)
-        return float(self.alpha_pattern[key]) if key is not None else self.lora_alpha
+        return float(self.alpha_pattern.value_for(module_name, self.lora_alpha))
 
     def scale_for(self, module_name: str) -> float:
         """PEFT's scaling: alpha / r, or alpha / sqrt(r) with rsLoRA."""
@@ -86,26 +86,18 @@ class AdapterSpec:
         return self.alpha_for(module_name) / divisor
 
 
-def pattern_key(patterns: Mapping[str, object], module_name: str) -> str | None:
-    """The first rank/alpha pattern key matching `module_name`, as PEFT matches them.
-
-    PEFT treats each key as a regex that must match a dotted suffix of the module name.
-    """
-    for key in patterns:
-        if re.match(rf"(.*\.)?({key})$", module_name):
-            return key
-    return None
-
-
 def read_adapter_config(directory: pathlib.Path) -> tuple[AdapterSpec | None, list[Problem]]:
     """Reads and checks `directory/adapter_config.json`; returns the spec or the problems."""
     path = directory / CONFIG_FILE
     if not path.is_file():
         return None, [Problem(f"{CONFIG_FILE} is missing: not a PEFT adapter directory")]
     try:
-        raw = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return None, [Problem(f"{CONFIG_FILE} is not valid JSON: {exc}")]
+        raw = read_json_file(path, max_bytes=MAX_CONFIG_BYTES, what=CONFIG_FILE)
+    except JsonRefused as exc:
+        return None, [Problem(str(exc))]
+    except OSError as exc:  # the path and OS error are for the operator, not the caller
+        log.warning("cannot read %s: %s", path, exc)
+        return None, [Problem(f"{CONFIG_FILE} is not readable")]
     if not isinstance(raw, dict):
         return None, [Problem(f"{CONFIG_FILE} must hold a JSON object")]
     return parse_adapter_config(raw)
@@ -121,11 +113,11 @@ def parse_adapter_config(raw: dict) -> tuple[AdapterSpec | None, list[Problem]]:
     r = raw.get("r", 8)
     alpha = raw.get("lora_alpha", 8)
     if not _is_positive_int(r):
-        malformed.append(Problem(f"r must be a positive integer, got {r!r}"))
+        malformed.append(Problem(f"r must be a positive integer, got {echo(r)}"))
     if not _is_number(alpha):
-        malformed.append(Problem(f"lora_alpha must be a number, got {alpha!r}"))
-    targets = _names_or_regex(raw.get("target_modules"), "target_modules", malformed)
-    excludes = _names_or_regex(raw.get("exclude_modules"), "exclude_modules", malformed)
+        malformed.append(Problem(f"lora_alpha must be a number, got {echo(alpha)}"))
+    targets = _name_rule(raw.get("target_modules"), "target_modules", malformed)
+    excludes = _name_rule(raw.get("exclude_modules"), "exclude_modules", malformed)
     rank_pattern = _pattern(raw.get("rank_pattern"), "rank_pattern", _is_positive_int, malformed)
     alpha_pattern = _pattern(raw.get("alpha_pattern"), "alpha_pattern", _is_number, malformed)
     if raw.get("target_modules") is None:
@@ -139,11 +131,11 @@ def parse_adapter_config(raw: dict) -> tuple[AdapterSpec | None, list[Problem]]:
         use_rslora=bool(raw.get("use_rslora", False)),
         target_modules=targets,
         exclude_modules=excludes,
-        rank_pattern=types.MappingProxyType(rank_pattern),
-        alpha_pattern=types.MappingProxyType(alpha_pattern),
+        rank_pattern=rank_pattern,
+        alpha_pattern=alpha_pattern,
         fan_in_fan_out=bool(raw.get("fan_in_fan_out", False)),
-        base_model_name_or_path=raw.get("base_model_name_or_path"),
-        base_model_class=(raw.get("auto_mapping") or {}).get("base_model_class"),
+        base_model_name_or_path=_text_or_none(raw.get("base_model_name_or_path")),
+        base_model_class=_text_or_none(_get(raw.get("auto_mapping"), "base_model_class")),
     )
     return spec, problems
 
@@ -153,15 +145,18 @@ def _refusals(raw: dict) -> list[Problem]:
     problems = []
     peft_type = raw.get("peft_type", "LORA")
     if peft_type != "LORA":
-        problems.append(Problem(f"peft_type {peft_type!r} is not supported: only LORA adapters"))
+        problems.append(
+            Problem(f"peft_type {echo(peft_type)} is not supported: only LORA adapters")
+        )
     bias = raw.get("bias", "none")
     if bias != "none":
-        problems.append(Problem(f"bias={bias!r} is not supported: it trains base-model biases"))
+        problems.append(Problem(f"bias={echo(bias)} is not supported: it trains base-model biases"))
     task = raw.get("task_type")
     if task not in _CAUSAL_LM_TASKS:
         problems.append(
             Problem(
-                f"task_type {task!r} is for another model head; only CAUSAL_LM adapters are served",
+                f"task_type {echo(task)} is for another model head; only CAUSAL_LM adapters "
+                "are served",
                 is_base_model_mismatch=True,
             )
         )
@@ -169,51 +164,62 @@ def _refusals(raw: dict) -> list[Problem]:
     if init.startswith(_BASE_MODIFYING_INITS):
         problems.append(
             Problem(
-                f"init_lora_weights={init!r} adapters expect a base model modified at init; "
+                f"init_lora_weights={echo(init)} adapters expect a base model modified at init; "
                 "convert it with save_pretrained(path_initial_model_for_weight_conversion=...)"
             )
         )
     for key in sorted(raw.keys() - _HONOURED - _INERT):
         if _is_set(raw[key]):
             problems.append(
-                Problem(_REFUSED_WHY.get(key, f"PEFT option {key}={raw[key]!r} is not supported"))
+                Problem(
+                    _REFUSED_WHY.get(
+                        key,
+                        f"PEFT option {echo(key, is_quoted=False)}={echo(raw[key])} is not supported",
+                    )
+                )
             )
     return problems
 
 
-def _names_or_regex(value, field: str, problems: list[Problem]) -> tuple[str, ...] | str | None:
+def _name_rule(value, field: str, problems: list[Problem]) -> NameRule | None:
+    """target_modules or exclude_modules as a rule; a malformed one is a problem."""
     if value is None:
         return None
-    if isinstance(value, str):
-        if value.lower() != ALL_LINEAR and not _is_regex(value):
-            problems.append(Problem(f"{field} {value!r} is not a valid regular expression"))
-            return None
-        return value
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return tuple(value)
-    problems.append(Problem(f"{field} must be a list of names or a regex string, got {value!r}"))
-    return None
-
-
-def _pattern(value, field: str, is_valid, problems: list[Problem]) -> dict:
-    if not value:
-        return {}
-    if not isinstance(value, dict) or not all(is_valid(v) for v in value.values()):
-        problems.append(Problem(f"{field} must map module patterns to numbers, got {value!r}"))
-        return {}
-    bad_keys = [key for key in value if not _is_regex(rf"(.*\.)?({key})$")]
-    if bad_keys:
-        problems.append(Problem(f"{field} keys {bad_keys} are not valid regular expressions"))
-        return {}
-    return dict(value)
-
-
-def _is_regex(text: str) -> bool:
+    if not isinstance(value, str) and not (
+        isinstance(value, list) and all(isinstance(v, str) for v in value)
+    ):
+        problems.append(
+            Problem(f"{field} must be a list of names or a regex string, got {echo(value)}")
+        )
+        return None
     try:
-        re.compile(text)
-    except re.error:
-        return False
-    return True
+        return NameRule.compile(field, value)
+    except PatternRefused as exc:
+        problems.append(Problem(str(exc)))
+        return None
+
+
+def _pattern(value, field: str, is_valid, problems: list[Problem]) -> PatternMap:
+    """rank_pattern or alpha_pattern as a PatternMap; a malformed one is a problem."""
+    if not value:
+        return PatternMap()
+    if not isinstance(value, dict) or not all(is_valid(v) for v in value.values()):
+        problems.append(Problem(f"{field} must map module patterns to numbers, got {echo(value)}"))
+        return PatternMap()
+    try:
+        return PatternMap.compile(field, value)
+    except PatternRefused as exc:
+        problems.append(Problem(str(exc)))
+        return PatternMap()
+
+
+def _text_or_none(value) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _get(value, key: str):
+    """`value[key]` when `value` is a JSON object holding it, else None."""
+    return value.get(key) if isinstance(value, dict) else None
 
 
 def _is_set(value) -> bool:
@@ -222,8 +228,14 @@ def _is_set(value) -> bool:
 
 
 def _is_positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+    # Below 2**31: no real rank comes near, and a 4,000-digit "rank" stays out of messages.
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**31
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False

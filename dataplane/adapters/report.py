@@ -14,8 +14,9 @@ from lorafleet.dataplane.adapters.errors import Problem, raise_for_problems
 class ValidationReport:
     """Whether an adapter would load on a worker, and what it is.
 
-    `digest`, `rank`, `target_modules`, `num_parameters` and `size_bytes` are set only when
-    the adapter's structure is sound enough to read every weight (None / empty otherwise).
+    `rank`, `target_modules`, `num_parameters` and `size_bytes` are set only when the
+    adapter's structure is sound (None / empty otherwise); `digest` only when, in addition,
+    its rank is within the worker's limit, since no weight is read before that.
     """
 
     source: str

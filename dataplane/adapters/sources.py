@@ -4,11 +4,15 @@ S3 needs the optional `s3` extra (boto3), imported only when an s3:// URI is res
 S3 adapter is mirrored into `cache_dir/s3/<bucket>/<prefix>/<etag digest>/`: a changed
 object gets a new directory, an unchanged one is not downloaded again, and a download is
 renamed into place only once complete, so a reader never sees half a mirror.
+
+Callers learn only "not found or not readable" (or "try again later"), never whether a
+server path exists or what S3 said; the detail goes to this worker's log.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import pathlib
 import shutil
@@ -19,11 +23,15 @@ from lorafleet.dataplane.adapters.errors import (
     AdapterInvalid,
     AdapterNotFound,
     AdapterSourceUnavailable,
+    echo,
 )
 
 # The files of a PEFT adapter directory the loader reads (the .bin only to name the refusal).
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 _S3_MISSING_CODES = {"NoSuchBucket", "NoSuchKey", "404", "NotFound"}
+NOT_READABLE = "adapter source not found or not readable"
+TRY_LATER = "adapter source could not be read right now; try again later"
+log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> pathlib.Path:
@@ -48,20 +56,23 @@ class SourceResolver:
 
     def resolve(self, uri: str) -> pathlib.Path:
         """The local directory holding the adapter `uri` names."""
-        parsed = urllib.parse.urlparse(uri)
+        try:
+            parsed = urllib.parse.urlparse(uri)
+        except ValueError as exc:  # e.g. an unclosed "[" in the host
+            raise AdapterInvalid([f"source {echo(uri)} is not a valid URI"]) from exc
         if parsed.scheme == "":
             return _local_dir(pathlib.Path(uri), uri)
         if parsed.scheme == "file":
             if parsed.netloc not in ("", "localhost"):
                 raise AdapterInvalid(
-                    [f"file URI {uri!r} names host {parsed.netloc!r}; use file:///path"]
+                    [f"file URI {echo(uri)} names host {echo(parsed.netloc)}; use file:///path"]
                 )
             return _local_dir(pathlib.Path(urllib.parse.unquote(parsed.path)), uri)
         if parsed.scheme == "s3":
             return self._resolve_s3(parsed.netloc, parsed.path.strip("/"), uri)
         raise AdapterInvalid(
             [
-                f"source {uri!r} has unsupported scheme {parsed.scheme!r}; "
+                f"source {echo(uri)} has unsupported scheme {echo(parsed.scheme)}; "
                 "use a local path, file:///path or s3://bucket/prefix"
             ]
         )
@@ -69,8 +80,11 @@ class SourceResolver:
     def _resolve_s3(self, bucket: str, prefix: str, uri: str) -> pathlib.Path:
         if not bucket or not prefix:
             raise AdapterInvalid(
-                [f"S3 source {uri!r} must name a bucket and a prefix: s3://bucket/prefix"]
+                [f"S3 source {echo(uri)} must name a bucket and a prefix: s3://bucket/prefix"]
             )
+        # Bucket and prefix become cache directories: no segment may climb out of the cache.
+        if any(part in ("", ".", "..") for part in [bucket, *prefix.split("/")]):
+            raise AdapterInvalid([f"S3 source {echo(uri)} has an empty, '.' or '..' path segment"])
         client = self._client()
         objects = _list_adapter_objects(client, bucket, prefix, uri)
         etags = "\n".join(f"{name}={etag}" for name, etag in sorted(objects.items()))
@@ -83,17 +97,11 @@ class SourceResolver:
         )
         if target.is_dir():
             return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = pathlib.Path(tempfile.mkdtemp(dir=target.parent, prefix=".partial-"))
         try:
-            for name in objects:
-                _s3_call(uri, client.download_file, bucket, f"{prefix}/{name}", str(staging / name))
-            os.rename(staging, target)
-        except OSError:
-            if not target.is_dir():  # a concurrent download that won the rename is fine
-                raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            _mirror(client, bucket, prefix, objects, target, uri)
+        except OSError as exc:  # this worker's disk, not the caller's doing
+            log.warning("mirroring adapter source %s into %s failed: %s", uri, target, exc)
+            raise AdapterSourceUnavailable(TRY_LATER) from exc
         return target
 
     def _client(self):
@@ -109,13 +117,40 @@ class SourceResolver:
         return self._s3_client
 
 
+def _mirror(client, bucket: str, prefix: str, objects, target: pathlib.Path, uri: str) -> None:
+    """Downloads `objects` into a staging directory, then renames it to `target`."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(dir=target.parent, prefix=".partial-"))
+    try:
+        for name in objects:
+            _s3_call(uri, client.download_file, bucket, f"{prefix}/{name}", str(staging / name))
+        os.rename(staging, target)
+    except OSError:
+        if not target.is_dir():  # a concurrent download that won the rename is fine
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _not_readable(uri: str, detail: object) -> AdapterNotFound:
+    """The caller's error for a source that is missing or unusable; the detail is logged.
+
+    A missing path, a file, and an unreadable directory all read the same to the caller,
+    so refusals cannot be used to probe the worker's filesystem.
+    """
+    log.warning("adapter source %s is not usable: %s", uri, detail)
+    return AdapterNotFound(NOT_READABLE)
+
+
 def _local_dir(path: pathlib.Path, uri: str) -> pathlib.Path:
-    if not path.exists():
-        raise AdapterNotFound(f"adapter source {uri!r} does not exist")
-    if not path.is_dir():
-        raise AdapterInvalid(
-            [f"adapter source {uri!r} is a file; expected a PEFT adapter directory"]
-        )
+    try:
+        is_dir = path.is_dir()
+    except (OSError, ValueError) as exc:  # permission, name too long, a NUL byte
+        raise _not_readable(uri, exc) from exc
+    if not is_dir:
+        raise _not_readable(uri, "no such directory (missing, or not a directory)")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise _not_readable(uri, "the worker may not list or read the directory")
     return path
 
 
@@ -136,7 +171,7 @@ def _list_adapter_objects(client, bucket: str, prefix: str, uri: str) -> dict[st
         if not page.get("IsTruncated") or not token:
             break
     if not found:
-        raise AdapterNotFound(f"adapter source {uri!r} holds no adapter files")
+        raise _not_readable(uri, "no adapter files directly under the prefix")
     return found
 
 
@@ -147,5 +182,6 @@ def _s3_call(uri: str, method, *args, **kwargs):
     except Exception as exc:  # botocore's errors are not importable without the extra
         code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
         if code in _S3_MISSING_CODES:
-            raise AdapterNotFound(f"adapter source {uri!r} does not exist ({code})") from exc
-        raise AdapterSourceUnavailable(f"reading adapter source {uri!r} failed: {exc}") from exc
+            raise _not_readable(uri, f"S3 {code}: {exc}") from exc
+        log.warning("reading adapter source %s failed: %s", uri, exc)
+        raise AdapterSourceUnavailable(TRY_LATER) from exc

@@ -8,10 +8,11 @@ every problem found; value checks (finite) and the digest follow in `tensors.py`
 from __future__ import annotations
 
 import dataclasses
+import logging
 import pathlib
 from collections import defaultdict
 
-from lorafleet.dataplane.adapters.errors import Problem
+from lorafleet.dataplane.adapters.errors import Problem, cap_problems, echo
 from lorafleet.dataplane.adapters.modules import ModuleRef, describe_modules, targeted_modules
 from lorafleet.dataplane.adapters.peft_config import AdapterSpec, read_adapter_config
 from lorafleet.dataplane.adapters.safetensors_header import HeaderError, TensorInfo, read_header
@@ -23,6 +24,7 @@ PICKLED_WEIGHTS_FILE = "adapter_model.bin"
 # Stored dtypes accepted (safetensors codes); float32 holds each exactly, which the digest
 # relies on. fp64, integer and fp8 files are refused.
 STORED_DTYPES = ("F16", "BF16", "F32")
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,15 +73,15 @@ def plan_adapter(
     if not isinstance(max_lora_rank, int) or max_lora_rank < 1:
         raise ValueError(f"max_lora_rank must be a positive integer, got {max_lora_rank!r}")
     spec, problems = read_adapter_config(directory)
-    header, file_problems = _read_weights_header(directory)
+    header, file_problems = _read_weights_header(directory, config)
     problems += file_problems
     if spec is None or header is None:
-        return None, spec, problems
+        return None, spec, cap_problems(problems)
     if spec.base_model_class and spec.base_model_class != config.architecture:
         problems.append(
             Problem(
-                f"adapter was trained on a {spec.base_model_class}, the base model is a "
-                f"{config.architecture}",
+                f"adapter was trained on a {echo(spec.base_model_class, is_quoted=False)}, "
+                f"the base model is a {config.architecture}",
                 is_base_model_mismatch=True,
             )
         )
@@ -94,10 +96,11 @@ def plan_adapter(
     if not modules and not problems:
         problems.append(Problem("the adapter has no LoRA weights for any module"))
     if problems:
-        return None, spec, problems
+        return None, spec, cap_problems(problems)
     num_parameters = sum(_numel(header[m.a_name]) + _numel(header[m.b_name]) for m in modules)
     plan = AdapterPlan(spec, directory / WEIGHTS_FILE, tuple(modules), num_parameters)
-    # Readable, so returned with the plan: a dry run still reports its digest and rank.
+    # Sound, so returned with the plan: a dry run still reports its rank and size (but no
+    # digest: the loader reads no data of a rank past the limit).
     return plan, spec, _rank_problems(modules, max_lora_rank)
 
 
@@ -115,8 +118,9 @@ def _rank_problems(modules: list[ModulePlan], max_lora_rank: int) -> list[Proble
 
 
 def _read_weights_header(
-    directory: pathlib.Path,
+    directory: pathlib.Path, config: ModelConfig
 ) -> tuple[dict[str, TensorInfo] | None, list[Problem]]:
+    """The header's tensors, or why they cannot be planned; never reads tensor data."""
     path = directory / WEIGHTS_FILE
     if not path.is_file():
         if (directory / PICKLED_WEIGHTS_FILE).is_file():
@@ -128,9 +132,23 @@ def _read_weights_header(
             ]
         return None, [Problem(f"{WEIGHTS_FILE} is missing")]
     try:
-        return read_header(path), []
+        header = read_header(path)
     except HeaderError as exc:
         return None, [Problem(str(exc))]
+    except OSError as exc:  # the path and OS error are for the operator, not the caller
+        log.warning("cannot read %s: %s", path, exc)
+        return None, [Problem(f"{WEIGHTS_FILE} is not readable")]
+    # Past this count the file cannot be a LoRA of this model: refused before pairing keys,
+    # so thousands of junk tensors cost one message.
+    max_tensors = 2 * len(PROJECTIONS) * config.num_layers
+    if len(header) > max_tensors:
+        return None, [
+            Problem(
+                f"{WEIGHTS_FILE} declares {len(header)} tensors; a LoRA adapter of this base "
+                f"model has at most {max_tensors}"
+            )
+        ]
+    return header, []
 
 
 def _module_plan(ref: ModuleRef, pair: dict[str, str], spec: AdapterSpec) -> ModulePlan:
@@ -203,7 +221,7 @@ def _tensor_problems(
         is_mismatch = len(info.shape) == 2 and info.shape[rank_axis] == rank
         problems.append(
             (
-                f"{kind} has shape {list(info.shape)}, expected {want} (rank {rank} from "
+                f"{kind} has shape {echo(list(info.shape))}, expected {want} (rank {rank} from "
                 f"r/rank_pattern, {features} features in the base model)",
                 is_mismatch,
             )

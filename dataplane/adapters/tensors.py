@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 from collections import defaultdict
 from collections.abc import Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
 
-from lorafleet.dataplane.adapters.errors import AdapterInvalid, Problem
+from lorafleet.dataplane.adapters.errors import AdapterInvalid, Problem, echo
 from lorafleet.dataplane.adapters.modules import ModuleRef, describe_modules
 from lorafleet.dataplane.adapters.structure import AdapterPlan, ModulePlan
 
 DIGEST_VERSION = b"lorafleet-adapter-digest-v1\n"
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +50,11 @@ def iter_module_tensors(plan: AdapterPlan) -> Iterator[ModuleTensors]:
                 if plan.spec.fan_in_fan_out:
                     a, b = a.T, b.T
                 yield ModuleTensors(module, a.contiguous(), b.contiguous())
-    except (SafetensorError, OSError) as exc:
-        raise AdapterInvalid([f"{plan.weights_path.name} is corrupt: {exc}"]) from exc
+    except SafetensorError as exc:  # the library's complaint names no path
+        raise AdapterInvalid([f"{plan.weights_path.name} is corrupt: {echo(str(exc))}"]) from exc
+    except OSError as exc:  # the path and OS error are for the operator, not the caller
+        log.warning("cannot read %s: %s", plan.weights_path, exc)
+        raise AdapterInvalid([f"{plan.weights_path.name} is corrupt or not readable"]) from exc
 
 
 class Digester:

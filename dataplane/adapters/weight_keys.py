@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from lorafleet.dataplane.adapters.errors import Problem
+from lorafleet.dataplane.adapters.errors import Problem, echo
 from lorafleet.dataplane.adapters.modules import ModuleRef, parse_module_name
 from lorafleet.dataplane.model.config import ModelConfig
 
@@ -55,7 +55,7 @@ def pair_weight_keys(
             problems.append(
                 Problem(
                     refused
-                    or f"tensor {name!r} is not a LoRA weight (lora_A/lora_B) of a module; "
+                    or f"tensor {echo(name)} is not a LoRA weight (lora_A/lora_B) of a module; "
                     "an adapter may not carry base-model weights"
                 )
             )

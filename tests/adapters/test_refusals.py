@@ -70,7 +70,8 @@ def test_rank_above_max_lora_rank(plain_adapter, model_config):
     error = refusal(plain_adapter, model_config, max_lora_rank=2)
     assert "max_lora_rank 2" in str(error) and "rank up to 4" in str(error)
     report = validate_adapter(str(plain_adapter), model_config, max_lora_rank=2)
-    assert report.digest is not None and report.rank == 4  # still identified
+    assert report.rank == 4 and report.target_modules == ("q_proj", "v_proj")  # described
+    assert report.digest is None  # but no data past the limit is read
 
 
 def test_adapter_for_another_hidden_size_is_a_base_model_mismatch(tmp_path, model_config):
