@@ -1,10 +1,11 @@
 """From a snapshot to decisions: the desired placement, then the loads and evictions.
 
 Pure functions of their inputs, so the reconciler's choices can be tested without etcd
-or workers. A routed version with no live placed worker keeps the workers already serving
-it (e.g. a gateway's on-demand load) instead of being loaded afresh elsewhere. Evictions are planned only where they are safe: a routed version is evicted
+or workers. Evictions are planned only where they are safe: a routed version is evicted
 from a worker only once another worker it is placed on reports it READY, so a routed
-version never drops to zero replicas.
+version never drops to zero replicas. A routed version that no placed worker serves yet
+keeps the workers already serving it (e.g. a gateway's on-demand load) instead of being
+loaded afresh elsewhere.
 """
 
 from __future__ import annotations
@@ -59,24 +60,17 @@ def desired_placement(snapshot: Snapshot, policy: PlacementPolicy) -> dict[Versi
 
 
 def current_placement(snapshot: Snapshot) -> dict[VersionKey, tuple[str, ...]]:
-    """The stored placement, except that a routed version whose stored workers are all
-    gone or draining (or that has none yet) counts the workers serving it instead: a copy a
-    gateway loaded on demand becomes its placement rather than being evicted for a fresh
-    load elsewhere."""
+    """The stored placement, except for a routed version that none of its stored workers
+    serves (none stored yet, gone, draining, or still loading) while other live workers do:
+    those count instead. So a copy a gateway loaded on demand, already taking traffic,
+    becomes the placement rather than being evicted for a fresh load elsewhere."""
     current = {key: tuple(p.desired_worker_ids) for key, p in snapshot.placements.items()}
     held = holders(snapshot)
     for key in snapshot.routed_weights():
-        if any(_is_placeable(snapshot, w) for w in current.get(key, ())):
-            continue
         serving = sorted(w.worker_id for w, _ in held.get(key, []) if not w.is_draining)
-        if serving:
+        if serving and not set(serving) & set(current.get(key, ())):
             current[key] = tuple(serving)
     return current
-
-
-def _is_placeable(snapshot: Snapshot, worker_id: str) -> bool:
-    worker = snapshot.workers.get(worker_id)
-    return worker is not None and not worker.is_draining
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """Placement after a gateway's on-demand load (tests/controlplane/test_planning.py style:
-hand-built snapshots, no etcd): a routed version with no live placed worker keeps the
+hand-built snapshots, no etcd): a routed version that no placed worker serves keeps the
 workers already serving it, so the copy is not evicted and loaded again elsewhere."""
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ def _snapshot(held_by, stored, draining=()) -> Snapshot:
     (("w-c",), ["w-dead"], (), ("w-c",)),
     # Its placed worker is draining: the serving copy on w-b counts.
     (("w-b",), ["w-a"], ("w-a",), ("w-b",)),
-    # A live placed worker wins over an extra on-demand copy: placement stays sticky.
+    # Placed on w-a, which has not loaded it yet, while w-b already serves it: w-b.
+    (("w-b",), ["w-a"], (), ("w-b",)),
+    # A placed worker that serves it wins over an extra on-demand copy: sticky.
     (("w-b", "w-c"), ["w-c"], (), ("w-c",)),
     # Nobody holds it: the least filled worker, as before.
     ((), None, (), ("w-a",)),

@@ -58,7 +58,9 @@ async def test_outputs_through_the_gateway_equal_the_workers(
             assert (reply.tokens, reply.version) == await _direct(
                 workers[reply.summary.worker_id].address, f"{adapter}@1", prompt)
         assert metric(gateway, "lorafleet_gateway_picks_total", tier="on_demand") == 2
-
+        # Once heartbeats report the copies, placement keeps them where they are.
+        await table_shows(gateway, lambda t: all(holders(t, a)[1] for a in ("acme/qv8",
+                                                                            "beta/ko16")))
         await release_leader(etcd)  # now the control plane places every routed version
         expected = {"acme/qv8": [1], "beta/ko16": [1], SPLIT: [1, 2]}
         await table_shows(gateway, lambda t: all(
