@@ -12,8 +12,9 @@ import aetcd.exceptions
 
 from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
 from lorafleet.controlplane.errors import InvalidArgument, NotFound
-from lorafleet.controlplane.schema import SchemaError, check_worker_id, now
+from lorafleet.controlplane.schema import now
 from lorafleet.controlplane.store import EtcdStore
+from lorafleet.names import InvalidName, check_worker_id
 
 
 async def read_workers(store: EtcdStore) -> dict[str, fleet_pb.Worker]:
@@ -96,7 +97,7 @@ def _check_worker(worker: fleet_pb.Worker) -> None:
         raise InvalidArgument("worker.worker_id is required")
     try:
         check_worker_id(worker.worker_id)
-    except SchemaError as error:
+    except InvalidName as error:
         raise InvalidArgument(str(error)) from error
     if not worker.address:
         raise InvalidArgument("worker.address is required")

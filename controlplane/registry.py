@@ -17,11 +17,11 @@ from lorafleet.controlplane.errors import (
     InvalidArgument,
     NotFound,
 )
-from lorafleet.controlplane.schema import SchemaError, check_adapter_name, now
+from lorafleet.controlplane.schema import now
 from lorafleet.controlplane.store import EtcdStore
 from lorafleet.controlplane.validation import VersionValidator
+from lorafleet.names import SOURCE_SCHEMES, InvalidName, check_adapter_name
 
-SUPPORTED_SCHEMES = ("", "file", "s3")
 NUM_TXN_ATTEMPTS = 5
 
 
@@ -29,7 +29,7 @@ def checked_name(name: str) -> str:
     """`name` if it is a valid "tenant/name", else InvalidArgument naming the field."""
     try:
         return check_adapter_name(name)
-    except SchemaError as error:
+    except InvalidName as error:
         raise InvalidArgument(str(error)) from error
 
 
@@ -152,7 +152,7 @@ def _check_source_uri(source_uri: str) -> None:
     if not source_uri:
         raise InvalidArgument("source_uri is required")
     scheme = urllib.parse.urlsplit(source_uri).scheme
-    if scheme not in SUPPORTED_SCHEMES:
+    if scheme not in SOURCE_SCHEMES:
         raise InvalidArgument(
             f"source_uri scheme {scheme!r} is not supported; use a path, file:// or s3://"
         )

@@ -18,7 +18,6 @@ Numbers are zero-padded so etcd's byte order is numeric order.
 from __future__ import annotations
 
 import dataclasses
-import re
 
 from google.protobuf import timestamp_pb2
 
@@ -28,39 +27,11 @@ from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
 DEFAULT_ROOT = "/lorafleet/"
 VersionKey = tuple[str, int]
 
-_PART = r"[a-z0-9][a-z0-9._-]{0,62}"
-_ADAPTER_NAME = re.compile(rf"{_PART}/{_PART}")
-_WORKER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-
-
 def now() -> timestamp_pb2.Timestamp:
     """The current time as a protobuf Timestamp (every stored time comes from here)."""
     stamp = timestamp_pb2.Timestamp()
     stamp.GetCurrentTime()
     return stamp
-
-
-class SchemaError(ValueError):
-    """A name that cannot be a key component."""
-
-
-def check_adapter_name(name: str) -> str:
-    """Returns `name` if it is "tenant/name" with valid parts, else raises SchemaError."""
-    if not _ADAPTER_NAME.fullmatch(name or ""):
-        raise SchemaError(
-            f"adapter name {name!r} must be 'tenant/name': lowercase letters, digits, "
-            "'-', '_' and '.', each part 1-63 characters"
-        )
-    return name
-
-
-def check_worker_id(worker_id: str) -> str:
-    """Returns `worker_id` if it is usable as a key component, else raises SchemaError."""
-    if not _WORKER_ID.fullmatch(worker_id or ""):
-        raise SchemaError(
-            f"worker_id {worker_id!r} must be 1-128 of letters, digits, '.', '_', ':', '-'"
-        )
-    return worker_id
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,8 +24,8 @@ from lorafleet.dataplane.gateway.picking import (
     pick_version,
 )
 from lorafleet.dataplane.gateway.table import RoutingTable
-from lorafleet.dataplane.lora.versions import parse_ref
 from lorafleet.inference.v1 import inference_service_pb2 as pb
+from lorafleet.names import parse_ref
 
 
 class RouteError(Exception):
