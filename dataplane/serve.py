@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import pathlib
-import signal
 import sys
+
+from lorafleet.startup import (
+    EXIT_FATAL,
+    EXIT_OK,
+    Stopper,
+    add_log_level_argument,
+    run,
+    starting,
+)
 
 SERVE_DESCRIPTION = """\
 Serve one base model and its LoRA adapters from this machine: streaming
@@ -63,12 +70,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser, *, model_required: bool
                         help="tokens per step, prefill chunks included (default %(default)s)")
     parser.add_argument("--max-waiting", type=int, default=256,
                         help="queued requests beyond which Generate answers RESOURCE_EXHAUSTED (default %(default)s)")
-    parser.add_argument("--worker-id", help="stable id of this worker (default: the host name)")
+    parser.add_argument("--worker-id",
+                        help="stable id of this worker (default: HOST:PORT, the host name and "
+                             "the bound gRPC port, unique per worker on a machine)")
     parser.add_argument("--otlp-endpoint", metavar="HOST:PORT",
                         help="export a tracing span per request to this OTLP/gRPC collector "
                              "(needs the otlp extra)")
     parser.add_argument("--grace-seconds", type=float, default=30.0,
                         help="on SIGTERM, how long in-flight streams may finish (default %(default)s)")
+    add_log_level_argument(parser)
 
 
 def worker_config(args: argparse.Namespace):
@@ -84,8 +94,9 @@ def worker_config(args: argparse.Namespace):
         max_num_batched_tokens=args.max_num_batched_tokens, max_waiting=args.max_waiting, **extra)
 
 
-async def serve(args: argparse.Namespace, on_ready=None) -> None:
-    """Runs a worker until SIGTERM or SIGINT, then shuts it down gracefully."""
+async def serve(args: argparse.Namespace, stopper: Stopper, on_ready=None) -> int:
+    """Runs a worker until a stop is asked for (then shuts it down gracefully) or its
+    engine dies (then exits with EXIT_FATAL for a supervisor to restart it)."""
     from lorafleet.dataplane.server.app import start_worker
 
     metrics_port = None if args.metrics_port < 0 else args.metrics_port
@@ -94,25 +105,37 @@ async def serve(args: argparse.Namespace, on_ready=None) -> None:
         fleet = dict(controlplanes=tuple(a.strip() for a in args.controlplane.split(",")),
                      heartbeat_seconds=args.heartbeat_seconds,
                      advertise_address=args.advertise_address)
-    running = await start_worker(worker_config(args), host=args.host, port=args.port,
-                                 metrics_port=metrics_port, adapters=tuple(args.adapter),
-                                 otlp_endpoint=args.otlp_endpoint, http_port=args.http_port,
-                                 **fleet)
+    with starting():
+        running = await start_worker(worker_config(args), host=args.host, port=args.port,
+                                     metrics_port=metrics_port, adapters=tuple(args.adapter),
+                                     otlp_endpoint=args.otlp_endpoint, http_port=args.http_port,
+                                     **fleet)
     print(f"lorafleet worker {running.worker.options.worker_id} serving on {running.address}", flush=True)
-    print(f"  {running.memory.describe()}", flush=True)
+    print(f"  {running.sizes.describe()}", flush=True)
     if running.metrics_port is not None:
         print(f"  metrics: http://{args.host}:{running.metrics_port}/metrics", flush=True)
     if running.http is not None:
         print(f"  OpenAI API: http://{args.host}:{running.http.port}/v1", flush=True)
     if on_ready is not None:
         on_ready(running)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await _first_of(stopper.wait(), running.fatal.wait())
+    if running.fatal.is_set():
+        print("the engine loop died (see the log); exiting", file=sys.stderr, flush=True)
+        await running.stop(0)
+        return EXIT_FATAL
     print(f"shutting down: in-flight streams have {args.grace_seconds:.0f}s", flush=True)
     await running.stop(args.grace_seconds)
+    return EXIT_OK
+
+
+async def _first_of(*awaitables) -> None:
+    """Waits until one of `awaitables` finishes; cancels the others."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 def serve_parser() -> argparse.ArgumentParser:
@@ -125,8 +148,7 @@ def serve_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """`lorafleet serve`."""
     args = serve_parser().parse_args(argv)
-    _run(args)
-    return 0
+    return _run("lorafleet serve", args)
 
 
 WORKER_DESCRIPTION = """\
@@ -152,8 +174,7 @@ def worker_parser() -> argparse.ArgumentParser:
 def worker_main(argv: list[str] | None = None) -> int:
     """`lorafleet worker`: a worker that registers, heartbeats and obeys the control plane."""
     args = worker_parser().parse_args(argv)
-    _run(args)
-    return 0
+    return _run("lorafleet worker", args)
 
 
 def up_main(argv: list[str] | None = None) -> int:
@@ -169,14 +190,12 @@ def up_main(argv: list[str] | None = None) -> int:
         print(f"writing the demo model and adapters under {args.demo_dir}/ ...", flush=True)
         args.model, demo_adapters = ensure_demo(args.demo_dir)
         args.adapter = [(name, str(path)) for name, path in demo_adapters.items()] + args.adapter
-    _run(args, on_ready=lambda running: _print_examples(running, args))
-    return 0
+    return _run("lorafleet up", args, on_ready=lambda running: _print_examples(running, args))
 
 
-def _run(args: argparse.Namespace, on_ready=None) -> None:
-    """Logs to stderr and serves until a signal."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(args, on_ready))
+def _run(prog: str, args: argparse.Namespace, on_ready=None) -> int:
+    """Serves until a signal; start-up mistakes are one line and exit status 2."""
+    return run(prog, lambda stopper: serve(args, stopper, on_ready), log_level=args.log_level)
 
 
 def _print_examples(running, args) -> None:

@@ -7,7 +7,7 @@ pure Python and never waits on a load.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from typing import Protocol
 
 
@@ -18,6 +18,8 @@ class AdapterGate(Protocol):
     `is_ready(key)` is true when the adapter's weights are in a device slot.
     `request_load(key)` starts a background load; it must return at once and may be called
     again for a load already under way.
+    `take_failures()` returns {key: reason} for adapters whose load failed since the last
+    call; the engine ends their waiting requests with that reason.
     `can_admit(key)` is asked before a *waiting* request starts: False holds new requests of
     an adapter back (its running ones continue) so its slot can drain for an adapter that
     has waited for one — otherwise steady traffic to resident adapters starves a cold one.
@@ -37,6 +39,10 @@ class AdapterGate(Protocol):
         """True when a new request of `key` may start running now."""
         ...
 
+    def take_failures(self) -> Mapping[Hashable, str]:
+        """Load failures since the last call, by key."""
+        ...
+
 
 class AllAdaptersReady:
     """The default gate: every adapter is ready and any number may share a step."""
@@ -53,3 +59,7 @@ class AllAdaptersReady:
     def can_admit(self, key: Hashable) -> bool:
         """Always true."""
         return True
+
+    def take_failures(self) -> Mapping[Hashable, str]:
+        """Nothing ever fails to load."""
+        return {}

@@ -12,7 +12,12 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 from lorafleet.dataplane.engine.blocks import BlockAllocator
-from lorafleet.dataplane.engine.outputs import EngineStats, RequestOutput, SampledToken
+from lorafleet.dataplane.engine.outputs import (
+    EngineStats,
+    ErrorKind,
+    RequestOutput,
+    SampledToken,
+)
 from lorafleet.dataplane.engine.params import SamplingParams
 from lorafleet.dataplane.engine.request import FinishReason, Request
 from lorafleet.dataplane.engine.scheduler import Scheduler, SchedulerOutput
@@ -36,20 +41,12 @@ class Runner(Protocol):
 
 
 class Tokenizer(Protocol):
-    """Text <-> token ids, and chat rendering (see lorafleet.dataplane.tokenizer)."""
+    """Decodes output tokens (see lorafleet.dataplane.tokenizer); prompts arrive as ids."""
 
     eos_token_ids: tuple[int, ...]
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of `text`."""
-        ...
-
     def decode(self, token_ids: list[int]) -> str:
         """Text of `token_ids`, special tokens skipped."""
-        ...
-
-    def encode_chat(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
-        """Token ids of a conversation rendered with the chat template."""
         ...
 
 
@@ -75,15 +72,15 @@ class Engine:
         return self.scheduler.allocator
 
     def add_request(
-        self, request_id: str, prompt_token_ids: Sequence[int] | None = None, *,
-        prompt: str | None = None, messages: Sequence[Mapping[str, str]] | None = None,
+        self, request_id: str, prompt_token_ids: Sequence[int], *,
         params: SamplingParams | None = None, adapter: Hashable | None = None,
     ) -> None:
-        """Queues a request given as exactly one of token ids, text or chat messages."""
+        """Queues a request given as token ids (the frontend tokenizes; see
+        dataplane/server/frontend.py)."""
         if request_id in self._streams:
             raise InvalidRequestError(f"request_id {request_id!r} is already in use")
         params = params or SamplingParams()
-        token_ids = self._prompt_tokens(prompt_token_ids, prompt, messages)
+        token_ids = self._checked_tokens(prompt_token_ids)
         self._check_fits(token_ids, params)
         request = Request(
             request_id=request_id, prompt_token_ids=token_ids, params=params,
@@ -92,14 +89,8 @@ class Engine:
         self.scheduler.add(request)
         self._streams[request_id] = RequestStream(request, self.tokenizer)
 
-    def _prompt_tokens(self, token_ids, prompt, messages) -> tuple[int, ...]:
-        """The prompt as token ids, from whichever form was given."""
-        if sum(x is not None for x in (token_ids, prompt, messages)) != 1:
-            raise InvalidRequestError("give exactly one of prompt_token_ids, prompt, messages")
-        if prompt is not None:
-            token_ids = self.tokenizer.encode(prompt)
-        elif messages is not None:
-            token_ids = self.tokenizer.encode_chat(messages)
+    def _checked_tokens(self, token_ids: Sequence[int]) -> tuple[int, ...]:
+        """The prompt as a tuple of in-vocabulary token ids."""
         token_ids = tuple(int(t) for t in token_ids)
         if not token_ids:
             raise InvalidRequestError("the prompt is empty")
@@ -146,6 +137,7 @@ class Engine:
 
     def step(self) -> list[RequestOutput]:
         """Schedules, runs the model once and returns every request's news."""
+        self._fail_unloadable()
         outputs, self._pending = self._pending, []
         plan = self.scheduler.schedule()
         if plan.is_empty:
@@ -170,18 +162,28 @@ class Engine:
             return stream.output()
         return self._finish(stream, reason)
 
-    def _finish(self, stream: RequestStream, reason: FinishReason, error=None) -> RequestOutput:
+    def _finish(self, stream: RequestStream, reason: FinishReason, error: str | None = None,
+                error_kind: ErrorKind | None = None) -> RequestOutput:
         """Frees the request everywhere and builds its final output."""
         request_id = stream.request.request_id
         self.scheduler.finish(request_id)
         self.runner.release([request_id])
         del self._streams[request_id]
-        return stream.output(reason, error)
+        return stream.output(reason, error, error_kind)
+
+    def _fail_unloadable(self) -> None:
+        """Ends the waiting requests of adapters whose load failed, with the reason."""
+        failures = self.scheduler.gate.take_failures()
+        for request in [r for r in self.scheduler.waiting if r.adapter in failures]:
+            self._pending.append(self._finish(
+                self._streams[request.request_id], FinishReason.ERROR,
+                failures[request.adapter], ErrorKind.ADAPTER_LOAD_FAILED))
 
     def _fail(self, plan: SchedulerOutput, exc: Exception) -> list[RequestOutput]:
         """Ends every request of a failed step with an error."""
         message = f"{type(exc).__name__}: {exc}"
         return [
-            self._finish(self._streams[e.request_id], FinishReason.ERROR, message)
+            self._finish(self._streams[e.request_id], FinishReason.ERROR, message,
+                         ErrorKind.STEP_FAILED)
             for e in plan.scheduled if e.request_id in self._streams
         ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 
 from lorafleet.dataplane.engine.request import FinishReason, RequestTimings
 
@@ -40,6 +41,13 @@ class Usage:
     num_output_tokens: int
 
 
+class ErrorKind(enum.Enum):
+    """Why a request ended with FinishReason.ERROR."""
+
+    STEP_FAILED = "step_failed"  # the model step it was part of raised
+    ADAPTER_LOAD_FAILED = "adapter_load_failed"  # its adapter could not be loaded
+
+
 @dataclasses.dataclass(frozen=True)
 class RequestOutput:
     """A request's news from one step.
@@ -58,6 +66,7 @@ class RequestOutput:
     usage: Usage
     timings: RequestTimings
     error: str | None = None
+    error_kind: ErrorKind | None = None
 
     @property
     def is_finished(self) -> bool:

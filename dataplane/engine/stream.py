@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from lorafleet.dataplane.engine.outputs import (
+    ErrorKind,
     RequestOutput,
     SampledToken,
     TokenLogprob,
@@ -60,7 +61,8 @@ class RequestStream:
             return FinishReason.LENGTH
         return None
 
-    def output(self, reason: FinishReason | None = None, error: str | None = None) -> RequestOutput:
+    def output(self, reason: FinishReason | None = None, error: str | None = None,
+               error_kind: ErrorKind | None = None) -> RequestOutput:
         """Everything new since the last output; the final one when `reason` is set."""
         if reason is not None and self._stop_string is None:
             self._new_text += self._text.flush()
@@ -75,6 +77,7 @@ class RequestStream:
             usage=Usage(len(request.prompt_token_ids), len(request.output_token_ids)),
             timings=dataclasses.replace(request.timings),
             error=error,
+            error_kind=error_kind,
         )
         self._new_ids, self._new_text, self._logprobs = [], "", []
         return out

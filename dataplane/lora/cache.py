@@ -74,6 +74,11 @@ class AdapterCache:
         self._pool = concurrent.futures.ThreadPoolExecutor(num_load_threads, "adapter-load")
 
     @property
+    def slots(self) -> DeviceSlots:
+        """The device slots this cache fills."""
+        return self._slots
+
+    @property
     def max_loras(self) -> int:
         """Distinct adapters one step may use: the number of device slots."""
         return self._slots.num_slots
@@ -233,6 +238,13 @@ class AdapterCache:
             return "device"
         with self._lock:
             return "host" if key in self._host else None
+
+    def tiers(self) -> dict[str, str]:
+        """The tier of every adapter held above the source: "device" or "host"."""
+        with self._lock:
+            found = dict.fromkeys(self._host, "host")
+        found.update((k, "device") for k in self._slot_keys if k is not None)
+        return found
 
     def counts(self) -> dict[str, int]:
         """Adapters per tier (a device-resident adapter may also have a host copy)."""

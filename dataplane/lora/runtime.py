@@ -3,8 +3,8 @@
 Created before the engine and completed while the engine is built: `reserve` runs once
 the model's weights are placed, preallocates the device slots and creates the cache, and
 returns the bytes the KV cache must do without. It then serves as the scheduler's gate,
-the batch builder's slot lookup and the runner's LoRA context, and fails the waiting
-requests of an adapter whose background load failed.
+the batch builder's slot lookup and the runner's LoRA context, and reports adapters
+whose background load failed (the engine ends their requests).
 """
 
 from __future__ import annotations
@@ -31,8 +31,6 @@ class LoraRuntime:
         self.bank: DeviceSlotBank | None = None
         self.cache: AdapterCache | None = None
         self.engine = None
-        # Engine request id -> why it was failed (read by the server for the status).
-        self.failed_requests: dict[str, str] = {}
 
     def reserve(self, model) -> int:
         """Preallocates the device slots next to the model; returns their bytes."""
@@ -79,15 +77,6 @@ class LoraRuntime:
         slots = [None if s < 0 else s for s in step_batch.adapter_slots.tolist()]
         return LoraStep(self.bank, LoraBatch.from_slots(slots, device=step_batch.adapter_slots.device))
 
-    # -- between steps -----------------------------------------------------------------
-
-    def fail_unloadable(self, engine) -> None:
-        """Aborts waiting requests whose adapter could not be loaded, noting why."""
-        failures = self.cache.take_failures()
-        if not failures:
-            return
-        for request in list(engine.scheduler.waiting):
-            reason = failures.get(request.adapter)
-            if reason is not None:
-                self.failed_requests[request.request_id] = reason
-                engine.abort(request.request_id)
+    def take_failures(self) -> dict[str, str]:
+        """Background load failures since the last call (the engine ends their requests)."""
+        return self.cache.take_failures()

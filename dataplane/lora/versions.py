@@ -11,12 +11,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
-import re
 import time
 
-_PART = r"[a-z0-9][a-z0-9._-]{0,62}"
-_NAME = re.compile(rf"^{_PART}/{_PART}$")
-_REF = re.compile(rf"^(?P<name>{_PART}/{_PART})(?:@(?P<version>[1-9][0-9]{{0,8}}))?$")
+from lorafleet.names import parse_ref, shorten, version_label
 
 
 class VersionState(enum.Enum):
@@ -39,22 +36,8 @@ class AdapterFailed(AdapterUnavailable):
     """The version's load failed (invalid, or made for another base model)."""
 
 
-def parse_name(name: str) -> str:
-    """Checks an adapter name ("tenant/name"); raises ValueError saying what is wrong."""
-    if not _NAME.match(name):
-        raise ValueError(
-            f"adapter name {name!r} must be 'tenant/name': lowercase letters, digits, "
-            "'.', '_' or '-', each part 1-63 characters")
-    return name
-
-
-def parse_ref(ref: str) -> tuple[str, int | None]:
-    """Splits "tenant/name[@N]" into (name, version or None); raises ValueError."""
-    match = _REF.match(ref)
-    if not match:
-        raise ValueError(f"adapter {ref!r} must be 'tenant/name' or 'tenant/name@N'")
-    version = match.group("version")
-    return match.group("name"), int(version) if version else None
+class VersionTaken(RuntimeError):
+    """name@version is being loaded, or exists, with other weights: versions are immutable."""
 
 
 @dataclasses.dataclass(eq=False)
@@ -77,7 +60,7 @@ class VersionEntry:
     @property
     def label(self) -> str:
         """"tenant/name@N"."""
-        return f"{self.name}@{self.version}"
+        return version_label(self.name, self.version)
 
 
 class VersionTable:
@@ -94,6 +77,23 @@ class VersionTable:
     def get(self, name: str, version: int) -> VersionEntry | None:
         """The entry for name@version, if known."""
         return self._entries.get((name, version))
+
+    def reserve(self, name: str, version: int, source_uri: str) -> VersionEntry | None:
+        """Claims name@version (0: the next number) for a load; returns the LOADING entry,
+        or None when that exact version from that source is already ready. Raises
+        VersionTaken when another load holds it or it exists with another source."""
+        version = version or self.next_version(name)
+        existing = self._entries.get((name, version))
+        if existing is not None and existing.state is not VersionState.FAILED:
+            if existing.source_uri != source_uri or existing.state is VersionState.LOADING:
+                what = "is being loaded" if existing.state is VersionState.LOADING \
+                    else "already exists"
+                raise VersionTaken(f"{existing.label} {what} from another source; "
+                                   "versions are immutable")
+            return None
+        entry = VersionEntry(name, version, "", source_uri, state=VersionState.LOADING)
+        self._entries[(name, version)] = entry
+        return entry
 
     def next_version(self, name: str) -> int:
         """One past the highest version of `name` seen here."""
@@ -119,7 +119,9 @@ class VersionTable:
             version = self._defaults.get(name)
         entry = self._entries.get((name, version)) if version is not None else None
         if entry is None:
-            raise UnknownAdapter(f"adapter {ref!r} is not loaded on this worker")
+            raise UnknownAdapter(f"adapter {shorten(ref)} is not loaded on this worker")
+        if entry.state is VersionState.LOADING:
+            raise AdapterUnavailable(f"adapter {entry.label} is still loading")
         if entry.is_evicting:
             raise AdapterUnavailable(f"adapter {entry.label} is being evicted")
         if entry.state is VersionState.FAILED:
@@ -140,17 +142,20 @@ class VersionTable:
             entry._unpinned.set()
 
     async def drain(self, entry: VersionEntry, timeout: float | None) -> bool:
-        """Stops new requests for `entry` and waits for its pins; False on timeout (the
-        version then takes requests again)."""
+        """Stops new requests for `entry` and waits for its pins; False on timeout. If the
+        wait ends any other way than drained (timeout, the caller cancelled), the version
+        takes requests again: an eviction that did not happen changed nothing."""
         entry.is_evicting = True
-        if entry.num_pins == 0:
-            return True
+        is_drained = False
         try:
-            await asyncio.wait_for(entry._unpinned.wait(), timeout)
-            return True
+            if entry.num_pins:
+                await asyncio.wait_for(entry._unpinned.wait(), timeout)
+            is_drained = True
         except asyncio.TimeoutError:
-            entry.is_evicting = False
-            return False
+            pass
+        finally:
+            entry.is_evicting = is_drained
+        return is_drained
 
     def remove(self, entry: VersionEntry) -> None:
         """Forgets a drained version; the bare name falls back to the newest remaining."""

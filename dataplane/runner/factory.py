@@ -25,6 +25,7 @@ from lorafleet.dataplane.runner.kv_cache import (
     allocate_kv_cache,
     bytes_per_block,
     count_kv_blocks,
+    default_budget,
     free_device_memory,
 )
 from lorafleet.dataplane.runner.model_runner import ModelRunner
@@ -54,7 +55,7 @@ def create_engine(
     model_dir: str | pathlib.Path, *,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
-    kv_cache: KVCacheBudget = KVCacheBudget(fraction=0.5),  # noqa: B008 (frozen)
+    kv_cache: KVCacheBudget | None = None,
     block_size: int = 16,
     scheduler_config: SchedulerConfig = SchedulerConfig(),  # noqa: B008 (frozen)
     adapter_gate: AdapterGate | None = None,
@@ -64,6 +65,7 @@ def create_engine(
 ) -> Engine:
     """Loads a checkpoint and wires scheduler, runner and tokenizer into an Engine.
 
+    kv_cache: bytes or a fraction for the KV cache (default: `default_budget(device)`).
     reserve_memory(model) preallocates other device buffers once the weights are placed
     and returns their size in bytes, which the KV cache then does without.
     adapter_slot(key) gives a scheduled adapter's device slot; lora_context(batch) builds
@@ -71,6 +73,7 @@ def create_engine(
     """
     model_dir = pathlib.Path(model_dir)
     device = torch.device(device) if device is not None else default_device()
+    kv_cache = kv_cache or default_budget(device)
     config = ModelConfig.from_dir(model_dir)
     model = DecoderModel.from_dir(model_dir, device, resolve_dtype(dtype, config.torch_dtype))
     num_free = free_device_memory(device) if kv_cache.fraction is not None else None

@@ -35,6 +35,20 @@ class KVCacheBudget:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
 
 
+# Defaults when neither bytes nor a fraction is given: most of a GPU (weights and adapter
+# slots are already placed when it is measured); on a CPU a fixed 1 GiB, since host
+# memory is shared with everything else on the machine.
+DEFAULT_GPU_FRACTION = 0.85
+DEFAULT_CPU_BYTES = 1 << 30
+
+
+def default_budget(device: torch.device) -> KVCacheBudget:
+    """The KV cache budget used when none is given, for `device`."""
+    if device.type == "cuda":
+        return KVCacheBudget(fraction=DEFAULT_GPU_FRACTION)
+    return KVCacheBudget(num_bytes=DEFAULT_CPU_BYTES)
+
+
 def bytes_per_block(config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
     """Bytes of keys and values of `block_size` tokens across all layers."""
     per_token = 2 * config.num_layers * config.num_kv_heads * config.head_dim

@@ -5,18 +5,22 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import socket
 
 from opentelemetry.sdk.trace import TracerProvider
 
 from lorafleet.dataplane.openai_http import RunningHttp, start_worker_http
-from lorafleet.dataplane.server.build import MemoryReport, WorkerConfig, build_worker
+from lorafleet.dataplane.server.build import WorkerConfig, build_worker
 from lorafleet.dataplane.server.heartbeat import Heartbeat
 from lorafleet.dataplane.server.inference import InferenceServicer
+from lorafleet.dataplane.server.sizes import WorkerSizes
+from lorafleet.dataplane.server.status import caller_message
 from lorafleet.dataplane.server.tracing import make_tracer_provider, tracer_of
 from lorafleet.dataplane.server.worker import Worker
 from lorafleet.dataplane.server.worker_service import WorkerServicer
 from lorafleet.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
-from lorafleet.rpcserver import RunningServer, ServiceBinding, full_name, start_server
+from lorafleet.rpcserver import RunningServer, ServiceBinding, bind_server, full_name
+from lorafleet.startup import StartupError
 from lorafleet.worker.v1 import worker_service_pb2, worker_service_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -24,18 +28,28 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class RunningWorker:
-    """A serving worker: its gRPC server, domain object and metrics port."""
+    """A serving worker: its gRPC server, domain object and metrics port.
+
+    `fatal` is set if the engine loop dies: health already says NOT_SERVING, and the
+    process should exit non-zero so its supervisor restarts it.
+    """
 
     worker: Worker
     server: RunningServer
     address: str
     metrics_port: int | None
-    memory: MemoryReport
     worker_servicer: WorkerServicer
+    fatal: asyncio.Event
+    fatal_watch: asyncio.Task
     tracer_provider: TracerProvider | None = None
     heartbeat: Heartbeat | None = None
     http: RunningHttp | None = None  # OpenAI-compatible HTTP, when asked for
     is_stopped: bool = False
+
+    @property
+    def sizes(self) -> WorkerSizes:
+        """Limits and memory of the worker, as built."""
+        return self.worker.sizes
 
     async def stop(self, grace_seconds: float = 10.0) -> None:
         """Refuses new requests, lets in-flight streams finish for the grace period,
@@ -44,6 +58,7 @@ class RunningWorker:
             return
         self.is_stopped = True
         self.worker.is_draining = True
+        self.fatal_watch.cancel()
         if self.heartbeat is not None:
             await self.heartbeat.stop()
         if self.http is not None:
@@ -52,6 +67,7 @@ class RunningWorker:
         await asyncio.to_thread(self.worker.bridge.stop)
         self.worker.metrics.close()
         self.worker.cache.close()
+        self.worker.frontend.close()
         if self.tracer_provider is not None:
             self.tracer_provider.shutdown()  # flushes the spans not yet exported
 
@@ -64,35 +80,71 @@ async def start_worker(config: WorkerConfig, *, host: str = "127.0.0.1", port: i
                        heartbeat_seconds: float = 2.0,
                        advertise_address: str | None = None,
                        http_port: int | None = None) -> RunningWorker:
-    """Builds the worker, loads the start-up adapters, and starts serving; with
-    `controlplanes`, also registers and heartbeats (advertising `advertise_address`,
-    default the bound address)."""
-    worker, memory = await asyncio.to_thread(build_worker, config)
+    """Binds the port, builds the worker, loads the start-up adapters, and starts
+    serving; with `controlplanes`, also registers and heartbeats (advertising
+    `advertise_address`, default the bound address). A busy port fails (PortInUse)
+    before the model is loaded."""
+    bound = await bind_server(f"{host}:{port}")
+    address = f"{host}:{bound.port}"
+    config = dataclasses.replace(
+        config, worker_id=config.worker_id or f"{socket.gethostname()}:{bound.port}")
+    fatal = asyncio.Event()
+    loop = asyncio.get_running_loop()
     tracer_provider = make_tracer_provider(otlp_endpoint, config.worker_id)
-    worker.tracer = tracer_of(tracer_provider)
+    worker, _ = await asyncio.to_thread(
+        build_worker, config, tracer=tracer_of(tracer_provider),
+        on_fatal=lambda exc: loop.call_soon_threadsafe(fatal.set))
     worker.bridge.start()
-    for name, path in adapters:
-        entry = await worker.load_adapter(name, 0, str(path), make_default=True)
-        log.info("loaded %s (digest %s, rank %d)", entry.label, entry.digest[:12], entry.rank)
-    inference = InferenceServicer(worker)
-    worker_servicer = WorkerServicer(worker)
-    server = await start_server([
+    try:
+        await _load_startup_adapters(worker, adapters)
+    except BaseException:
+        await asyncio.to_thread(worker.bridge.stop)
+        raise
+    worker_servicer = WorkerServicer(worker, advertise_address or address)
+    server = await bound.start([
         ServiceBinding(inference_service_pb2_grpc.add_InferenceServiceServicer_to_server,
-                       inference, full_name(inference_service_pb2, "InferenceService")),
+                       InferenceServicer(worker), full_name(inference_service_pb2,
+                                                            "InferenceService")),
         ServiceBinding(worker_service_pb2_grpc.add_WorkerServiceServicer_to_server,
                        worker_servicer, full_name(worker_service_pb2, "WorkerService")),
-    ], f"{host}:{port}")
-    address = f"{host}:{server.port}"
-    worker_servicer.address = advertise_address or address
+    ])
+    fatal_watch = asyncio.get_running_loop().create_task(_report_fatal(fatal, server))
     heartbeat = None
     if controlplanes:
         heartbeat = Heartbeat(worker_servicer, controlplanes, interval=heartbeat_seconds)
         await heartbeat.send_once()
         heartbeat.start()
-    bound_metrics = worker.metrics.start_http(host, metrics_port) if metrics_port is not None else None
+    bound_metrics = _start_metrics(worker, host, metrics_port)
     http = None
     if http_port is not None:  # after the gRPC server is bound: HTTP calls into it
         http = await start_worker_http(worker_address=address, base_model=worker.base_model.name,
                                        host=host, port=http_port)
-    return RunningWorker(worker, server, address, bound_metrics, memory, worker_servicer,
-                         tracer_provider, heartbeat, http)
+    return RunningWorker(worker, server, address, bound_metrics, worker_servicer, fatal,
+                         fatal_watch, tracer_provider, heartbeat, http)
+
+
+async def _load_startup_adapters(worker: Worker, adapters) -> None:
+    """Loads the `--adapter NAME=PATH` adapters; a refusal names the adapter."""
+    for name, path in adapters:
+        try:
+            entry = await worker.load_adapter(name, 0, str(path), make_default=True)
+        except Exception as exc:  # noqa: BLE001 - every refusal stops the start
+            raise StartupError(f"--adapter {name}: {caller_message(exc)}") from exc
+        log.info("loaded %s (digest %s, rank %d)", entry.label, entry.digest[:12], entry.rank)
+
+
+def _start_metrics(worker: Worker, host: str, port: int | None) -> int | None:
+    """Serves /metrics on `port` (None: not at all); returns the bound port."""
+    if port is None:
+        return None
+    try:
+        return worker.metrics.start_http(host, port)
+    except OSError as exc:
+        raise StartupError(f"--metrics-port {port}: cannot listen on {host}:{port} "
+                           f"({exc.strerror or exc})") from exc
+
+
+async def _report_fatal(fatal: asyncio.Event, server: RunningServer) -> None:
+    """Once the engine loop dies, health says NOT_SERVING for every service."""
+    await fatal.wait()
+    await server.set_not_serving()

@@ -7,19 +7,11 @@ import time
 import grpc
 from google.protobuf import duration_pb2
 
-from lorafleet.dataplane.engine.engine import InvalidRequestError
 from lorafleet.dataplane.engine.outputs import RequestOutput
 from lorafleet.dataplane.engine.request import FinishReason
-from lorafleet.dataplane.lora.versions import AdapterFailed, AdapterUnavailable, UnknownAdapter
-from lorafleet.dataplane.server.requests import BadRequest, prompt_of, sampling_of
-from lorafleet.dataplane.server.worker import (
-    AdapterLoadFailed,
-    Admitted,
-    Draining,
-    QueueFull,
-    Worker,
-)
-from lorafleet.dataplane.tokenizer import ChatTemplateError
+from lorafleet.dataplane.server.requests import prompt_of, sampling_of
+from lorafleet.dataplane.server.status import stream_errors
+from lorafleet.dataplane.server.worker import Admitted, Worker
 from lorafleet.inference.v1 import inference_service_pb2 as pb
 from lorafleet.inference.v1 import inference_service_pb2_grpc as pb_grpc
 
@@ -37,36 +29,22 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     def __init__(self, worker: Worker):
         self._worker = worker
 
+    @stream_errors
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
+        prompt, params = prompt_of(request), sampling_of(request)
+        admitted = self._worker.admit(request.request_id, request.adapter)
         try:
-            prompt, params = prompt_of(request), sampling_of(request)
-            admitted = self._worker.admit(request.request_id, request.adapter)
-        except (BadRequest, ValueError) as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except UnknownAdapter as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        except AdapterFailed as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        except AdapterUnavailable as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        except QueueFull as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-        except Draining as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        try:
-            async for output in self._worker.generate(admitted, prompt, params):
-                if output.new_token_ids or output.text:
-                    yield pb.GenerateResponse(delta=_delta(output))
-                if output.is_finished:
-                    yield pb.GenerateResponse(summary=self._summary(admitted, output))
-                    if output.finish_reason is FinishReason.ERROR:
-                        await context.abort(grpc.StatusCode.INTERNAL, output.error or "error")
-        except InvalidRequestError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except ChatTemplateError as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"chat: {exc}")
-        except AdapterLoadFailed as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            token_ids = await self._worker.frontend.token_ids(prompt, params)
+        except BaseException:
+            self._worker.release(admitted)
+            raise
+        async for output in self._worker.generate(admitted, token_ids, params):
+            if output.new_token_ids or output.text:
+                yield pb.GenerateResponse(delta=_delta(output))
+            if output.is_finished:
+                yield pb.GenerateResponse(summary=self._summary(admitted, output))
+                if output.finish_reason is FinishReason.ERROR:
+                    await context.abort(grpc.StatusCode.INTERNAL, output.error or "error")
 
     def _summary(self, admitted: Admitted, output: RequestOutput) -> pb.GenerateSummary:
         entry, timings = admitted.entry, output.timings

@@ -17,21 +17,11 @@ from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, start_http_server
 
 from lorafleet.dataplane.server.labels import AdapterLabeler
+from lorafleet.dataplane.server.snapshot import EngineSnapshot
 
 # Seconds buckets: tokens on a GPU arrive in milliseconds, CPU and cold loads take seconds.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
-
-
-@dataclasses.dataclass(frozen=True)
-class GaugeSnapshot:
-    """Point-in-time worker state read by the gauges at scrape time."""
-
-    num_waiting: int = 0
-    num_running: int = 0
-    num_kv_blocks_used: int = 0
-    num_kv_blocks_total: int = 0
-    adapters_per_tier: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,11 +39,10 @@ class FinishedRequest:
 class WorkerMetrics:
     """The worker's instruments, fed by the servicers and read by Prometheus."""
 
-    def __init__(self, worker_id: str, gauges: Callable[[], GaugeSnapshot],
-                 *, max_adapter_labels: int = 20):
+    def __init__(self, worker_id: str, *, max_adapter_labels: int = 20):
         self.registry = CollectorRegistry()
         self.labels = AdapterLabeler(max_adapter_labels)
-        self._gauges = gauges
+        self._snapshot: Callable[[], EngineSnapshot | None] = lambda: None
         self._http = None
         reader = PrometheusMetricReader(registry=self.registry, scope_info_enabled=False)
         self.provider = MeterProvider(
@@ -85,21 +74,28 @@ class WorkerMetrics:
         for name, description, field in (
             ("lorafleet_queue_depth", "Requests waiting to be scheduled", "num_waiting"),
             ("lorafleet_running_sequences", "Sequences in the running batch", "num_running"),
-            ("lorafleet_kv_blocks_used", "KV cache blocks in use", "num_kv_blocks_used"),
-            ("lorafleet_kv_blocks_total", "KV cache blocks in all", "num_kv_blocks_total"),
+            ("lorafleet_kv_blocks_used", "KV cache blocks in use", "num_used_blocks"),
+            ("lorafleet_kv_blocks_total", "KV cache blocks in all", "num_total_blocks"),
         ):
             meter.create_observable_gauge(name, [self._observe(field)], description=description)
         meter.create_observable_gauge(
             "lorafleet_resident_adapters", [self._observe_tiers],
             description="Adapter versions resident per tier")
 
+    def observe(self, snapshot: Callable[[], EngineSnapshot | None]) -> None:
+        """Reads the gauges from `snapshot()` (the engine thread's latest) at scrape time."""
+        self._snapshot = snapshot
+
     def _observe(self, field: str):
         def callback(options: CallbackOptions):
-            yield Observation(getattr(self._gauges(), field))
+            snapshot = self._snapshot()
+            if snapshot is not None:
+                yield Observation(getattr(snapshot.stats, field))
         return callback
 
     def _observe_tiers(self, options: CallbackOptions):
-        for tier, count in self._gauges().adapters_per_tier.items():
+        snapshot = self._snapshot()
+        for tier, count in (snapshot.adapter_counts.items() if snapshot else ()):
             yield Observation(count, {"tier": tier})
 
     def record_finished(self, request: FinishedRequest) -> None:
@@ -116,7 +112,7 @@ class WorkerMetrics:
             decode = request.total_seconds - request.time_to_first_token
             self.tpot.record(decode / (request.num_output_tokens - 1), label)
 
-    def record_load(self, tier: str, seconds: float, *, is_ok: bool) -> None:
+    def record_load(self, tier: str, seconds: float, is_ok: bool) -> None:
         """Counts one adapter load into `tier` and how long it took."""
         self.adapter_loads.add(1, {"tier": tier, "outcome": "ok" if is_ok else "failed"})
         if is_ok:

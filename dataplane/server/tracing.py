@@ -33,3 +33,25 @@ def tracer_of(provider: TracerProvider | None) -> trace.Tracer:
     if provider is None:
         return trace.NoOpTracer()
     return provider.get_tracer("lorafleet.worker")
+
+
+def request_span(tracer: trace.Tracer, caller_id: str, entry) -> trace.Span:
+    """Starts the span of one Generate request pinned to version `entry` (None: base)."""
+    return tracer.start_span("lorafleet.Generate", attributes={
+        "lorafleet.request_id": caller_id,
+        "lorafleet.adapter": entry.label if entry else "",
+        "lorafleet.adapter_digest": entry.digest if entry else "",
+    })
+
+
+def end_request_span(span: trace.Span, last) -> None:
+    """Closes a request's span with what its last output (None: nothing) says."""
+    if last is not None:
+        reason = last.finish_reason.value if last.finish_reason else "cancelled"
+        span.set_attribute("lorafleet.finish_reason", reason)
+        span.set_attribute("lorafleet.prompt_tokens", last.usage.num_prompt_tokens)
+        span.set_attribute("lorafleet.completion_tokens", last.usage.num_output_tokens)
+        if last.timings.first_token is not None:
+            ttft = last.timings.first_token - last.timings.arrival
+            span.set_attribute("lorafleet.time_to_first_token_s", ttft)
+    span.end()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import torch
 
@@ -15,6 +17,8 @@ from lorafleet.dataplane.runner.kv_cache import (
     bytes_per_block,
     count_kv_blocks,
 )
+from lorafleet.dataplane.server.frontend import Frontend, PromptLimits
+from lorafleet.dataplane.server.requests import PromptInput
 from tests.engine.conftest import make_prompts
 from tests.engine.drive import GREEDY, make_engine, run_all, tokens_of
 
@@ -76,22 +80,23 @@ def test_requests_that_cannot_be_served_are_refused_clearly(checkpoints):
         engine.add_request("a", [1, 999999])
     with pytest.raises(InvalidRequestError, match="exceeds the KV cache"):
         engine.add_request("b", [5] * 20, params=SamplingParams(max_tokens=40))
-    with pytest.raises(InvalidRequestError, match="exactly one"):
-        engine.add_request("c", [5], prompt="hi")
     engine.add_request("d", [5])
     with pytest.raises(InvalidRequestError, match="already in use"):
         engine.add_request("d", [6])
 
 
-def test_chat_and_text_prompts_are_tokenized(checkpoints):
+def test_chat_and_text_prompts_are_tokenized_by_the_frontend(checkpoints):
     engine = make_engine(checkpoints("llama-tied"))
-    engine.add_request("chat", messages=[{"role": "user", "content": "Hello world!"}],
-                       params=SamplingParams(max_tokens=4, ignore_eos=True))
-    engine.add_request("text", prompt="The quick brown fox",
-                       params=SamplingParams(max_tokens=4, ignore_eos=True))
+    frontend = Frontend(engine.tokenizer, PromptLimits(engine.max_model_len, engine.vocab_size))
+    params = SamplingParams(max_tokens=4, ignore_eos=True)
+    chat = ({"role": "user", "content": "Hello world!"},)
+    chat_ids = asyncio.run(frontend.token_ids(PromptInput(messages=chat), params))
+    text_ids = asyncio.run(frontend.token_ids(PromptInput(text="The quick brown fox"), params))
+    frontend.close()
+    assert chat_ids == tuple(engine.tokenizer.encode_chat(list(chat)))
+    assert text_ids == tuple(engine.tokenizer.encode("The quick brown fox"))
+    engine.add_request("chat", chat_ids, params=params)
+    engine.add_request("text", text_ids, params=params)
     outputs = run_all(engine)
-    expected = len(engine.tokenizer.encode_chat([{"role": "user", "content": "Hello world!"}]))
-    assert outputs["chat"][-1].usage.num_prompt_tokens == expected
-    assert outputs["text"][-1].usage.num_prompt_tokens == len(
-        engine.tokenizer.encode("The quick brown fox"))
+    assert outputs["chat"][-1].usage.num_prompt_tokens == len(chat_ids)
     assert all(len(tokens_of(o)) == 4 for o in outputs.values())

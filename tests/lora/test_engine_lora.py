@@ -9,7 +9,9 @@ import time
 
 import pytest
 
+from lorafleet.dataplane.engine.outputs import ErrorKind
 from lorafleet.dataplane.engine.params import SamplingParams
+from lorafleet.dataplane.engine.request import FinishReason
 from lorafleet.dataplane.lora.cache import AdapterSource
 from lorafleet.dataplane.server.build import WorkerConfig, build_worker
 from tests.support.lora_suite import NUM_NEW_TOKENS, prompts
@@ -30,20 +32,24 @@ def _worker(base, adapters, **limits):
     return worker, digests
 
 
-def _run(worker, requests, *, on_step=None, timeout=120.0):
-    """Submits (request_id, adapter digest or None, prompt) all at once; steps to the end."""
+def _run(worker, requests, *, on_step=None, timeout=120.0, finals=None):
+    """Submits (request_id, adapter digest or None, prompt) all at once; steps to the end.
+    Requests added by the caller beforehand may end with an error; their last outputs go
+    to `finals` (a dict) when given."""
     engine = worker.bridge.engine
+    planned = {request_id for request_id, _, _ in requests}
     for request_id, digest, prompt in requests:
         engine.add_request(request_id, prompt, params=GREEDY, adapter=digest)
     tokens = {request_id: [] for request_id, _, _ in requests}
     deadline = time.monotonic() + timeout
     while engine.has_unfinished():
         assert time.monotonic() < deadline, "engine made no progress"
-        worker.lora.fail_unloadable(engine)
         outputs = engine.step()
         for out in outputs:
             tokens.setdefault(out.request_id, []).extend(out.new_token_ids)
-            assert out.error is None, out.error
+            if out.is_finished and finals is not None:
+                finals[out.request_id] = out
+            assert out.error is None or out.request_id not in planned, out.error
         if on_step is not None:
             on_step(engine)
         if not outputs:
@@ -84,7 +90,7 @@ def test_churn_keeps_outputs_and_never_evicts_a_running_adapter(
     worker, digests = _worker(base, adapters, max_loras=max_loras, max_cpu_loras=max_cpu_loras)
     engine, cache = worker.bridge.engine, worker.cache
     violations, writes = [], []
-    bank_write = worker.lora.bank.write
+    bank_write = cache.slots.write
 
     def checked_write(slot, adapter):
         for request in engine.scheduler.running:
@@ -94,7 +100,7 @@ def test_churn_keeps_outputs_and_never_evicts_a_running_adapter(
         writes.append(slot)
         bank_write(slot, adapter)
 
-    worker.lora.bank.write = checked_write
+    cache.slots.write = checked_write
     planned = _requests(list(adapters) + [None], digests, 18)
     tokens = _run(worker, [(rid, digest, prompt) for rid, digest, prompt, _ in planned])
     assert violations == []
@@ -112,8 +118,11 @@ def test_unloadable_adapter_fails_its_requests_and_others_finish(lora_suite, tmp
     worker.cache.add_source(AdapterSource("acme/gone@1", str(tmp_path / "missing"), "f" * 64))
     engine = worker.bridge.engine
     engine.add_request("bad", prompts(1)[0], params=GREEDY, adapter="f" * 64)
-    tokens = _run(worker, [("good", digests["acme/qv8"], prompts(2)[1])])
+    finals = {}
+    tokens = _run(worker, [("good", digests["acme/qv8"], prompts(2)[1])], finals=finals)
     assert len(tokens["good"]) == NUM_NEW_TOKENS
-    assert "missing" in worker.lora.failed_requests["bad"]
+    assert finals["bad"].finish_reason is FinishReason.ERROR
+    assert finals["bad"].error_kind is ErrorKind.ADAPTER_LOAD_FAILED
+    assert "not found or not readable" in finals["bad"].error
     assert engine.allocator.num_used_blocks == 0
     worker.metrics.close()

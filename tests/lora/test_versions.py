@@ -12,12 +12,46 @@ from lorafleet.dataplane.lora.versions import (
     VersionEntry,
     VersionState,
     VersionTable,
-    parse_ref,
+    VersionTaken,
 )
+from lorafleet.names import check_worker_id, parse_ref, shorten
 
 
 def _entry(name="acme/support", version=1, digest="d1"):
     return VersionEntry(name, version, digest, f"/src/{digest}", state=VersionState.READY)
+
+
+def test_echoed_input_is_cut_and_worker_ids_take_host_and_port():
+    assert len(shorten("x" * 10_000)) < 120
+    assert shorten("acme/x") == "'acme/x'"
+    assert check_worker_id("gpu-host-3:50051") == "gpu-host-3:50051"
+    with pytest.raises(ValueError, match="worker_id"):
+        check_worker_id("bad id")
+
+
+async def test_one_load_claims_a_version_and_a_second_source_is_refused():
+    table = VersionTable()
+    first = table.reserve("acme/x", 3, "/a")
+    assert first.state is VersionState.LOADING and first.version == 3
+    with pytest.raises(VersionTaken):
+        table.reserve("acme/x", 3, "/b")
+    assert table.reserve("acme/x", 0, "/c").version == 4  # the next number skips a load
+    with pytest.raises(AdapterUnavailable, match="loading"):
+        table.resolve("acme/x@3")
+
+
+async def test_a_drain_that_ends_early_leaves_the_version_serving():
+    table = VersionTable()
+    entry = table.add(_entry("acme/x", 1, "a" * 64), make_default=True)
+    table.acquire(entry)
+    assert not await table.drain(entry, timeout=0.01)
+    assert table.resolve("acme/x") is entry
+    waiting = asyncio.ensure_future(table.drain(entry, timeout=None))
+    await asyncio.sleep(0.01)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert table.resolve("acme/x") is entry  # a cancelled eviction changed nothing
 
 
 def test_refs_parse_and_bad_refs_say_why():

@@ -116,7 +116,7 @@ def test_refused_adapters_name_the_problem_and_others_keep_serving(
                        target_modules=["q_proj"])
     cases = [
         ("bad/foreign", foreign, grpc.StatusCode.FAILED_PRECONDITION, "expected [64, 8]"),
-        ("bad/missing", tmp_path / "nothing-here", grpc.StatusCode.NOT_FOUND, "nothing-here"),
+        ("bad/missing", tmp_path / "nothing-here", grpc.StatusCode.NOT_FOUND, "not found or not readable"),
         ("bad/big", big, grpc.StatusCode.INVALID_ARGUMENT, "rank"),
     ]
     for name, path, code, needle in cases:

@@ -1,0 +1,94 @@
+"""How every lorafleet server process starts and ends: logging, the event loop, signals,
+and start-up mistakes as one clear line.
+
+A server's `main` hands `run()` a coroutine that takes a `Stopper`. Signal handlers are
+installed before the coroutine runs, so a SIGTERM that arrives during start-up (or right
+after "serving on" is printed) ends the process gracefully instead of killing it. A
+`StartupError` (start-up work wrapped in `starting()` turns a missing file, a busy port
+or a bad value into one), or a missing extra, prints one line and exits 2;
+`--log-level debug` shows the traceback as well.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+
+EXIT_OK = 0
+EXIT_FATAL = 1  # the server failed while serving; a supervisor should restart it
+EXIT_USAGE = 2  # the server could not start as asked
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class StartupError(Exception):
+    """A mistake in how a server was started, said in one line for the operator."""
+
+
+class Stopper:
+    """Set by SIGTERM or SIGINT: the server should stop gracefully."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
+    @property
+    def is_set(self) -> bool:
+        """True once a stop was asked for."""
+        return self.event.is_set()
+
+    async def wait(self) -> None:
+        """Returns when a stop is asked for."""
+        await self.event.wait()
+
+
+def add_log_level_argument(parser) -> None:
+    """The `--log-level` option every server takes."""
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info",
+                        help="log verbosity; 'debug' also prints tracebacks of start-up "
+                             "errors (default %(default)s)")
+
+
+def run(prog: str, main: Callable[[Stopper], Awaitable[int | None]], *,
+        log_level: str = "info") -> int:
+    """Runs `main(stopper)` on a new event loop; returns the process exit status."""
+    logging.basicConfig(level=getattr(logging, log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return asyncio.run(_with_signals(main)) or EXIT_OK
+    except (StartupError, ImportError) as exc:
+        if log_level == "debug":
+            logging.getLogger(prog).exception("start-up failed")
+        print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+
+
+async def _with_signals(main: Callable[[Stopper], Awaitable[int | None]]) -> int | None:
+    stopper = Stopper()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopper.event.set)
+    return await main(stopper)
+
+
+@contextlib.contextmanager
+def starting(what: str = ""):
+    """Turns the ordinary failures of start-up work (a missing file, a busy port, a bad
+    value) into a StartupError, prefixed with `what` (e.g. "--adapter acme/x")."""
+    try:
+        yield
+    except StartupError:
+        raise
+    except (OSError, ValueError, LookupError) as exc:
+        prefix = f"{what}: " if what else ""
+        raise StartupError(prefix + _one_line(exc)) from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, ImportError) and not isinstance(exc, StartupError):
+        return (f"a module is missing ({exc.name or exc}); the worker needs the worker "
+                "extra: pip install 'lorafleet[worker]'")
+    return " ".join(str(exc).split()) or type(exc).__name__
