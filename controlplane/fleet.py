@@ -11,7 +11,7 @@ from __future__ import annotations
 import aetcd.exceptions
 
 from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
-from lorafleet.controlplane.errors import InvalidArgument, NotFound
+from lorafleet.controlplane.errors import AlreadyExists, InvalidArgument, NotFound
 from lorafleet.controlplane.schema import now
 from lorafleet.controlplane.store import EtcdStore
 from lorafleet.names import InvalidName, check_worker_id
@@ -53,7 +53,7 @@ class FleetRegistry:
         record.is_draining = False  # kept in its own key, see module docstring
         record.last_heartbeat_time.CopyFrom(now())
         key = self.keys.worker(worker.worker_id)
-        lease_id = await self._renewed_lease(key)
+        lease_id = await self._renewed_lease(key, worker)
         try:
             await self.store.call(
                 lambda: self.store.client.put(key.encode(), record.SerializeToString(), lease=lease_id)
@@ -66,8 +66,16 @@ class FleetRegistry:
             )
         return await self.store.get(self.keys.drain(worker.worker_id)) is not None
 
-    async def _renewed_lease(self, key: str) -> int:
+    async def _renewed_lease(self, key: str, worker: fleet_pb.Worker) -> int:
+        """The lease of `worker`'s record, renewed; a new one when it has none. Refuses
+        an id held by a live worker at another address: ids are unique per worker."""
         found = await self.store.get(key)
+        if found is not None:
+            held = fleet_pb.Worker.FromString(found[0])
+            if held.address != worker.address:
+                raise AlreadyExists(
+                    f"worker_id {worker.worker_id!r} is held by a live worker at "
+                    f"{held.address}; give this worker another --worker-id")
         if found is not None and found[1].lease and await self.store.try_refresh_lease(
             found[1].lease
         ):

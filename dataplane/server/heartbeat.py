@@ -20,6 +20,11 @@ from lorafleet.dataplane.server.worker_service import WorkerServicer
 
 log = logging.getLogger(__name__)
 
+# Answers that mean "not this worker", not "not now": logged as errors, not retried
+# against the other replicas.
+_REFUSALS = (grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.INVALID_ARGUMENT,
+             grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+
 
 class Heartbeat:
     """Background task reporting this worker to the control plane."""
@@ -34,6 +39,7 @@ class Heartbeat:
         self._rpc_timeout = rpc_timeout
         self._task: asyncio.Task | None = None
         self.is_draining = False  # the control plane is moving adapters off this worker
+        self.refusal = ""  # why the control plane refuses this worker, while it does
 
     def describe(self) -> fleet_pb.Worker:
         """This worker as a heartbeat reports it."""
@@ -52,13 +58,22 @@ class Heartbeat:
                     reply = await fleet_grpc.FleetServiceStub(channel).SendHeartbeat(
                         request, timeout=self._rpc_timeout)
             except grpc.aio.AioRpcError as exc:
+                if exc.code() in _REFUSALS:  # every replica would say the same
+                    self._note_refusal(exc.details())
+                    return False
                 log.debug("heartbeat to %s failed: %s", address, exc.code().name)
                 continue
+            self.refusal = ""
             self.is_draining = reply.is_draining
             if reply.heartbeat_interval_seconds:
                 self.interval = float(reply.heartbeat_interval_seconds)
             return True
         return False
+
+    def _note_refusal(self, details: str) -> None:
+        if details != self.refusal:
+            log.error("the control plane refused this worker's heartbeat: %s", details)
+        self.refusal = details
 
     def start(self) -> None:
         """Starts heartbeating in the background."""
