@@ -83,23 +83,29 @@ async def start_worker(config: WorkerConfig, *, host: str = "127.0.0.1", port: i
     """Binds the port, builds the worker, loads the start-up adapters, and starts
     serving; with `controlplanes`, also registers and heartbeats (advertising
     `advertise_address`, default the bound address). A busy port fails (PortInUse)
-    before the model is loaded."""
+    before the model is loaded; any start-up failure releases what was taken."""
     bound = await bind_server(f"{host}:{port}")
-    address = f"{host}:{bound.port}"
     config = dataclasses.replace(
         config, worker_id=config.worker_id or f"{socket.gethostname()}:{bound.port}")
     fatal = asyncio.Event()
     loop = asyncio.get_running_loop()
     tracer_provider = make_tracer_provider(otlp_endpoint, config.worker_id)
-    worker, _ = await asyncio.to_thread(
-        build_worker, config, tracer=tracer_of(tracer_provider),
-        on_fatal=lambda exc: loop.call_soon_threadsafe(fatal.set))
+    try:
+        worker, _ = await asyncio.to_thread(
+            build_worker, config, tracer=tracer_of(tracer_provider),
+            on_fatal=lambda exc: loop.call_soon_threadsafe(fatal.set))
+    except BaseException:
+        await bound.server.stop(None)
+        raise
     worker.bridge.start()
     try:
         await _load_startup_adapters(worker, adapters)
+        metrics = _start_metrics(worker, host, metrics_port)
     except BaseException:
-        await asyncio.to_thread(worker.bridge.stop)
+        await asyncio.gather(bound.server.stop(None), asyncio.to_thread(worker.bridge.stop))
+        worker.metrics.close()
         raise
+    address = f"{host}:{bound.port}"
     worker_servicer = WorkerServicer(worker, advertise_address or address)
     server = await bound.start([
         ServiceBinding(inference_service_pb2_grpc.add_InferenceServiceServicer_to_server,
@@ -108,18 +114,17 @@ async def start_worker(config: WorkerConfig, *, host: str = "127.0.0.1", port: i
         ServiceBinding(worker_service_pb2_grpc.add_WorkerServiceServicer_to_server,
                        worker_servicer, full_name(worker_service_pb2, "WorkerService")),
     ])
-    fatal_watch = asyncio.get_running_loop().create_task(_report_fatal(fatal, server))
+    fatal_watch = loop.create_task(_report_fatal(fatal, server))
     heartbeat = None
     if controlplanes:
         heartbeat = Heartbeat(worker_servicer, controlplanes, interval=heartbeat_seconds)
         await heartbeat.send_once()
         heartbeat.start()
-    bound_metrics = _start_metrics(worker, host, metrics_port)
     http = None
     if http_port is not None:  # after the gRPC server is bound: HTTP calls into it
         http = await start_worker_http(worker_address=address, base_model=worker.base_model.name,
                                        host=host, port=http_port)
-    return RunningWorker(worker, server, address, bound_metrics, worker_servicer, fatal,
+    return RunningWorker(worker, server, address, metrics, worker_servicer, fatal,
                          fatal_watch, tracer_provider, heartbeat, http)
 
 

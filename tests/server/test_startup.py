@@ -1,0 +1,93 @@
+"""Start-up mistakes of `lorafleet serve`: one clear line and exit status 2, no traceback;
+signals are handled from the first "serving on" line."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+
+SERVE = [sys.executable, "-m", "lorafleet.clients.cli", "serve"]
+COMMON = ["--device", "cpu", "--kv-cache-bytes", str(16 << 20), "--metrics-port", "-1"]
+
+
+def _serve(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([*SERVE, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def _assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, result.stderr
+    for needle in needles:
+        assert needle in errors[0]
+
+
+@pytest.fixture
+def held_port():
+    """A loopback port another socket listens on."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    yield sock.getsockname()[1]
+    sock.close()
+
+
+def test_missing_model_directory(tmp_path):
+    _assert_one_line_error(_serve("--model", str(tmp_path / "nope"), *COMMON), "nope")
+
+
+def test_unsupported_architecture(lora_suite, tmp_path):
+    base = tmp_path / "gpt2"
+    base.mkdir()
+    config = json.loads((lora_suite[0] / "config.json").read_text())
+    config["architectures"], config["model_type"] = ["GPT2LMHeadModel"], "gpt2"
+    (base / "config.json").write_text(json.dumps(config))
+    _assert_one_line_error(_serve("--model", str(base), *COMMON), "GPT2LMHeadModel")
+
+
+def test_refused_adapter_is_named(lora_suite, tmp_path):
+    result = _serve("--model", str(lora_suite[0]), "--adapter", f"acme/ghost={tmp_path}/x",
+                    "--port", "0", *COMMON)
+    _assert_one_line_error(result, "--adapter acme/ghost")
+
+
+def test_busy_grpc_port_is_refused_before_the_model_loads(lora_suite, held_port):
+    result = _serve("--model", str(lora_suite[0]), "--port", str(held_port), *COMMON)
+    _assert_one_line_error(result, str(held_port), "in use")
+
+
+def test_busy_metrics_port(lora_suite, held_port):
+    result = _serve("--model", str(lora_suite[0]), "--port", "0", "--device", "cpu",
+                    "--kv-cache-bytes", str(16 << 20), "--metrics-port", str(held_port))
+    _assert_one_line_error(result, f"--metrics-port {held_port}")
+
+
+def test_serve_without_the_worker_extra_says_which_extra(lora_suite):
+    hide_torch = ("import sys; sys.modules['torch'] = None; "
+                  "from lorafleet.clients.cli import main; sys.exit(main(sys.argv[1:]))")
+    result = subprocess.run([sys.executable, "-c", hide_torch, "serve", "--model",
+                             str(lora_suite[0]), *COMMON], capture_output=True, text=True,
+                            timeout=60)
+    _assert_one_line_error(result, "lorafleet[worker]")
+
+
+def test_sigterm_right_after_serving_on_is_a_graceful_exit(lora_suite):
+    process = subprocess.Popen([*SERVE, "--model", str(lora_suite[0]), "--port", "0", *COMMON],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in process.stdout:
+            if re.search(r"serving on \S+", line):
+                process.send_signal(signal.SIGTERM)
+                break
+        threading.Thread(target=process.stdout.read, daemon=True).start()
+        assert process.wait(60) == 0
+    finally:
+        process.kill()
