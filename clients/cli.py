@@ -19,10 +19,13 @@ SERVER_COMMANDS: dict[str, tuple[str, str]] = {
               "serve a model and its adapters on this machine (no etcd)"),
     "worker": ("lorafleet.dataplane.serve:worker_main",
                "serve a model as a fleet worker that obeys the control plane"),
-    "up": ("lorafleet.dataplane.serve:up_main",
-           "serve a generated demo model and adapters, and print how to call them"),
+    "up": ("lorafleet.dataplane.up.cli:main",
+           "run a whole fleet on this machine (etcd, control plane, workers, gateway) "
+           "with demo adapters, and print how to call it"),
     "gateway": ("lorafleet.dataplane.gateway.cli:main",
                 "route Generate requests to the fleet by the control plane's routing table"),
+    "plan": ("lorafleet.dataplane.plan:main",
+             "size a worker's memory (weights, adapter slots, KV cache) from config.json"),
 }
 
 # Client subcommands: name -> module with `add_arguments(parser)` and `run(args) -> int`.

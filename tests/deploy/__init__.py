@@ -1,0 +1,1 @@
+"""Deployment material and `lorafleet plan`."""
