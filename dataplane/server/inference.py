@@ -11,6 +11,7 @@ from lorafleet.dataplane.engine.outputs import RequestOutput
 from lorafleet.dataplane.engine.request import FinishReason
 from lorafleet.dataplane.server.requests import prompt_of, sampling_of
 from lorafleet.dataplane.server.status import stream_errors
+from lorafleet.dataplane.server.tracing import context_from_metadata
 from lorafleet.dataplane.server.worker import Admitted, Worker
 from lorafleet.inference.v1 import inference_service_pb2 as pb
 from lorafleet.inference.v1 import inference_service_pb2_grpc as pb_grpc
@@ -38,13 +39,19 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         except BaseException:
             self._worker.release(admitted)
             raise
-        async for output in self._worker.generate(admitted, token_ids, params):
+        parent = context_from_metadata(context.invocation_metadata())
+        async for output in self._worker.generate(admitted, token_ids, params,
+                                                  trace_parent=parent):
             if output.new_token_ids or output.text:
                 yield pb.GenerateResponse(delta=_delta(output))
             if output.is_finished:
                 yield pb.GenerateResponse(summary=self._summary(admitted, output))
                 if output.finish_reason is FinishReason.ERROR:
                     await context.abort(grpc.StatusCode.INTERNAL, output.error or "error")
+
+    def count_error(self, code: grpc.StatusCode) -> None:
+        """Counts a Generate that ended with error status `code` (see stream_errors)."""
+        self._worker.metrics.record_rejected(code)
 
     def _summary(self, admitted: Admitted, output: RequestOutput) -> pb.GenerateSummary:
         entry, timings = admitted.entry, output.timings

@@ -59,3 +59,29 @@ class AdapterLabeler:
             self._labelled.discard(quietest)
             self._labelled.add(adapter)
             self._num_labels_used += 1
+
+
+class VersionLabeler:
+    """(adapter, version) label pairs with bounded cardinality. Thread-safe.
+
+    The adapter label is AdapterLabeler's ("base", the name, or "other"). A labelled
+    adapter's version gets its number as label while "tenant/name@N" is among the
+    busiest `max_versions` versions (same promotion rule), else "other"; "base" and
+    "other" adapters have version "".
+    """
+
+    def __init__(self, max_adapters: int = 20, max_versions: int = 40):
+        self.adapters = AdapterLabeler(max_adapters)
+        self.versions = AdapterLabeler(max_versions)
+
+    def observe(self, adapter: str | None, version: int | None) -> tuple[str, str]:
+        """Counts one request for adapter@version and returns its (adapter, version) labels."""
+        name = self.adapters.observe(adapter)
+        if name in (BASE, OTHER) or version is None:
+            return name, ""
+        is_labelled = self.versions.observe(f"{adapter}@{version}") != OTHER
+        return name, str(version) if is_labelled else OTHER
+
+    def label(self, adapter: str | None) -> str:
+        """The current adapter label of `adapter` without counting a request."""
+        return self.adapters.label(adapter)

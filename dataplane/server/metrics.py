@@ -1,126 +1,176 @@
-"""Worker metrics: OpenTelemetry instruments exported on a Prometheus /metrics endpoint.
+"""Worker metrics on the worker's own Prometheus registry, served on /metrics.
 
-Each worker owns its MeterProvider and Prometheus registry (no process globals), so
-several workers can run in one process, as they do in tests.
+prometheus_client directly rather than OpenTelemetry's exporter, for two reasons: every
+series must exist from the start (at zero), histograms included, and OpenTelemetry cannot
+create a histogram before its first observation; and the model-server protocol's series
+(gauges.py) are named with colons, which OpenTelemetry's exporter rewrites. Each worker
+owns its registry (no process globals), so several workers can run in one process, as
+they do in tests. docs/metrics.md lists every series.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 from collections.abc import Callable
 
-from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
-from opentelemetry.sdk.resources import Resource
-from prometheus_client import CollectorRegistry, start_http_server
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
-from lorafleet.dataplane.server.labels import AdapterLabeler
+from lorafleet.dataplane.server.gauges import TIERS, SnapshotGauges
+from lorafleet.dataplane.server.labels import BASE, VersionLabeler
 from lorafleet.dataplane.server.snapshot import EngineSnapshot
 
 # Seconds buckets: tokens on a GPU arrive in milliseconds, CPU and cold loads take seconds.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+FINISH_REASONS = ("stop", "length", "cancelled", "error")
+ADAPTER_LABELS = ("adapter", "version")
+OUTCOMES = ("ok", "failed")
 
 
 @dataclasses.dataclass(frozen=True)
 class FinishedRequest:
-    """What one finished request contributes to the metrics."""
+    """What one finished request contributes to the metrics (times in seconds)."""
 
     adapter: str | None
+    version: int | None
     finish_reason: str
     num_prompt_tokens: int
     num_output_tokens: int
+    queue_seconds: float | None
     time_to_first_token: float | None
     total_seconds: float
+    token_gaps: tuple[float, ...] = ()
+
+
+class TokenClock:
+    """Times the gaps between a request's outputs as its caller receives them."""
+
+    def __init__(self) -> None:
+        self.gaps: list[float] = []
+        self._last: float | None = None
+
+    def tick(self, output) -> None:
+        """Notes one output of the request (outputs without tokens are not counted)."""
+        if not output.new_token_ids:
+            return
+        now = time.monotonic()
+        if self._last is not None:
+            self.gaps.append(now - self._last)
+        self._last = now
 
 
 class WorkerMetrics:
-    """The worker's instruments, fed by the servicers and read by Prometheus."""
+    """The worker's series, fed by the servicers and the adapter cache, read by Prometheus."""
 
     def __init__(self, worker_id: str, *, max_adapter_labels: int = 20):
+        self.worker_id = worker_id
         self.registry = CollectorRegistry()
-        self.labels = AdapterLabeler(max_adapter_labels)
-        self._snapshot: Callable[[], EngineSnapshot | None] = lambda: None
+        self.labels = VersionLabeler(max_adapter_labels, 2 * max_adapter_labels)
+        self.gauges = SnapshotGauges()
+        self.registry.register(self.gauges)
+        self._known: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
         self._http = None
-        reader = PrometheusMetricReader(registry=self.registry, scope_info_enabled=False)
-        self.provider = MeterProvider(
-            metric_readers=[reader], views=_views(),
-            resource=Resource.create({"service.name": "lorafleet-worker", "worker.id": worker_id}),
-        )
-        self._create_instruments(self.provider.get_meter("lorafleet.worker"))
+        self._create_request_series()
+        self._create_adapter_series()
 
-    def _create_instruments(self, meter) -> None:
-        self.requests = meter.create_counter(
-            "lorafleet_requests", description="Finished requests by adapter and finish reason")
-        self.prompt_tokens = meter.create_counter(
-            "lorafleet_prompt_tokens", description="Prompt tokens by adapter")
-        self.output_tokens = meter.create_counter(
-            "lorafleet_generation_tokens", description="Generated tokens by adapter")
-        self.ttft = meter.create_histogram(
-            "lorafleet_time_to_first_token", unit="s", description="Arrival to first token")
-        self.tpot = meter.create_histogram(
-            "lorafleet_time_per_output_token", unit="s",
-            description="Mean time between output tokens after the first")
-        self.e2e = meter.create_histogram(
-            "lorafleet_request_latency", unit="s", description="Arrival to last token")
-        self.adapter_loads = meter.create_counter(
-            "lorafleet_adapter_loads", description="Adapter loads into a tier, by outcome")
-        self.adapter_evictions = meter.create_counter(
-            "lorafleet_adapter_evictions", description="Adapter evictions from a tier")
-        self.load_duration = meter.create_histogram(
-            "lorafleet_adapter_load_duration", unit="s", description="Adapter load time by tier")
-        for name, description, field in (
-            ("lorafleet_queue_depth", "Requests waiting to be scheduled", "num_waiting"),
-            ("lorafleet_running_sequences", "Sequences in the running batch", "num_running"),
-            ("lorafleet_kv_blocks_used", "KV cache blocks in use", "num_used_blocks"),
-            ("lorafleet_kv_blocks_total", "KV cache blocks in all", "num_total_blocks"),
-        ):
-            meter.create_observable_gauge(name, [self._observe(field)], description=description)
-        meter.create_observable_gauge(
-            "lorafleet_resident_adapters", [self._observe_tiers],
-            description="Adapter versions resident per tier")
+    def _create_request_series(self) -> None:
+        registry, by_adapter = self.registry, ADAPTER_LABELS
+        self.requests = Counter("lorafleet_requests", "Finished requests by adapter, version "
+                                "and finish reason", [*by_adapter, "finish_reason"],
+                                registry=registry)
+        self.rejected = Counter("lorafleet_rejected_requests", "Generate requests ended with "
+                                "an error status (refused or failed), by gRPC code", ["code"],
+                                registry=registry)
+        self.prompt_tokens = Counter("lorafleet_prompt_tokens", "Prompt tokens of finished "
+                                     "requests", by_adapter, registry=registry)
+        self.output_tokens = Counter("lorafleet_generation_tokens", "Generated tokens of "
+                                     "finished requests", by_adapter, registry=registry)
+        self.queue_time = Histogram("lorafleet_queue_time_seconds", "Arrival to first "
+                                    "scheduled", by_adapter, registry=registry,
+                                    buckets=LATENCY_BUCKETS)
+        self.ttft = Histogram("lorafleet_time_to_first_token_seconds", "Arrival to first "
+                              "token", by_adapter, registry=registry, buckets=LATENCY_BUCKETS)
+        self.itl = Histogram("lorafleet_inter_token_latency_seconds", "Time between two "
+                             "outputs of a request", by_adapter, registry=registry,
+                             buckets=TOKEN_BUCKETS)
+        self.tpot = Histogram("lorafleet_time_per_output_token_seconds", "Mean time between "
+                              "output tokens after the first, per request", by_adapter,
+                              registry=registry, buckets=TOKEN_BUCKETS)
+        self.e2e = Histogram("lorafleet_request_latency_seconds", "Arrival to last token",
+                             by_adapter, registry=registry, buckets=LATENCY_BUCKETS)
+        self._touch(BASE, "")
+        for code in grpc.StatusCode:
+            if code is not grpc.StatusCode.OK:
+                self.rejected.labels(code.name)
+
+    def _create_adapter_series(self) -> None:
+        registry = self.registry
+        self.adapter_loads = Counter("lorafleet_adapter_loads", "Adapter loads into a tier, "
+                                     "by outcome", ["tier", "outcome"], registry=registry)
+        self.adapter_evictions = Counter("lorafleet_adapter_evictions", "Adapter evictions "
+                                         "from a tier", ["tier"], registry=registry)
+        self.load_duration = Histogram("lorafleet_adapter_load_duration_seconds", "Adapter "
+                                       "load time by tier", ["tier"], registry=registry,
+                                       buckets=LATENCY_BUCKETS)
+        for tier in TIERS:
+            self.adapter_evictions.labels(tier)
+            self.load_duration.labels(tier)
+            for outcome in OUTCOMES:
+                self.adapter_loads.labels(tier, outcome)
+
+    def _touch(self, adapter: str, version: str) -> None:
+        """Creates every series of a new (adapter, version) pair at zero."""
+        with self._lock:
+            if (adapter, version) in self._known:
+                return
+            self._known.add((adapter, version))
+        for reason in FINISH_REASONS:
+            self.requests.labels(adapter, version, reason)
+        for series in (self.prompt_tokens, self.output_tokens, self.queue_time, self.ttft,
+                       self.itl, self.tpot, self.e2e):
+            series.labels(adapter, version)
 
     def observe(self, snapshot: Callable[[], EngineSnapshot | None]) -> None:
         """Reads the gauges from `snapshot()` (the engine thread's latest) at scrape time."""
-        self._snapshot = snapshot
-
-    def _observe(self, field: str):
-        def callback(options: CallbackOptions):
-            snapshot = self._snapshot()
-            if snapshot is not None:
-                yield Observation(getattr(snapshot.stats, field))
-        return callback
-
-    def _observe_tiers(self, options: CallbackOptions):
-        snapshot = self._snapshot()
-        for tier, count in (snapshot.adapter_counts.items() if snapshot else ()):
-            yield Observation(count, {"tier": tier})
+        self.gauges.observe(snapshot)
 
     def record_finished(self, request: FinishedRequest) -> None:
-        """Counts a finished request and its latencies under its adapter's label."""
-        label = {"adapter": self.labels.observe(request.adapter)}
-        self.requests.add(1, {**label, "finish_reason": request.finish_reason})
-        self.prompt_tokens.add(request.num_prompt_tokens, label)
-        self.output_tokens.add(request.num_output_tokens, label)
-        self.e2e.record(request.total_seconds, label)
+        """Counts a finished request and its latencies under its adapter's labels."""
+        key = self.labels.observe(request.adapter, request.version)
+        self._touch(*key)
+        self.requests.labels(*key, request.finish_reason).inc()
+        self.prompt_tokens.labels(*key).inc(request.num_prompt_tokens)
+        self.output_tokens.labels(*key).inc(request.num_output_tokens)
+        self.e2e.labels(*key).observe(request.total_seconds)
+        if request.queue_seconds is not None:
+            self.queue_time.labels(*key).observe(request.queue_seconds)
         if request.time_to_first_token is None:
             return
-        self.ttft.record(request.time_to_first_token, label)
+        self.ttft.labels(*key).observe(request.time_to_first_token)
         if request.num_output_tokens > 1:
             decode = request.total_seconds - request.time_to_first_token
-            self.tpot.record(decode / (request.num_output_tokens - 1), label)
+            self.tpot.labels(*key).observe(decode / (request.num_output_tokens - 1))
+        gaps = self.itl.labels(*key)
+        for gap in request.token_gaps:
+            gaps.observe(gap)
+
+    def record_rejected(self, code: grpc.StatusCode) -> None:
+        """Counts one Generate that ended with error status `code`."""
+        self.rejected.labels(code.name).inc()
 
     def record_load(self, tier: str, seconds: float, is_ok: bool) -> None:
         """Counts one adapter load into `tier` and how long it took."""
-        self.adapter_loads.add(1, {"tier": tier, "outcome": "ok" if is_ok else "failed"})
+        self.adapter_loads.labels(tier, "ok" if is_ok else "failed").inc()
         if is_ok:
-            self.load_duration.record(seconds, {"tier": tier})
+            self.load_duration.labels(tier).observe(seconds)
 
     def record_eviction(self, tier: str) -> None:
         """Counts one adapter eviction from `tier`."""
-        self.adapter_evictions.add(1, {"tier": tier})
+        self.adapter_evictions.labels(tier).inc()
 
     def start_http(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Serves /metrics on host:port (0 picks a free port); returns the bound port."""
@@ -129,20 +179,8 @@ class WorkerMetrics:
         return server.server_port
 
     def close(self) -> None:
-        """Stops the HTTP endpoint and the meter provider."""
+        """Stops the HTTP endpoint."""
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
-        self.provider.shutdown()
-
-
-def _views() -> list[View]:
-    latency = ExplicitBucketHistogramAggregation(LATENCY_BUCKETS)
-    per_token = ExplicitBucketHistogramAggregation(TOKEN_BUCKETS)
-    return [
-        View(instrument_name="lorafleet_time_to_first_token", aggregation=latency),
-        View(instrument_name="lorafleet_request_latency", aggregation=latency),
-        View(instrument_name="lorafleet_adapter_load_duration", aggregation=latency),
-        View(instrument_name="lorafleet_time_per_output_token", aggregation=per_token),
-    ]

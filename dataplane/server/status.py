@@ -1,7 +1,8 @@
 """The one table from worker errors to gRPC status codes, for every worker servicer.
 
 Servicer methods raise domain errors; `rpc_errors` (unary) and `stream_errors` (server
-streaming) abort with the code this table gives the nearest class in the error's MRO.
+streaming) abort with the code this table gives the nearest class in the error's MRO;
+`stream_errors` also reports each code to the servicer's `count_error` (metrics).
 Anything not in the table is a bug: the caller gets INTERNAL with no detail and the
 worker logs the traceback. Messages are cut to a bounded length, so a caller's oversized
 input never comes back at them (nor trips their metadata limits).
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 
 import grpc
 
@@ -88,9 +90,12 @@ def caller_message(error: BaseException) -> str:
     return text
 
 
-async def abort_with(context: grpc.aio.ServicerContext, error: Exception) -> None:
-    """Aborts the RPC with `error`'s status (INTERNAL, logged, for anything unlisted)."""
+async def abort_with(context: grpc.aio.ServicerContext, error: Exception,
+                     count: Callable[[grpc.StatusCode], None] = lambda code: None) -> None:
+    """Aborts the RPC with `error`'s status (INTERNAL, logged, for anything unlisted),
+    after `count(code)`."""
     code = status_of(error)
+    count(code or grpc.StatusCode.INTERNAL)
     if code is None:
         log.exception("unexpected error in %s", type(error).__name__, exc_info=error)
         await context.abort(grpc.StatusCode.INTERNAL, "internal error (see the worker's log)")
@@ -113,7 +118,8 @@ def rpc_errors(method):
 
 
 def stream_errors(method):
-    """Decorates a server-streaming servicer method with the table."""
+    """Decorates a server-streaming servicer method with the table; the servicer's
+    `count_error(code)` sees every status it aborts with."""
 
     @functools.wraps(method)
     async def wrapper(self, request, context):
@@ -123,7 +129,7 @@ def stream_errors(method):
         except Exception as error:  # noqa: BLE001 - every error gets a status
             if _is_abort(error):
                 raise
-            await abort_with(context, error)
+            await abort_with(context, error, self.count_error)
 
     return wrapper
 

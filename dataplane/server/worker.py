@@ -20,7 +20,7 @@ from opentelemetry import trace
 
 from lorafleet.dataplane.engine.outputs import ErrorKind, RequestOutput
 from lorafleet.dataplane.engine.params import SamplingParams
-from lorafleet.dataplane.lora.cache import AdapterSource
+from lorafleet.dataplane.lora.host_cache import AdapterSource
 from lorafleet.dataplane.lora.versions import VersionEntry, VersionState, VersionTable
 from lorafleet.dataplane.server.bridge import EngineBridge
 from lorafleet.dataplane.server.errors import (
@@ -33,7 +33,8 @@ from lorafleet.dataplane.server.errors import (
     QueueFull,
 )
 from lorafleet.dataplane.server.frontend import Frontend
-from lorafleet.dataplane.server.metrics import FinishedRequest, WorkerMetrics
+from lorafleet.dataplane.server.gauges import ServerLimits, model_names
+from lorafleet.dataplane.server.metrics import FinishedRequest, TokenClock, WorkerMetrics
 from lorafleet.dataplane.server.sizes import WorkerSizes
 from lorafleet.dataplane.server.snapshot import EngineSnapshot
 from lorafleet.dataplane.server.tracing import end_request_span, request_span
@@ -66,7 +67,7 @@ class Worker:
                  metrics: WorkerMetrics, options: WorkerOptions, base_model: Any,
                  sizes: WorkerSizes, *, tracer: trace.Tracer):
         self.bridge = bridge
-        self.cache = cache  # the adapter cache: see dataplane/lora/cache.py
+        self.cache = cache  # the host tier: see dataplane/lora/host_cache.py
         self.adapters = adapters  # loads/validates adapter dirs: see dataplane/lora/loading.py
         self.frontend = frontend
         self.metrics = metrics
@@ -78,6 +79,8 @@ class Worker:
         self.is_draining = False
         self._num_in_flight = 0
         self._loads: dict[tuple[str, int], asyncio.Future] = {}
+        metrics.gauges.set_limits(ServerLimits(base_model.name, sizes.max_loras,
+                                               sizes.kv_block_size, sizes.num_kv_blocks))
 
     @property
     def snapshot(self) -> EngineSnapshot:
@@ -106,27 +109,30 @@ class Worker:
         return Admitted(request_id, caller_id or request_id, entry, time.monotonic())
 
     async def generate(self, admitted: Admitted, token_ids: tuple[int, ...],
-                       params: SamplingParams) -> AsyncIterator[RequestOutput]:
-        """Streams the engine's outputs for an admitted request, then unpins it."""
+                       params: SamplingParams, *, trace_parent: Any = None,
+                       ) -> AsyncIterator[RequestOutput]:
+        """Streams the engine's outputs for an admitted request, then unpins it.
+        `trace_parent`: the caller's trace context, continued by the request's span."""
         entry = admitted.entry
         key = entry.digest if entry is not None else None
 
         def add(engine):
             engine.add_request(admitted.request_id, token_ids, params=params, adapter=key)
 
-        last = None
-        span = request_span(self.tracer, admitted.caller_id, entry)
+        last, clock = None, TokenClock()
+        span = request_span(self.tracer, admitted.caller_id, entry, trace_parent)
         try:
             async for output in self.bridge.stream(admitted.request_id, add):
                 last = output
+                clock.tick(output)
                 if output.error_kind is ErrorKind.ADAPTER_LOAD_FAILED:
                     raise AdapterLoadFailed(f"adapter {entry.label if entry else ''} "
                                             f"could not be loaded: {output.error}")
                 yield output
         finally:
             self.release(admitted)
-            self._record(admitted, last)
-            end_request_span(span, last)
+            self._record(admitted, last, clock)
+            end_request_span(self.tracer, span, last)
 
     def release(self, admitted: Admitted) -> None:
         """Ends an admitted request's claim on the queue and its version."""
@@ -134,17 +140,24 @@ class Worker:
         if admitted.entry is not None:
             self.versions.release(admitted.entry)
 
-    def _record(self, admitted: Admitted, last: RequestOutput | None) -> None:
+    def _record(self, admitted: Admitted, last: RequestOutput | None, clock: TokenClock) -> None:
         if last is None:
             return
-        timings = last.timings
+        timings, entry = last.timings, admitted.entry
         reason = last.finish_reason.value if last.finish_reason else "cancelled"
         first = None if timings.first_token is None else timings.first_token - timings.arrival
+        queued = None if timings.first_scheduled is None \
+            else timings.first_scheduled - timings.arrival
         self.metrics.record_finished(FinishedRequest(
-            adapter=admitted.entry.name if admitted.entry else None, finish_reason=reason,
-            num_prompt_tokens=last.usage.num_prompt_tokens,
-            num_output_tokens=last.usage.num_output_tokens,
-            time_to_first_token=first, total_seconds=time.monotonic() - timings.arrival))
+            adapter=entry.name if entry else None, version=entry.version if entry else None,
+            finish_reason=reason, num_prompt_tokens=last.usage.num_prompt_tokens,
+            num_output_tokens=last.usage.num_output_tokens, queue_seconds=queued,
+            time_to_first_token=first, total_seconds=time.monotonic() - timings.arrival,
+            token_gaps=tuple(clock.gaps)))
+
+    def _versions_changed(self) -> None:
+        """Publishes which model names reach each digest (read by /metrics scrapes)."""
+        self.metrics.gauges.set_names(model_names(self.versions))
 
     # -- adapters -----------------------------------------------------------------
 
@@ -164,6 +177,7 @@ class Worker:
             entry = self.versions.get(name, version)
             if make_default:
                 self.versions.add(entry, make_default=True)
+                self._versions_changed()
             return entry
         done = asyncio.get_running_loop().create_future()
         self._loads[(name, entry.version)] = done
@@ -194,13 +208,14 @@ class Worker:
         source = AdapterSource(entry.label, entry.source_uri, loaded.digest)
 
         def place(engine) -> None:  # on the engine thread: the next snapshot shows it
-            self.cache.put_host(source, loaded)
+            self.cache.put(source, loaded)
             if to_device:
-                self.cache.try_install(entry.digest)
+                engine.try_place_adapter(entry.digest)
 
         await self.bridge.call(place)
         entry.state = VersionState.READY
         self.versions.add(entry, make_default=make_default)
+        self._versions_changed()
 
     async def evict_adapter(self, name: str, version: int, *,
                             keep_host: bool) -> list[VersionEntry]:
@@ -218,6 +233,7 @@ class Worker:
             await self._evict_from_cache(entry, keep_host)
             if not keep_host:
                 self.versions.remove(entry)
+        self._versions_changed()
         return targets
 
     async def _evict_from_cache(self, entry: VersionEntry, keep_host: bool) -> None:
@@ -226,8 +242,14 @@ class Worker:
         shared = any(e is not entry and e.digest == entry.digest for e in self.versions.entries())
         if shared and not keep_host:
             return  # another name@version has the same weights and still uses them
-        while not await self.bridge.call(
-                lambda engine: self.cache.evict(entry.digest, keep_host=keep_host)):
+        def evict(engine) -> bool:
+            if not engine.try_evict_adapter(entry.digest):
+                return False
+            if not keep_host:
+                self.cache.drop(entry.digest)
+            return True
+
+        while not await self.bridge.call(evict):
             await asyncio.sleep(0.01)  # a running request still uses the slot
 
     async def validate_adapter(self, source_uri: str):

@@ -29,11 +29,14 @@ def test_grpcurl_lists_describes_and_streams_generate(served):
 
 
 SERIES = [
-    'lorafleet_requests_total{adapter="acme/qv8",finish_reason="length"}',
-    'lorafleet_requests_total{adapter="base"',
-    'lorafleet_prompt_tokens_total{adapter="acme/qv8"}',
-    'lorafleet_generation_tokens_total{adapter="acme/qv8"}',
+    'lorafleet_requests_total{adapter="acme/qv8",finish_reason="length",version="1"}',
+    'lorafleet_requests_total{adapter="base",finish_reason="length",version=""}',
+    'lorafleet_prompt_tokens_total{adapter="acme/qv8",version="1"}',
+    'lorafleet_generation_tokens_total{adapter="acme/qv8",version="1"}',
+    'lorafleet_rejected_requests_total{code="NOT_FOUND"}',
+    "lorafleet_queue_time_seconds_bucket",
     "lorafleet_time_to_first_token_seconds_bucket",
+    "lorafleet_inter_token_latency_seconds_bucket",
     "lorafleet_time_per_output_token_seconds_bucket",
     "lorafleet_request_latency_seconds_bucket",
     "lorafleet_queue_depth",
@@ -46,6 +49,8 @@ SERIES = [
     'lorafleet_adapter_evictions_total{tier="device"}',
     'lorafleet_resident_adapters{tier="device"}',
     'lorafleet_resident_adapters{tier="host"}',
+    "vllm:num_requests_waiting",
+    "vllm:lora_requests_info",
 ]
 
 
@@ -58,4 +63,5 @@ def test_metrics_expose_every_series_after_traffic(served):
         text = response.read().decode()
     missing = [s for s in SERIES if s not in text]
     assert missing == []
-    assert 'lorafleet_request_latency_seconds_bucket{adapter="acme/qv8",le="30"' in text  # seconds-scale buckets
+    # seconds-scale buckets
+    assert 'lorafleet_request_latency_seconds_bucket{adapter="acme/qv8",le="30.0",version="1"}' in text
