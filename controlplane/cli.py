@@ -38,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds between full reconcile passes (default %(default)s)")
     parser.add_argument("--demand-per-replica", type=float, default=4.0, metavar="N",
                         help="in-flight requests per replica before another is placed (default %(default)s)")
+    parser.add_argument("--metrics-port", type=int, default=None, metavar="N",
+                        help="serve Prometheus /metrics on this port (leadership, reconcile "
+                             "passes, workers and versions by state, etcd latency); 0 picks "
+                             "a free one (default: off)")
     parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
     return parser
 
@@ -53,6 +57,7 @@ def config_from_args(args: argparse.Namespace) -> ControlPlaneConfig:
         election_ttl_seconds=args.election_ttl,
         resync_seconds=args.resync,
         demand_per_replica=args.demand_per_replica,
+        metrics_port=args.metrics_port,
     )
 
 
@@ -62,6 +67,8 @@ async def serve(config: ControlPlaneConfig) -> None:
     port = await plane.start()
     host = config.address.rpartition(":")[0]
     print(f"lorafleet controlplane {config.replica_id} listening on {host}:{port}", flush=True)
+    if plane.metrics_port is not None:
+        print(f"  metrics: http://{host}:{plane.metrics_port}/metrics", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -56,13 +56,15 @@ class FleetRegistry:
         lease_id = await self._renewed_lease(key, worker)
         try:
             await self.store.call(
-                lambda: self.store.client.put(key.encode(), record.SerializeToString(), lease=lease_id)
+                lambda: self.store.client.put(key.encode(), record.SerializeToString(), lease=lease_id),
+                "put",
             )
         except aetcd.exceptions.ClientError:
             # The lease expired between renewal and write: start a fresh one.
             lease_id = await self.store.grant_lease(self.lease_ttl_seconds)
             await self.store.call(
-                lambda: self.store.client.put(key.encode(), record.SerializeToString(), lease=lease_id)
+                lambda: self.store.client.put(key.encode(), record.SerializeToString(), lease=lease_id),
+                "put",
             )
         return await self.store.get(self.keys.drain(worker.worker_id)) is not None
 
@@ -94,7 +96,8 @@ class FleetRegistry:
         if found is None:
             raise NotFound(f"worker {worker_id!r} not found")
         drain_key = self.keys.drain(worker_id).encode()
-        await self.store.call(lambda: self.store.client.put(drain_key, b"", lease=found[1].lease))
+        await self.store.call(
+            lambda: self.store.client.put(drain_key, b"", lease=found[1].lease), "put")
         worker = fleet_pb.Worker.FromString(found[0])
         worker.is_draining = True
         return worker

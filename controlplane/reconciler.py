@@ -21,6 +21,7 @@ import grpc
 
 from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
 from lorafleet.controlplane.election import LeaderElection
+from lorafleet.controlplane.metrics import ControlPlaneMetrics
 from lorafleet.controlplane.placement import PlacementPolicy
 from lorafleet.controlplane.planning import (
     Eviction,
@@ -54,8 +55,10 @@ class Reconciler:
     """Drives workers towards the desired placement; one instance per leadership term."""
 
     def __init__(self, store: EtcdStore, clients: WorkerClients, validator: VersionValidator,
-                 election: LeaderElection, config: ReconcilerConfig | None = None):
+                 election: LeaderElection, config: ReconcilerConfig | None = None,
+                 metrics: ControlPlaneMetrics | None = None):
         self.store = store
+        self.metrics = metrics or store.metrics
         self.clients = clients
         self.validator = validator
         self.election = election
@@ -96,19 +99,27 @@ class Reconciler:
 
     async def reconcile_once(self) -> bool:
         """One level-based pass; returns whether it changed anything (worth a re-pass)."""
+        with self.metrics.reconcile_pass():
+            return await self._reconcile()
+
+    async def _reconcile(self) -> bool:
         snapshot = await self.store.snapshot()
         if await self.validator.validate_pending(snapshot):
             snapshot = await self.store.snapshot()
         desired = desired_placement(snapshot, self.config.policy)
         wrote = await write_placement(self.store, self.election.fence(), snapshot, desired)
         residency = await fetch_residency(self.clients, snapshot)
-        loads = [a for a in plan_loads(snapshot, desired, residency) if self.backoff.is_due(a)]
-        evictions = [
-            a for a in plan_evictions(snapshot, desired, residency) if self.backoff.is_due(a)
-        ]
+        planned_loads = plan_loads(snapshot, desired, residency)
+        planned_evictions = plan_evictions(snapshot, desired, residency)
+        loads = [a for a in planned_loads if self.backoff.is_due(a)]
+        evictions = [a for a in planned_evictions if self.backoff.is_due(a)]
         results = await asyncio.gather(
             *(self._load(snapshot, a) for a in loads), *(self._evict(a) for a in evictions)
         )
+        # Pending: planned, not done (waiting for backoff, or deferred just now).
+        self.metrics.record_fleet(snapshot, desired, {
+            "load": len(planned_loads) - sum(results[:len(loads)]),
+            "evict": len(planned_evictions) - sum(results[len(loads):])})
         return wrote or any(results)
 
     async def _load(self, snapshot: Snapshot, load: Load) -> bool:
@@ -122,12 +133,15 @@ class Reconciler:
                                         timeout=self.config.load_timeout_seconds)
         except grpc.aio.AioRpcError as error:
             if error.code() in TRANSIENT_CODES:
+                self.metrics.record_action("load", "deferred")
                 self.backoff.failed(load)
                 log.info("load %s@%d on %s deferred: %s", load.adapter, load.version,
                          load.worker_id, error.details())
                 return False
+            self.metrics.record_action("load", "refused")
             await self._record_failure(snapshot, load, error)
             return True
+        self.metrics.record_action("load", "ok")
         self.backoff.succeeded(load)
         return True
 
@@ -152,10 +166,12 @@ class Reconciler:
                 await self.clients.call(eviction.address, "EvictAdapter", request)
         except grpc.aio.AioRpcError as error:
             if error.code() != grpc.StatusCode.NOT_FOUND:
+                self.metrics.record_action("evict", "deferred")
                 self.backoff.failed(eviction)
                 log.info("evict %s@%d on %s deferred: %s", eviction.adapter, eviction.version,
                          eviction.worker_id, error.details())
                 return False
+        self.metrics.record_action("evict", "ok")
         self.backoff.succeeded(eviction)
         return True
 

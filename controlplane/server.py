@@ -25,6 +25,7 @@ from lorafleet.controlplane.api_adapters import AdapterServicer
 from lorafleet.controlplane.api_fleet import FleetServicer
 from lorafleet.controlplane.election import LeaderElection
 from lorafleet.controlplane.fleet import FleetRegistry
+from lorafleet.controlplane.metrics import ControlPlaneMetrics
 from lorafleet.controlplane.placement import PlacementPolicy
 from lorafleet.controlplane.reconciler import Reconciler, ReconcilerConfig
 from lorafleet.controlplane.registry import AdapterRegistry
@@ -33,6 +34,7 @@ from lorafleet.controlplane.schema import DEFAULT_ROOT
 from lorafleet.controlplane.store import EtcdStore, RetryPolicy
 from lorafleet.controlplane.validation import VersionValidator
 from lorafleet.controlplane.worker_client import CallPolicy, WorkerClients
+from lorafleet.startup import StartupError
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ class ControlPlaneConfig:
     load_timeout_seconds: float = 60.0
     demand_per_replica: float = 4.0
     etcd_give_up_seconds: float = 30.0
+    metrics_port: int | None = None  # Prometheus /metrics on the gRPC host; 0: a free port
 
 
 class ControlPlane:
@@ -59,8 +62,11 @@ class ControlPlane:
 
     def __init__(self, config: ControlPlaneConfig):
         self.config = config
+        self.metrics = ControlPlaneMetrics(lambda: self.is_leader)
+        self.metrics_port: int | None = None
         self.store = EtcdStore(config.etcd_url, config.root,
-                               RetryPolicy(give_up_seconds=config.etcd_give_up_seconds))
+                               RetryPolicy(give_up_seconds=config.etcd_give_up_seconds),
+                               self.metrics)
         self.clients = WorkerClients(CallPolicy(timeout_seconds=config.worker_timeout_seconds))
         self.validator = VersionValidator(self.store, self.clients)
         self.registry = AdapterRegistry(self.store, self.validator)
@@ -85,8 +91,19 @@ class ControlPlane:
             ),
         ]
         self._server = await rpcserver.start_server(bindings, self.config.address)
+        if self.config.metrics_port is not None:
+            await self._start_metrics(self.config.metrics_port)
         self._leading = asyncio.create_task(self._lead_forever())
         return self._server.port
+
+    async def _start_metrics(self, port: int) -> None:
+        host = self.config.address.rpartition(":")[0]
+        try:
+            self.metrics_port = self.metrics.start_http(host, port)
+        except OSError as exc:
+            await self._server.stop(0)
+            raise StartupError(f"--metrics-port {port}: cannot listen on {host}:{port} "
+                               f"({exc.strerror or exc})") from exc
 
     @property
     def port(self) -> int:
@@ -105,6 +122,7 @@ class ControlPlane:
             await self._server.stop(grace_seconds)
         await self.clients.close()
         await self.store.close()
+        self.metrics.close()
 
     async def _lead_forever(self) -> None:
         while True:
@@ -118,6 +136,7 @@ class ControlPlane:
                 await self._lead(lease_id)
             finally:
                 self.is_leader = False
+                self.metrics.clear_fleet()
                 # Shielded so a stop() still hands leadership over at once.
                 await asyncio.shield(self.election.resign(lease_id))
 
@@ -130,6 +149,7 @@ class ControlPlane:
                 load_timeout_seconds=self.config.load_timeout_seconds,
                 policy=PlacementPolicy(self.config.demand_per_replica),
             ),
+            self.metrics,
         )
         reconciling = asyncio.create_task(reconciler.run())
         holding = asyncio.create_task(self.election.hold(lease_id))

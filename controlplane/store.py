@@ -19,6 +19,7 @@ import aetcd
 import aetcd.exceptions
 import aetcd.utils
 
+from lorafleet.controlplane.metrics import ControlPlaneMetrics
 from lorafleet.controlplane.schema import DEFAULT_ROOT, Keys, Snapshot, decode_into
 
 log = logging.getLogger(__name__)
@@ -65,11 +66,13 @@ def parse_endpoint(url: str) -> tuple[str, int]:
 class EtcdStore:
     """One aetcd client plus the schema's keys; every method retries connection errors."""
 
-    def __init__(self, url: str, root: str = DEFAULT_ROOT, retry: RetryPolicy | None = None):
+    def __init__(self, url: str, root: str = DEFAULT_ROOT, retry: RetryPolicy | None = None,
+                 metrics: ControlPlaneMetrics | None = None):
         if not root.startswith("/") or not root.endswith("/"):
             raise ValueError(f"etcd root {root!r} must start and end with '/'")
         self.keys = Keys(root)
         self.retry = retry or RetryPolicy()
+        self.metrics = metrics or ControlPlaneMetrics()  # request latency and errors
         host, port = parse_endpoint(url)
         self.client = aetcd.Client(
             host=host,
@@ -96,14 +99,16 @@ class EtcdStore:
             # the process is shutting down, so leaving the channel to the collector is fine.
             log.warning("etcd client did not close within %.1fs", timeout_seconds)
 
-    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """Runs `fn()` (one etcd call), retrying connection errors with backoff."""
+    async def call(self, fn: Callable[[], Awaitable[T]], op: str = "get") -> T:
+        """Runs `fn()` (one etcd call, `op` in metrics), retrying connection errors with
+        backoff."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.retry.give_up_seconds
         delays = self.retry.delays()
         while True:
             try:
-                return await fn()
+                with self.metrics.etcd_request(op):
+                    return await fn()
             except RETRYABLE as error:
                 delay = next(delays)
                 if loop.time() + delay > deadline:
@@ -118,7 +123,7 @@ class EtcdStore:
 
     async def get_prefix(self, prefix: str) -> tuple[dict[str, bytes], int]:
         """Every key under `prefix` with its value, and the revision they were read at."""
-        found = await self.call(lambda: self.client.get_prefix(prefix.encode()))
+        found = await self.call(lambda: self.client.get_prefix(prefix.encode()), "range")
         return {kv.key.decode(): kv.value for kv in found}, found.header.revision
 
     async def snapshot(self) -> Snapshot:
@@ -129,7 +134,8 @@ class EtcdStore:
     async def commit(self, compare: Sequence[Any], success: Sequence[Any]) -> bool:
         """Applies `success` in one transaction if every `compare` holds; returns whether."""
         succeeded, _ = await self.call(
-            lambda: self.client.transaction(compare=list(compare), success=list(success), failure=[])
+            lambda: self.client.transaction(compare=list(compare), success=list(success), failure=[]),
+            "txn",
         )
         return succeeded
 
@@ -140,17 +146,17 @@ class EtcdStore:
 
     async def grant_lease(self, ttl_seconds: int) -> int:
         """A new lease's id."""
-        lease = await self.call(lambda: self.client.lease(ttl_seconds))
+        lease = await self.call(lambda: self.client.lease(ttl_seconds), "lease_grant")
         return lease.id
 
     async def try_refresh_lease(self, lease_id: int) -> bool:
         """Renews a lease; False when it has already expired."""
-        reply = await self.call(lambda: self.client.refresh_lease(lease_id))
+        reply = await self.call(lambda: self.client.refresh_lease(lease_id), "lease_keepalive")
         return reply is not None and reply.TTL > 0
 
     async def revoke_lease(self, lease_id: int) -> None:
         """Ends a lease now, deleting its keys."""
-        await self.call(lambda: self.client.revoke_lease(lease_id))
+        await self.call(lambda: self.client.revoke_lease(lease_id), "lease_revoke")
 
     async def watch_snapshots(self) -> AsyncIterator[Snapshot]:
         """Snapshots of the root: one at a listed revision, then one per change after it.
