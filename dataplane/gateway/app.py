@@ -39,6 +39,7 @@ class GatewayConfig:
     backoff_first_seconds: float = 0.1
     backoff_cap_seconds: float = 5.0
     seed: int | None = None  # fixes the random draws (tests)
+    otlp_endpoint: str | None = None  # host:port of an OTLP/gRPC collector for spans
 
 
 @dataclasses.dataclass
@@ -89,7 +90,8 @@ async def start_gateway(config: GatewayConfig) -> RunningGateway:
     follower = TableFollower(
         config.controlplanes, base_model=config.base_model, on_change=on_change,
         backoff=Backoff(config.backoff_first_seconds, config.backoff_cap_seconds, rng))
-    metrics = GatewayMetrics(follower.age_seconds, lambda: follower.is_connected)
+    metrics = GatewayMetrics(follower.age_seconds, lambda: follower.is_connected,
+                             otlp_endpoint=config.otlp_endpoint)
     router = Router(lambda: follower.table, base_model=config.base_model, rng=rng)
     servicer = GatewayServicer(router, channels, loads, metrics)
     server = await start_server([

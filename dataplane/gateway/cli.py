@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="route only adapters and workers of this base model; requests "
                              "without an adapter go to it (default: every base model; "
                              "needed for such requests when the fleet serves several)")
+    parser.add_argument("--otlp-endpoint", default=None, metavar="HOST:PORT",
+                        help="export a tracing span per request to this OTLP/gRPC collector, "
+                             "continuing the caller's W3C traceparent and passing it to the "
+                             "worker (needs the otlp extra; default: off)")
     parser.add_argument("--load-timeout", type=float, default=120.0, metavar="S",
                         help="longest an on-demand adapter load may take (default %(default)s)")
     parser.add_argument("--grace-seconds", type=float, default=30.0,
@@ -54,7 +58,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         controlplanes=controlplanes, host=args.host, port=args.port,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
         http_port=args.http_port, base_model=args.base_model,
-        load_timeout_seconds=args.load_timeout)
+        load_timeout_seconds=args.load_timeout, otlp_endpoint=args.otlp_endpoint)
 
 
 async def serve(config: GatewayConfig, grace_seconds: float) -> None:

@@ -1,7 +1,9 @@
-"""Gateway metrics on their own Prometheus registry, served on /metrics.
+"""Gateway metrics on their own Prometheus registry, served on /metrics, and its tracer.
 
 Every series exists from the start (labelled counters at zero), so a dashboard or an alert
-sees 0 rather than "no data" before the first request.
+sees 0 rather than "no data" before the first request. With an OTLP endpoint, each
+Generate is a span that continues the caller's W3C trace context and is passed on to the
+worker (see dataplane/server/tracing.py); without one the tracer is a no-op.
 """
 
 from __future__ import annotations
@@ -12,12 +14,18 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from lorafleet.dataplane.gateway.picking import PICKS
+from lorafleet.dataplane.server.tracing import make_tracer_provider, tracer_of
 
 
 class GatewayMetrics:
-    """The gateway's instruments; `age` and `is_connected` are read at scrape time."""
+    """The gateway's instruments; `age` and `is_connected` are read at scrape time. Spans
+    go to `otlp_endpoint` (host:port of an OTLP/gRPC collector) when one is given."""
 
-    def __init__(self, age: Callable[[], float], is_connected: Callable[[], bool]):
+    def __init__(self, age: Callable[[], float], is_connected: Callable[[], bool], *,
+                 otlp_endpoint: str | None = None, instance_id: str = "gateway"):
+        self._tracer_provider = make_tracer_provider(otlp_endpoint, instance_id,
+                                                     service="lorafleet-gateway")
+        self.tracer = tracer_of(self._tracer_provider, "lorafleet.gateway")
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "lorafleet_gateway_requests", "Generate requests by final gRPC status code",
@@ -51,8 +59,11 @@ class GatewayMetrics:
         return server.server_port
 
     def close(self) -> None:
-        """Stops the HTTP endpoint."""
+        """Stops the HTTP endpoint and flushes the spans not yet exported."""
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+        if self._tracer_provider is not None:
+            self._tracer_provider.shutdown()
+            self._tracer_provider = None

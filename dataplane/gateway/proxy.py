@@ -4,7 +4,9 @@ The caller's deadline and `authorization` metadata go to the worker; cancelling 
 cancels the worker's. A failure before the first message reaches the caller (the worker is
 gone, refuses connections or is shutting down: UNAVAILABLE) is retried once on another
 worker; after a message was sent, the stream ends with the worker's status code and
-details. The worker's messages, summary included, are passed through untouched.
+details. The worker's messages, summary included, are passed through untouched. Each
+request is one span that continues the caller's W3C trace context; the worker's span
+continues it in turn (see dataplane/server/tracing.py).
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import dataclasses
 import logging
 
 import grpc
+from opentelemetry import trace
 
 from lorafleet.dataplane.gateway.metrics import GatewayMetrics
 from lorafleet.dataplane.gateway.picking import Candidate
 from lorafleet.dataplane.gateway.router import Resolved, RouteError, Router
 from lorafleet.dataplane.gateway.upstream import OnDemandLoads, UpstreamError, WorkerChannels
+from lorafleet.dataplane.server.tracing import context_from_metadata, trace_metadata
 from lorafleet.inference.v1 import inference_service_pb2 as pb
 from lorafleet.inference.v1 import inference_service_pb2_grpc as pb_grpc
 
@@ -48,7 +52,11 @@ class GatewayServicer(pb_grpc.InferenceServiceServicer):
         self._metrics = metrics
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
-        upstream = _Upstream()
+        upstream = _Upstream(self._metrics.tracer.start_span(
+            "lorafleet.gateway.Generate", kind=trace.SpanKind.SERVER,
+            context=context_from_metadata(context.invocation_metadata()),
+            attributes={"lorafleet.request_id": request.request_id[:128],
+                        "lorafleet.adapter": request.adapter[:128]}))
         # The RPC's end (the caller cancels, its deadline passes) cancels the worker's call
         # at once, even while this generator waits at a `yield` and never sees the cancel.
         context.add_done_callback(lambda _: upstream.cancel())
@@ -62,6 +70,8 @@ class GatewayServicer(pb_grpc.InferenceServiceServicer):
             code = code or _interrupted(context)
             self._metrics.outstanding.dec()
             self._metrics.requests.labels(code.name).inc()
+            upstream.span.set_attribute("rpc.grpc.status_code", code.value[0])
+            upstream.span.end()
         if code != OK:
             await context.abort(code, upstream.outcome.details)
 
@@ -102,6 +112,8 @@ class GatewayServicer(pb_grpc.InferenceServiceServicer):
                        upstream: _Upstream):
         """Streams one worker's answer; leaves how it ended in `upstream.outcome`."""
         self._channels.acquire(target.address)
+        upstream.span.add_event("attempt", {"lorafleet.worker_id": target.worker_id,
+                                            "lorafleet.adapter_version": resolved.reference})
         num_sent, has_summary = 0, False
         try:
             if target.needs_load:
@@ -111,7 +123,8 @@ class GatewayServicer(pb_grpc.InferenceServiceServicer):
             forwarded.CopyFrom(request)
             forwarded.adapter = resolved.reference
             upstream.call = self._channels.inference(target.address).Generate(
-                forwarded, timeout=_remaining(context), metadata=_forwarded(context))
+                forwarded, timeout=_remaining(context),
+                metadata=_forwarded(context) + trace_metadata(upstream.span))
             async for message in upstream.call:
                 num_sent += 1
                 has_summary = message.HasField("summary")
@@ -135,9 +148,10 @@ class GatewayServicer(pb_grpc.InferenceServiceServicer):
 
 
 class _Upstream:
-    """The worker call a request is on now, and how its last attempt ended."""
+    """The worker call a request is on now, how its last attempt ended, and its span."""
 
-    def __init__(self) -> None:
+    def __init__(self, span: trace.Span) -> None:
+        self.span = span  # the request's span, ended with the request
         self.call: grpc.aio.UnaryStreamCall | None = None
         self.outcome: Outcome | None = None
 
