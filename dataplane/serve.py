@@ -1,4 +1,4 @@
-"""`lorafleet serve` (one worker, no etcd) and `lorafleet up` (the same on a demo)."""
+"""`lorafleet serve` (one worker, no etcd) and `lorafleet worker` (one worker of a fleet)."""
 
 from __future__ import annotations
 
@@ -21,13 +21,6 @@ Serve one base model and its LoRA adapters from this machine: streaming
 InferenceService.Generate and WorkerService (load/evict/list adapters) on one gRPC port,
 Prometheus metrics on another. No control plane or etcd is needed."""
 
-UP_DESCRIPTION = """\
-Generate a small demo checkpoint and three demo adapters (random weights: the text is not
-meaningful) under --demo-dir, serve them like `lorafleet serve`, and print commands that
-stream a completion from each adapter. Takes every `serve` option; --model replaces the
-demo model (and its adapters) with yours."""
-
-
 def _adapter_arg(text: str) -> tuple[str, str]:
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
@@ -36,7 +29,7 @@ def _adapter_arg(text: str) -> tuple[str, str]:
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser, *, model_required: bool) -> None:
-    """The options shared by `serve`, `up` and `worker`."""
+    """The options shared by `serve` and `worker`."""
     parser.add_argument("--model", type=pathlib.Path, required=model_required,
                         help="Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json)")
     parser.add_argument("--model-name", help="name reported for the base model (default: the directory name)")
@@ -177,36 +170,6 @@ def worker_main(argv: list[str] | None = None) -> int:
     return _run("lorafleet worker", args)
 
 
-def up_main(argv: list[str] | None = None) -> int:
-    """`lorafleet up`: serve the generated demo (or --model) and print how to call it."""
-    parser = argparse.ArgumentParser(prog="lorafleet up", description=UP_DESCRIPTION)
-    add_serve_arguments(parser, model_required=False)
-    parser.add_argument("--demo-dir", type=pathlib.Path, default=pathlib.Path("demo"),
-                        help="where the demo checkpoint and adapters are written (default ./%(default)s)")
-    args = parser.parse_args(argv)
-    if args.model is None:
-        from lorafleet.dataplane.demo import ensure_demo
-
-        print(f"writing the demo model and adapters under {args.demo_dir}/ ...", flush=True)
-        args.model, demo_adapters = ensure_demo(args.demo_dir)
-        args.adapter = [(name, str(path)) for name, path in demo_adapters.items()] + args.adapter
-    return _run("lorafleet up", args, on_ready=lambda running: _print_examples(running, args))
-
-
 def _run(prog: str, args: argparse.Namespace, on_ready=None) -> int:
     """Serves until a signal; start-up mistakes are one line and exit status 2."""
     return run(prog, lambda stopper: serve(args, stopper, on_ready), log_level=args.log_level)
-
-
-def _print_examples(running, args) -> None:
-    grpcurl = pathlib.Path(sys.executable).parent / "grpcurl"
-    lorafleet = pathlib.Path(sys.executable).parent / "lorafleet"
-    print("\nTry it (Ctrl-C stops the worker):", flush=True)
-    for name in [None] + [name for name, _ in args.adapter]:
-        body = '{"adapter": "%s", "text": "Hello", "sampling": {"max_tokens": 16, "temperature": 0}}' % (name or "")
-        print(f"  {grpcurl} -plaintext -d '{body}' {running.address} "
-              "lorafleet.inference.v1.InferenceService/Generate")
-        adapter = f" --adapter {name}" if name else ""
-        print(f"  {lorafleet} generate --addr {running.address}{adapter} 'Hello'")
-    print(f"  {grpcurl} -plaintext {running.address} lorafleet.worker.v1.WorkerService/ListAdapters\n",
-          flush=True)

@@ -1,0 +1,105 @@
+"""One `lorafleet up` session: start the fleet, register and show the adapters, serve
+until a signal (or until a part dies), then stop every child in order."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+
+from lorafleet.dataplane.up import fleet, register, showcase
+from lorafleet.dataplane.up.children import Child, Children, died_at_start
+from lorafleet.startup import EXIT_FATAL, EXIT_OK, Stopper
+
+
+@dataclasses.dataclass(frozen=True)
+class Stopped:
+    """A stop was asked for (SIGINT or SIGTERM)."""
+
+
+async def up(args: argparse.Namespace, stopper: Stopper) -> int:
+    """Runs the session; returns the exit status. Every child is stopped on the way out,
+    whatever happened."""
+    children = Children(args.data_dir / "logs")
+    try:
+        outcome = await _race(start(args, children), stopper, children)
+        if isinstance(outcome, Child):
+            raise died_at_start(outcome)
+        if isinstance(outcome, Stopped):
+            return EXIT_OK
+        outcome = await _race(asyncio.Event().wait(), stopper, children)
+        if isinstance(outcome, Child):
+            print(f"{outcome.name} exited with status {outcome.process.returncode} "
+                  f"(see {outcome.log_path}); stopping the rest", flush=True)
+            return EXIT_FATAL
+        return EXIT_OK
+    finally:
+        if children.started:
+            print("stopping: gateway, workers, control plane, etcd ...", flush=True)
+            await children.stop_all(fleet.stop_order(args.workers))
+            print("stopped", flush=True)
+
+
+async def _race(work, stopper: Stopper, children: Children):
+    """`work`'s result, or Stopped, or the first service child that exited, whichever
+    comes first; the others are cancelled."""
+    tasks = [asyncio.ensure_future(work), asyncio.ensure_future(stopper.wait()),
+             asyncio.ensure_future(children.first_exit())]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        # A cancelled start-up must end before its children are stopped.
+        await asyncio.gather(*tasks, return_exceptions=True)
+    if tasks[0] in done:
+        return tasks[0].result()
+    return Stopped() if tasks[1] in done else tasks[2].result()
+
+
+async def start(args: argparse.Namespace, children: Children) -> None:
+    """Starts every part, registers the adapters, and shows them answering."""
+    ports = fleet.plan_ports(args)
+    print(f"starting lorafleet: logs in {children.log_dir}/", flush=True)
+    model_task = asyncio.ensure_future(fleet.prepare_model(children, args))
+    try:
+        etcd_url = await fleet.start_etcd(children, ports, args.data_dir)
+        controlplane = await fleet.start_controlplane(children, ports, etcd_url, args.log_level)
+        gateway = await fleet.spawn_gateway(children, ports, controlplane, args.log_level)
+        model = await model_task
+    finally:
+        model_task.cancel()
+    print(f"model: {model['label']}, {model['model_dir']}", flush=True)
+    workers = await fleet.spawn_workers(children, ports, controlplane, model, args)
+    gateway_address, http_url = ports.address(ports.gateway), f"http://{ports.address(ports.http)}/v1"
+    await asyncio.gather(
+        fleet.wait_ready(gateway, gateway_address, fleet.GATEWAY_TIMEOUT),
+        *(fleet.wait_ready(w, ports.address(p), fleet.WORKER_TIMEOUT)
+          for w, p in zip(workers, ports.workers, strict=True)))
+    base_model = await register.base_model_of_workers(controlplane, args.workers)
+    plan = register.plan_adapters(model["adapters"], with_style=args.model is None)
+    await _register_and_place(controlplane, base_model, plan, http_url)
+    names = [adapter.name for adapter in plan]
+    answers = await showcase.ask_everyone(gateway_address, names)
+    rollout = next((a.name for a in plan if len(a.sources) > 1), None)
+    showcase.print_answers(gateway_address, answers, rollout)
+    for line in showcase.commands(gateway_address, http_url, controlplane, base_model, names,
+                                  rollout):
+        print(line)
+    print(f"\nlorafleet is up: gateway {gateway_address}, OpenAI HTTP {http_url}, control "
+          f"plane {controlplane}, {args.workers} worker(s) of {base_model}; logs in "
+          f"{children.log_dir}/. Ctrl-C stops everything.", flush=True)
+
+
+async def _register_and_place(controlplane: str, base_model: str,
+                              plan: list[register.PlannedAdapter], http_url: str) -> None:
+    """Registers `plan`, waits until every version is resident and routed, says where."""
+    await register.register(controlplane, base_model, plan)
+    placed = await register.wait_placed(controlplane, plan)
+    await register.wait_routed(http_url, [adapter.name for adapter in plan])
+    print(f"adapters of {base_model}, placed and routed:", flush=True)
+    for adapter in plan:
+        for n, (ref, weight) in enumerate(zip(adapter.versions, adapter.weights, strict=True)):
+            origin = f", weights of {adapter.source_names[n]}" if adapter.source_names else ""
+            print(f"  {ref:<16} {weight:>3}% of {adapter.name}{origin}; on "
+                  f"{', '.join(placed[ref])}", flush=True)

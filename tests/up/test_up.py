@@ -1,0 +1,158 @@
+"""`lorafleet up` as a user runs it: the whole fleet as child processes, the commands it
+prints work as printed, and nothing it started outlives it (after SIGTERM, and after a
+start-up that fails)."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+from openai import OpenAI
+
+from lorafleet.dataplane.up.children import STOP_GRACE_SECONDS
+from tests.up.processes import is_listening, marked_env, marked_pids
+
+UP = [sys.executable, "-m", "lorafleet.clients.cli", "up"]
+FREE_PORTS = ["--controlplane-port", "0", "--gateway-port", "0", "--http-port", "0"]
+SMALL = ["--random-model", "--workers", "1", "--kv-cache-bytes", str(64 << 20), *FREE_PORTS]
+READY_LINE = "lorafleet is up"
+
+
+class Up:
+    """A running `lorafleet up`, its output collected line by line as it comes."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]):
+        self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True, env=env)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, text: str, timeout: float) -> None:
+        """Waits until a printed line contains `text`."""
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.process.kill()
+                pytest.fail(f"no {text!r} from lorafleet up; stdout:\n" + "\n".join(self.lines)
+                            + "\nstderr:\n" + self.process.stderr.read())
+            time.sleep(0.1)
+
+    def printed(self, pattern: str) -> list[str]:
+        """Every printed line matching `pattern` (stripped)."""
+        return [line.strip() for line in self.lines if re.search(pattern, line)]
+
+
+@pytest.fixture
+def up(tmp_path):
+    """`lorafleet up` on the random model with one worker; killed if a test leaves it."""
+    env, mark = marked_env()
+    running = Up([*UP, *SMALL, "--data-dir", str(tmp_path / "data")], env)
+    running.mark = mark
+    yield running
+    if running.process.poll() is None:
+        running.process.kill()
+
+
+def _paste(command: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Runs a printed command line through the shell, as a user pasting it would."""
+    return subprocess.run(command, shell=True, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def test_up_serves_through_the_gateway_and_leaves_nothing_after_sigterm(up):
+    up.wait_for(READY_LINE, timeout=150)
+    started = marked_pids(up.mark)
+    # etcd, the control plane, a worker and a gateway, each its own process.
+    assert len(started) >= 4
+    addresses = [m.group(1) for line in up.lines
+                 if (m := re.search(r" ready on (\S+) \(pid", line))]
+    assert len(addresses) == 4 and all(is_listening(a) for a in addresses)
+
+    pirate = _paste(up.printed(r"generate .*--adapter demo/pirate ")[0])
+    assert pirate.returncode == 0, pirate.stderr
+    assert pirate.stdout.strip() and "adapter demo/pirate@1" in pirate.stderr
+    base = _paste(up.printed(r"generate --addr \S+ --chat ")[0])
+    assert base.returncode == 0, base.stderr
+    assert base.stdout.strip() and "adapter base;" in base.stderr
+    grpcurl = _paste(up.printed(r"grpcurl -plaintext -d ")[0])
+    assert grpcurl.returncode == 0 and '"adapter_version": "demo/pirate@1"' in grpcurl.stdout
+
+    base_url = re.search(r'base_url="([^"]+)"', "\n".join(up.lines)).group(1)
+    start = next(i for i, line in enumerate(up.lines) if "from openai import OpenAI" in line)
+    snippet = textwrap.dedent("\n".join(up.lines[start:start + 5]))
+    sdk = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert sdk.returncode == 0 and sdk.stdout.strip(), sdk.stderr
+    client = OpenAI(base_url=base_url, api_key="unused", max_retries=0)
+    model_ids = [card.id for card in client.models.list().data]
+    assert model_ids[0] == "random-demo" and "demo/style" in model_ids
+    reply = client.chat.completions.create(
+        model="random-demo", max_tokens=8, temperature=0,
+        messages=[{"role": "user", "content": "What is the capital of France?"}])
+    assert reply.usage.completion_tokens == 8 and reply.choices[0].message.content
+
+    rollout = _paste(up.printed(r"adapter rollout demo/style 1=50 2=50")[0])
+    assert rollout.returncode == 0 and "50" in rollout.stdout, rollout.stderr
+
+    stopping = time.monotonic()
+    up.process.send_signal(signal.SIGTERM)
+    assert up.process.wait(timeout=4 * STOP_GRACE_SECONDS) == 0
+    # Every part stopped on its SIGTERM: none needed the SIGKILL that follows the grace.
+    assert time.monotonic() - stopping < STOP_GRACE_SECONDS
+    assert marked_pids(up.mark) == set()
+    assert not any(is_listening(a) for a in addresses)
+    assert not is_listening(base_url.split("//")[1].split("/")[0])
+
+
+def test_ctrl_c_during_start_up_stops_what_was_started(up):
+    up.wait_for("control plane ready", timeout=60)
+    assert marked_pids(up.mark)
+    up.process.send_signal(signal.SIGINT)
+    assert up.process.wait(timeout=4 * STOP_GRACE_SECONDS) == 0
+    assert up.lines[-1] == "stopped" and marked_pids(up.mark) == set()
+
+
+def test_a_busy_gateway_port_is_one_line_and_starts_nothing(tmp_path):
+    env, mark = marked_env()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        argv = [*UP, *SMALL, "--gateway-port", str(port), "--data-dir", str(tmp_path)]
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60,
+                              check=False)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1
+    assert done.stderr.startswith("lorafleet up: error: --gateway-port ")
+    assert f"127.0.0.1:{port}" in done.stderr
+    assert "ready" not in done.stdout and marked_pids(mark) == set()
+
+
+def test_a_worker_that_dies_at_start_stops_what_was_started(tmp_path):
+    env, mark = marked_env()
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    argv = [*UP, *FREE_PORTS, "--workers", "1", "--model", str(empty),
+            "--data-dir", str(tmp_path / "data")]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120,
+                          check=False)
+    assert done.returncode != 0
+    # etcd and the control plane had started; the worker's end is shown, then one line.
+    assert "control plane ready" in done.stdout and "stopped" in done.stdout
+    assert "worker-0 exited with status" in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("lorafleet up: error: worker-0 did not start")
+    assert str(tmp_path / "data" / "logs" / "worker-0.log") in last
+    assert marked_pids(mark) == set()
