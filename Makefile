@@ -6,8 +6,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-done
 BUF    := $(VENV)/node/node_modules/.bin/buf
+IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 
-.PHONY: setup test lint proto proto-check run bench clean
+.PHONY: setup test lint proto proto-check run bench clean images
 
 setup: $(STAMP)
 
@@ -34,6 +35,15 @@ lint: setup
 	$(PY) protos/generate.py --check
 	if [ -x $(BUF) ]; then cd protos && ../$(BUF) lint; \
 	else echo "buf not installed (needs npm): proto lint skipped"; fi
+	$(VENV)/bin/hadolint deploy/docker/worker.Dockerfile deploy/docker/slim.Dockerfile
+	# Every overlay renders and validates against the Kubernetes schemas. Custom resources
+	# (ServiceMonitor, PrometheusRule, InferencePool, HTTPRoute) have no schema here
+	# (--no-warn hides that): tests/deploy/test_kubernetes.py checks their fields.
+	for overlay in deploy/kubernetes/overlays/*/; do \
+	  echo "kubectl kustomize $$overlay | kubernetes-validate --strict"; \
+	  $(VENV)/bin/kubectl kustomize $$overlay > $(VENV)/rendered.yaml || exit 1; \
+	  $(VENV)/bin/kubernetes-validate --strict --quiet --no-warn $(VENV)/rendered.yaml || exit 1; \
+	done
 
 proto: setup
 	$(PY) protos/generate.py
@@ -43,6 +53,15 @@ run: setup
 
 bench: setup
 	$(PY) -m benchmarks $(BENCH_ARGS)
+
+# The worker image (CUDA, torch) and the slim one (control plane, gateway, CLI), tagged
+# with the package version. Needs a Docker daemon with BuildKit (it reads the
+# per-Dockerfile .dockerignore files); without a daemon it says so and does nothing.
+images:
+	@if docker info >/dev/null 2>&1; then \
+	  DOCKER_BUILDKIT=1 docker build -f deploy/docker/slim.Dockerfile -t lorafleet:$(IMAGE_TAG) . && \
+	  DOCKER_BUILDKIT=1 docker build -f deploy/docker/worker.Dockerfile -t lorafleet-worker:$(IMAGE_TAG) . ; \
+	else echo "no Docker daemon here: images not built (make lint checks the Dockerfiles)"; fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
