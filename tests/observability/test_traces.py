@@ -14,6 +14,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 
 from lorafleet.dataplane.gateway.app import GatewayConfig, start_gateway
 from lorafleet.dataplane.server.app import start_worker
+from lorafleet.dataplane.server.tracing import context_from_metadata, trace_metadata, tracer_of
 from lorafleet.inference.v1 import inference_service_pb2 as ipb
 from lorafleet.inference.v1 import inference_service_pb2_grpc as ipb_grpc
 from tests.controlplane.conftest import eventually, plane  # noqa: F401 (plane: a fixture)
@@ -100,3 +101,13 @@ def _check_one_request(spans: list, parent: str) -> None:
         assert before.end_time_unix_nano <= after.start_time_unix_nano + 1000  # rounding
     assert gateway.start_time_unix_nano <= worker.start_time_unix_nano
     assert worker.end_time_unix_nano <= gateway.end_time_unix_nano
+
+
+def test_without_a_collector_the_callers_trace_context_still_reaches_the_worker():
+    # What the gateway does with no --otlp-endpoint: a no-op span over the caller's context.
+    traceparent = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+    parent = context_from_metadata([("traceparent", traceparent), ("authorization", "x")])
+    span = tracer_of(None, "lorafleet.gateway").start_span("lorafleet.gateway.Generate",
+                                                           context=parent)
+    assert dict(trace_metadata(span)) == {"traceparent": traceparent}
+    assert context_from_metadata([("authorization", "x")]) is None
