@@ -88,7 +88,7 @@ def format_table(plan: MemoryPlan) -> str:
         ("host cache", plan.host_cache_bytes,
          f"{plan.max_cpu_loras} adapters at rank {plan.max_lora_rank} (host memory)"),
     ]
-    lines = [f"{'':14} {'bytes':>17} {'MiB':>11}  "]
+    lines = [f"{'':14} {'bytes':>17} {'MiB':>11}"]
     lines += [f"{name:14} {num:>17,} {num / _MIB:>11.2f}  {note}" for name, num, note in rows]
     capped = " (capped by --max-num-seqs)" if plan.max_batch < plan.num_seqs_fit else ""
     lines.append(f"KV tokens: {plan.num_kv_tokens:,}; largest batch of {plan.context:,}-token "

@@ -7,12 +7,10 @@ import argparse
 import contextlib
 import functools
 import io
-import json
 import pathlib
 import re
 import shlex
 import subprocess
-import sys
 
 import yaml
 
@@ -128,14 +126,13 @@ def run_exec_start(path: pathlib.Path, env: dict[str, str], instance: str, host:
     (exec_start,) = unit_values(path, "ExecStart")
     line = exec_start.replace("%i", instance).replace("%H", host)
     line = re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], line).replace("$$", "$")
-    record = tmp_path / "argv.json"
+    record = tmp_path / "argv"
     stand_in = tmp_path / "lorafleet"
-    stand_in.write_text(f"#!{sys.executable}\nimport json, sys\n"
-                        f"json.dump(sys.argv[1:], open({str(record)!r}, 'w'))\n")
+    stand_in.write_text(f"#!/bin/sh\nprintf '%s\\0' \"$@\" > {shlex.quote(str(record))}\n")
     stand_in.chmod(0o755)
     words = [w.replace("/opt/lorafleet/bin/lorafleet", str(stand_in)) for w in shlex.split(line)]
     subprocess.run(words, env={"PATH": "/usr/bin:/bin", **env}, check=True, timeout=30)
-    return json.loads(record.read_text())
+    return record.read_text().split("\0")[:-1]
 
 
 def compose_interpolate(word: str) -> str:
