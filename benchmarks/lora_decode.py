@@ -18,7 +18,7 @@ import torch
 from benchmarks.results import append_rows
 from lorafleet.dataplane.demo import write_adapter, write_model
 from lorafleet.dataplane.engine.params import SamplingParams
-from lorafleet.dataplane.lora.cache import AdapterSource
+from lorafleet.dataplane.lora.host_cache import AdapterSource
 from lorafleet.dataplane.server.build import WorkerConfig, build_worker
 
 TARGET_RATIO = 0.8
@@ -32,8 +32,8 @@ def _engine(model_dir, adapter_dirs, num_seqs):
     digests, sizes = [], []
     for index, path in enumerate(adapter_dirs):
         loaded = worker.adapters.load(str(path))
-        worker.cache.put_host(AdapterSource(f"bench/a{index}@1", str(path), loaded.digest), loaded)
-        assert worker.cache.try_install(loaded.digest)
+        worker.cache.put(AdapterSource(f"bench/a{index}@1", str(path), loaded.digest), loaded)
+        assert worker.bridge.engine.try_place_adapter(loaded.digest)
         digests.append(loaded.digest)
         sizes.append(loaded.size_bytes)
     return worker, digests, sum(sizes)

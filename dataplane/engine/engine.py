@@ -39,6 +39,14 @@ class Runner(Protocol):
         """Forgets per-request state (sampling generators) of finished requests."""
         ...
 
+    def install_adapter(self, slot: int, key: Hashable) -> None:
+        """Copies adapter `key` from the host tier into device slot `slot`."""
+        ...
+
+    def clear_adapter_slot(self, slot: int) -> None:
+        """Empties device slot `slot`."""
+        ...
+
 
 class Tokenizer(Protocol):
     """Decodes output tokens (see lorafleet.dataplane.tokenizer); prompts arrive as ids."""
@@ -123,6 +131,26 @@ class Engine:
         self._pending.append(self._finish(stream, FinishReason.CANCELLED))
         return True
 
+    def try_place_adapter(self, key: Hashable) -> bool:
+        """Copies a host-resident adapter into a device slot now, if one is free or held
+        by an adapter no running request uses; False otherwise (it is placed on use)."""
+        running = {r.adapter for r in self.scheduler.running}
+        slot = self.scheduler.adapters.try_place(key, running)
+        if slot is None:
+            return False
+        self.runner.install_adapter(slot, key)
+        return True
+
+    def try_evict_adapter(self, key: Hashable) -> bool:
+        """Empties `key`'s device slot; False (nothing done) while a running request
+        uses it."""
+        if any(r.adapter == key for r in self.scheduler.running):
+            return False
+        slot = self.scheduler.adapters.slots.release(key)
+        if slot is not None:
+            self.runner.clear_adapter_slot(slot)
+        return True
+
     def has_unfinished(self) -> bool:
         """True while any request is waiting or running, or a final output is pending."""
         return self.scheduler.has_unfinished() or bool(self._pending)
@@ -173,7 +201,7 @@ class Engine:
 
     def _fail_unloadable(self) -> None:
         """Ends the waiting requests of adapters whose load failed, with the reason."""
-        failures = self.scheduler.gate.take_failures()
+        failures = self.scheduler.adapters.host.take_failures()
         for request in [r for r in self.scheduler.waiting if r.adapter in failures]:
             self._pending.append(self._finish(
                 self._streams[request.request_id], FinishReason.ERROR,

@@ -12,7 +12,7 @@ import collections
 import dataclasses
 from collections.abc import Hashable, Mapping
 
-from lorafleet.dataplane.engine.adapter_gate import AdapterGate, AllAdaptersReady
+from lorafleet.dataplane.engine.adapter_policy import AdapterScheduling
 from lorafleet.dataplane.engine.blocks import BlockAllocator
 from lorafleet.dataplane.engine.params import SamplingParams
 from lorafleet.dataplane.engine.request import Request, RequestStatus
@@ -49,15 +49,18 @@ class ScheduledRequest:
     adapter: Hashable | None
     params: SamplingParams
     is_sampling: bool
+    adapter_slot: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class SchedulerOutput:
-    """The plan for one step."""
+    """The plan for one step; `slot_installs` are the (device slot, adapter) copies the
+    runner performs before the forward pass."""
 
     scheduled: tuple[ScheduledRequest, ...]
     preempted_ids: tuple[str, ...]
     num_batched_tokens: int
+    slot_installs: tuple[tuple[int, Hashable], ...] = ()
 
     @property
     def is_empty(self) -> bool:
@@ -71,6 +74,7 @@ class _StepBudget:
 
     num_tokens: int
     num_seqs: int
+    running_adapters: frozenset = frozenset()  # adapters of running requests: pinned
     adapters: set = dataclasses.field(default_factory=set)
 
     @property
@@ -83,11 +87,12 @@ class Scheduler:
     """Owns the waiting queue, the running list and every request's KV blocks."""
 
     def __init__(
-        self, config: SchedulerConfig, allocator: BlockAllocator, gate: AdapterGate | None = None
+        self, config: SchedulerConfig, allocator: BlockAllocator,
+        adapters: AdapterScheduling | None = None,
     ) -> None:
         self.config = config
         self.allocator = allocator
-        self.gate = gate or AllAdaptersReady()
+        self.adapters = adapters or AdapterScheduling()
         self.waiting: collections.deque[Request] = collections.deque()
         self.running: list[Request] = []
         self._requests: dict[str, Request] = {}
@@ -119,7 +124,9 @@ class Scheduler:
 
     def schedule(self) -> SchedulerOutput:
         """Plans the next step: running requests first, then waiting ones."""
-        budget = _StepBudget(self.config.max_num_batched_tokens, self.config.max_num_seqs)
+        budget = _StepBudget(self.config.max_num_batched_tokens, self.config.max_num_seqs,
+                             frozenset(r.adapter for r in self.running))
+        self.adapters.begin_step({r.adapter for r in self._requests.values()})
         scheduled: list[Request] = []
         preempted: list[Request] = []
         for request in list(self.running):
@@ -153,18 +160,11 @@ class Scheduler:
         self.waiting.extendleft(reversed(skipped))
 
     def _can_join(self, request: Request, budget: _StepBudget, *, is_new: bool = False) -> bool:
-        """True when the request's adapter is ready and fits the step's adapter limit (and,
-        for a request not yet running, the gate lets new requests of it start)."""
-        key = request.adapter
-        if key is None:
+        """True when the request's adapter can run in this step (see adapter_policy)."""
+        if request.adapter is None:
             return True
-        if is_new and not self.gate.can_admit(key):
-            return False
-        if not self.gate.is_ready(key):
-            self.gate.request_load(key)
-            return False
-        limit = self.gate.max_loras
-        return key in budget.adapters or limit is None or len(budget.adapters) < limit
+        return self.adapters.try_join(request.adapter, budget.adapters,
+                                      budget.running_adapters, is_new=is_new)
 
     def _take(self, request: Request, num_new: int, budget: _StepBudget, out: list) -> None:
         """Charges the request's tokens to the budget and records it for this step."""
@@ -218,12 +218,17 @@ class Scheduler:
                 request_id=r.request_id, token_ids=r.token_ids(start, start + num_new),
                 start_position=start, block_table=tuple(r.block_table), adapter=r.adapter,
                 params=r.params, is_sampling=start + num_new == r.num_tokens,
+                adapter_slot=self._slot_of(r.adapter),
             ))
         return SchedulerOutput(
             scheduled=tuple(entries),
             preempted_ids=tuple(r.request_id for r in preempted),
             num_batched_tokens=sum(len(e.token_ids) for e in entries),
+            slot_installs=self.adapters.take_installs(),
         )
+
+    def _slot_of(self, adapter: Hashable | None) -> int | None:
+        return None if adapter is None else self.adapters.slots.slot_of(adapter)
 
     def update(self, output: SchedulerOutput, sampled: Mapping[str, int]) -> None:
         """Records a finished step: computed tokens advance, sampled tokens are appended."""

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Hashable
 
 import torch
 
 from lorafleet.dataplane.engine.scheduler import ScheduledRequest, SchedulerOutput
 from lorafleet.dataplane.model.attention import AttentionMetadata, DecodeGroup, PrefillSpan
+from lorafleet.kernels.batch import LoraBatch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,8 +17,8 @@ class StepBatch:
 
     Rows are tokens: decodes first, then prefill chunks. `sample_rows` are the rows whose
     logits are sampled, one per entry of `sampling` (the scheduled requests that sample).
-    `adapter_slots` [num_tokens] holds each token's adapter slot for the LoRA kernels
-    (their convention: -1 is the base model), or is None when no token uses an adapter.
+    `lora` says which adapter slot each row uses (built once per step), or is None when no
+    token uses an adapter.
     """
 
     input_ids: torch.Tensor
@@ -26,20 +26,16 @@ class StepBatch:
     attention: AttentionMetadata
     sample_rows: torch.Tensor
     sampling: tuple[ScheduledRequest, ...]
-    adapter_slots: torch.Tensor | None
+    lora: LoraBatch | None
 
 
 class BatchBuilder:
     """Turns a SchedulerOutput into a StepBatch for a cache with `block_size` tokens per block."""
 
-    def __init__(
-        self, block_size: int, device: torch.device, sliding_window: int | None,
-        adapter_slot: Callable[[Hashable], int] | None = None,
-    ) -> None:
+    def __init__(self, block_size: int, device: torch.device, sliding_window: int | None) -> None:
         self.block_size = block_size
         self.device = device
         self.sliding_window = sliding_window
-        self._adapter_slot = adapter_slot
 
     def build(self, plan: SchedulerOutput) -> StepBatch:
         """Orders the step's requests (decodes by context length, then prefill chunks) and
@@ -63,7 +59,7 @@ class BatchBuilder:
             input_ids=self._tensor(ids), positions=self._tensor(positions), attention=meta,
             sample_rows=self._tensor(sample_rows),
             sampling=tuple(e for e in entries if e.is_sampling),
-            adapter_slots=self._adapter_slots(entries),
+            lora=self._lora_batch(entries),
         )
 
     def _tensor(self, values: list[int]) -> torch.Tensor:
@@ -126,14 +122,11 @@ class BatchBuilder:
             mask &= keys > queries - self.sliding_window
         return mask
 
-    def _adapter_slots(self, entries: list[ScheduledRequest]) -> torch.Tensor | None:
-        """Per-token adapter slots, or None when the whole step runs the base model."""
+    def _lora_batch(self, entries: list[ScheduledRequest]) -> LoraBatch | None:
+        """Which slot each token uses, or None when the whole step runs the base model."""
         if all(e.adapter is None for e in entries):
             return None
-        if self._adapter_slot is None:
-            raise ValueError("a request names an adapter but the runner has no adapter slots")
-        slots = []
+        slots: list[int | None] = []
         for e in entries:
-            slot = -1 if e.adapter is None else self._adapter_slot(e.adapter)
-            slots.extend([slot] * len(e.token_ids))
-        return self._tensor(slots)
+            slots.extend([e.adapter_slot] * len(e.token_ids))
+        return LoraBatch.from_slots(slots, device=self.device)

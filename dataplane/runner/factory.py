@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import json
 import pathlib
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 
 import torch
 
-from lorafleet.dataplane.engine.adapter_gate import AdapterGate
+from lorafleet.dataplane.engine.adapter_policy import AdapterScheduling
 from lorafleet.dataplane.engine.blocks import BlockAllocator
 from lorafleet.dataplane.engine.engine import Engine
 from lorafleet.dataplane.engine.scheduler import Scheduler, SchedulerConfig
+from lorafleet.dataplane.lora.device import DeviceAdapters
 from lorafleet.dataplane.model.config import ModelConfig
 from lorafleet.dataplane.model.decoder import DecoderModel
 from lorafleet.dataplane.runner.batch import BatchBuilder
@@ -58,18 +59,15 @@ def create_engine(
     kv_cache: KVCacheBudget | None = None,
     block_size: int = 16,
     scheduler_config: SchedulerConfig = SchedulerConfig(),  # noqa: B008 (frozen)
-    adapter_gate: AdapterGate | None = None,
+    adapters: DeviceAdapters | None = None,
     reserve_memory: Callable[[DecoderModel], int] | None = None,
-    adapter_slot: Callable[[Hashable], int] | None = None,
-    lora_context: Callable | None = None,
 ) -> Engine:
     """Loads a checkpoint and wires scheduler, runner and tokenizer into an Engine.
 
     kv_cache: bytes or a fraction for the KV cache (default: `default_budget(device)`).
-    reserve_memory(model) preallocates other device buffers once the weights are placed
-    and returns their size in bytes, which the KV cache then does without.
-    adapter_slot(key) gives a scheduled adapter's device slot; lora_context(batch) builds
-    the LoraContext the model's projections call for a StepBatch with adapters.
+    adapters: the device adapter slots and their host tier (None: base model only); the
+    slots are preallocated once the weights are placed, and the KV cache does without
+    their bytes. reserve_memory(model) may reserve more the same way.
     """
     model_dir = pathlib.Path(model_dir)
     device = torch.device(device) if device is not None else default_device()
@@ -77,13 +75,15 @@ def create_engine(
     config = ModelConfig.from_dir(model_dir)
     model = DecoderModel.from_dir(model_dir, device, resolve_dtype(dtype, config.torch_dtype))
     num_free = free_device_memory(device) if kv_cache.fraction is not None else None
-    num_reserved = reserve_memory(model) if reserve_memory is not None else 0
+    num_reserved = adapters.reserve(model) if adapters is not None else 0
+    num_reserved += reserve_memory(model) if reserve_memory is not None else 0
     block_bytes = bytes_per_block(config, block_size, model.dtype)
     num_blocks = count_kv_blocks(kv_cache, num_free, num_reserved, block_bytes)
     cache = allocate_kv_cache(config, num_blocks, block_size, device, model.dtype)
-    builder = BatchBuilder(block_size, device, config.sliding_window, adapter_slot)
-    runner = ModelRunner(model, cache, builder, lora_context)
-    scheduler = Scheduler(scheduler_config, BlockAllocator(num_blocks, block_size), adapter_gate)
+    builder = BatchBuilder(block_size, device, config.sliding_window)
+    runner = ModelRunner(model, cache, builder, adapters)
+    scheduling = AdapterScheduling(adapters.num_slots, adapters.host) if adapters else None
+    scheduler = Scheduler(scheduler_config, BlockAllocator(num_blocks, block_size), scheduling)
     tokenizer = Tokenizer.from_dir(model_dir, eos_token_ids=_eos_token_ids(model_dir, config))
     return Engine(scheduler, runner, tokenizer, vocab_size=config.vocab_size,
                   max_model_len=config.max_position_embeddings)

@@ -2,37 +2,42 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 
 import torch
 
 from lorafleet.dataplane.engine.outputs import SampledToken
 from lorafleet.dataplane.engine.scheduler import SchedulerOutput
+from lorafleet.dataplane.lora.device import DeviceAdapters
 from lorafleet.dataplane.model.decoder import DecoderModel
 from lorafleet.dataplane.runner.batch import BatchBuilder, StepBatch
 from lorafleet.dataplane.sampler import Sampler
 
 
 class ModelRunner:
-    """Owns the model, the KV cache tensor and the sampler; implements the engine's Runner.
+    """Owns the model, the KV cache tensor, the device adapter slots and the sampler;
+    implements the engine's Runner.
 
-    `lora_context` (optional) turns a StepBatch into the LoraContext the model's
-    projections call; it is the adapter engine's single entry point into the forward pass.
+    `adapters` (optional) holds the device slots: the plan's installs are copied into them
+    before the forward pass, and each step's LoRA context comes from them — the adapter
+    engine's single entry point into the forward pass.
     """
 
     def __init__(
         self, model: DecoderModel, kv_cache: torch.Tensor, builder: BatchBuilder,
-        lora_context=None,
+        adapters: DeviceAdapters | None = None,
     ) -> None:
         self.model = model
         self.kv_cache = kv_cache
         self.builder = builder
         self.sampler = Sampler(model.device)
-        self._lora_context = lora_context
+        self.adapters = adapters
 
     @torch.inference_mode()
     def execute(self, plan: SchedulerOutput) -> Mapping[str, SampledToken]:
         """Computes the plan's tokens; returns the sampled token of each sampling request."""
+        for slot, key in plan.slot_installs:
+            self.install_adapter(slot, key)
         batch = self.builder.build(plan)
         logits = self.forward(batch)
         if not batch.sampling:
@@ -42,8 +47,10 @@ class ModelRunner:
     def forward(self, batch: StepBatch) -> torch.Tensor:
         """Float32 logits of the batch's sample rows."""
         lora = None
-        if batch.adapter_slots is not None and self._lora_context is not None:
-            lora = self._lora_context(batch)
+        if batch.lora is not None:
+            if self.adapters is None:
+                raise ValueError("a request names an adapter but the runner has no adapter slots")
+            lora = self.adapters.step(batch.lora)
         return self.model.forward(
             batch.input_ids, batch.positions, batch.attention, self.kv_cache,
             batch.sample_rows, lora=lora,
@@ -52,3 +59,13 @@ class ModelRunner:
     def release(self, request_ids: Iterable[str]) -> None:
         """Forgets the sampling state of finished requests."""
         self.sampler.release(request_ids)
+
+    @torch.inference_mode()
+    def install_adapter(self, slot: int, key: Hashable) -> None:
+        """Copies adapter `key` from the host tier into device slot `slot`."""
+        self.adapters.install(slot, key)
+
+    @torch.inference_mode()
+    def clear_adapter_slot(self, slot: int) -> None:
+        """Empties device slot `slot`."""
+        self.adapters.clear(slot)

@@ -17,8 +17,9 @@ import torch
 from opentelemetry import trace
 
 from lorafleet.dataplane.engine.scheduler import SchedulerConfig
+from lorafleet.dataplane.lora.device import DeviceAdapters
+from lorafleet.dataplane.lora.host_cache import HostCache
 from lorafleet.dataplane.lora.loading import AdapterFiles
-from lorafleet.dataplane.lora.runtime import LoraRuntime
 from lorafleet.dataplane.model.config import ModelConfig
 from lorafleet.dataplane.runner.factory import create_engine, default_device, resolve_dtype
 from lorafleet.dataplane.runner.kv_cache import KVCacheBudget, bytes_per_block, default_budget
@@ -74,18 +75,18 @@ def build_worker(config: WorkerConfig, *, tracer: trace.Tracer | None = None,
     files = AdapterFiles(model_config, config.max_lora_rank, dtype,
                          pin_memory=device.type == "cuda")
     metrics = WorkerMetrics(config.worker_id)
-    lora = LoraRuntime(
-        model_config, max_loras=config.max_loras, max_lora_rank=config.max_lora_rank,
-        max_cpu_loras=config.max_cpu_loras, load=lambda source: files.load(source.source_uri),
-        on_load=metrics.record_load, on_evict=metrics.record_eviction)
+    host = HostCache(max_host=config.max_cpu_loras,
+                     load=lambda source: files.load(source.source_uri),
+                     on_load=metrics.record_load, on_evict=metrics.record_eviction)
+    adapters = DeviceAdapters(model_config, host, max_loras=config.max_loras,
+                              max_lora_rank=config.max_lora_rank,
+                              on_load=metrics.record_load, on_evict=metrics.record_eviction)
     engine = create_engine(
         config.model_dir, device=device, dtype=dtype, kv_cache=config.kv_budget(device),
         block_size=config.block_size,
         scheduler_config=SchedulerConfig(config.max_num_batched_tokens, config.max_num_seqs),
-        adapter_gate=lora, reserve_memory=lora.reserve, adapter_slot=lora.slot_of,
-        lora_context=lora.lora_context)
-    lora.attach(engine)
-    bridge = EngineBridge(engine, take_snapshot=lambda eng: take_snapshot(eng, lora.cache),
+        adapters=adapters)
+    bridge = EngineBridge(engine, take_snapshot=lambda eng: take_snapshot(eng, host),
                           on_fatal=on_fatal)
     metrics.observe(lambda: bridge.snapshot)
     frontend = Frontend(engine.tokenizer, PromptLimits(engine.max_model_len,
@@ -96,10 +97,10 @@ def build_worker(config: WorkerConfig, *, tracer: trace.Tracer | None = None,
         dtype=str(dtype).removeprefix("torch."), max_context=engine.max_model_len)
     sizes = WorkerSizes(
         max_loras=config.max_loras, max_lora_rank=config.max_lora_rank,
-        max_cpu_loras=config.max_cpu_loras, lora_slot_bytes=lora.bank.num_bytes_per_slot,
+        max_cpu_loras=config.max_cpu_loras, lora_slot_bytes=adapters.bank.num_bytes_per_slot,
         num_kv_blocks=engine.allocator.num_blocks, kv_block_size=config.block_size,
         kv_block_bytes=bytes_per_block(model_config, config.block_size, dtype),
         max_model_len=engine.max_model_len)
-    worker = Worker(bridge, lora.cache, files, frontend, metrics, options, base_model, sizes,
+    worker = Worker(bridge, host, files, frontend, metrics, options, base_model, sizes,
                     tracer=tracer or trace.NoOpTracer())
     return worker, sizes

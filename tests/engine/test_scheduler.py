@@ -6,28 +6,31 @@ import dataclasses
 
 import pytest
 
+from lorafleet.dataplane.engine.adapter_policy import AdapterScheduling
 from lorafleet.dataplane.engine.blocks import BlockAllocator
 from lorafleet.dataplane.engine.params import SamplingParams
 from lorafleet.dataplane.engine.request import Request, RequestStatus
 from lorafleet.dataplane.engine.scheduler import Scheduler, SchedulerConfig
 
 
-class FakeGate:
-    """Adapters in `ready` can run; loads are recorded, never performed."""
+class FakeHost:
+    """A host tier holding the adapters in `ready`; loads are recorded, never performed."""
 
-    def __init__(self, ready, max_loras):
+    def __init__(self, ready):
         self.ready = set(ready)
-        self.max_loras = max_loras
         self.load_requests = []
 
-    def is_ready(self, key):
+    def has(self, key):
         return key in self.ready
 
     def request_load(self, key):
         self.load_requests.append(key)
 
-    def can_admit(self, key):
-        return True
+    def take_failures(self):
+        return {}
+
+    def trim(self, keep):
+        pass
 
 
 def _request(name, num_prompt=4, adapter=None, max_tokens=4):
@@ -35,8 +38,9 @@ def _request(name, num_prompt=4, adapter=None, max_tokens=4):
                    arrival_time=0.0, adapter=adapter)
 
 
-def _scheduler(num_blocks=64, block_size=4, gate=None, **limits):
-    return Scheduler(SchedulerConfig(**limits), BlockAllocator(num_blocks, block_size), gate)
+def _scheduler(num_blocks=64, block_size=4, host=None, max_loras=0, **limits):
+    adapters = AdapterScheduling(max_loras, host) if host is not None else None
+    return Scheduler(SchedulerConfig(**limits), BlockAllocator(num_blocks, block_size), adapters)
 
 
 def _step(scheduler):
@@ -47,8 +51,8 @@ def _step(scheduler):
 
 
 def test_unready_adapter_is_skipped_and_loaded_without_blocking_the_queue():
-    gate = FakeGate(ready={"a"}, max_loras=1)
-    scheduler = _scheduler(gate=gate)
+    gate = FakeHost(ready={"a"})
+    scheduler = _scheduler(host=gate, max_loras=1)
     for request in (_request("b1", adapter="b"), _request("a1", adapter="a"),
                     _request("base"), _request("a2", adapter="a"), _request("c1", adapter="c")):
         scheduler.add(request)
@@ -61,8 +65,8 @@ def test_unready_adapter_is_skipped_and_loaded_without_blocking_the_queue():
 
 
 def test_at_most_max_loras_distinct_adapters_per_step():
-    gate = FakeGate(ready={"a", "b", "c"}, max_loras=2)
-    scheduler = _scheduler(gate=gate)
+    gate = FakeHost(ready={"a", "b", "c"})
+    scheduler = _scheduler(host=gate, max_loras=2)
     for i, key in enumerate("abcabc"):
         scheduler.add(_request(f"r{i}", adapter=key))
     seen = set()

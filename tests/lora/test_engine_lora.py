@@ -12,7 +12,7 @@ import pytest
 from lorafleet.dataplane.engine.outputs import ErrorKind
 from lorafleet.dataplane.engine.params import SamplingParams
 from lorafleet.dataplane.engine.request import FinishReason
-from lorafleet.dataplane.lora.cache import AdapterSource
+from lorafleet.dataplane.lora.host_cache import AdapterSource
 from lorafleet.dataplane.server.build import WorkerConfig, build_worker
 from tests.support.lora_suite import NUM_NEW_TOKENS, prompts
 
@@ -88,27 +88,43 @@ def test_churn_keeps_outputs_and_never_evicts_a_running_adapter(
         lora_suite, peft_reference, max_loras, max_cpu_loras):
     base, adapters = lora_suite
     worker, digests = _worker(base, adapters, max_loras=max_loras, max_cpu_loras=max_cpu_loras)
-    engine, cache = worker.bridge.engine, worker.cache
+    engine = worker.bridge.engine
+    slots, bank = engine.scheduler.adapters.slots, engine.runner.adapters.bank
     violations, writes = [], []
-    bank_write = cache.slots.write
+    bank_write = bank.write
 
     def checked_write(slot, adapter):
         for request in engine.scheduler.running:
             key = request.adapter
-            if key is not None and key != adapter.digest and cache.slot_of(key) is None:
+            if key is not None and key != adapter.digest and slots.slot_of(key) is None:
                 violations.append((request.request_id, slot))
         writes.append(slot)
         bank_write(slot, adapter)
 
-    cache.slots.write = checked_write
+    bank.write = checked_write
     planned = _requests(list(adapters) + [None], digests, 18)
     tokens = _run(worker, [(rid, digest, prompt) for rid, digest, prompt, _ in planned])
     assert violations == []
     # Eight adapters went through two slots (and a host tier of three).
     assert len(writes) >= len(adapters) and set(writes) == {0, 1}
-    assert cache.counts()["device"] <= max_loras and cache.counts()["host"] <= max_cpu_loras
+    assert len(slots.held()) <= max_loras
     for rid, _, prompt, name in planned:
         assert tokens[rid] == peft_reference.greedy(name, prompt), f"{rid} on {name}"
+    worker.metrics.close()
+
+
+def test_adapters_with_waiting_requests_are_read_from_source_once(lora_suite, peft_reference):
+    """A host tier smaller than the adapters with waiting requests keeps them all, instead
+    of dropping and re-reading them from the source while their requests wait."""
+    base, adapters = lora_suite
+    worker, digests = _worker(base, adapters, max_loras=2, max_cpu_loras=1)
+    planned = _requests(list(adapters), digests, 16)
+    tokens = _run(worker, [(rid, digest, prompt) for rid, digest, prompt, _ in planned])
+    for rid, _, prompt, name in planned:
+        assert tokens[rid] == peft_reference.greedy(name, prompt), f"{rid} on {name}"
+    loads = worker.metrics.registry.get_sample_value(
+        "lorafleet_adapter_loads_total", {"tier": "host", "outcome": "ok"})
+    assert loads == len(adapters)
     worker.metrics.close()
 
 
