@@ -34,6 +34,19 @@ class PortInUse(OSError):
 
 
 @dataclasses.dataclass(frozen=True)
+class ServerSecurity:
+    """How a server meets its callers: TLS credentials (None: plaintext) and the
+    interceptors that authenticate and authorize them (run in order, before any servicer).
+    Every lorafleet server takes one, so all check callers the same way."""
+
+    credentials: grpc.ServerCredentials | None = None
+    interceptors: tuple[grpc.aio.ServerInterceptor, ...] = ()
+
+
+PLAINTEXT = ServerSecurity()
+
+
+@dataclasses.dataclass(frozen=True)
 class ServiceBinding:
     """One servicer and how to register it: `add(servicer, server)` and its full name."""
 
@@ -85,11 +98,12 @@ class BoundServer:
         return RunningServer(self.server, self.port, health_servicer, names)
 
 
-async def bind_server(address: str = "127.0.0.1:0") -> BoundServer:
-    """Creates a server and binds `address` ("host:port"; port 0 picks a free one);
-    raises PortInUse, naming the address, when another process holds it."""
+async def bind_server(address: str = "127.0.0.1:0",
+                      security: ServerSecurity = PLAINTEXT) -> BoundServer:
+    """Creates a server and binds `address` ("host:port"; port 0 picks a free one) with
+    `security`; raises PortInUse, naming the address, when another process holds it."""
     server = grpc.aio.server(
-        interceptors=[MalformedRequests()],
+        interceptors=[MalformedRequests(), *security.interceptors],
         options=[
             ("grpc.so_reuseport", 0),
             ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
@@ -97,7 +111,10 @@ async def bind_server(address: str = "127.0.0.1:0") -> BoundServer:
         ],
     )
     try:
-        port = server.add_insecure_port(address)
+        if security.credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, security.credentials)
     except RuntimeError as exc:  # grpc raises this when the bind fails
         raise PortInUse(f"cannot listen on {address}: the port is in use") from exc
     if port == 0:
@@ -106,10 +123,11 @@ async def bind_server(address: str = "127.0.0.1:0") -> BoundServer:
 
 
 async def start_server(
-    bindings: Sequence[ServiceBinding], address: str = "127.0.0.1:0"
+    bindings: Sequence[ServiceBinding], address: str = "127.0.0.1:0",
+    security: ServerSecurity = PLAINTEXT,
 ) -> RunningServer:
     """Binds `address` and starts serving `bindings` (see bind_server)."""
-    bound = await bind_server(address)
+    bound = await bind_server(address, security)
     return await bound.start(bindings)
 
 
