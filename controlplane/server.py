@@ -55,6 +55,7 @@ class ControlPlaneConfig:
     demand_per_replica: float = 4.0
     etcd_give_up_seconds: float = 30.0
     metrics_port: int | None = None  # Prometheus /metrics on the gRPC host; 0: a free port
+    security: rpcserver.ServerSecurity = rpcserver.PLAINTEXT  # how the server meets callers
 
 
 class ControlPlane:
@@ -90,7 +91,8 @@ class ControlPlane:
                 rpcserver.full_name(fleet_service_pb2, "FleetService"),
             ),
         ]
-        self._server = await rpcserver.start_server(bindings, self.config.address)
+        self._server = await rpcserver.start_server(bindings, self.config.address,
+                                                    self.config.security)
         if self.config.metrics_port is not None:
             await self._start_metrics(self.config.metrics_port)
         self._leading = asyncio.create_task(self._lead_forever())

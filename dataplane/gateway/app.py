@@ -22,7 +22,14 @@ from lorafleet.dataplane.gateway.router import Router
 from lorafleet.dataplane.gateway.table import RoutingTable
 from lorafleet.dataplane.gateway.upstream import OnDemandLoads, WorkerChannels
 from lorafleet.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
-from lorafleet.rpcserver import RunningServer, ServiceBinding, full_name, start_server
+from lorafleet.rpcserver import (
+    PLAINTEXT,
+    RunningServer,
+    ServerSecurity,
+    ServiceBinding,
+    full_name,
+    start_server,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +47,7 @@ class GatewayConfig:
     backoff_cap_seconds: float = 5.0
     seed: int | None = None  # fixes the random draws (tests)
     otlp_endpoint: str | None = None  # host:port of an OTLP/gRPC collector for spans
+    security: ServerSecurity = PLAINTEXT  # how the gRPC server meets its callers
 
 
 @dataclasses.dataclass
@@ -97,7 +105,7 @@ async def start_gateway(config: GatewayConfig) -> RunningGateway:
     server = await start_server([
         ServiceBinding(inference_service_pb2_grpc.add_InferenceServiceServicer_to_server,
                        servicer, full_name(inference_service_pb2, "InferenceService")),
-    ], f"{config.host}:{config.port}")
+    ], f"{config.host}:{config.port}", config.security)
     gateway = RunningGateway(config, server, follower, channels, loads, metrics, None)
     gateway._following = asyncio.create_task(follower.run())
     if config.metrics_port is not None:

@@ -19,7 +19,14 @@ from lorafleet.dataplane.server.tracing import make_tracer_provider, tracer_of
 from lorafleet.dataplane.server.worker import Worker
 from lorafleet.dataplane.server.worker_service import WorkerServicer
 from lorafleet.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
-from lorafleet.rpcserver import RunningServer, ServiceBinding, bind_server, full_name
+from lorafleet.rpcserver import (
+    PLAINTEXT,
+    RunningServer,
+    ServerSecurity,
+    ServiceBinding,
+    bind_server,
+    full_name,
+)
 from lorafleet.startup import StartupError
 from lorafleet.worker.v1 import worker_service_pb2, worker_service_pb2_grpc
 
@@ -57,7 +64,7 @@ class RunningWorker:
         if self.is_stopped:
             return
         self.is_stopped = True
-        self.worker.is_draining = True
+        self.worker.is_shutting_down = True
         self.fatal_watch.cancel()
         if self.heartbeat is not None:
             await self.heartbeat.stop()
@@ -79,12 +86,14 @@ async def start_worker(config: WorkerConfig, *, host: str = "127.0.0.1", port: i
                        controlplanes: tuple[str, ...] = (),
                        heartbeat_seconds: float = 2.0,
                        advertise_address: str | None = None,
-                       http_port: int | None = None) -> RunningWorker:
+                       http_port: int | None = None,
+                       security: ServerSecurity = PLAINTEXT) -> RunningWorker:
     """Binds the port, builds the worker, loads the start-up adapters, and starts
     serving; with `controlplanes`, also registers and heartbeats (advertising
-    `advertise_address`, default the bound address). A busy port fails (PortInUse)
+    `advertise_address`, default the bound address). The gRPC server meets callers with
+    `security` (TLS credentials and interceptors). A busy port fails (PortInUse)
     before the model is loaded; any start-up failure releases what was taken."""
-    bound = await bind_server(f"{host}:{port}")
+    bound = await bind_server(f"{host}:{port}", security)
     config = dataclasses.replace(
         config, worker_id=config.worker_id or f"{socket.gethostname()}:{bound.port}")
     fatal = asyncio.Event()
