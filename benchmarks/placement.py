@@ -12,7 +12,7 @@ import random
 import time
 
 from benchmarks.results import append_rows
-from lorafleet.controlplane.placement import VersionDemand, WorkerSlots, count_moves, place
+from lorafleet.controlplane.placement import VersionDemand, WorkerCapacity, count_moves, place
 
 TARGET_SECONDS = 1.0
 
@@ -41,11 +41,11 @@ def _timed(fn, *args):
     return result, time.perf_counter() - start
 
 
-def run(num_versions: int, num_workers: int, num_slots: int, seed: int) -> list[dict]:
+def run(num_versions: int, num_workers: int, capacity: int, seed: int) -> list[dict]:
     """Runs the three scenarios and returns one result row per scenario."""
     rng = random.Random(seed)
     versions = _versions(num_versions, rng)
-    workers = [WorkerSlots(f"w{i:03d}", "base", num_slots) for i in range(num_workers)]
+    workers = [WorkerCapacity(f"w{i:03d}", "base", capacity) for i in range(num_workers)]
     first, seconds = _timed(place, versions, workers, {})
     rows = [_row("initial", seconds, first, count_moves({}, first))]
     changed = _change_demand(versions, 0.01, rng)
@@ -55,7 +55,7 @@ def run(num_versions: int, num_workers: int, num_slots: int, seed: int) -> list[
     healed, seconds = _timed(place, versions, survivors, first)
     rows.append(_row("one worker dies", seconds, healed, count_moves(first, healed)))
     for row in rows:
-        row.update(num_versions=num_versions, num_workers=num_workers, num_slots=num_slots)
+        row.update(num_versions=num_versions, num_workers=num_workers, capacity=capacity)
     return rows
 
 
@@ -76,11 +76,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--versions", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=100)
-    parser.add_argument("--slots", type=int, default=256, help="host-tier slots per worker")
+    parser.add_argument("--capacity", type=int, default=256, help="versions a worker may hold (its host tier)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    rows = run(args.versions, args.workers, args.slots, args.seed)
-    print(f"placement: {args.versions} versions on {args.workers} workers x {args.slots} slots"
+    rows = run(args.versions, args.workers, args.capacity, args.seed)
+    print(f"placement: {args.versions} versions on {args.workers} workers x {args.capacity} versions each"
           f" (target < {TARGET_SECONDS:.0f} s)")
     print(f"{'scenario':<18} {'seconds':>8} {'replicas':>9} {'unplaced':>9} {'moves':>7}")
     for row in rows:

@@ -2,7 +2,7 @@
 
     place(versions, workers, current, policy) -> {(adapter, version): (worker_id, ...)}
 
-Capacity: a worker holds at most `num_slots` versions, and the control plane fills it
+Capacity: a worker holds at most `capacity` versions, and the control plane fills it
 from `Capacities.max_cpu_loras` (the host tier). Device slots (`max_loras`) bound the
 distinct adapters of one engine step, not residency: the worker promotes host copies
 into device slots per step on its own, so bounding placement by device slots would
@@ -12,8 +12,8 @@ Properties (each covered by a table test):
 - every version gets max(1, min_replicas) workers of its base model when enough exist,
   and more as demand grows (one replica per `demand_per_replica` requests in flight),
   up to max_replicas;
-- a worker never gets more versions than its slots; draining workers get none;
-- coverage first: when slots are scarce, every version gets its minimum before any
+- a worker never gets more versions than its capacity; draining workers get none;
+- coverage first: when capacity is scarce, every version gets its minimum before any
   version gets demand-driven extras (hottest versions first within each round);
 - sticky: versions keep the workers they have before any new worker is chosen, so a
   small change in inputs moves few;
@@ -50,12 +50,12 @@ class VersionDemand:
 
 
 @dataclasses.dataclass(frozen=True)
-class WorkerSlots:
+class WorkerCapacity:
     """A live worker as placement sees it."""
 
     worker_id: str
     base_model: str
-    num_slots: int
+    capacity: int
     is_draining: bool = False
 
 
@@ -81,7 +81,7 @@ def num_replicas_wanted(version: VersionDemand, num_candidates: int, policy: Pla
 
 def place(
     versions: Iterable[VersionDemand],
-    workers: Iterable[WorkerSlots],
+    workers: Iterable[WorkerCapacity],
     current: Mapping[VersionKey, Iterable[str]],
     policy: PlacementPolicy | None = None,
 ) -> dict[VersionKey, tuple[str, ...]]:
@@ -96,7 +96,7 @@ def place(
     wanted = {v.key: num_replicas_wanted(v, state.num_candidates(v), policy) for v in ordered}
     chosen: dict[VersionKey, list[str]] = {v.key: [] for v in ordered}
     # Coverage first: every version's minimum before any version's demand-driven extras,
-    # so when slots are scarce a cold version still gets served before a hot one grows.
+    # so when capacity is scarce a cold version still gets served before a hot one grows.
     minimums = {v.key: min(wanted[v.key], max(1, v.min_replicas)) for v in ordered}
     for limits in (minimums, wanted):
         for version in ordered:
@@ -136,15 +136,15 @@ def _keep_current(
 
 
 class _FleetState:
-    """Free slots per worker and, per base model, a heap of workers by fill ratio.
+    """Free capacity per worker and, per base model, a heap of workers by fill ratio.
 
     Heap entries go stale when a worker's fill changes; stale ones are skipped on pop
     (lazy deletion keeps each pick O(log workers)).
     """
 
-    def __init__(self, workers: Iterable[WorkerSlots]):
+    def __init__(self, workers: Iterable[WorkerCapacity]):
         self.workers = {
-            w.worker_id: w for w in workers if not w.is_draining and w.num_slots > 0
+            w.worker_id: w for w in workers if not w.is_draining and w.capacity > 0
         }
         self.used = dict.fromkeys(self.workers, 0)
         self.heaps: dict[str, list[tuple[float, str]]] = {}
@@ -168,14 +168,14 @@ class _FleetState:
             worker is not None
             and worker.base_model == version.base_model
             and worker_id not in version.excluded_worker_ids
-            and self.used[worker_id] < worker.num_slots
+            and self.used[worker_id] < worker.capacity
         )
 
     def assign(self, worker_id: str) -> None:
         """Takes one slot of `worker_id` and re-queues it at its new fill ratio."""
         self.used[worker_id] += 1
         worker = self.workers[worker_id]
-        if self.used[worker_id] < worker.num_slots:
+        if self.used[worker_id] < worker.capacity:
             heapq.heappush(self.heaps[worker.base_model], (self._fill(worker_id), worker_id))
 
     def take_least_filled(
@@ -200,4 +200,4 @@ class _FleetState:
         return picked
 
     def _fill(self, worker_id: str) -> float:
-        return self.used[worker_id] / self.workers[worker_id].num_slots
+        return self.used[worker_id] / self.workers[worker_id].capacity

@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Mapping
 
 from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
-from lorafleet.controlplane.placement import PlacementPolicy, VersionDemand, WorkerSlots, place
+from lorafleet.controlplane.placement import PlacementPolicy, VersionDemand, WorkerCapacity, place
 from lorafleet.controlplane.routing import SERVING_TIERS, holders
 from lorafleet.controlplane.schema import Snapshot, VersionKey
 from lorafleet.worker.v1 import worker_service_pb2 as worker_pb
@@ -22,7 +22,7 @@ from lorafleet.worker.v1 import worker_service_pb2 as worker_pb
 Residency = Mapping[str, Mapping[VersionKey, worker_pb.AdapterResidency]]
 
 
-def num_slots(worker: fleet_pb.Worker) -> int:
+def capacity(worker: fleet_pb.Worker) -> int:
     """Versions a worker may hold: its host tier, or its device slots without one."""
     return worker.capacities.max_cpu_loras or worker.capacities.max_loras
 
@@ -53,7 +53,7 @@ def desired_placement(snapshot: Snapshot, policy: PlacementPolicy) -> dict[Versi
             excluded_worker_ids=frozenset(stored.failures) if stored else frozenset(),
         ))
     workers = [
-        WorkerSlots(w.worker_id, w.base_model.name, num_slots(w), w.is_draining)
+        WorkerCapacity(w.worker_id, w.base_model.name, capacity(w), w.is_draining)
         for w in snapshot.workers.values()
     ]
     return place(versions, workers, current_placement(snapshot), policy)

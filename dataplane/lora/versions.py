@@ -141,21 +141,21 @@ class VersionTable:
         if entry.num_pins == 0:
             entry._unpinned.set()
 
-    async def drain(self, entry: VersionEntry, timeout: float | None) -> bool:
+    async def retire(self, entry: VersionEntry, timeout: float | None) -> bool:
         """Stops new requests for `entry` and waits for its pins; False on timeout. If the
-        wait ends any other way than drained (timeout, the caller cancelled), the version
+        wait ends any other way than retired (timeout, the caller cancelled), the version
         takes requests again: an eviction that did not happen changed nothing."""
         entry.is_evicting = True
-        is_drained = False
+        is_retired = False
         try:
             if entry.num_pins:
                 await asyncio.wait_for(entry._unpinned.wait(), timeout)
-            is_drained = True
+            is_retired = True
         except asyncio.TimeoutError:
             pass
         finally:
-            entry.is_evicting = is_drained
-        return is_drained
+            entry.is_evicting = is_retired
+        return is_retired
 
     def remove(self, entry: VersionEntry) -> None:
         """Forgets a drained version; the bare name falls back to the newest remaining."""

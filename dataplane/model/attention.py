@@ -48,11 +48,11 @@ class DecodeGroup:
 class AttentionMetadata:
     """Where this step's keys and values go and what each query attends to.
 
-    slot_mapping [num_tokens] is the cache slot of each token; decode groups come first in
+    kv_positions [num_tokens] is each token's position in the flattened KV cache; decode groups come first in
     the batch, prefill spans after them.
     """
 
-    slot_mapping: torch.Tensor
+    kv_positions: torch.Tensor
     decodes: tuple[DecodeGroup, ...]
     prefills: tuple[PrefillSpan, ...]
 
@@ -63,8 +63,8 @@ def paged_attention(
 ) -> torch.Tensor:
     """Stores k, v [tokens, kv_heads, dim] in the cache, then attends q [tokens, heads, dim]."""
     num_kv_heads, head_dim = k.shape[1], k.shape[2]
-    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, k)
-    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.slot_mapping, v)
+    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.kv_positions, k)
+    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.kv_positions, v)
     out = torch.empty_like(q)
     for group in meta.decodes:
         rows = slice(group.start, group.stop)

@@ -43,16 +43,16 @@ class BatchBuilder:
         decodes = sorted((e for e in plan.scheduled if len(e.token_ids) == 1),
                          key=lambda e: e.start_position)
         entries = decodes + [e for e in plan.scheduled if len(e.token_ids) > 1]
-        ids, positions, slots, sample_rows = [], [], [], []
+        ids, positions, kv_positions, sample_rows = [], [], [], []
         for entry in entries:
             start, stop = entry.start_position, entry.start_position + len(entry.token_ids)
             ids.extend(entry.token_ids)
             positions.extend(range(start, stop))
-            slots.extend(self._slots(entry.block_table, start, stop))
+            kv_positions.extend(self._kv_positions(entry.block_table, start, stop))
             if entry.is_sampling:
                 sample_rows.append(len(ids) - 1)
         meta = AttentionMetadata(
-            slot_mapping=self._tensor(slots), decodes=self._decode_groups(decodes),
+            kv_positions=self._tensor(kv_positions), decodes=self._decode_groups(decodes),
             prefills=self._prefill_spans(entries[len(decodes):], len(decodes)),
         )
         return StepBatch(
@@ -65,7 +65,7 @@ class BatchBuilder:
     def _tensor(self, values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=self.device)
 
-    def _slots(self, block_table, start: int, stop: int) -> list[int]:
+    def _kv_positions(self, block_table, start: int, stop: int) -> list[int]:
         size = self.block_size
         return [block_table[p // size] * size + p % size for p in range(start, stop)]
 

@@ -28,6 +28,7 @@ from lorafleet.rpcserver import (
     full_name,
 )
 from lorafleet.startup import StartupError
+from lorafleet.tls import PLAINTEXT_TLS, TlsConfig
 from lorafleet.worker.v1 import worker_service_pb2, worker_service_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -87,11 +88,13 @@ async def start_worker(config: WorkerConfig, *, host: str = "127.0.0.1", port: i
                        heartbeat_seconds: float = 2.0,
                        advertise_address: str | None = None,
                        http_port: int | None = None,
-                       security: ServerSecurity = PLAINTEXT) -> RunningWorker:
+                       security: ServerSecurity = PLAINTEXT,
+                       tls: TlsConfig = PLAINTEXT_TLS) -> RunningWorker:
     """Binds the port, builds the worker, loads the start-up adapters, and starts
     serving; with `controlplanes`, also registers and heartbeats (advertising
     `advertise_address`, default the bound address). The gRPC server meets callers with
-    `security` (TLS credentials and interceptors). A busy port fails (PortInUse)
+    `security` (TLS credentials and interceptors) and calls the control plane with `tls`.
+    A busy port fails (PortInUse)
     before the model is loaded; any start-up failure releases what was taken."""
     bound = await bind_server(f"{host}:{port}", security)
     config = dataclasses.replace(
@@ -126,13 +129,14 @@ async def start_worker(config: WorkerConfig, *, host: str = "127.0.0.1", port: i
     fatal_watch = loop.create_task(_report_fatal(fatal, server))
     heartbeat = None
     if controlplanes:
-        heartbeat = Heartbeat(worker_servicer, controlplanes, interval=heartbeat_seconds)
+        heartbeat = Heartbeat(worker_servicer, controlplanes, interval=heartbeat_seconds,
+                              tls=tls)
         await heartbeat.send_once()
         heartbeat.start()
     http = None
     if http_port is not None:  # after the gRPC server is bound: HTTP calls into it
         http = await start_worker_http(worker_address=address, base_model=worker.base_model.name,
-                                       host=host, port=http_port)
+                                       host=host, port=http_port, tls=tls)
     return RunningWorker(worker, server, address, metrics, worker_servicer, fatal,
                          fatal_watch, tracer_provider, heartbeat, http)
 

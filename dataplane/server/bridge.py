@@ -110,7 +110,7 @@ class EngineBridge:
         try:
             while not self._stopping.is_set():
                 busy = self.engine.has_unfinished()
-                self._drain_commands(block=not busy)
+                self._run_queued_commands(block=not busy)
                 if self._stopping.is_set():
                     break
                 if self.engine.has_unfinished():
@@ -118,7 +118,7 @@ class EngineBridge:
         except BaseException as exc:  # a bug in the loop itself: report it, never hide it
             self._die(exc)
 
-    def _drain_commands(self, *, block: bool) -> None:
+    def _run_queued_commands(self, *, block: bool) -> None:
         """Runs queued commands; waits briefly for one when the engine is idle."""
         try:
             command = self._commands.get(timeout=_IDLE_WAIT_SECONDS) if block \

@@ -7,7 +7,7 @@ class QueueFull(RuntimeError):
     """More requests are waiting than the worker accepts (RESOURCE_EXHAUSTED)."""
 
 
-class Draining(RuntimeError):
+class ShuttingDown(RuntimeError):
     """The worker is shutting down and takes no new requests (UNAVAILABLE)."""
 
 

@@ -17,6 +17,7 @@ import grpc
 from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
 from lorafleet.control.v1 import fleet_service_pb2_grpc as fleet_grpc
 from lorafleet.dataplane.server.worker_service import WorkerServicer
+from lorafleet.tls import PLAINTEXT_TLS, TlsConfig
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +31,15 @@ class Heartbeat:
     """Background task reporting this worker to the control plane."""
 
     def __init__(self, servicer: WorkerServicer, controlplanes: Sequence[str], *,
-                 interval: float = 2.0, rpc_timeout: float = 2.0):
+                 interval: float = 2.0, rpc_timeout: float = 2.0,
+                 tls: TlsConfig = PLAINTEXT_TLS):
         if not controlplanes:
             raise ValueError("at least one control-plane address is required")
         self._servicer = servicer
         self._controlplanes = list(controlplanes)
         self.interval = interval
         self._rpc_timeout = rpc_timeout
+        self._tls = tls  # how to reach the control plane: plaintext, TLS or mTLS
         self._task: asyncio.Task | None = None
         self.is_draining = False  # the control plane is moving adapters off this worker
         self.refusal = ""  # why the control plane refuses this worker, while it does
@@ -54,7 +57,7 @@ class Heartbeat:
         request = fleet_pb.SendHeartbeatRequest(worker=self.describe())
         for address in self._controlplanes:
             try:
-                async with grpc.aio.insecure_channel(address) as channel:
+                async with self._tls.aio_channel(address) as channel:
                     reply = await fleet_grpc.FleetServiceStub(channel).SendHeartbeat(
                         request, timeout=self._rpc_timeout)
             except grpc.aio.AioRpcError as exc:

@@ -34,11 +34,11 @@ from lorafleet.dataplane.server.bridge import EngineDead
 from lorafleet.dataplane.server.errors import (
     AdapterLoadFailed,
     DigestMismatch,
-    Draining,
     EvictTimeout,
     NotResident,
     NotServing,
     QueueFull,
+    ShuttingDown,
 )
 from lorafleet.dataplane.server.requests import BadRequest
 from lorafleet.dataplane.tokenizer import ChatTemplateError
@@ -59,7 +59,7 @@ STATUS_BY_ERROR: dict[type[BaseException], grpc.StatusCode] = {
     AdapterLoadFailed: grpc.StatusCode.UNAVAILABLE,
     ChatTemplateError: grpc.StatusCode.FAILED_PRECONDITION,
     QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    Draining: grpc.StatusCode.UNAVAILABLE,
+    ShuttingDown: grpc.StatusCode.UNAVAILABLE,
     NotServing: grpc.StatusCode.UNAVAILABLE,
     EngineDead: grpc.StatusCode.INTERNAL,
     VersionTaken: grpc.StatusCode.ALREADY_EXISTS,

@@ -26,11 +26,11 @@ from lorafleet.dataplane.server.bridge import EngineBridge
 from lorafleet.dataplane.server.errors import (
     AdapterLoadFailed,
     DigestMismatch,
-    Draining,
     EvictTimeout,
     NotResident,
     NotServing,
     QueueFull,
+    ShuttingDown,
 )
 from lorafleet.dataplane.server.frontend import Frontend
 from lorafleet.dataplane.server.gauges import ServerLimits, model_names
@@ -76,7 +76,7 @@ class Worker:
         self.sizes = sizes
         self.tracer = tracer
         self.versions = VersionTable()
-        self.is_draining = False
+        self.is_shutting_down = False
         self._num_in_flight = 0
         self._loads: dict[tuple[str, int], asyncio.Future] = {}
         metrics.gauges.set_limits(ServerLimits(base_model.name, sizes.max_loras,
@@ -91,9 +91,9 @@ class Worker:
 
     def admit(self, caller_id: str, adapter_ref: str) -> Admitted:
         """Resolves the adapter version and pins it; raises when the request must wait
-        elsewhere (queue full, draining, engine stopped) or names nothing."""
-        if self.is_draining:
-            raise Draining("worker is shutting down")
+        elsewhere (queue full, shutting down, engine stopped) or names nothing."""
+        if self.is_shutting_down:
+            raise ShuttingDown("worker is shutting down")
         if not self.bridge.is_alive:
             raise NotServing("this worker's engine has stopped; retry on another worker")
         if self._num_in_flight >= self.options.max_waiting + self.options.max_num_seqs:
@@ -227,7 +227,7 @@ class Worker:
             raise NotResident(f"adapter {name}" + (f"@{version}" if version else "")
                               + " is not on this worker")
         for entry in targets:
-            if not keep_host and not await self.versions.drain(
+            if not keep_host and not await self.versions.retire(
                     entry, self.options.evict_timeout_seconds):
                 raise EvictTimeout(f"{entry.label} still has {entry.num_pins} requests")
             await self._evict_from_cache(entry, keep_host)

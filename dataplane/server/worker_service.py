@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lorafleet.dataplane.lora.versions import VersionEntry, VersionState
-from lorafleet.dataplane.server.errors import Draining
+from lorafleet.dataplane.server.errors import ShuttingDown
 from lorafleet.dataplane.server.requests import BadRequest
 from lorafleet.dataplane.server.status import rpc_errors
 from lorafleet.dataplane.server.worker import Worker
@@ -31,8 +31,8 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         name = _checked_name(request.adapter)
         if not request.source_uri:
             raise BadRequest("source_uri: required")
-        if self.worker.is_draining:
-            raise Draining("worker is draining")
+        if self.worker.is_shutting_down:
+            raise ShuttingDown("worker is shutting down")
         entry = await self.worker.load_adapter(
             name, request.version, request.source_uri, digest=request.digest,
             to_device=request.tier in (pb.TIER_UNSPECIFIED, pb.TIER_DEVICE),
@@ -87,7 +87,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
                 num_waiting=stats.num_waiting, num_running=stats.num_running,
                 num_kv_blocks_used=stats.num_used_blocks, num_device_adapters=counts["device"],
                 num_host_adapters=counts["host"], requests_per_adapter=in_flight),
-            is_draining=worker.is_draining)
+            is_draining=worker.is_shutting_down)
 
     def residency(self, entry: VersionEntry) -> pb.AdapterResidency:
         """The proto view of one version on this worker."""

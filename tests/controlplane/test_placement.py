@@ -9,14 +9,14 @@ import pytest
 from lorafleet.controlplane.placement import (
     PlacementPolicy,
     VersionDemand,
-    WorkerSlots,
+    WorkerCapacity,
     count_moves,
     place,
 )
 
 
 def _workers(num: int, slots: int = 4, model: str = "base", prefix: str = "w") -> list:
-    return [WorkerSlots(f"{prefix}{i}", model, slots) for i in range(num)]
+    return [WorkerCapacity(f"{prefix}{i}", model, slots) for i in range(num)]
 
 
 def _version(name: str, **kwargs) -> VersionDemand:
@@ -46,7 +46,7 @@ CASES = {
     ),
     "draining workers get nothing": (
         [_version("a", min_replicas=3)],
-        [WorkerSlots("w0", "base", 4), WorkerSlots("w1", "base", 4, is_draining=True)],
+        [WorkerCapacity("w0", "base", 4), WorkerCapacity("w1", "base", 4, is_draining=True)],
         {},
         {"acme/a": 1},
     ),

@@ -44,9 +44,9 @@ async def test_a_drain_that_ends_early_leaves_the_version_serving():
     table = VersionTable()
     entry = table.add(_entry("acme/x", 1, "a" * 64), make_default=True)
     table.acquire(entry)
-    assert not await table.drain(entry, timeout=0.01)
+    assert not await table.retire(entry, timeout=0.01)
     assert table.resolve("acme/x") is entry
-    waiting = asyncio.ensure_future(table.drain(entry, timeout=None))
+    waiting = asyncio.ensure_future(table.retire(entry, timeout=None))
     await asyncio.sleep(0.01)
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -81,7 +81,7 @@ async def test_drain_waits_for_pins_and_refuses_new_requests():
     table = VersionTable()
     v1 = table.add(_entry(), make_default=True)
     table.acquire(v1)
-    drained = asyncio.create_task(table.drain(v1, timeout=5))
+    drained = asyncio.create_task(table.retire(v1, timeout=5))
     await asyncio.sleep(0.01)
     assert not drained.done()
     with pytest.raises(AdapterUnavailable, match="being evicted"):
@@ -97,7 +97,7 @@ async def test_drain_timeout_gives_the_version_back():
     table = VersionTable()
     v1 = table.add(_entry(), make_default=True)
     table.acquire(v1)
-    assert not await table.drain(v1, timeout=0.01)
+    assert not await table.retire(v1, timeout=0.01)
     assert table.resolve("acme/support") is v1
 
 
