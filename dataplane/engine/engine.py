@@ -82,9 +82,10 @@ class Engine:
     def add_request(
         self, request_id: str, prompt_token_ids: Sequence[int], *,
         params: SamplingParams | None = None, adapter: Hashable | None = None,
+        tenant: str = "",
     ) -> None:
         """Queues a request given as token ids (the frontend tokenizes; see
-        dataplane/server/frontend.py)."""
+        dataplane/server/frontend.py); `tenant` is whom fair share counts it for."""
         if request_id in self._streams:
             raise InvalidRequestError(f"request_id {request_id!r} is already in use")
         params = params or SamplingParams()
@@ -92,7 +93,7 @@ class Engine:
         self._check_fits(token_ids, params)
         request = Request(
             request_id=request_id, prompt_token_ids=token_ids, params=params,
-            arrival_time=self._clock(), adapter=adapter,
+            arrival_time=self._clock(), adapter=adapter, tenant=tenant,
         )
         self.scheduler.add(request)
         self._streams[request_id] = RequestStream(request, self.tokenizer)

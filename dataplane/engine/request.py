@@ -48,6 +48,9 @@ class Request:
     params: SamplingParams
     arrival_time: float
     adapter: Hashable | None = None
+    # Who the request is served for, for fair share (see fairness.py): the adapter's
+    # tenant, or the caller's principal once auth names one; "" for the base model.
+    tenant: str = ""
     output_token_ids: list[int] = dataclasses.field(default_factory=list)
     num_computed_tokens: int = 0
     # Tokens the step being planned will compute; set by the scheduler.

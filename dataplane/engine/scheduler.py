@@ -3,7 +3,8 @@
 Each request's computed tokens catch up to its length under a per-step token budget, so a
 prompt may be prefilled in chunks while other requests decode. Running requests go first,
 then waiting ones; when KV blocks run out, the newest running request is preempted and
-later recomputed from scratch.
+later recomputed from scratch. Which waiting request goes next is fairness.py's choice:
+fair share between tenants by default, FIFO when asked.
 """
 
 from __future__ import annotations
@@ -14,16 +15,19 @@ from collections.abc import Hashable, Mapping
 
 from lorafleet.dataplane.engine.adapter_policy import AdapterScheduling
 from lorafleet.dataplane.engine.blocks import BlockAllocator
+from lorafleet.dataplane.engine.fairness import QUEUE_POLICIES, waiting_order
 from lorafleet.dataplane.engine.params import SamplingParams
 from lorafleet.dataplane.engine.request import Request, RequestStatus
 
 
 @dataclasses.dataclass(frozen=True)
 class SchedulerConfig:
-    """Per-step limits: tokens computed (prefill chunks plus decodes) and sequences."""
+    """Per-step limits: tokens computed (prefill chunks plus decodes) and sequences;
+    `queue_policy`: "fair" (share between tenants) or "fifo" (see fairness.py)."""
 
     max_num_batched_tokens: int = 2048
     max_num_seqs: int = 64
+    queue_policy: str = "fair"
 
     def __post_init__(self) -> None:
         if self.max_num_batched_tokens < 1:
@@ -32,6 +36,9 @@ class SchedulerConfig:
             )
         if self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if self.queue_policy not in QUEUE_POLICIES:
+            raise ValueError(f"queue_policy must be one of {QUEUE_POLICIES}, "
+                             f"got {self.queue_policy!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +103,7 @@ class Scheduler:
         self.waiting: collections.deque[Request] = collections.deque()
         self.running: list[Request] = []
         self._requests: dict[str, Request] = {}
+        self.order = waiting_order(config.queue_policy)
 
     @property
     def num_waiting(self) -> int:
@@ -121,6 +129,7 @@ class Scheduler:
             raise ValueError(f"request_id {request.request_id!r} is already in use")
         self._requests[request.request_id] = request
         self.waiting.append(request)
+        self.order.on_add(request)
 
     def schedule(self) -> SchedulerOutput:
         """Plans the next step: running requests first, then waiting ones."""
@@ -146,7 +155,7 @@ class Scheduler:
         blocks on, a request whose adapter cannot run this step."""
         skipped: list[Request] = []
         while self.waiting and not budget.is_exhausted:
-            request = self.waiting.popleft()
+            request = self._next_waiting()
             if not self._can_join(request, budget, is_new=True):
                 skipped.append(request)
                 continue
@@ -159,6 +168,10 @@ class Scheduler:
             self._take(request, num_new, budget, scheduled)
         self.waiting.extendleft(reversed(skipped))
 
+    def _next_waiting(self) -> Request:
+        """Takes the waiting request to try next off the queue (see fairness.py)."""
+        return self.order.pick(self.waiting)
+
     def _can_join(self, request: Request, budget: _StepBudget, *, is_new: bool = False) -> bool:
         """True when the request's adapter can run in this step (see adapter_policy)."""
         if request.adapter is None:
@@ -170,6 +183,7 @@ class Scheduler:
         """Charges the request's tokens to the budget and records it for this step."""
         budget.num_tokens -= num_new
         budget.num_seqs -= 1
+        self.order.charge(request, num_new)
         if request.adapter is not None:
             budget.adapters.add(request.adapter)
         request.num_scheduled_tokens = num_new
@@ -253,4 +267,5 @@ class Scheduler:
         self.allocator.free(request.block_table)
         request.block_table = []
         request.status = RequestStatus.FINISHED
+        self.order.on_finish(request)
         return request
