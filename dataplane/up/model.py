@@ -41,12 +41,14 @@ def real_model() -> dict | None:
     except smollm.ModelUnavailable as exc:
         _note(f"{REAL_LABEL} unavailable ({exc}); using the random demo model")
         return None
-    adapters = {}
+    adapters, missing = {}, []
     for name, path in smollm.demo_adapters().items():
         if (pathlib.Path(path) / "adapter_config.json").exists():
             adapters[name] = str(path)
         else:
-            _note(f"demo adapter {name} is missing at {path}; serving without it")
+            missing.append(f"{name} ({path})")
+    if missing:
+        _note(f"demo adapters missing, serving without them: {', '.join(missing)}")
     return {"model_dir": str(model_dir), "model_name": smollm.MODEL_NAME,
             "label": REAL_LABEL, "adapters": adapters}
 

@@ -94,6 +94,9 @@ async def start(args: argparse.Namespace, children: Children) -> None:
 async def _register_and_place(controlplane: str, base_model: str,
                               plan: list[register.PlannedAdapter], http_url: str) -> None:
     """Registers `plan`, waits until every version is resident and routed, says where."""
+    if not plan:
+        print("no adapters to register: the base model alone", flush=True)
+        return
     await register.register(controlplane, base_model, plan)
     placed = await register.wait_placed(controlplane, plan)
     await register.wait_routed(http_url, [adapter.name for adapter in plan])

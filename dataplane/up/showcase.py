@@ -91,8 +91,9 @@ def commands(gateway: str, http_url: str, controlplane: str, base_model: str,
     for adapter in ["", *adapters]:
         choose = f" --adapter {adapter}" if adapter else ""
         lines.append(f"  {lorafleet} generate --addr {gateway}{choose} --chat {chat}")
-    body = {"adapter": example, "chat": {"messages": [{"role": "user", "content": QUESTION}]},
-            "sampling": {"max_tokens": NUM_ANSWER_TOKENS, "temperature": 0}}
+    body = {"adapter": example} if example else {}
+    body.update(chat={"messages": [{"role": "user", "content": QUESTION}]},
+                sampling={"max_tokens": NUM_ANSWER_TOKENS, "temperature": 0})
     lines.append(f"  {tool('grpcurl')} -plaintext -d {shlex.quote(json.dumps(body))} "
                  f"{gateway} {GENERATE_METHOD}")
     request = {"model": example or base_model, "max_tokens": NUM_ANSWER_TOKENS,
@@ -107,6 +108,8 @@ def commands(gateway: str, http_url: str, controlplane: str, base_model: str,
                   f"  {lorafleet} adapter rollout {rollout_adapter} 1=50 2=50 "
                   f"--controlplane {controlplane}",
                   f"  {lorafleet} adapter get {rollout_adapter} --controlplane {controlplane}"]
+    else:
+        lines.append("")
     lines += [f"  {lorafleet} workers --controlplane {controlplane}",
               f"  {lorafleet} placement --controlplane {controlplane}"]
     return lines

@@ -3,8 +3,10 @@ test sets and every child inherits (so a grandchild re-parented to init is found
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
+import signal
 import socket
 import uuid
 
@@ -40,3 +42,10 @@ def is_listening(address: str) -> bool:
     with socket.socket() as sock:
         sock.settimeout(1.0)
         return sock.connect_ex((host, int(port))) == 0
+
+
+def kill_marked(mark: str) -> None:
+    """SIGKILLs whatever still carries `mark`: a failed test must not leave a fleet behind."""
+    for pid in marked_pids(mark):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

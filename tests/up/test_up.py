@@ -17,7 +17,7 @@ import pytest
 from openai import OpenAI
 
 from lorafleet.dataplane.up.children import STOP_GRACE_SECONDS
-from tests.up.processes import is_listening, marked_env, marked_pids
+from tests.up.processes import is_listening, kill_marked, marked_env, marked_pids
 
 UP = [sys.executable, "-m", "lorafleet.clients.cli", "up"]
 FREE_PORTS = ["--controlplane-port", "0", "--gateway-port", "0", "--http-port", "0"]
@@ -28,7 +28,8 @@ READY_LINE = "lorafleet is up"
 class Up:
     """A running `lorafleet up`, its output collected line by line as it comes."""
 
-    def __init__(self, argv: list[str], env: dict[str, str]):
+    def __init__(self, argv: list[str], env: dict[str, str], mark: str):
+        self.mark = mark
         self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         text=True, env=env)
         self.lines: list[str] = []
@@ -44,10 +45,19 @@ class Up:
         deadline = time.monotonic() + timeout
         while not any(text in line for line in self.lines):
             if self.process.poll() is not None or time.monotonic() > deadline:
-                self.process.kill()
+                self.stop()
                 pytest.fail(f"no {text!r} from lorafleet up; stdout:\n" + "\n".join(self.lines)
                             + "\nstderr:\n" + self.process.stderr.read())
             time.sleep(0.1)
+
+    def stop(self) -> None:
+        """SIGTERM (so `up` stops its children), SIGKILL only if it does not exit."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(4 * STOP_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
 
     def printed(self, pattern: str) -> list[str]:
         """Every printed line matching `pattern` (stripped)."""
@@ -55,14 +65,20 @@ class Up:
 
 
 @pytest.fixture
-def up(tmp_path):
-    """`lorafleet up` on the random model with one worker; killed if a test leaves it."""
+def marked():
+    """(environment, mark) for an `up`; whatever carries the mark is killed afterwards."""
     env, mark = marked_env()
-    running = Up([*UP, *SMALL, "--data-dir", str(tmp_path / "data")], env)
-    running.mark = mark
+    yield env, mark
+    kill_marked(mark)
+
+
+@pytest.fixture
+def up(tmp_path, marked):
+    """`lorafleet up` on the random model with one worker; stopped if a test leaves it."""
+    env, mark = marked
+    running = Up([*UP, *SMALL, "--data-dir", str(tmp_path / "data")], env, mark)
     yield running
-    if running.process.poll() is None:
-        running.process.kill()
+    running.stop()
 
 
 def _paste(command: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -124,8 +140,8 @@ def test_ctrl_c_during_start_up_stops_what_was_started(up):
     assert up.lines[-1] == "stopped" and marked_pids(up.mark) == set()
 
 
-def test_a_busy_gateway_port_is_one_line_and_starts_nothing(tmp_path):
-    env, mark = marked_env()
+def test_a_busy_gateway_port_is_one_line_and_starts_nothing(tmp_path, marked):
+    env, mark = marked
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -140,8 +156,8 @@ def test_a_busy_gateway_port_is_one_line_and_starts_nothing(tmp_path):
     assert "ready" not in done.stdout and marked_pids(mark) == set()
 
 
-def test_a_worker_that_dies_at_start_stops_what_was_started(tmp_path):
-    env, mark = marked_env()
+def test_a_worker_that_dies_at_start_stops_what_was_started(tmp_path, marked):
+    env, mark = marked
     empty = tmp_path / "not-a-model"
     empty.mkdir()
     argv = [*UP, *FREE_PORTS, "--workers", "1", "--model", str(empty),
