@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from lorafleet.auth import Role, current_principal
 from lorafleet.control.v1 import adapter_service_pb2 as adapter_pb
 from lorafleet.control.v1 import adapter_service_pb2_grpc as adapter_grpc
 from lorafleet.controlplane.api_status import grpc_errors
+from lorafleet.controlplane.audit import audited
+from lorafleet.controlplane.errors import PermissionDenied
 from lorafleet.controlplane.registry import AdapterRegistry
 from lorafleet.controlplane.rollouts import RolloutManager
 
@@ -15,8 +18,10 @@ class AdapterServicer(adapter_grpc.AdapterServiceServicer):
     def __init__(self, registry: AdapterRegistry, rollouts: RolloutManager):
         self.registry = registry
         self.rollouts = rollouts
+        self.store = registry.store  # where @audited records changes
 
     @grpc_errors
+    @audited("CreateAdapter", lambda r: r.adapter.name)
     async def CreateAdapter(self, request, context):
         """Registers an adapter."""
         adapter = await self.registry.create_adapter(request.adapter)
@@ -37,14 +42,23 @@ class AdapterServicer(adapter_grpc.AdapterServiceServicer):
         return adapter_pb.ListAdaptersResponse(adapters=adapters)
 
     @grpc_errors
+    @audited("DeleteAdapter", lambda r: r.name)
     async def DeleteAdapter(self, request, context):
         """Deletes an adapter that receives no traffic."""
         await self.registry.delete_adapter(request.name)
         return adapter_pb.DeleteAdapterResponse()
 
     @grpc_errors
+    @audited("CreateAdapterVersion", lambda r: r.adapter)
     async def CreateAdapterVersion(self, request, context):
-        """Adds a version, validated by a worker when one is up."""
+        """Adds a version, validated by a worker when one is up. A tenant needs a key that
+        allows it, and its own adapter (another tenant's is NOT_FOUND, as if absent)."""
+        principal = current_principal()
+        if principal is not None and principal.role is Role.TENANT:
+            await self.registry.get_adapter(request.adapter)
+            if not principal.can_create_versions:
+                raise PermissionDenied("this tenant key may not create versions; ask an "
+                                       "admin for a key made with --can-create-versions")
         version = await self.registry.create_version(request.adapter, request.source_uri)
         return adapter_pb.CreateAdapterVersionResponse(version=version)
 
@@ -55,12 +69,14 @@ class AdapterServicer(adapter_grpc.AdapterServiceServicer):
         return adapter_pb.ListAdapterVersionsResponse(versions=versions)
 
     @grpc_errors
+    @audited("UpdateRollout", lambda r: r.adapter)
     async def UpdateRollout(self, request, context):
         """Sets a new traffic split."""
         rollout = await self.rollouts.update(request.adapter, request.weights)
         return adapter_pb.UpdateRolloutResponse(rollout=rollout)
 
     @grpc_errors
+    @audited("RollbackRollout", lambda r: r.adapter)
     async def RollbackRollout(self, request, context):
         """Restores the previous traffic split."""
         rollout = await self.rollouts.rollback(request.adapter)

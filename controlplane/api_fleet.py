@@ -7,6 +7,7 @@ import contextlib
 from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
 from lorafleet.control.v1 import fleet_service_pb2_grpc as fleet_grpc
 from lorafleet.controlplane.api_status import grpc_errors
+from lorafleet.controlplane.audit import audited
 from lorafleet.controlplane.fleet import FleetRegistry
 from lorafleet.controlplane.routing import diff, holders, live_workers, routing_table
 from lorafleet.controlplane.schema import Snapshot
@@ -30,13 +31,17 @@ def placement_view(snapshot: Snapshot, adapter: str = "") -> list[fleet_pb.Versi
 class FleetServicer(fleet_grpc.FleetServiceServicer):
     """Serves the fleet view over gRPC."""
 
-    def __init__(self, store: EtcdStore, fleet: FleetRegistry):
+    def __init__(self, store: EtcdStore, fleet: FleetRegistry, bindings=None):
         self.store = store
         self.fleet = fleet
+        self.bindings = bindings  # WorkerBindings: a worker id belongs to one key
+
 
     @grpc_errors
     async def SendHeartbeat(self, request, context):
-        """Registers or renews a worker."""
+        """Registers or renews a worker (PERMISSION_DENIED for an id bound to another key)."""
+        if self.bindings is not None and request.worker.worker_id:
+            await self.bindings.check(request.worker.worker_id)
         is_draining = await self.fleet.heartbeat(request.worker)
         return fleet_pb.SendHeartbeatResponse(
             heartbeat_interval_seconds=self.fleet.heartbeat_interval_seconds,
@@ -56,6 +61,7 @@ class FleetServicer(fleet_grpc.FleetServiceServicer):
         return fleet_pb.GetPlacementResponse(placements=placement_view(snapshot, request.adapter))
 
     @grpc_errors
+    @audited("DrainWorker", lambda r: r.worker_id)
     async def DrainWorker(self, request, context):
         """Marks a worker as draining."""
         worker = await self.fleet.drain(request.worker_id)

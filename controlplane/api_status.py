@@ -13,6 +13,7 @@ from lorafleet.controlplane.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
 )
 from lorafleet.controlplane.store import StoreUnavailable
 
@@ -25,6 +26,7 @@ STATUS_BY_ERROR = {
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     Conflict: grpc.StatusCode.ABORTED,
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 

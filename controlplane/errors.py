@@ -29,3 +29,7 @@ class Conflict(ControlPlaneError):
 
 class NotLeader(ControlPlaneError):
     """A fenced write failed: this replica no longer holds the election lease."""
+
+
+class PermissionDenied(ControlPlaneError):
+    """The caller's key does not allow this (PERMISSION_DENIED)."""

@@ -96,8 +96,8 @@ class FleetRegistry:
         if found is None:
             raise NotFound(f"worker {worker_id!r} not found")
         drain_key = self.keys.drain(worker_id).encode()
-        await self.store.call(
-            lambda: self.store.client.put(drain_key, b"", lease=found[1].lease), "put")
+        # A transaction, so an audit scope records the drain with it.
+        await self.store.commit([], [self.store.ops.put(drain_key, b"", lease=found[1].lease)])
         worker = fleet_pb.Worker.FromString(found[0])
         worker.is_draining = True
         return worker

@@ -62,7 +62,8 @@ async def fetch_residency(clients: WorkerClients, snapshot: Snapshot) -> Residen
 async def _list_adapters(clients: WorkerClients, worker: fleet_pb.Worker):
     try:
         reply = await clients.stub(worker.address).ListAdapters(
-            worker_pb.ListAdaptersRequest(), timeout=LIST_TIMEOUT_SECONDS
+            worker_pb.ListAdaptersRequest(), timeout=LIST_TIMEOUT_SECONDS,
+            metadata=clients.metadata,
         )
         return list(reply.adapters)
     except grpc.aio.AioRpcError as error:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import urllib.parse
 
+from lorafleet.auth import can_see, tenant_scope
 from lorafleet.control.v1 import adapter_service_pb2 as adapter_pb
 from lorafleet.controlplane.errors import (
     AlreadyExists,
@@ -64,14 +65,20 @@ class AdapterRegistry:
         return stored
 
     async def get_adapter(self, name: str) -> adapter_pb.Adapter:
-        """The adapter, or NotFound."""
+        """The adapter, or NotFound. Another tenant's adapter is NotFound too, after the
+        same read and with the same message as an absent one: existence is not revealed."""
         found = await self.store.get(self.keys.adapter(checked_name(name)))
-        if found is None:
+        if found is None or not can_see(name):
             raise NotFound(f"adapter {name!r} not found")
         return adapter_pb.Adapter.FromString(found[0])
 
     async def list_adapters(self, tenant: str = "") -> list[adapter_pb.Adapter]:
-        """Adapters in name order, optionally of one tenant."""
+        """Adapters in name order, optionally of one tenant; a tenant caller sees its own
+        only (asking for another tenant's lists nothing)."""
+        scope = tenant_scope()
+        if scope is not None and tenant not in ("", scope):
+            return []
+        tenant = scope or tenant
         prefix = self.keys.adapter(f"{tenant}/" if tenant else "")
         items, _ = await self.store.get_prefix(prefix)
         return [adapter_pb.Adapter.FromString(items[key]) for key in sorted(items)]

@@ -18,9 +18,11 @@ import logging
 import uuid
 
 from lorafleet import rpcserver
+from lorafleet.auth import bearer
 from lorafleet.control.v1 import adapter_service_pb2, fleet_service_pb2
 from lorafleet.control.v1 import adapter_service_pb2_grpc as adapter_grpc
 from lorafleet.control.v1 import fleet_service_pb2_grpc as fleet_grpc
+from lorafleet.controlplane.access import AuthConfig, ControlPlaneAuth
 from lorafleet.controlplane.api_adapters import AdapterServicer
 from lorafleet.controlplane.api_fleet import FleetServicer
 from lorafleet.controlplane.election import LeaderElection
@@ -56,6 +58,7 @@ class ControlPlaneConfig:
     etcd_give_up_seconds: float = 30.0
     metrics_port: int | None = None  # Prometheus /metrics on the gRPC host; 0: a free port
     security: rpcserver.ServerSecurity = rpcserver.PLAINTEXT  # how the server meets callers
+    auth: AuthConfig = AuthConfig()  # API keys: who may call, and the key it calls workers with
 
 
 class ControlPlane:
@@ -69,6 +72,8 @@ class ControlPlane:
                                RetryPolicy(give_up_seconds=config.etcd_give_up_seconds),
                                self.metrics)
         self.clients = WorkerClients(CallPolicy(timeout_seconds=config.worker_timeout_seconds))
+        self.clients.metadata = bearer(config.auth.api_key)
+        self.auth = ControlPlaneAuth(self.store, config.auth)
         self.validator = VersionValidator(self.store, self.clients)
         self.registry = AdapterRegistry(self.store, self.validator)
         self.fleet = FleetRegistry(self.store, config.lease_ttl_seconds)
@@ -87,12 +92,14 @@ class ControlPlane:
             ),
             rpcserver.ServiceBinding(
                 fleet_grpc.add_FleetServiceServicer_to_server,
-                FleetServicer(self.store, self.fleet),
+                FleetServicer(self.store, self.fleet, self.auth.bindings),
                 rpcserver.full_name(fleet_service_pb2, "FleetService"),
             ),
+            self.auth.binding(),
         ]
-        self._server = await rpcserver.start_server(bindings, self.config.address,
-                                                    self.config.security)
+        await self.auth.start()
+        self._server = await rpcserver.start_server(
+            bindings, self.config.address, self.auth.security(self.config.security))
         if self.config.metrics_port is not None:
             await self._start_metrics(self.config.metrics_port)
         self._leading = asyncio.create_task(self._lead_forever())
@@ -123,6 +130,7 @@ class ControlPlane:
         if self._server is not None:
             await self._server.stop(grace_seconds)
         await self.clients.close()
+        await self.auth.stop()
         await self.store.close()
         self.metrics.close()
 

@@ -19,6 +19,7 @@ import aetcd
 import aetcd.exceptions
 import aetcd.utils
 
+from lorafleet.controlplane import audit
 from lorafleet.controlplane.metrics import ControlPlaneMetrics
 from lorafleet.controlplane.schema import DEFAULT_ROOT, Keys, Snapshot, decode_into
 
@@ -132,11 +133,15 @@ class EtcdStore:
         return decode_into(Snapshot(revision=revision), self.keys.root, items)
 
     async def commit(self, compare: Sequence[Any], success: Sequence[Any]) -> bool:
-        """Applies `success` in one transaction if every `compare` holds; returns whether."""
+        """Applies `success` in one transaction if every `compare` holds; returns whether.
+        Inside an audit scope the first successful transaction also records its entry."""
+        success = [*success, *audit.pending_ops(self)]
         succeeded, _ = await self.call(
-            lambda: self.client.transaction(compare=list(compare), success=list(success), failure=[]),
+            lambda: self.client.transaction(compare=list(compare), success=success, failure=[]),
             "txn",
         )
+        if succeeded:
+            audit.note_committed()
         return succeeded
 
     def delete_prefix_op(self, prefix: str):

@@ -34,6 +34,7 @@ class WorkerClients:
     def __init__(self, policy: CallPolicy | None = None):
         self.policy = policy or CallPolicy()
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self.metadata: tuple[tuple[str, str], ...] = ()  # the replica's key (access.py)
 
     def stub(self, address: str) -> worker_grpc.WorkerServiceStub:
         """A stub for the worker at `address`, reusing its channel."""
@@ -51,7 +52,8 @@ class WorkerClients:
             num_left -= 1
             try:
                 rpc = getattr(self.stub(address), method)
-                return await rpc(request, timeout=timeout or self.policy.timeout_seconds)
+                return await rpc(request, timeout=timeout or self.policy.timeout_seconds,
+                                 metadata=self.metadata)
             except grpc.aio.AioRpcError as error:
                 if error.code() not in TRANSIENT_CODES or num_left <= 0:
                     raise

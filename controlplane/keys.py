@@ -1,0 +1,189 @@
+"""API keys in etcd, AccessService (keys and the audit trail), and the binding of a worker
+id to the key that first registered it.
+
+Records live at `keys/<key id>` under the root as the JSON line of lorafleet.auth's
+KeyRecord (an argon2id hash, never the key). Each replica keeps them in memory, re-read
+every 0.5 s, so a key revoked on any replica fails on every replica within a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from google.protobuf import timestamp_pb2
+
+from lorafleet.auth import KeyRecord, MemoryKeyStore, Principal, current_principal
+from lorafleet.auth.keys import InvalidKeyRecord, make_key
+from lorafleet.auth.remote import PROTO_ROLE, ROLE_OF
+from lorafleet.auth.stores import KeyStore
+from lorafleet.auth.verify import KeyVerifier
+from lorafleet.control.v1 import access_service_pb2 as access_pb
+from lorafleet.control.v1 import access_service_pb2_grpc as access_grpc
+from lorafleet.controlplane.api_status import grpc_errors
+from lorafleet.controlplane.audit import audited, list_entries
+from lorafleet.controlplane.errors import Conflict, InvalidArgument, NotFound, PermissionDenied
+from lorafleet.controlplane.store import EtcdStore
+from lorafleet.names import InvalidName, check_worker_id
+
+log = logging.getLogger(__name__)
+REFRESH_SECONDS = 0.5
+
+
+class EtcdKeyStore(MemoryKeyStore):
+    """The stored keys, mirrored in memory and refreshed from etcd every 0.5 s."""
+
+    def __init__(self, store: EtcdStore):
+        super().__init__()
+        self.store = store
+        self.prefix = f"{store.keys.root}keys/"
+        self._refreshing: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        """Reads every key, then keeps refreshing in the background."""
+        await self.refresh()
+        self._refreshing = asyncio.create_task(self._refresh_forever())
+
+    async def stop(self) -> None:
+        """Stops refreshing."""
+        if self._refreshing is not None:
+            self._refreshing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refreshing
+
+    async def refresh(self) -> None:
+        """Replaces the in-memory records with etcd's."""
+        items, _ = await self.store.get_prefix(self.prefix)
+        records = {}
+        for key, value in items.items():
+            try:
+                record = KeyRecord.from_json(value.decode())
+            except (InvalidKeyRecord, UnicodeDecodeError):
+                log.error("ignoring a malformed key record at %s", key)
+                continue
+            records[record.key_id] = record
+        self.records = records
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(REFRESH_SECONDS)
+            try:
+                await self.refresh()
+            except Exception:  # noqa: BLE001 - keep the last records; etcd may come back
+                log.warning("could not refresh API keys from etcd", exc_info=True)
+
+    async def create(self, record: KeyRecord) -> None:
+        """Stores a new record (in the audit scope's transaction)."""
+        key = f"{self.prefix}{record.key_id}".encode()
+        ops = self.store.ops
+        if not await self.store.commit([ops.create(key) == 0],
+                                       [ops.put(key, record.to_json().encode())]):
+            raise Conflict("key id collision; try again")
+        self.put(record)
+
+    async def revoke(self, key_id: str) -> None:
+        """Deletes a record; NotFound when there is none."""
+        key = f"{self.prefix}{key_id}".encode()
+        ops = self.store.ops
+        if not await self.store.commit([ops.version(key) > 0], [ops.delete(key)]):
+            raise NotFound(f"key {key_id[:32]!r} not found")
+        self.remove(key_id)
+
+
+def api_key_of(record: KeyRecord) -> access_pb.ApiKey:
+    """The public description of a record."""
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int(record.create_time * 1e9))
+    return access_pb.ApiKey(key_id=record.key_id, role=PROTO_ROLE[record.role],
+                            tenant=record.tenant,
+                            can_create_versions=record.can_create_versions, create_time=stamp)
+
+
+class AccessServicer(access_grpc.AccessServiceServicer):
+    """Serves AccessService: keys in etcd and the audit trail."""
+
+    def __init__(self, store: EtcdStore, keys: EtcdKeyStore, verifier: KeyVerifier):
+        self.store = store
+        self.keys = keys
+        self.verifier = verifier
+
+    @grpc_errors
+    @audited("CreateKey", lambda r: access_pb.Role.Name(r.role) + (f" {r.tenant}" if r.tenant else ""))
+    async def CreateKey(self, request, context):
+        """Makes and stores a key; its secret is in this reply only."""
+        role = ROLE_OF.get(request.role)
+        if role is None:
+            raise InvalidArgument("role: give ROLE_ADMIN, ROLE_TENANT, ROLE_WORKER or ROLE_GATEWAY")
+        try:
+            key, record = await asyncio.to_thread(make_key, role.value, request.tenant,
+                                                  request.can_create_versions)
+        except InvalidKeyRecord as error:
+            raise InvalidArgument(str(error)) from None
+        await self.keys.create(record)
+        return access_pb.CreateKeyResponse(key=key, api_key=api_key_of(record))
+
+    @grpc_errors
+    async def ListKeys(self, request, context):
+        """Stored keys in id order, without secrets."""
+        await self.keys.refresh()
+        records = sorted(self.keys.records.values(), key=lambda r: r.key_id)
+        return access_pb.ListKeysResponse(api_keys=[api_key_of(r) for r in records])
+
+    @grpc_errors
+    @audited("RevokeKey", lambda r: r.key_id)
+    async def RevokeKey(self, request, context):
+        """Deletes a key."""
+        await self.keys.revoke(request.key_id)
+        return access_pb.RevokeKeyResponse()
+
+    @grpc_errors
+    async def VerifyKey(self, request, context):
+        """Whether a key is valid, and whose it is."""
+        principal = await self.verifier.verify(request.key)
+        if principal is None:
+            return access_pb.VerifyKeyResponse(is_valid=False)
+        record = self.verifier.store.record(principal.key_id)
+        return access_pb.VerifyKeyResponse(is_valid=True, api_key=api_key_of(record))
+
+    @grpc_errors
+    async def ListAuditEntries(self, request, context):
+        """Audit entries, oldest first."""
+        since = request.since.ToNanoseconds() if request.HasField("since") else 0
+        return access_pb.ListAuditEntriesResponse(entries=await list_entries(self.store, since))
+
+
+class WorkerBindings:
+    """Binds a worker id to the key of its first heartbeat (`worker-keys/<id>` in etcd).
+    Another key for the same id is refused while the bound key exists; revoking that key
+    frees the id for a new one."""
+
+    def __init__(self, store: EtcdStore, keys: KeyStore):
+        self.store = store
+        self.keys = keys
+
+    async def check(self, worker_id: str) -> None:
+        """Binds `worker_id` to the caller's key, or PermissionDenied when it is bound to
+        another live key. Without auth (no principal) there is nothing to bind."""
+        principal: Principal | None = current_principal()
+        if principal is None or not _is_worker_id(worker_id):
+            return  # without auth nothing to bind; a bad id is refused by the heartbeat
+        key = f"{self.store.keys.root}worker-keys/{worker_id}".encode()
+        found = await self.store.get(key.decode())
+        bound = found[0].decode() if found else None
+        if bound == principal.key_id:
+            return
+        if bound is not None and self.keys.record(bound) is not None:
+            raise PermissionDenied(f"worker_id {worker_id!r} belongs to another key")
+        ops = self.store.ops
+        guard = (ops.mod(key) == found[1].mod_revision) if found else (ops.create(key) == 0)
+        if not await self.store.commit([guard], [ops.put(key, principal.key_id.encode())]):
+            raise PermissionDenied(f"worker_id {worker_id!r} belongs to another key")
+
+
+def _is_worker_id(worker_id: str) -> bool:
+    try:
+        check_worker_id(worker_id)
+    except InvalidName:
+        return False
+    return True

@@ -1,0 +1,127 @@
+"""The one auth interceptor every lorafleet server runs.
+
+It reads `authorization: Bearer <key>` from the call's metadata, asks a verifier for
+the principal, checks the method's roles in a policy table, and makes the principal
+current (contextvars) for the servicer. No key or an invalid one: UNAUTHENTICATED. A
+role the table does not list: PERMISSION_DENIED. A gateway or admin caller may add
+`x-lorafleet-tenant: <name>` to act for that tenant (the gateway vouching for the caller
+it authenticated); from anyone else the header is ignored.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Protocol
+
+import grpc
+
+from lorafleet.auth.policy import Table, is_public
+from lorafleet.auth.principals import Principal, Role, set_principal
+
+TENANT_HEADER = "x-lorafleet-tenant"
+_VOUCHERS = (Role.GATEWAY, Role.ADMIN)
+
+
+class Verifier(Protocol):
+    """Anything that turns a presented key into a principal (None: not a valid key)."""
+
+    async def verify(self, key: str) -> Principal | None:
+        """The key's principal, or None."""
+
+
+class VerifierUnavailable(RuntimeError):
+    """The verifier could not decide now (e.g. the control plane is unreachable)."""
+
+
+def bearer(key: str | None) -> tuple[tuple[str, str], ...]:
+    """Call metadata carrying `key` (empty without one)."""
+    return (("authorization", f"Bearer {key}"),) if key else ()
+
+
+def key_of(metadata) -> str | None:
+    """The bearer key in call metadata, or None."""
+    for name, value in metadata or ():
+        if name == "authorization" and isinstance(value, str):
+            scheme, _, key = value.partition(" ")
+            if scheme.lower() == "bearer" and key.strip():
+                return key.strip()
+    return None
+
+
+def vouched_for(principal: Principal, metadata) -> Principal:
+    """The tenant a gateway or admin caller acts for (x-lorafleet-tenant), else itself."""
+    if principal.role not in _VOUCHERS:
+        return principal
+    tenant = next((v for k, v in metadata or () if k == TENANT_HEADER), "")
+    if not tenant:
+        return principal
+    return Principal(Role.TENANT, tenant, principal.key_id, via=principal)
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Authenticates and authorizes every call before its servicer runs."""
+
+    def __init__(self, verifier: Verifier, policy: Table):
+        self.verifier = verifier
+        self.policy = policy
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or is_public(method):
+            return handler
+        admit = _Admission(self, method, handler_call_details.invocation_metadata)
+        if handler.request_streaming and handler.response_streaming:
+            return handler._replace(stream_stream=_guard_stream(admit, handler.stream_stream))
+        if handler.request_streaming:
+            return handler._replace(stream_unary=_guard_unary(admit, handler.stream_unary))
+        if handler.response_streaming:
+            return handler._replace(unary_stream=_guard_stream(admit, handler.unary_stream))
+        return handler._replace(unary_unary=_guard_unary(admit, handler.unary_unary))
+
+
+class _Admission:
+    """The checks of one call, run inside its handler (where it can abort)."""
+
+    def __init__(self, interceptor: AuthInterceptor, method: str, metadata):
+        self.interceptor, self.method, self.metadata = interceptor, method, metadata
+
+    async def __call__(self, context: grpc.aio.ServicerContext) -> None:
+        key = key_of(self.metadata)
+        if key is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "no API key: send metadata 'authorization: Bearer <key>'")
+        try:
+            principal = await self.interceptor.verifier.verify(key)
+        except VerifierUnavailable as error:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot check the API key: {error}")
+        if principal is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid or revoked API key")
+        principal = vouched_for(principal, self.metadata)
+        if principal.role not in self.interceptor.policy.get(self.method, ()):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"role {principal.role.value} may not call {self.method}")
+        set_principal(principal)  # each RPC runs in its own task: no reset needed
+
+
+def _guard_unary(admit: _Admission, behavior):
+    async def guarded(request, context):
+        await admit(context)
+        result = behavior(request, context)
+        return await result if inspect.isawaitable(result) else result
+
+    return guarded
+
+
+def _guard_stream(admit: _Admission, behavior):
+    async def guarded(request, context):
+        await admit(context)
+        responses = behavior(request, context)
+        if hasattr(responses, "__aiter__"):
+            async for response in responses:
+                yield response
+        else:
+            for response in responses:
+                yield response
+
+    return guarded
