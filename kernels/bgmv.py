@@ -92,11 +92,13 @@ def _bgmv_expand_kernel(
     tl.store(y_ptrs, (y + delta).to(y_ptr.dtype.element_ty), mask=n_mask)
 
 
-def bgmv_triton(y, x, lora_a, lora_b, scale, ranks, *, batch: LoraBatch) -> None:
+def bgmv_triton(y, x, lora_a, lora_b, scale, ranks, *, batch: LoraBatch,
+                is_checked: bool = False) -> None:
     """Triton BGMV: y[t] += scale * (x[t] @ A^T) @ B^T for every row with a slot, in place."""
     if triton is None:
         raise RuntimeError("bgmv_triton needs Triton, which is not installed")
-    check_lora_args(y, x, lora_a, lora_b, scale, ranks, batch)
+    if not is_checked:
+        check_lora_args(y, x, lora_a, lora_b, scale, ranks, batch)
     if not batch.segments:
         return
     _, max_rank, in_features = lora_a.shape
@@ -117,7 +119,8 @@ def bgmv_triton(y, x, lora_a, lora_b, scale, ranks, *, batch: LoraBatch) -> None
     )
 
 
-def bgmv_torch(y, x, lora_a, lora_b, scale, ranks, *, batch: LoraBatch) -> None:
+def bgmv_torch(y, x, lora_a, lora_b, scale, ranks, *, batch: LoraBatch,
+               is_checked: bool = False) -> None:
     """Torch BGMV, same contract as `bgmv_triton`: each row gathers its slot's weights.
 
     Batched matrix-vector products over weights gathered per row. It computes all max_rank
@@ -127,7 +130,8 @@ def bgmv_torch(y, x, lora_a, lora_b, scale, ranks, *, batch: LoraBatch) -> None:
     with many adapters in a step (see `dispatch.py`). `index_select` and `vecdot` because
     they measured 4-8x faster on CPU than advanced indexing and `bmm` at these shapes.
     """
-    check_lora_args(y, x, lora_a, lora_b, scale, ranks, batch)
+    if not is_checked:
+        check_lora_args(y, x, lora_a, lora_b, scale, ranks, batch)
     if not batch.segments:
         return
     checked_ranks(ranks, lora_a.shape[1])

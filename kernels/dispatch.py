@@ -33,6 +33,7 @@ def add_lora(
     ranks: torch.Tensor,
     *,
     batch: LoraBatch,
+    is_checked: bool = False,
 ) -> None:
     """y[t] += scale[s] * (x[t] @ lora_a[s]^T) @ lora_b[s]^T for every row t with a slot s.
 
@@ -40,13 +41,15 @@ def add_lora(
     `sgmv.py`; padding past a slot's rank must be finite (`LoraBuffers` keeps it zero).
     CUDA tensors go to the Triton kernels when Triton is installed (BGMV when
     `batch.is_bgmv`, SGMV otherwise); other tensors go to the faster torch path for this
-    batch by the cost model above.
+    batch by the cost model above. `is_checked=True` skips the argument checks, for
+    callers whose buffers were checked once at allocation and whose rows match the batch
+    by construction (the model's forward pass): they cost more than a small kernel.
     """
     if x.is_cuda and is_triton_available():
         kernel = bgmv_triton if batch.is_bgmv else sgmv_triton
     else:
         kernel = bgmv_torch if prefers_gathered_weights(batch, lora_a, lora_b) else sgmv_torch
-    kernel(y, x, lora_a, lora_b, scale, ranks, batch=batch)
+    kernel(y, x, lora_a, lora_b, scale, ranks, batch=batch, is_checked=is_checked)
 
 
 def prefers_gathered_weights(batch: LoraBatch, lora_a: torch.Tensor, lora_b: torch.Tensor) -> bool:

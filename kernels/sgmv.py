@@ -128,11 +128,13 @@ def _sgmv_expand_kernel(
     tl.store(y_ptrs, (y + delta).to(y_ptr.dtype.element_ty), mask=mask)
 
 
-def sgmv_triton(y, x, lora_a, lora_b, scale, ranks, *, batch: LoraBatch) -> None:
+def sgmv_triton(y, x, lora_a, lora_b, scale, ranks, *, batch: LoraBatch,
+                is_checked: bool = False) -> None:
     """Triton SGMV: y[rows] += scale * (x[rows] @ A^T) @ B^T per segment, in place."""
     if triton is None:
         raise RuntimeError("sgmv_triton needs Triton, which is not installed")
-    check_lora_args(y, x, lora_a, lora_b, scale, ranks, batch)
+    if not is_checked:
+        check_lora_args(y, x, lora_a, lora_b, scale, ranks, batch)
     if not batch.segments:
         return
     _, max_rank, in_features = lora_a.shape
@@ -159,13 +161,15 @@ def sgmv_triton(y, x, lora_a, lora_b, scale, ranks, *, batch: LoraBatch) -> None
     )
 
 
-def sgmv_torch(y, x, lora_a, lora_b, scale, ranks, *, batch: LoraBatch) -> None:
+def sgmv_torch(y, x, lora_a, lora_b, scale, ranks, *, batch: LoraBatch,
+               is_checked: bool = False) -> None:
     """Torch SGMV, same contract as `sgmv_triton`: one matmul pair per segment (= per adapter).
 
     Reads each adapter's weights once per step, at its actual rank; costs a few small ops
     (~12 us on this CPU) per adapter. `dispatch.py` says when it is the CPU path.
     """
-    check_lora_args(y, x, lora_a, lora_b, scale, ranks, batch)
+    if not is_checked:
+        check_lora_args(y, x, lora_a, lora_b, scale, ranks, batch)
     if not batch.segments:
         return
     slot_ranks, slot_scales = checked_ranks(ranks, lora_a.shape[1]), scale.tolist()

@@ -88,6 +88,8 @@ class LoraStep:
         """y += the LoRA delta of each row's adapter for this projection, in place."""
         buffers = self.bank.buffers(layer, projection)
         if buffers is not None:
+            # Checked once: the buffers by LoraBuffers.allocate, the rows by the batch
+            # builder (x and y have one row per token of the step).
             add_lora(y, x, buffers.lora_a, buffers.lora_b, buffers.scale, buffers.ranks,
-                     batch=self.batch)
+                     batch=self.batch, is_checked=True)
 
