@@ -1,6 +1,7 @@
 """How the client commands reach a server and print what they get back.
 
-Every admin command takes `--controlplane ADDR`, `--json`, `--timeout` and `--api-key`;
+Every admin command takes `--controlplane ADDR`, `--json`, `--timeout`, `--api-key` and
+the TLS options (`--tls`, `--tls-ca`, `--tls-cert`, `--tls-key`);
 prints a table (or one JSON object per line with `--json`); and exits 1 with the gRPC
 status and message on stderr when the control plane refuses.
 """
@@ -18,6 +19,7 @@ from google.protobuf.message import Message
 
 from lorafleet.clients.client import Client
 from lorafleet.clients.errors import LorafleetError
+from lorafleet.tls import TlsConfig, TlsFileError, add_client_tls_arguments
 
 API_KEY_ENV = "LORAFLEET_API_KEY"
 
@@ -30,19 +32,41 @@ def add_api_key_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """--controlplane, --json, --timeout and --api-key."""
+    """--controlplane, --json, --timeout, --api-key and the TLS options."""
     parser.add_argument("--controlplane", default="127.0.0.1:50051", metavar="ADDR",
                         help="host:port of a control-plane replica (default %(default)s)")
     parser.add_argument("--json", action="store_true",
                         help="print JSON (one object per line) instead of a table")
     parser.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
     add_api_key_argument(parser)
+    add_client_tls_arguments(parser)
+
+
+def tls_options(args: argparse.Namespace) -> dict:
+    """Client keyword arguments for the TLS options; raises TlsFileError naming a bad file."""
+    tls = TlsConfig.from_args(args)
+    return dict(tls=tls.is_enabled, root_certificates=tls.root_certificates,
+                private_key=tls.private_key, certificate_chain=tls.certificate_chain)
+
+
+def open_client(args: argparse.Namespace, address: str) -> Client | None:
+    """A Client for `address` with the key and TLS options of `args`; None (after saying
+    why on stderr) when a TLS file cannot be used."""
+    try:
+        options = tls_options(args)
+    except TlsFileError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return None
+    return Client(address, api_key=args.api_key, timeout=args.timeout, **options)
 
 
 def call(args: argparse.Namespace, action: Callable[[Client], None]) -> int:
     """Runs `action(client)` against the control plane; turns an error status into a
     message and exit status 1."""
-    with Client(args.controlplane, api_key=args.api_key, timeout=args.timeout) as client:
+    client = open_client(args, args.controlplane)
+    if client is None:
+        return 2
+    with client:
         try:
             action(client)
         except LorafleetError as error:

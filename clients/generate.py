@@ -11,10 +11,11 @@ import json
 import sys
 
 from lorafleet.clients.client import Client
-from lorafleet.clients.console import add_api_key_argument
+from lorafleet.clients.console import add_api_key_argument, open_client
 from lorafleet.clients.errors import LorafleetError
 from lorafleet.clients.events import Summary
 from lorafleet.clients.requests import generate_request
+from lorafleet.tls import add_client_tls_arguments
 
 HELP = "stream a completion (from a worker or a gateway)"
 
@@ -41,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true",
                         help="print every stream message as a JSON line instead of text")
     add_api_key_argument(parser)
+    add_client_tls_arguments(parser)
 
 
 def _prompt_options(args: argparse.Namespace) -> dict:
@@ -54,7 +56,10 @@ def _prompt_options(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """Streams the completion to stdout."""
-    with Client(args.addr, api_key=args.api_key, timeout=args.timeout) as client:
+    client = open_client(args, args.addr)
+    if client is None:
+        return 2
+    with client:
         try:
             if args.json:
                 _print_json(client, args)

@@ -6,9 +6,15 @@ import argparse
 import asyncio
 import logging
 import signal
+import sys
 import uuid
 
+from lorafleet.auth.startup import add_auth_arguments
+from lorafleet.controlplane.access import auth_config_from_args
 from lorafleet.controlplane.server import ControlPlane, ControlPlaneConfig
+from lorafleet.rpcserver import ServerSecurity
+from lorafleet.startup import EXIT_USAGE, StartupError
+from lorafleet.tls import TlsConfig, TlsFileError, add_server_tls_arguments
 
 DESCRIPTION = """\
 Run a control-plane replica: the adapter registry (AdapterService) and the fleet view
@@ -23,7 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lorafleet controlplane", description=DESCRIPTION)
     parser.add_argument("--etcd", required=True, metavar="URL",
                         help="etcd client URL, e.g. http://127.0.0.1:2379")
-    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default %(default)s)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default %(default)s: this machine only; "
+                             "give 0.0.0.0 or an interface address to let workers and "
+                             "gateways on other hosts reach it)")
     parser.add_argument("--port", type=int, default=50051,
                         help="gRPC port; 0 picks a free one (default %(default)s)")
     parser.add_argument("--root", default="/lorafleet/",
@@ -43,11 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
                              "passes, workers and versions by state, etcd latency); 0 picks "
                              "a free one (default: off)")
     parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
+    add_server_tls_arguments(parser)
+    add_auth_arguments(parser, own_key="an admin key it sends to workers (LoadAdapter, ValidateAdapter, ...)")
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> ControlPlaneConfig:
     """The replica's config from parsed arguments."""
+    try:
+        tls = TlsConfig.from_args(args)
+        security = ServerSecurity(tls.server_credentials())
+    except TlsFileError as exc:
+        raise SystemExit(f"lorafleet controlplane: {exc}") from exc
     return ControlPlaneConfig(
         etcd_url=args.etcd,
         address=f"{args.host}:{args.port}",
@@ -58,6 +74,9 @@ def config_from_args(args: argparse.Namespace) -> ControlPlaneConfig:
         resync_seconds=args.resync,
         demand_per_replica=args.demand_per_replica,
         metrics_port=args.metrics_port,
+        security=security,
+        tls=tls,
+        auth=auth_config_from_args(args),
     )
 
 
@@ -84,5 +103,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(config_from_args(args)))
+    try:
+        config = config_from_args(args)
+    except StartupError as error:
+        print(f"lorafleet controlplane: error: {error}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    asyncio.run(serve(config))
     return 0

@@ -37,6 +37,7 @@ from lorafleet.controlplane.store import EtcdStore, RetryPolicy
 from lorafleet.controlplane.validation import VersionValidator
 from lorafleet.controlplane.worker_client import CallPolicy, WorkerClients
 from lorafleet.startup import StartupError
+from lorafleet.tls import PLAINTEXT_TLS, TlsConfig
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class ControlPlaneConfig:
     metrics_port: int | None = None  # Prometheus /metrics on the gRPC host; 0: a free port
     security: rpcserver.ServerSecurity = rpcserver.PLAINTEXT  # how the server meets callers
     auth: AuthConfig = AuthConfig()  # API keys: who may call, and the key it calls workers with
+    tls: TlsConfig = PLAINTEXT_TLS  # how it calls workers
 
 
 class ControlPlane:
@@ -71,7 +73,8 @@ class ControlPlane:
         self.store = EtcdStore(config.etcd_url, config.root,
                                RetryPolicy(give_up_seconds=config.etcd_give_up_seconds),
                                self.metrics)
-        self.clients = WorkerClients(CallPolicy(timeout_seconds=config.worker_timeout_seconds))
+        self.clients = WorkerClients(CallPolicy(timeout_seconds=config.worker_timeout_seconds),
+                                     config.tls)
         self.clients.metadata = bearer(config.auth.api_key)
         self.auth = ControlPlaneAuth(self.store, config.auth)
         self.validator = VersionValidator(self.store, self.clients)

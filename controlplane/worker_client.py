@@ -11,6 +11,7 @@ import dataclasses
 
 import grpc
 
+from lorafleet.tls import PLAINTEXT_TLS, TlsConfig
 from lorafleet.worker.v1 import worker_service_pb2_grpc as worker_grpc
 
 TRANSIENT_CODES = frozenset(
@@ -29,10 +30,12 @@ class CallPolicy:
 
 
 class WorkerClients:
-    """WorkerService stubs by worker address; `close()` closes every channel."""
+    """WorkerService stubs by worker address, reached with `tls`; `close()` closes every
+    channel."""
 
-    def __init__(self, policy: CallPolicy | None = None):
+    def __init__(self, policy: CallPolicy | None = None, tls: TlsConfig = PLAINTEXT_TLS):
         self.policy = policy or CallPolicy()
+        self._tls = tls
         self._channels: dict[str, grpc.aio.Channel] = {}
         self.metadata: tuple[tuple[str, str], ...] = ()  # the replica's key (access.py)
 
@@ -40,7 +43,7 @@ class WorkerClients:
         """A stub for the worker at `address`, reusing its channel."""
         channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.aio.insecure_channel(address)
+            channel = self._tls.aio_channel(address)
             self._channels[address] = channel
         return worker_grpc.WorkerServiceStub(channel)
 

@@ -7,14 +7,20 @@ import asyncio
 import pathlib
 import sys
 
+from lorafleet.auth.policy import WORKER_METHODS
+from lorafleet.auth.startup import add_auth_arguments, auth_interceptors
+from lorafleet.dataplane.server.quotas import add_tenant_arguments, quota_config_of
+from lorafleet.rpcserver import ServerSecurity
 from lorafleet.startup import (
     EXIT_FATAL,
     EXIT_OK,
+    StartupError,
     Stopper,
     add_log_level_argument,
     run,
     starting,
 )
+from lorafleet.tls import TlsConfig, TlsFileError, add_server_tls_arguments
 
 SERVE_DESCRIPTION = """\
 Serve one base model and its LoRA adapters from this machine: streaming
@@ -71,7 +77,19 @@ def add_serve_arguments(parser: argparse.ArgumentParser, *, model_required: bool
                              "(needs the otlp extra)")
     parser.add_argument("--grace-seconds", type=float, default=30.0,
                         help="on SIGTERM, how long in-flight streams may finish (default %(default)s)")
+    add_server_tls_arguments(parser)
+    add_tenant_arguments(parser)
     add_log_level_argument(parser)
+
+
+def tls_of(args: argparse.Namespace) -> TlsConfig:
+    """The TLS options as a TlsConfig; a bad file is a start-up mistake."""
+    try:
+        tls = TlsConfig.from_args(args)
+        tls.server_credentials()  # a CA without a certificate is refused here
+    except TlsFileError as exc:
+        raise StartupError(str(exc)) from exc
+    return tls
 
 
 def worker_config(args: argparse.Namespace):
@@ -84,7 +102,8 @@ def worker_config(args: argparse.Namespace):
         max_loras=args.max_loras, max_lora_rank=args.max_lora_rank,
         max_cpu_loras=args.max_cpu_loras, kv_cache_bytes=args.kv_cache_bytes,
         kv_cache_fraction=args.kv_cache_fraction, max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens, max_waiting=args.max_waiting, **extra)
+        max_num_batched_tokens=args.max_num_batched_tokens, max_waiting=args.max_waiting,
+        queue_policy=args.queue_policy, quotas=quota_config_of(args), **extra)
 
 
 async def serve(args: argparse.Namespace, stopper: Stopper, on_ready=None) -> int:
@@ -97,12 +116,18 @@ async def serve(args: argparse.Namespace, stopper: Stopper, on_ready=None) -> in
     if getattr(args, "controlplane", None):
         fleet = dict(controlplanes=tuple(a.strip() for a in args.controlplane.split(",")),
                      heartbeat_seconds=args.heartbeat_seconds,
-                     advertise_address=args.advertise_address)
+                     advertise_address=args.advertise_address, api_key=args.api_key)
     with starting():
+        tls = tls_of(args)
         running = await start_worker(worker_config(args), host=args.host, port=args.port,
                                      metrics_port=metrics_port, adapters=tuple(args.adapter),
                                      otlp_endpoint=args.otlp_endpoint, http_port=args.http_port,
-                                     **fleet)
+                                     security=ServerSecurity(
+                                         tls.server_credentials(),
+                                         auth_interceptors(args, WORKER_METHODS,
+                                                           controlplanes=fleet.get(
+                                                               "controlplanes", ()))),
+                                     tls=tls, **fleet)
     print(f"lorafleet worker {running.worker.options.worker_id} serving on {running.address}", flush=True)
     print(f"  {running.sizes.describe()}", flush=True)
     if running.metrics_port is not None:
@@ -135,6 +160,7 @@ def serve_parser() -> argparse.ArgumentParser:
     """The parser of `lorafleet serve`."""
     parser = argparse.ArgumentParser(prog="lorafleet serve", description=SERVE_DESCRIPTION)
     add_serve_arguments(parser, model_required=True)
+    add_auth_arguments(parser, own_key=None)
     return parser
 
 
@@ -161,6 +187,7 @@ def worker_parser() -> argparse.ArgumentParser:
     parser.add_argument("--heartbeat-seconds", type=float, default=2.0,
                         help="heartbeat period until the control plane asks for another "
                              "(default %(default)s)")
+    add_auth_arguments(parser, own_key="its worker key: sent with heartbeats (the worker id is bound to it) and used to have the control plane check callers' keys")
     return parser
 
 

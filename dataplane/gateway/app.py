@@ -14,6 +14,7 @@ import dataclasses
 import random
 from typing import Any
 
+from lorafleet.auth import bearer
 from lorafleet.dataplane.gateway.follower import Backoff, TableFollower
 from lorafleet.dataplane.gateway.metrics import GatewayMetrics
 from lorafleet.dataplane.gateway.models import RoutingModels
@@ -30,6 +31,7 @@ from lorafleet.rpcserver import (
     full_name,
     start_server,
 )
+from lorafleet.tls import PLAINTEXT_TLS, TlsConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +50,8 @@ class GatewayConfig:
     seed: int | None = None  # fixes the random draws (tests)
     otlp_endpoint: str | None = None  # host:port of an OTLP/gRPC collector for spans
     security: ServerSecurity = PLAINTEXT  # how the gRPC server meets its callers
+    tls: TlsConfig = PLAINTEXT_TLS  # how it calls the control plane, workers and itself
+    api_key: str | None = None  # its gateway key: for the routing table and worker calls
 
 
 @dataclasses.dataclass
@@ -87,7 +91,7 @@ class RunningGateway:
 async def start_gateway(config: GatewayConfig) -> RunningGateway:
     """Starts following the routing table and serving; returns without waiting for the
     first table (requests get UNAVAILABLE until it arrives)."""
-    channels = WorkerChannels()
+    channels = WorkerChannels(config.tls)
     loads = OnDemandLoads(channels, config.load_timeout_seconds)
 
     def on_change(table: RoutingTable) -> None:
@@ -97,7 +101,9 @@ async def start_gateway(config: GatewayConfig) -> RunningGateway:
     rng = random.Random(config.seed)
     follower = TableFollower(
         config.controlplanes, base_model=config.base_model, on_change=on_change,
-        backoff=Backoff(config.backoff_first_seconds, config.backoff_cap_seconds, rng))
+        backoff=Backoff(config.backoff_first_seconds, config.backoff_cap_seconds, rng),
+        tls=config.tls)
+    channels.metadata = follower.metadata = bearer(config.api_key)
     metrics = GatewayMetrics(follower.age_seconds, lambda: follower.is_connected,
                              otlp_endpoint=config.otlp_endpoint)
     router = Router(lambda: follower.table, base_model=config.base_model, rng=rng)
@@ -125,4 +131,4 @@ async def _start_http(gateway: RunningGateway, router: Router):
     local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     return await start_http_server(
         inference_address=f"{local}:{gateway.server.port}", models=models, base_model=models.base_model,
-        host=gateway.config.host, port=gateway.config.http_port)
+        host=gateway.config.host, port=gateway.config.http_port, tls=gateway.config.tls)

@@ -6,8 +6,14 @@ import argparse
 import asyncio
 import logging
 import signal
+import sys
 
+from lorafleet.auth.policy import GATEWAY_METHODS
+from lorafleet.auth.startup import add_auth_arguments, auth_interceptors
 from lorafleet.dataplane.gateway.app import GatewayConfig, start_gateway
+from lorafleet.rpcserver import ServerSecurity
+from lorafleet.startup import EXIT_USAGE, StartupError
+from lorafleet.tls import TlsConfig, TlsFileError, add_server_tls_arguments
 
 DESCRIPTION = """\
 Run a gateway: it serves lorafleet.inference.v1.InferenceService (the same service as a
@@ -46,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grace-seconds", type=float, default=30.0,
                         help="on SIGTERM, how long in-flight streams may finish (default %(default)s)")
     parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
+    add_server_tls_arguments(parser)
+    add_auth_arguments(parser, own_key="its gateway key: it follows the routing table, calls workers on behalf of callers, and has the control plane check callers' keys")
     return parser
 
 
@@ -54,11 +62,19 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
     controlplanes = tuple(a.strip() for a in args.controlplane.split(",") if a.strip())
     if not controlplanes:
         raise SystemExit("lorafleet gateway: --controlplane needs at least one host:port")
+    try:
+        tls = TlsConfig.from_args(args)
+        security = ServerSecurity(tls.server_credentials(),
+                                  auth_interceptors(args, GATEWAY_METHODS,
+                                                    controlplanes=controlplanes))
+    except TlsFileError as exc:
+        raise SystemExit(f"lorafleet gateway: {exc}") from exc
     return GatewayConfig(
         controlplanes=controlplanes, host=args.host, port=args.port,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
         http_port=args.http_port, base_model=args.base_model,
-        load_timeout_seconds=args.load_timeout, otlp_endpoint=args.otlp_endpoint)
+        load_timeout_seconds=args.load_timeout, otlp_endpoint=args.otlp_endpoint,
+        security=security, tls=tls, api_key=args.api_key)
 
 
 async def serve(config: GatewayConfig, grace_seconds: float) -> None:
@@ -85,5 +101,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(config_from_args(args), args.grace_seconds))
+    try:
+        config = config_from_args(args)
+    except StartupError as error:
+        print(f"lorafleet gateway: error: {error}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+    asyncio.run(serve(config, args.grace_seconds))
     return 0

@@ -19,6 +19,7 @@ import grpc
 from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
 from lorafleet.control.v1 import fleet_service_pb2_grpc as fleet_grpc
 from lorafleet.dataplane.gateway.table import RoutingTable
+from lorafleet.tls import PLAINTEXT_TLS, TlsConfig
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +51,13 @@ class TableFollower:
 
     def __init__(self, controlplanes: Sequence[str], *, base_model: str = "",
                  on_change: Callable[[RoutingTable], None] = lambda table: None,
-                 backoff: Backoff | None = None):
+                 backoff: Backoff | None = None, tls: TlsConfig = PLAINTEXT_TLS):
         if not controlplanes:
             raise ValueError("at least one control-plane address is required")
         self.controlplanes = list(controlplanes)
         self.base_model = base_model
+        self._tls = tls  # how to reach the control plane
+        self.metadata: tuple[tuple[str, str], ...] = ()  # the gateway's own key, if any
         self.table: RoutingTable | None = None
         self.is_connected = False
         self._on_change = on_change
@@ -93,8 +96,9 @@ class TableFollower:
 
     async def _follow(self, address: str) -> None:
         request = fleet_pb.WatchRoutingTableRequest(base_model=self.base_model)
-        async with grpc.aio.insecure_channel(address) as channel:
-            stream = fleet_grpc.FleetServiceStub(channel).WatchRoutingTable(request)
+        async with self._tls.aio_channel(address) as channel:
+            stream = fleet_grpc.FleetServiceStub(channel).WatchRoutingTable(
+                request, metadata=self.metadata)
             has_snapshot = False
             async for message in stream:
                 if not has_snapshot and not message.is_snapshot:

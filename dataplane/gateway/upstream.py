@@ -17,6 +17,7 @@ import grpc
 from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
 from lorafleet.dataplane.gateway.picking import find_version
 from lorafleet.inference.v1 import inference_service_pb2_grpc as inference_grpc
+from lorafleet.tls import PLAINTEXT_TLS, TlsConfig
 from lorafleet.worker.v1 import worker_service_pb2 as worker_pb
 from lorafleet.worker.v1 import worker_service_pb2_grpc as worker_grpc
 
@@ -36,8 +37,10 @@ class UpstreamError(Exception):
 class WorkerChannels:
     """Channels and outstanding-request counts by worker address."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: TlsConfig = PLAINTEXT_TLS) -> None:
+        self._tls = tls  # how to reach workers: plaintext, TLS or mTLS
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self.metadata: tuple[tuple[str, str], ...] = ()  # the gateway's own key, if any
         self.outstanding: dict[str, int] = {}
         self._live: set[str] = set()
         self._closing: set[asyncio.Task] = set()
@@ -45,7 +48,7 @@ class WorkerChannels:
     def _channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.aio.insecure_channel(address)
+            channel = self._tls.aio_channel(address)
             self._channels[address] = channel
         return channel
 
@@ -133,7 +136,8 @@ class OnDemandLoads:
             digest=version.digest, tier=worker_pb.TIER_HOST)
         label = f"{adapter}@{version.version}"
         try:
-            await self._channels.worker(address).LoadAdapter(request, timeout=self._timeout)
+            await self._channels.worker(address).LoadAdapter(
+                request, timeout=self._timeout, metadata=self._channels.metadata)
         except grpc.aio.AioRpcError as error:
             code = error.code()
             details = f"loading {label} on demand at {address} failed: {code.name}: {error.details()}"

@@ -19,6 +19,7 @@ from aiohttp import web
 from lorafleet.dataplane.openai_http.api import OpenAIApi
 from lorafleet.dataplane.openai_http.errors import ApiError, from_rpc_error
 from lorafleet.dataplane.openai_http.models import ModelLister, WorkerModels
+from lorafleet.tls import PLAINTEXT_TLS, TlsConfig
 
 log = logging.getLogger(__name__)
 
@@ -55,18 +56,19 @@ class RunningHttp:
 
 async def start_http_server(*, inference_address: str, models: ModelLister,
                             base_model: str | Callable[[], str], host: str = "127.0.0.1",
-                            port: int = 0) -> RunningHttp:
+                            port: int = 0, tls: TlsConfig = PLAINTEXT_TLS) -> RunningHttp:
     """Serves OpenAI completions, chat and models on host:port (0 picks a free port),
-    answering from the InferenceService at `inference_address`."""
-    channel = _channel(inference_address)
+    answering from the InferenceService at `inference_address` (reached with `tls`)."""
+    channel = _channel(inference_address, tls)
     return await _start(OpenAIApi(channel, models, base_model), host, port,
                         closers=[channel.close])
 
 
 async def start_worker_http(*, worker_address: str, base_model: str,
-                            host: str = "127.0.0.1", port: int = 0) -> RunningHttp:
+                            host: str = "127.0.0.1", port: int = 0,
+                            tls: TlsConfig = PLAINTEXT_TLS) -> RunningHttp:
     """The HTTP server of a worker: models from its own WorkerService."""
-    channel = _channel(_reachable(worker_address))
+    channel = _channel(_reachable(worker_address), tls)
     api = OpenAIApi(channel, WorkerModels(channel), base_model)
     return await _start(api, host, port, closers=[channel.close])
 
@@ -93,8 +95,9 @@ def _reachable(address: str) -> str:
     return f"127.0.0.1:{port}" if host in ("", "0.0.0.0", "::", "[::]") else address
 
 
-def _channel(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=[
+def _channel(address: str, tls: TlsConfig) -> grpc.aio.Channel:
+    """A channel to this process's own gRPC server, with its TLS (its own client cert)."""
+    return tls.aio_channel(address, options=[
         ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES)])
 

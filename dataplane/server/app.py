@@ -89,7 +89,8 @@ async def start_worker(config: WorkerConfig, *, host: str = "127.0.0.1", port: i
                        advertise_address: str | None = None,
                        http_port: int | None = None,
                        security: ServerSecurity = PLAINTEXT,
-                       tls: TlsConfig = PLAINTEXT_TLS) -> RunningWorker:
+                       tls: TlsConfig = PLAINTEXT_TLS,
+                       api_key: str | None = None) -> RunningWorker:
     """Binds the port, builds the worker, loads the start-up adapters, and starts
     serving; with `controlplanes`, also registers and heartbeats (advertising
     `advertise_address`, default the bound address). The gRPC server meets callers with
@@ -130,7 +131,7 @@ async def start_worker(config: WorkerConfig, *, host: str = "127.0.0.1", port: i
     heartbeat = None
     if controlplanes:
         heartbeat = Heartbeat(worker_servicer, controlplanes, interval=heartbeat_seconds,
-                              tls=tls)
+                              tls=tls, api_key=api_key)
         await heartbeat.send_once()
         heartbeat.start()
     http = None

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import grpc
 
+from lorafleet.auth import bearer
 from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
 from lorafleet.control.v1 import fleet_service_pb2_grpc as fleet_grpc
 from lorafleet.dataplane.server.worker_service import WorkerServicer
@@ -32,7 +33,7 @@ class Heartbeat:
 
     def __init__(self, servicer: WorkerServicer, controlplanes: Sequence[str], *,
                  interval: float = 2.0, rpc_timeout: float = 2.0,
-                 tls: TlsConfig = PLAINTEXT_TLS):
+                 tls: TlsConfig = PLAINTEXT_TLS, api_key: str | None = None):
         if not controlplanes:
             raise ValueError("at least one control-plane address is required")
         self._servicer = servicer
@@ -40,6 +41,7 @@ class Heartbeat:
         self.interval = interval
         self._rpc_timeout = rpc_timeout
         self._tls = tls  # how to reach the control plane: plaintext, TLS or mTLS
+        self._metadata = bearer(api_key)  # the worker key its id is bound to
         self._task: asyncio.Task | None = None
         self.is_draining = False  # the control plane is moving adapters off this worker
         self.refusal = ""  # why the control plane refuses this worker, while it does
@@ -59,7 +61,7 @@ class Heartbeat:
             try:
                 async with self._tls.aio_channel(address) as channel:
                     reply = await fleet_grpc.FleetServiceStub(channel).SendHeartbeat(
-                        request, timeout=self._rpc_timeout)
+                        request, timeout=self._rpc_timeout, metadata=self._metadata)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() in _REFUSALS:  # every replica would say the same
                     self._note_refusal(exc.details())

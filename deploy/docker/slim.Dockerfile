@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # The slim lorafleet image, no torch: control plane, gateway and the admin CLI.
-#   docker run lorafleet:0.1.0 controlplane --etcd http://etcd:2379
+#   docker run lorafleet:0.1.0 controlplane --etcd http://etcd:2379 --host 0.0.0.0
 #   docker run -e LORAFLEET_HEALTH_PORT=50050 lorafleet:0.1.0 gateway --controlplane cp:50051 --host 0.0.0.0
 #   docker run lorafleet:0.1.0 adapter list --controlplane cp:50051
 # Build from the repository root (`make images` does):
