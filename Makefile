@@ -51,6 +51,9 @@ proto: setup
 run: setup
 	$(VENV)/bin/lorafleet up $(RUN_ARGS)
 
+# Short versions of every benchmark unless BENCH_ARGS says otherwise, e.g.
+# make bench BENCH_ARGS="serving --preset thrash" (see python -m benchmarks --help).
+BENCH_ARGS ?= --quick
 bench: setup
 	$(PY) -m benchmarks $(BENCH_ARGS)
 

@@ -1,7 +1,11 @@
-"""Runs every registered benchmark, or the ones named on the command line.
+"""Runs the benchmarks.
 
-    python -m benchmarks                 # all
-    python -m benchmarks placement       # one
+    python -m benchmarks                          # every benchmark, full size
+    python -m benchmarks --quick                  # every benchmark's short version (make bench)
+    python -m benchmarks placement lora_decode    # these, full size
+    python -m benchmarks --quick serving          # this one, short
+    python -m benchmarks serving --preset thrash  # one benchmark with its own options
+    python -m benchmarks serving --help           # a benchmark's options
 """
 
 from __future__ import annotations
@@ -16,18 +20,56 @@ BENCHMARKS: dict[str, str] = {
     "lora_kernels": "benchmarks.lora_kernels",
     "adapter_load": "benchmarks.adapter_load",
     "lora_decode": "benchmarks.lora_decode",
+    "serving": "benchmarks.serving",
 }
+# The options of each benchmark's short version (--quick).
+QUICK: dict[str, list[str]] = {
+    "engine_throughput": ["--quick", "--workloads", "uniform"],
+    "placement": ["--versions", "1000", "--workers", "20"],
+    "lora_kernels": ["--quick"],
+    "adapter_load": ["--repeats", "1"],
+    "lora_decode": ["--quick"],
+    "serving": ["--quick"],
+}
+USAGE = "usage: python -m benchmarks [--quick] [NAME ...] | NAME [OPTION ...]"
+
+
+def plan(argv: list[str]) -> list[tuple[str, list[str]]] | str:
+    """(benchmark, its options) to run in order, or the message for a usage mistake.
+
+    Leading names are benchmarks; once an option follows a single name, every word from
+    there on is that benchmark's. `--quick` (first, or last after several names) runs each
+    named (or every) benchmark's short version."""
+    is_quick = bool(argv) and argv[0] == "--quick"
+    words = argv[1:] if is_quick else list(argv)
+    names = []
+    while words and not words[0].startswith("-"):
+        names.append(words.pop(0))
+    if words == ["--quick"] and len(names) != 1:  # `NAME NAME --quick` means the same
+        is_quick, words = True, []
+    unknown = [name for name in names if name not in BENCHMARKS]
+    if unknown:
+        return f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}"
+    if words and len(names) != 1:
+        return (f"{USAGE}\noptions ({' '.join(words)}) go to exactly one named benchmark, "
+                "e.g. python -m benchmarks serving --preset thrash")
+    names = names or list(BENCHMARKS)
+    return [(name, (QUICK[name] if is_quick else []) + words) for name in names]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs the named benchmarks (all when none are named) and returns an exit status."""
-    names = list(sys.argv[1:] if argv is None else argv) or list(BENCHMARKS)
-    unknown = [name for name in names if name not in BENCHMARKS]
-    if unknown:
-        print(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
+    """Runs the planned benchmarks and returns an exit status (the first non-zero one)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(f"{USAGE}\nbenchmarks: {', '.join(BENCHMARKS)}\n{__doc__}")
+        return 0
+    runs = plan(argv)
+    if isinstance(runs, str):
+        print(runs, file=sys.stderr)
         return 2
-    for name in names:
-        status = importlib.import_module(BENCHMARKS[name]).main([])
+    for name, options in runs:
+        print(f"\n=== {name} {' '.join(options)}".rstrip(), flush=True)
+        status = importlib.import_module(BENCHMARKS[name]).main(options)
         if status:
             return status
     return 0

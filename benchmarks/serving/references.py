@@ -1,0 +1,161 @@
+"""The same requests without the server: lorafleet's engine in this process (what the
+server could reach), transformers + peft (what a user without lorafleet would run), and
+vLLM when it is installed."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import itertools
+import pathlib
+import threading
+import time
+
+from benchmarks.serving.workload import RequestSpec
+
+
+class EngineReference:
+    """The worker's engine, built exactly as `lorafleet serve` builds it (same options),
+    stepped in this process with no gRPC, no frontend and no engine thread."""
+
+    def __init__(self, model_dir: pathlib.Path, adapters: dict[str, pathlib.Path], **options):
+        from lorafleet.dataplane.server.build import WorkerConfig, build_worker
+
+        config = WorkerConfig(model_dir, device="cpu", dtype="float32", worker_id="reference",
+                              **options)
+        self._worker, _ = build_worker(config)
+        self._digests = asyncio.run(self._load(adapters))
+        self._ids = itertools.count()
+
+    async def _load(self, adapters: dict[str, pathlib.Path]) -> dict[str, str]:
+        """Loads the adapters as `lorafleet serve --adapter` does (through the engine
+        thread), then stops that thread: from then on this object steps the engine."""
+        bridge = self._worker.bridge
+        bridge.start()
+        try:
+            return {name: (await self._worker.load_adapter(name, 0, str(path),
+                                                           make_default=True)).digest
+                    for name, path in adapters.items()}
+        finally:
+            await asyncio.to_thread(bridge.stop)
+
+    def run(self, requests: list[RequestSpec], concurrency: int) -> float:
+        """Output tokens/s with `concurrency` requests in flight (a new one added as soon
+        as one finishes, as a closed-loop client does), stepped on a thread of its own
+        as in the server."""
+        return on_thread(self._run, requests, concurrency)
+
+    def _run(self, requests: list[RequestSpec], concurrency: int) -> float:
+        from lorafleet.dataplane.engine.params import SamplingParams
+
+        engine = self._worker.bridge.engine
+        pending = iter(requests)
+
+        def add_next() -> None:
+            spec = next(pending, None)
+            if spec is not None:
+                params = SamplingParams(max_tokens=spec.max_tokens, temperature=0.0,
+                                        ignore_eos=True)
+                engine.add_request(f"ref-{next(self._ids)}", spec.prompt, params=params,
+                                   adapter=self._digests.get(spec.adapter))
+
+        started, num_tokens = time.perf_counter(), 0
+        for _ in range(concurrency):
+            add_next()
+        while engine.has_unfinished():
+            for output in engine.step():
+                num_tokens += len(output.new_token_ids)
+                if output.is_finished:
+                    add_next()
+        return num_tokens / (time.perf_counter() - started)
+
+    def close(self) -> None:
+        """Frees the worker's metrics and load threads."""
+        self._worker.metrics.close()
+        self._worker.cache.close()
+        self._worker.frontend.close()
+
+
+class PeftReference:
+    """transformers `generate` with every adapter loaded into one peft model: requests go
+    in static batches of `batch_size` rows, each row on its own adapter
+    (`adapter_names=[...]`, peft's mixed-adapter batch; '__base__' for the base model)."""
+
+    def __init__(self, model_dir: pathlib.Path, adapters: dict[str, pathlib.Path]):
+        import torch
+        import transformers
+
+        model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        # peft adapter names become module keys: no '/' or '.'.
+        self._names = {name: f"a{i}" for i, name in enumerate(adapters)}
+        if adapters:
+            import peft
+
+            paths = iter(adapters.items())
+            name, path = next(paths)
+            model = peft.PeftModel.from_pretrained(model, path, adapter_name=self._names[name])
+            for name, path in paths:
+                model.load_adapter(path, adapter_name=self._names[name])
+        self._model = model.eval()
+        self._has_adapters = bool(adapters)
+
+    def run(self, requests: list[RequestSpec], batch_size: int) -> float:
+        """Output tokens/s (the tokens the requests asked for) over all the batches, run
+        on a thread of its own like the engine."""
+        return on_thread(self._run, requests, batch_size)
+
+    def _run(self, requests: list[RequestSpec], batch_size: int) -> float:
+        started = time.perf_counter()
+        for start in range(0, len(requests), batch_size):
+            self._generate(requests[start:start + batch_size])
+        return sum(r.max_tokens for r in requests) / (time.perf_counter() - started)
+
+    def _generate(self, batch: list[RequestSpec]) -> None:
+        import torch
+
+        longest = max(len(r.prompt) for r in batch)
+        ids = torch.zeros(len(batch), longest, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, spec in enumerate(batch):  # left padding, as generate wants
+            ids[row, longest - len(spec.prompt):] = torch.tensor(spec.prompt)
+            mask[row, longest - len(spec.prompt):] = 1
+        new = max(r.max_tokens for r in batch)
+        kwargs = dict(attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
+                      do_sample=False, pad_token_id=0)
+        if self._has_adapters:
+            kwargs["adapter_names"] = [self._names.get(r.adapter, "__base__") for r in batch]
+        with torch.inference_mode():
+            self._model.generate(ids, **kwargs)
+
+
+def on_thread(fn, *args):
+    """fn(*args) on a new thread; returns its result or raises its exception.
+
+    Why: the server steps its engine on a thread of its own, and on this 2-core machine,
+    when other processes compete for the cores, torch ops run from the main thread were
+    measured 5-9x slower than from another thread (OpenMP's spinning wait in the main
+    thread's team; OMP_WAIT_POLICY=passive removes the gap). Both references run where
+    the server's engine runs, so the ratios compare like with like.
+    """
+    outcome: list = []
+
+    def call() -> None:
+        try:
+            outcome.append((True, fn(*args)))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=call, name="benchmark-reference")
+    thread.start()
+    thread.join()
+    is_ok, value = outcome[0]
+    if not is_ok:
+        raise value
+    return value
+
+
+def vllm_note() -> str | None:
+    """None when vLLM can be imported (a column is added); else why it is skipped."""
+    if importlib.util.find_spec("vllm") is None:
+        return "vLLM is not installed here: no vLLM column"
+    return None
