@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from lorafleet.dataplane.model.attention import AttentionMetadata, paged_attention
 from lorafleet.dataplane.model.config import ModelConfig
+from lorafleet.dataplane.model.cpu_linear import can_pack, linear, resolve_cpu_linear
 from lorafleet.dataplane.model.lora_seam import LoraContext, project
 from lorafleet.dataplane.model.rope import RotaryEmbedding, apply_rotary
 from lorafleet.dataplane.model.weights import LayerWeights, ModelWeights, load_weights
@@ -41,10 +42,18 @@ class DecoderModel:
         self._mlp_sizes = (config.intermediate_size,)
 
     @classmethod
-    def from_dir(cls, model_dir: str | pathlib.Path, device, dtype) -> DecoderModel:
-        """Loads config.json and the safetensors of a checkpoint directory."""
+    def from_dir(
+        cls, model_dir: str | pathlib.Path, device, dtype, cpu_linear: str | None = None,
+    ) -> DecoderModel:
+        """Loads config.json and the safetensors of a checkpoint directory.
+
+        cpu_linear: "fast" (projections packed for oneDNN) or "reference" (torch.mm);
+        None reads $LORAFLEET_CPU_LINEAR, default "fast". Ignored off CPU.
+        """
         config = ModelConfig.from_dir(model_dir)
-        weights = load_weights(model_dir, config, torch.device(device), dtype)
+        device = torch.device(device)
+        is_packed = can_pack(resolve_cpu_linear(cpu_linear), device, dtype)
+        weights = load_weights(model_dir, config, device, dtype, is_packed=is_packed)
         return cls(config, weights, device, dtype)
 
     def forward(
@@ -60,7 +69,7 @@ class DecoderModel:
         for index, layer in enumerate(self.weights.layers):
             hidden = self._layer(index, layer, hidden, cos, sin, meta, kv_cache[index], lora)
         hidden = rms_norm(hidden[sample_rows], self.weights.norm, self.config.rms_norm_eps)
-        return torch.mm(hidden, self.weights.lm_head).float()
+        return linear(hidden, self.weights.lm_head, None).float()
 
     def _layer(self, index, layer: LayerWeights, hidden, cos, sin, meta, cache, lora):
         eps = self.config.rms_norm_eps

@@ -13,6 +13,8 @@ from typing import Protocol
 
 import torch
 
+from lorafleet.dataplane.model.cpu_linear import Weight, linear
+
 
 class LoraContext(Protocol):
     """Adds adapter deltas to projection outputs for one step's batch."""
@@ -24,7 +26,7 @@ class LoraContext(Protocol):
 
 def project(
     x: torch.Tensor,
-    weight: torch.Tensor,
+    weight: Weight,
     bias: torch.Tensor | None,
     layer: int,
     projections: tuple[str, ...],
@@ -33,10 +35,11 @@ def project(
 ) -> tuple[torch.Tensor, ...]:
     """Computes fused projections (e.g. q|k|v) of x and returns them split by `sizes`.
 
-    `weight` is [in, sum(sizes)]: the weights of several projections with the same input
-    are stacked so one matmul serves them; each output slice gets its own adapter delta.
+    `weight` is [in, sum(sizes)] (a plain tensor or a `PackedWeight`): the weights of
+    several projections with the same input are stacked so one matmul serves them; each
+    output slice gets its own adapter delta.
     """
-    y = torch.mm(x, weight) if bias is None else torch.addmm(bias, x, weight)
+    y = linear(x, weight, bias)
     outputs = y.split(sizes, dim=-1) if len(sizes) > 1 else (y,)
     if lora is not None:
         for name, out in zip(projections, outputs, strict=True):

@@ -10,6 +10,7 @@ import torch
 from safetensors import safe_open
 
 from lorafleet.dataplane.model.config import ModelConfig
+from lorafleet.dataplane.model.cpu_linear import PackedWeight, Weight, pack
 
 
 class CheckpointError(ValueError):
@@ -21,21 +22,23 @@ class LayerWeights:
     """One decoder layer, with q|k|v stacked for one matmul.
 
     Projection weights are stored transposed, [in_features, out_features], so a projection
-    is `x @ w`: on CPU that runs faster than `F.linear` for wide outputs, same numbers.
-    gate and up stay apart: one [in, 2 * intermediate] output is slower than two halves.
+    is `x @ w`: on CPU that runs faster than `F.linear` for wide outputs, same numbers. On
+    CPU they are usually `PackedWeight`s instead (see cpu_linear), the same [in, out] weight
+    reordered once for oneDNN. gate and up stay apart: one [in, 2 * intermediate] output is
+    slower than two halves.
     """
 
     input_norm: torch.Tensor
-    qkv: torch.Tensor
+    qkv: Weight
     qkv_bias: torch.Tensor | None
-    o: torch.Tensor
+    o: Weight
     o_bias: torch.Tensor | None
     post_attention_norm: torch.Tensor
-    gate: torch.Tensor
+    gate: Weight
     gate_bias: torch.Tensor | None
-    up: torch.Tensor
+    up: Weight
     up_bias: torch.Tensor | None
-    down: torch.Tensor
+    down: Weight
     down_bias: torch.Tensor | None
 
 
@@ -50,13 +53,15 @@ class ModelWeights:
     embed: torch.Tensor
     layers: tuple[LayerWeights, ...]
     norm: torch.Tensor
-    lm_head: torch.Tensor
+    lm_head: Weight
 
     def num_bytes(self) -> int:
         """Bytes the weights occupy (the tied head counted once)."""
         seen, total = set(), 0
         for t in _all_tensors(self):
-            if t.data_ptr() not in seen:
+            if isinstance(t, PackedWeight):
+                total += t.num_bytes()
+            elif t.data_ptr() not in seen:
                 seen.add(t.data_ptr())
                 total += t.numel() * t.element_size()
         return total
@@ -83,24 +88,31 @@ def safetensors_files(model_dir: pathlib.Path) -> list[pathlib.Path]:
 
 
 def load_weights(
-    model_dir: str | pathlib.Path, config: ModelConfig, device: torch.device, dtype: torch.dtype
+    model_dir: str | pathlib.Path, config: ModelConfig, device: torch.device,
+    dtype: torch.dtype, *, is_packed: bool = False,
 ) -> ModelWeights:
-    """Reads and fuses a Llama-family checkpoint's weights onto `device` in `dtype`."""
+    """Reads and fuses a Llama-family checkpoint's weights onto `device` in `dtype`.
+
+    is_packed: projections become `PackedWeight`s, each layer packed as soon as it is read
+    (so loading never holds two copies of the model).
+    """
     tensors = _TensorSource(pathlib.Path(model_dir), device, dtype)
-    layers = tuple(_load_layer(tensors, i) for i in range(config.num_layers))
+    layers = tuple(_load_layer(tensors, i, is_packed) for i in range(config.num_layers))
     embed = tensors.get("model.embed_tokens.weight")
     if config.tie_word_embeddings and not tensors.has("lm_head.weight"):
+        # Packing would copy the embeddings; the head stays a view of them.
         lm_head = embed.t()
     else:
         lm_head = tensors.stack(["lm_head.weight"])
+        lm_head = pack(lm_head) if is_packed else lm_head
     return ModelWeights(embed=embed, layers=layers, norm=tensors.get("model.norm.weight"),
                         lm_head=lm_head)
 
 
-def _load_layer(tensors: _TensorSource, index: int) -> LayerWeights:
+def _load_layer(tensors: _TensorSource, index: int, is_packed: bool) -> LayerWeights:
     p = f"model.layers.{index}."
     attn, mlp = p + "self_attn.", p + "mlp."
-    return LayerWeights(
+    layer = LayerWeights(
         input_norm=tensors.get(p + "input_layernorm.weight"),
         qkv=tensors.stack([attn + n + ".weight" for n in ("q_proj", "k_proj", "v_proj")]),
         qkv_bias=tensors.stack_optional([attn + n + ".bias" for n in ("q_proj", "k_proj",
@@ -115,6 +127,10 @@ def _load_layer(tensors: _TensorSource, index: int) -> LayerWeights:
         down=tensors.stack([mlp + "down_proj.weight"]),
         down_bias=tensors.stack_optional([mlp + "down_proj.bias"]),
     )
+    if not is_packed:
+        return layer
+    return dataclasses.replace(layer, qkv=pack(layer.qkv), o=pack(layer.o),
+                               gate=pack(layer.gate), up=pack(layer.up), down=pack(layer.down))
 
 
 class _TensorSource:

@@ -1,0 +1,80 @@
+"""Projection weights for CPU matmuls, packed once at load for oneDNN.
+
+MKL's sgemm, behind `torch.mm`, re-packs its weight operand into cache-sized panels on
+every call; oneDNN can take a weight already reordered into its blocked layout, so a step
+only streams it (benchmarks/cpu_matmul.py measures both, and the other candidates).
+
+Two kinds of CPU linear, chosen per model at load:
+  "fast"      weights reordered once by oneDNN (`PackedWeight`), used by every step;
+  "reference" plain [in, out] tensors and torch.mm, the path that predates this module.
+The environment variable LORAFLEET_CPU_LINEAR picks one when the caller does not; on
+CUDA, and for dtypes oneDNN cannot pack on this CPU, weights stay plain tensors.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+CPU_LINEAR_KINDS = ("fast", "reference")
+DEFAULT_CPU_LINEAR = "fast"
+ENV_VAR = "LORAFLEET_CPU_LINEAR"
+
+
+class PackedWeight:
+    """A projection's weight, reordered once into oneDNN's blocked layout for CPU matmuls.
+
+    Built from the [in, out] tensor the loader stores; `linear(x, w, bias)` computes
+    x @ w + bias with it. The packed copy may pad odd sizes to oneDNN's block width.
+    """
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        self.in_features, self.out_features = weight.shape
+        self.dtype = weight.dtype
+        self.device = weight.device
+        # oneDNN wants [out, in]; without a batch-size hint it picks a layout that serves
+        # every row count well (a hint of 1 or 512 made the other row counts slower).
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.t().contiguous())
+
+    @property
+    def shape(self) -> torch.Size:
+        """[in_features, out_features], the shape of the plain weight it replaces."""
+        return torch.Size((self.in_features, self.out_features))
+
+    def num_bytes(self) -> int:
+        """Bytes of the checkpoint's weight in this dtype (padding of the packed copy aside)."""
+        return self.in_features * self.out_features * self.dtype.itemsize
+
+
+Weight = torch.Tensor | PackedWeight
+
+
+def linear(x: torch.Tensor, weight: Weight, bias: torch.Tensor | None) -> torch.Tensor:
+    """x [tokens, in] @ weight [in, out] (+ bias [out]), for plain and packed weights."""
+    if isinstance(weight, PackedWeight):
+        return torch.ops.mkldnn._linear_pointwise(x, weight.packed, bias, "none", [], "")
+    return torch.mm(x, weight) if bias is None else torch.addmm(bias, x, weight)
+
+
+def resolve_cpu_linear(kind: str | None) -> str:
+    """The kind asked for, else $LORAFLEET_CPU_LINEAR, else the default ("fast")."""
+    chosen = kind or os.environ.get(ENV_VAR) or DEFAULT_CPU_LINEAR
+    if chosen not in CPU_LINEAR_KINDS:
+        source = "cpu_linear" if kind else ENV_VAR
+        raise ValueError(f"{source}={chosen!r} is not a CPU linear kind; use one of "
+                         f"{', '.join(CPU_LINEAR_KINDS)}")
+    return chosen
+
+
+def can_pack(kind: str, device: torch.device, dtype: torch.dtype) -> bool:
+    """True when projections on `device` in `dtype` should be packed for oneDNN."""
+    if kind != "fast" or device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    # float16 needs AVX512-FP16 or AVX-NE-CONVERT, which oneDNN checks when packing.
+    return dtype in (torch.float32, torch.bfloat16)
+
+
+def pack(weight: torch.Tensor | None) -> Weight | None:
+    """The packed form of a plain [in, out] weight (None stays None)."""
+    return None if weight is None else PackedWeight(weight)

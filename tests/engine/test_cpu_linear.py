@@ -1,0 +1,115 @@
+"""CPU projections packed once for oneDNN ("fast") keep transformers' greedy tokens.
+
+The parity tests elsewhere run the default kind; these pin both kinds down on a model
+wide enough (hidden 256, intermediate 688) that oneDNN sums in another order than MKL.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lorafleet.dataplane.model import cpu_linear
+from lorafleet.dataplane.model.attention import AttentionMetadata, PrefillSpan
+from lorafleet.dataplane.model.cpu_linear import PackedWeight
+from lorafleet.dataplane.model.decoder import DecoderModel
+from tests.engine.conftest import make_prompts
+from tests.engine.drive import GREEDY, make_engine, run_all, tokens_of
+
+WIDE = dict(hidden_size=256, intermediate_size=688, num_heads=8)
+PROJECTIONS = ("qkv", "o", "gate", "up", "down")
+
+
+def _prefill_logits(model: DecoderModel, ids: list[int]) -> torch.Tensor:
+    """Logits at every position of one prompt, computed as one prefill."""
+    n, c = len(ids), model.config
+    cache = torch.zeros(c.num_layers, 2, 1, n, c.num_kv_heads, c.head_dim, dtype=model.dtype)
+    meta = AttentionMetadata(kv_positions=torch.arange(n), decodes=(),
+                             prefills=(PrefillSpan(0, n, n, torch.tensor([0]), None),))
+    with torch.inference_mode():
+        return model.forward(torch.tensor(ids), torch.arange(n), meta, cache, torch.arange(n))
+
+
+def test_fast_is_the_default_and_packs_every_projection(checkpoints, monkeypatch):
+    monkeypatch.delenv(cpu_linear.ENV_VAR, raising=False)
+    model = DecoderModel.from_dir(checkpoints("llama-gqa"), "cpu", torch.float32)
+    for layer in model.weights.layers:
+        assert all(isinstance(getattr(layer, p), PackedWeight) for p in PROJECTIONS)
+    assert isinstance(model.weights.lm_head, PackedWeight)
+    reference = DecoderModel.from_dir(checkpoints("llama-gqa"), "cpu", torch.float32,
+                                      cpu_linear="reference")
+    layer = reference.weights.layers[0]
+    assert all(type(getattr(layer, p)) is torch.Tensor for p in PROJECTIONS)
+
+
+def test_tied_head_stays_a_view_of_the_embeddings(checkpoints):
+    model = DecoderModel.from_dir(checkpoints("llama-tied"), "cpu", torch.float32)
+    assert isinstance(model.weights.layers[0].qkv, PackedWeight)
+    assert model.weights.lm_head.data_ptr() == model.weights.embed.data_ptr()
+
+
+def test_weights_are_packed_at_load_never_per_step(checkpoints, monkeypatch):
+    monkeypatch.delenv(cpu_linear.ENV_VAR, raising=False)
+    made = []
+    original = PackedWeight.__init__
+
+    def counting_init(self, weight):
+        made.append(weight.shape)
+        original(self, weight)
+
+    monkeypatch.setattr(PackedWeight, "__init__", counting_init)
+    engine = make_engine(checkpoints("llama-gqa"))
+    num_at_load = len(made)
+    assert num_at_load == 5 * 2 + 1  # five per layer, two layers, the head
+    for i, prompt in enumerate(make_prompts((5, 9))):
+        engine.add_request(f"r{i}", prompt, params=GREEDY)
+    outputs = run_all(engine)
+    assert all(len(tokens_of(o)) > 0 for o in outputs.values())
+    assert len(made) == num_at_load
+
+
+@pytest.mark.parametrize("kind", ["fast", "reference"])
+def test_wide_model_greedy_matches_transformers(kind, checkpoints, hf_greedy, monkeypatch):
+    monkeypatch.setenv(cpu_linear.ENV_VAR, kind)
+    prompts = make_prompts()
+    engine = make_engine(checkpoints("qwen2-bias", **WIDE))
+    for i, prompt in enumerate(prompts):
+        engine.add_request(f"r{i}", prompt, params=GREEDY)
+    outputs = run_all(engine)
+    reference = hf_greedy("qwen2-bias", prompts, **WIDE)
+    assert [tokens_of(outputs[f"r{i}"]) for i in range(len(prompts))] == reference
+
+
+def test_fast_logits_stay_within_rounding_of_transformers(checkpoints):
+    import transformers
+
+    directory = checkpoints("qwen2-bias", **WIDE)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
+    fast = DecoderModel.from_dir(directory, "cpu", torch.float32, cpu_linear="fast")
+    ids = make_prompts((40,))[0]
+    with torch.inference_mode():
+        expected = hf(torch.tensor([ids])).logits[0]
+    got = _prefill_logits(fast, ids)
+    # Another summation order moves float32 logits by ~1e-5 here; a wrong weight layout
+    # or a dropped bias moves them by whole units.
+    assert (got - expected).abs().max().item() < 1e-3
+    assert torch.equal(got.argmax(-1), expected.argmax(-1))
+
+
+def test_half_dtypes_pack_only_where_onednn_can(checkpoints, monkeypatch):
+    monkeypatch.delenv(cpu_linear.ENV_VAR, raising=False)
+    directory = checkpoints("llama-gqa")
+    bf16 = DecoderModel.from_dir(directory, "cpu", torch.bfloat16)
+    assert isinstance(bf16.weights.layers[0].qkv, PackedWeight)
+    fp16 = DecoderModel.from_dir(directory, "cpu", torch.float16)
+    assert type(fp16.weights.layers[0].qkv) is torch.Tensor
+    assert _prefill_logits(bf16, [5, 6, 7]).isfinite().all()
+
+
+def test_unknown_kind_is_refused_naming_the_choices(checkpoints, monkeypatch):
+    with pytest.raises(ValueError, match="cpu_linear='fastest'.*fast, reference"):
+        DecoderModel.from_dir(checkpoints("llama-gqa"), "cpu", torch.float32,
+                              cpu_linear="fastest")
+    monkeypatch.setenv(cpu_linear.ENV_VAR, "mkl")
+    with pytest.raises(ValueError, match="LORAFLEET_CPU_LINEAR='mkl'"):
+        DecoderModel.from_dir(checkpoints("llama-gqa"), "cpu", torch.float32)
