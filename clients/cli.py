@@ -34,7 +34,12 @@ CLIENT_COMMANDS: dict[str, str] = {
     "adapter": "lorafleet.clients.admin",
     "workers": "lorafleet.clients.workers",
     "placement": "lorafleet.clients.placement",
+    "key": "lorafleet.clients.keys",
+    "audit": "lorafleet.clients.audit",
 }
+
+# `lorafleet key hash` hashes with argon2, which the client install does not import.
+KEY_HASH = "lorafleet.auth.keyfile"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,6 +68,8 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `lorafleet` command."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["key", "hash"]:
+        return importlib.import_module(KEY_HASH).main(argv[2:])
     if argv and argv[0] in SERVER_COMMANDS:
         target, _ = SERVER_COMMANDS[argv[0]]
         module_name, _, function = target.partition(":")

@@ -10,18 +10,23 @@ from typing import Any
 
 import grpc
 
+from lorafleet.clients.access_calls import AccessCalls
 from lorafleet.clients.admin_calls import AdminCalls
 from lorafleet.clients.events import event_of
 from lorafleet.clients.requests import generate_request
 from lorafleet.clients.retry import RetryPolicy
-from lorafleet.control.v1 import adapter_service_pb2_grpc, fleet_service_pb2_grpc
+from lorafleet.control.v1 import (
+    access_service_pb2_grpc,
+    adapter_service_pb2_grpc,
+    fleet_service_pb2_grpc,
+)
 from lorafleet.inference.v1 import inference_service_pb2_grpc
 from lorafleet.worker.v1 import worker_service_pb2_grpc
 
 DEFAULT_TIMEOUT = 60.0
 
 
-class ClientBase(AdminCalls):
+class ClientBase(AdminCalls, AccessCalls):
     """Settings and stubs for one server address (a worker, a gateway or a control plane).
 
     address: "host:port". api_key: sent as `authorization: Bearer KEY` on every call.
@@ -51,6 +56,7 @@ class ClientBase(AdminCalls):
             "worker": worker_service_pb2_grpc.WorkerServiceStub(self._channel),
             "adapters": adapter_service_pb2_grpc.AdapterServiceStub(self._channel),
             "fleet": fleet_service_pb2_grpc.FleetServiceStub(self._channel),
+            "access": access_service_pb2_grpc.AccessServiceStub(self._channel),
         }
 
     def _open_channel(self, address, credentials, options):

@@ -8,15 +8,22 @@ own key (`api_key`, an admin key), so workers that check keys accept its LoadAda
 from __future__ import annotations
 
 import dataclasses
+import logging
+import pathlib
 
 from lorafleet import rpcserver
 from lorafleet.auth import AuthInterceptor, FileKeyStore, KeyVerifier
+from lorafleet.auth.keys import InvalidKeyRecord
 from lorafleet.auth.policy import CONTROL_PLANE_METHODS
-from lorafleet.auth.stores import ChainKeyStore
+from lorafleet.auth.startup import INSECURE_WARNING
+from lorafleet.auth.stores import ChainKeyStore, read_key_file
 from lorafleet.control.v1 import access_service_pb2
 from lorafleet.control.v1 import access_service_pb2_grpc as access_grpc
 from lorafleet.controlplane.keys import AccessServicer, EtcdKeyStore, WorkerBindings
 from lorafleet.controlplane.store import EtcdStore
+from lorafleet.startup import StartupError
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,3 +66,23 @@ class ControlPlaneAuth:
     async def stop(self) -> None:
         """Stops refreshing keys."""
         await self.keys.stop()
+
+
+def auth_config_from_args(args) -> AuthConfig:
+    """The AuthConfig of `lorafleet controlplane`'s options (see add_auth_arguments);
+    StartupError when no key configuration is given and auth is not explicitly off."""
+    if args.insecure_no_auth:
+        log.warning(INSECURE_WARNING)
+        return AuthConfig(is_on=False, api_key=args.api_key)
+    if not (args.auth_keys or args.api_key):
+        raise StartupError(
+            "no key configuration: give --auth-keys FILE (key records, e.g. the first admin "
+            "key from 'lorafleet key hash --role admin') and/or --api-key KEY (this "
+            "replica's admin key, sent to workers), or --insecure-no-auth to serve without "
+            "checking callers (see docs/security.md)")
+    if args.auth_keys:
+        try:
+            read_key_file(pathlib.Path(args.auth_keys))
+        except (OSError, InvalidKeyRecord) as error:
+            raise StartupError(f"--auth-keys: {error}") from error
+    return AuthConfig(is_on=True, keys_file=args.auth_keys, api_key=args.api_key)

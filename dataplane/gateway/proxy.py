@@ -17,6 +17,7 @@ import logging
 import grpc
 from opentelemetry import trace
 
+from lorafleet.auth.interceptor import on_behalf_of_caller
 from lorafleet.dataplane.gateway.metrics import GatewayMetrics
 from lorafleet.dataplane.gateway.picking import Candidate
 from lorafleet.dataplane.gateway.router import Resolved, RouteError, Router
@@ -28,7 +29,6 @@ from lorafleet.inference.v1 import inference_service_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 2
-FORWARDED_METADATA = ("authorization",)
 OK = grpc.StatusCode.OK
 
 
@@ -124,7 +124,9 @@ class GatewayServicer(pb_grpc.InferenceServiceServicer):
             forwarded.adapter = resolved.reference
             upstream.call = self._channels.inference(target.address).Generate(
                 forwarded, timeout=_remaining(context),
-                metadata=_forwarded(context) + trace_metadata(upstream.span))
+                metadata=on_behalf_of_caller(context.invocation_metadata(),
+                                             self._channels.metadata)
+                + trace_metadata(upstream.span))
             async for message in upstream.call:
                 num_sent += 1
                 has_summary = message.HasField("summary")
@@ -174,6 +176,3 @@ def _remaining(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else max(remaining, 0.0)
 
 
-def _forwarded(context: grpc.aio.ServicerContext) -> tuple[tuple[str, str], ...]:
-    return tuple((key, value) for key, value in context.invocation_metadata() or ()
-                 if key in FORWARDED_METADATA)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Collection, Mapping
 
 import grpc
 
+from lorafleet.auth.principals import can_see
 from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
 from lorafleet.dataplane.gateway.picking import (
     Candidate,
@@ -74,7 +75,7 @@ class Router:
         except ValueError as exc:
             raise RouteError(grpc.StatusCode.INVALID_ARGUMENT, f"adapter: {exc}") from None
         route = table.routes.get(name)
-        if route is None:
+        if route is None or not can_see(name):  # another tenant's reads like an absent one
             raise RouteError(grpc.StatusCode.NOT_FOUND,
                              f"adapter {name} is unknown or its rollout routes no traffic")
         if number is None:

@@ -13,6 +13,7 @@ import dataclasses
 import enum
 import time
 
+from lorafleet.auth.principals import can_see
 from lorafleet.names import parse_ref, shorten, version_label
 
 
@@ -118,7 +119,8 @@ class VersionTable:
         if version is None:
             version = self._defaults.get(name)
         entry = self._entries.get((name, version)) if version is not None else None
-        if entry is None:
+        # Another tenant's adapter reads exactly like one that is not here.
+        if entry is None or not can_see(name):
             raise UnknownAdapter(f"adapter {shorten(ref)} is not loaded on this worker")
         if entry.state is VersionState.LOADING:
             raise AdapterUnavailable(f"adapter {entry.label} is still loading")

@@ -65,12 +65,14 @@ class Children:
         self.log_dir = log_dir
         self.started: list[Child] = []
 
-    async def spawn(self, name: str, argv: list[str], *, is_service: bool = True) -> Child:
-        """Starts `argv` in a new session (its own process group), output to its log;
-        a task's (not a service's) stdout is a pipe for `up` to read."""
+    async def spawn(self, name: str, argv: list[str], *, is_service: bool = True,
+                    env: dict[str, str] | None = None) -> Child:
+        """Starts `argv` in a new session (its own process group), output to its log,
+        with `env` added to the environment; a task's (not a service's) stdout is a pipe
+        for `up` to read."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         with log_path.open("wb") as log:
             process = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL,

@@ -19,6 +19,7 @@ from lorafleet.dataplane.up.children import (
     free_ports,
     wait_serving,
 )
+from lorafleet.dataplane.up.keys import UpKeys
 from lorafleet.dataplane.up.model import RESULT_PREFIX
 from lorafleet.startup import StartupError
 
@@ -107,29 +108,30 @@ async def start_etcd(children: Children, ports: Ports, data_dir: pathlib.Path) -
 
 
 async def start_controlplane(children: Children, ports: Ports, etcd_url: str,
-                             log_level: str) -> str:
-    """One control-plane replica over `etcd_url`; returns its address."""
+                             log_level: str, keys: UpKeys) -> str:
+    """One control-plane replica over `etcd_url`, checking keys against the session's
+    key file and calling workers with the admin key; returns its address."""
     child = await children.spawn("controlplane", [
         *LORAFLEET, "controlplane", "--etcd", etcd_url, "--host", ports.host,
         "--port", str(ports.controlplane), "--replica-id", "controlplane-0",
-        "--log-level", log_level])
+        "--auth-keys", str(keys.path), "--log-level", log_level], env=keys.env(keys.admin))
     address = ports.address(ports.controlplane)
     await wait_ready(child, address, CONTROLPLANE_TIMEOUT, label="control plane")
     return address
 
 
 async def spawn_gateway(children: Children, ports: Ports, controlplane: str,
-                        log_level: str) -> Child:
+                        log_level: str, keys: UpKeys) -> Child:
     """Starts the gateway (gRPC and OpenAI HTTP); `wait_ready` it later."""
     return await children.spawn("gateway", [
         *LORAFLEET, "gateway", "--controlplane", controlplane, "--host", ports.host,
         "--port", str(ports.gateway), "--http-port", str(ports.http),
         "--metrics-port", str(ports.gateway_metrics), "--grace-seconds", CHILD_GRACE_SECONDS,
-        "--log-level", log_level])
+        "--log-level", log_level], env=keys.env(keys.gateway))
 
 
 async def spawn_workers(children: Children, ports: Ports, controlplane: str, model: dict,
-                        args: argparse.Namespace) -> list[Child]:
+                        args: argparse.Namespace, keys: UpKeys) -> list[Child]:
     """Starts `--workers` workers of `model`, each with its own id and ports."""
     started = []
     for name, port, metrics in zip(worker_names(args.workers), ports.workers,
@@ -139,9 +141,16 @@ async def spawn_workers(children: Children, ports: Ports, controlplane: str, mod
                 "--worker-id", name, "--host", ports.host, "--port", str(port),
                 "--advertise-address", ports.address(port), "--metrics-port", str(metrics),
                 "--heartbeat-seconds", "1", "--grace-seconds", CHILD_GRACE_SECONDS,
-                "--log-level", args.log_level, *worker_passthrough(args)]
-        started.append(await children.spawn(name, argv))
+                "--log-level", args.log_level, *worker_passthrough(args),
+                *adapter_roots(model)]
+        started.append(await children.spawn(name, argv, env=keys.env(keys.worker)))
     return started
+
+
+def adapter_roots(model: dict) -> list[str]:
+    """--adapter-root for each of the session's adapter directories: the workers read
+    adapters from those and from no other local path."""
+    return [arg for path in model["adapters"].values() for arg in ("--adapter-root", path)]
 
 
 def worker_passthrough(args: argparse.Namespace) -> list[str]:

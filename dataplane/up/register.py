@@ -12,6 +12,7 @@ import urllib.request
 
 import grpc
 
+from lorafleet.auth import bearer
 from lorafleet.control.v1 import adapter_service_pb2 as apb
 from lorafleet.control.v1 import adapter_service_pb2_grpc as apb_grpc
 from lorafleet.control.v1 import fleet_service_pb2 as fpb
@@ -55,13 +56,14 @@ def plan_adapters(adapters: dict[str, str], *, with_style: bool) -> list[Planned
     return plan
 
 
-async def base_model_of_workers(controlplane: str, num_workers: int) -> str:
+async def base_model_of_workers(controlplane: str, num_workers: int, admin_key: str) -> str:
     """Waits until all `num_workers` workers are registered; returns their base model."""
     deadline = time.monotonic() + RPC_TIMEOUT
     async with grpc.aio.insecure_channel(controlplane) as channel:
         fleet = fpb_grpc.FleetServiceStub(channel)
         while time.monotonic() < deadline:
-            reply = await fleet.ListWorkers(fpb.ListWorkersRequest(), timeout=RPC_TIMEOUT)
+            reply = await fleet.ListWorkers(fpb.ListWorkersRequest(), timeout=RPC_TIMEOUT,
+                                            metadata=bearer(admin_key))
             if len(reply.workers) >= num_workers:
                 return reply.workers[0].base_model.name
             await asyncio.sleep(0.2)
@@ -69,24 +71,26 @@ async def base_model_of_workers(controlplane: str, num_workers: int) -> str:
                        f"{RPC_TIMEOUT:.0f} s (see the worker logs)")
 
 
-async def register(controlplane: str, base_model: str, plan: list[PlannedAdapter]) -> None:
+async def register(controlplane: str, base_model: str, plan: list[PlannedAdapter],
+                   admin_key: str) -> None:
     """Creates each adapter, its versions (validated by a worker) and its rollout."""
     async with grpc.aio.insecure_channel(controlplane) as channel:
         stub = apb_grpc.AdapterServiceStub(channel)
         for adapter in plan:
             try:
-                await _register_one(stub, base_model, adapter)
+                await _register_one(stub, base_model, adapter, bearer(admin_key))
             except grpc.aio.AioRpcError as exc:
                 raise StartupError(f"registering {adapter.name}: {exc.code().name}: "
                                    f"{exc.details()}") from exc
 
 
-async def _register_one(stub, base_model: str, adapter: PlannedAdapter) -> None:
+async def _register_one(stub, base_model: str, adapter: PlannedAdapter, metadata) -> None:
     await stub.CreateAdapter(apb.CreateAdapterRequest(
-        adapter=apb.Adapter(name=adapter.name, base_model=base_model)), timeout=RPC_TIMEOUT)
+        adapter=apb.Adapter(name=adapter.name, base_model=base_model)), timeout=RPC_TIMEOUT,
+        metadata=metadata)
     for source in adapter.sources:
         reply = await stub.CreateAdapterVersion(apb.CreateAdapterVersionRequest(
-            adapter=adapter.name, source_uri=source), timeout=RPC_TIMEOUT)
+            adapter=adapter.name, source_uri=source), timeout=RPC_TIMEOUT, metadata=metadata)
         if reply.version.state != apb.VERSION_STATE_READY:
             state = apb.VersionState.Name(reply.version.state)
             raise StartupError(f"{adapter.name}@{reply.version.version} from {source} is "
@@ -94,17 +98,19 @@ async def _register_one(stub, base_model: str, adapter: PlannedAdapter) -> None:
     weights = [apb.VersionWeight(version=n, weight=w)
                for n, w in enumerate(adapter.weights, start=1)]
     await stub.UpdateRollout(apb.UpdateRolloutRequest(adapter=adapter.name, weights=weights),
-                             timeout=RPC_TIMEOUT)
+                             timeout=RPC_TIMEOUT, metadata=metadata)
 
 
-async def wait_placed(controlplane: str, plan: list[PlannedAdapter]) -> dict[str, list[str]]:
+async def wait_placed(controlplane: str, plan: list[PlannedAdapter], admin_key: str
+                      ) -> dict[str, list[str]]:
     """Waits until a worker holds every version; returns version -> resident workers."""
     wanted = {ref for adapter in plan for ref in adapter.versions}
     deadline = time.monotonic() + PLACE_TIMEOUT
     async with grpc.aio.insecure_channel(controlplane) as channel:
         fleet = fpb_grpc.FleetServiceStub(channel)
         while True:
-            reply = await fleet.GetPlacement(fpb.GetPlacementRequest(), timeout=RPC_TIMEOUT)
+            reply = await fleet.GetPlacement(fpb.GetPlacementRequest(), timeout=RPC_TIMEOUT,
+                                             metadata=bearer(admin_key))
             resident = {f"{p.adapter}@{p.version}": list(p.resident_worker_ids)
                         for p in reply.placements if p.resident_worker_ids}
             failures = [f"{p.adapter}@{p.version} on {w}: {why}"

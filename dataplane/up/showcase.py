@@ -14,6 +14,8 @@ import sys
 
 import grpc
 
+from lorafleet.auth import bearer
+from lorafleet.dataplane.up.keys import UpKeys
 from lorafleet.inference.v1 import inference_service_pb2 as ipb
 from lorafleet.inference.v1 import inference_service_pb2_grpc as ipb_grpc
 from lorafleet.startup import StartupError
@@ -24,22 +26,24 @@ ANSWER_TIMEOUT = 180.0
 GENERATE_METHOD = "lorafleet.inference.v1.InferenceService/Generate"
 
 
-async def ask_everyone(gateway: str, adapters: list[str]) -> list[tuple[str, str, str]]:
+async def ask_everyone(gateway: str, adapters: list[str], key: str
+                       ) -> list[tuple[str, str, str]]:
     """(adapter or "", the version that answered, the answer) for the base model and each
-    adapter, asked at once through the gateway."""
+    adapter, asked at once through the gateway with `key` (the demo tenant's)."""
     async with grpc.aio.insecure_channel(gateway) as channel:
         stub = ipb_grpc.InferenceServiceStub(channel)
-        return await asyncio.gather(*(_ask(stub, name) for name in ["", *adapters]))
+        return await asyncio.gather(*(_ask(stub, name, key) for name in ["", *adapters]))
 
 
-async def _ask(stub, adapter: str) -> tuple[str, str, str]:
+async def _ask(stub, adapter: str, key: str) -> tuple[str, str, str]:
     request = ipb.GenerateRequest(
         adapter=adapter,
         chat=ipb.ChatMessages(messages=[ipb.ChatMessage(role="user", content=QUESTION)]),
         sampling=ipb.SamplingParams(max_tokens=NUM_ANSWER_TOKENS, temperature=0.0))
     pieces, version = [], ""
     try:
-        async for message in stub.Generate(request, timeout=ANSWER_TIMEOUT):
+        async for message in stub.Generate(request, timeout=ANSWER_TIMEOUT,
+                                           metadata=bearer(key)):
             if message.HasField("delta"):
                 pieces.append(message.delta.text)
             else:
@@ -83,42 +87,48 @@ def tool(name: str) -> str:
 
 
 def commands(gateway: str, http_url: str, controlplane: str, base_model: str,
-             adapters: list[str], rollout_adapter: str | None) -> list[str]:
-    """The lines that show how to call the fleet."""
+             adapters: list[str], rollout_adapter: str | None, keys: UpKeys) -> list[str]:
+    """The lines that show how to call the fleet: as tenant demo, and admin commands with
+    the admin key."""
     lorafleet, chat = tool("lorafleet"), shlex.quote(QUESTION)
+    tenant, admin = f"--api-key {keys.demo}", f"--api-key {keys.admin}"
+    header = shlex.quote(f"authorization: Bearer {keys.demo}")
     example = example_adapter(adapters)
     lines = ["", "Try it (Ctrl-C stops everything):", ""]
     for adapter in ["", *adapters]:
         choose = f" --adapter {adapter}" if adapter else ""
-        lines.append(f"  {lorafleet} generate --addr {gateway}{choose} --chat {chat}")
+        lines.append(f"  {lorafleet} generate --addr {gateway}{choose} --chat {chat} {tenant}")
     body = {"adapter": example} if example else {}
     body.update(chat={"messages": [{"role": "user", "content": QUESTION}]},
                 sampling={"max_tokens": NUM_ANSWER_TOKENS, "temperature": 0})
     lines.append(f"  {tool('grpcurl')} -plaintext -d {shlex.quote(json.dumps(body))} "
-                 f"{gateway} {GENERATE_METHOD}")
+                 f"-H {header} {gateway} {GENERATE_METHOD}")
     request = {"model": example or base_model, "max_tokens": NUM_ANSWER_TOKENS,
                "temperature": 0, "messages": [{"role": "user", "content": QUESTION}]}
-    lines.append(f"  curl -s {http_url}/chat/completions -H 'Content-Type: application/json' "
-                 f"-d {shlex.quote(json.dumps(request))}")
+    lines.append(f"  curl -s {http_url}/chat/completions -H {header} "
+                 f"-H 'Content-Type: application/json' -d {shlex.quote(json.dumps(request))}")
     lines += ["", f"  OpenAI SDK ({tool('python')}; any adapter, or {base_model!r}, as model):",
-              *("    " + line for line in sdk_snippet(http_url, example or base_model))]
+              *("    " + line for line in sdk_snippet(http_url, example or base_model,
+                                                        keys.demo))]
     if rollout_adapter:
         lines += ["", f"  {rollout_adapter} splits its traffic 90/10 over two versions; "
                       "change the split, then ask it again:",
                   f"  {lorafleet} adapter rollout {rollout_adapter} 1=50 2=50 "
-                  f"--controlplane {controlplane}",
-                  f"  {lorafleet} adapter get {rollout_adapter} --controlplane {controlplane}"]
+                  f"--controlplane {controlplane} {admin}",
+                  f"  {lorafleet} adapter get {rollout_adapter} --controlplane {controlplane} "
+                  f"{admin}"]
     else:
         lines.append("")
-    lines += [f"  {lorafleet} workers --controlplane {controlplane}",
-              f"  {lorafleet} placement --controlplane {controlplane}"]
+    lines += [f"  {lorafleet} workers --controlplane {controlplane} {admin}",
+              f"  {lorafleet} placement --controlplane {controlplane} {admin}",
+              f"  {lorafleet} audit --controlplane {controlplane} {admin}"]
     return lines
 
 
-def sdk_snippet(http_url: str, model: str) -> list[str]:
-    """Five lines of Python that ask QUESTION with the openai SDK."""
+def sdk_snippet(http_url: str, model: str, key: str) -> list[str]:
+    """Five lines of Python that ask QUESTION with the openai SDK, sending `key`."""
     return ["from openai import OpenAI",
-            f'client = OpenAI(base_url="{http_url}", api_key="unused")',
+            f'client = OpenAI(base_url="{http_url}", api_key="{key}")',
             f'reply = client.chat.completions.create(model="{model}", max_tokens='
             f"{NUM_ANSWER_TOKENS}, temperature=0,",
             f'    messages=[{{"role": "user", "content": "{QUESTION}"}}])',

@@ -26,7 +26,7 @@ async def _start_replica(etcd_url: str, replica_id: str) -> tuple[subprocess.Pop
     process = subprocess.Popen(
         [LORAFLEET, "controlplane", "--etcd", etcd_url, "--host", "127.0.0.1", "--port", "0",
          "--replica-id", replica_id, "--lease-ttl", "2", "--election-ttl", "2",
-         "--resync", "0.5", "--log-level", "WARNING"],
+         "--resync", "0.5", "--log-level", "WARNING", "--insecure-no-auth"],
         stdout=subprocess.PIPE, text=True, env=dict(os.environ),
     )
     line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), 30)

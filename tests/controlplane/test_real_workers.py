@@ -158,7 +158,7 @@ async def test_lorafleet_worker_command_registers_and_leaves(stubs, plane, lora_
         "--model-name", BASE_MODEL, "--controlplane", f"127.0.0.1:{plane.port}",
         "--port", "0", "--metrics-port", "-1", "--device", "cpu",
         "--kv-cache-bytes", str(8 << 20), "--worker-id", "cli-worker",
-        "--heartbeat-seconds", "0.3", stdout=asyncio.subprocess.DEVNULL,
+        "--heartbeat-seconds", "0.3", "--insecure-no-auth", stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL)
     try:
         async def registered():

@@ -33,7 +33,7 @@ async def test_command_starts_fast_serves_health_and_metrics_without_a_control_p
     started = time.monotonic()
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "lorafleet.clients.cli", "gateway", "--controlplane",
-        "127.0.0.1:1", "--port", "0", "--metrics-port", "0",
+        "127.0.0.1:1", "--port", "0", "--metrics-port", "0", "--insecure-no-auth",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
     try:
         first = (await asyncio.wait_for(process.stdout.readline(), 30)).decode()

@@ -21,7 +21,8 @@ from tests.support.worker_thread import WorkerThread
 
 def _start_serve(base, adapter_path) -> tuple[subprocess.Popen, str]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "lorafleet.clients.cli", "serve", "--model", str(base),
+        [sys.executable, "-m", "lorafleet.clients.cli", "serve", "--insecure-no-auth",
+         "--model", str(base),
          "--adapter", f"acme/qv8={adapter_path}", "--port", "0", "--metrics-port", "-1",
          "--device", "cpu", "--kv-cache-bytes", str(16 << 20), "--grace-seconds", "20"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

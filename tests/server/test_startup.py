@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-SERVE = [sys.executable, "-m", "lorafleet.clients.cli", "serve"]
+SERVE = [sys.executable, "-m", "lorafleet.clients.cli", "serve", "--insecure-no-auth"]
 COMMON = ["--device", "cpu", "--kv-cache-bytes", str(16 << 20), "--metrics-port", "-1"]
 
 
@@ -73,7 +73,7 @@ def test_busy_metrics_port(lora_suite, held_port):
 def test_serve_without_the_worker_extra_says_which_extra(lora_suite):
     hide_torch = ("import sys; sys.modules['torch'] = None; "
                   "from lorafleet.clients.cli import main; sys.exit(main(sys.argv[1:]))")
-    result = subprocess.run([sys.executable, "-c", hide_torch, "serve", "--model",
+    result = subprocess.run([sys.executable, "-c", hide_torch, "serve", "--insecure-no-auth", "--model",
                              str(lora_suite[0]), *COMMON], capture_output=True, text=True,
                             timeout=60)
     _assert_one_line_error(result, "lorafleet[worker]")

@@ -111,7 +111,9 @@ def test_up_serves_through_the_gateway_and_leaves_nothing_after_sigterm(up):
     sdk = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True,
                          timeout=60, check=False)
     assert sdk.returncode == 0 and sdk.stdout.strip(), sdk.stderr
-    client = OpenAI(base_url=base_url, api_key="unused", max_retries=0)
+    demo_key = re.search(r'api_key="([^"]+)"', "\n".join(up.lines)).group(1)
+    assert demo_key.startswith("lf_") and any(demo_key in line for line in up.printed("demo"))
+    client = OpenAI(base_url=base_url, api_key=demo_key, max_retries=0)
     model_ids = [card.id for card in client.models.list().data]
     assert model_ids[0] == "random-demo" and "demo/style" in model_ids
     reply = client.chat.completions.create(

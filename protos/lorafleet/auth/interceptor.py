@@ -16,7 +16,7 @@ from typing import Protocol
 import grpc
 
 from lorafleet.auth.policy import Table, is_public
-from lorafleet.auth.principals import Principal, Role, set_principal
+from lorafleet.auth.principals import Principal, Role, current_principal, set_principal
 
 TENANT_HEADER = "x-lorafleet-tenant"
 _VOUCHERS = (Role.GATEWAY, Role.ADMIN)
@@ -125,3 +125,17 @@ def _guard_stream(admit: _Admission, behavior):
                 yield response
 
     return guarded
+
+
+def on_behalf_of_caller(caller_metadata, own_metadata: tuple[tuple[str, str], ...]
+                        ) -> tuple[tuple[str, str], ...]:
+    """Metadata for a call a gateway makes for its caller. With its own key
+    (`own_metadata`), the gateway sends that key and, for a tenant caller, the tenant it
+    vouches for; the worker then applies the tenant's rules itself. Without one (auth
+    off), the caller's own authorization goes through unchanged."""
+    if not own_metadata:
+        return tuple((k, v) for k, v in caller_metadata or () if k == "authorization")
+    principal = current_principal()
+    if principal is not None and principal.role is Role.TENANT:
+        return (*own_metadata, (TENANT_HEADER, principal.tenant))
+    return own_metadata

@@ -61,6 +61,8 @@ class KeyRecord:
             return checked_record(
                 data["id"], data["hash"], data["role"], data.get("tenant", ""),
                 bool(data.get("can_create_versions", False)), float(data.get("created", 0)))
+        except InvalidKeyRecord:
+            raise
         except (ValueError, TypeError, KeyError, AttributeError) as error:
             raise InvalidKeyRecord(f"not a key record ({error})") from None
 

@@ -56,7 +56,7 @@ def auth_interceptors(args: argparse.Namespace, policy: Table, *,
         try:
             store = FileKeyStore(args.auth_keys)
         except (OSError, InvalidKeyRecord) as error:
-            raise StartupError(f"--auth-keys {args.auth_keys}: {error}") from error
+            raise StartupError(f"--auth-keys: {error}") from error
         return (AuthInterceptor(KeyVerifier(store), policy),)
     if getattr(args, "api_key", None) and controlplanes:
         return (AuthInterceptor(RemoteVerifier(controlplanes, args.api_key), policy),)
