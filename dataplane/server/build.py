@@ -16,6 +16,8 @@ from collections.abc import Callable
 import torch
 from opentelemetry import trace
 
+from lorafleet.dataplane.adapters.confinement import UNCONFINED, SourcePolicy
+from lorafleet.dataplane.adapters.sources import SourceResolver
 from lorafleet.dataplane.engine.scheduler import SchedulerConfig
 from lorafleet.dataplane.lora.device import DeviceAdapters
 from lorafleet.dataplane.lora.host_cache import HostCache
@@ -27,6 +29,7 @@ from lorafleet.dataplane.server.bridge import EngineBridge
 from lorafleet.dataplane.server.frontend import Frontend, PromptLimits
 from lorafleet.dataplane.server.identity import base_model_of
 from lorafleet.dataplane.server.metrics import WorkerMetrics
+from lorafleet.dataplane.server.quotas import QuotaConfig
 from lorafleet.dataplane.server.sizes import WorkerSizes
 from lorafleet.dataplane.server.snapshot import take_snapshot
 from lorafleet.dataplane.server.worker import Worker, WorkerOptions
@@ -51,7 +54,10 @@ class WorkerConfig:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
     max_waiting: int = 256
+    queue_policy: str = "fair"  # fair share between tenants, or "fifo" (engine/fairness.py)
+    quotas: QuotaConfig = QuotaConfig()  # per-tenant limits at admission (server/quotas.py)
     worker_id: str = ""  # empty: derived at start from the host name and the bound port
+    sources: SourcePolicy = UNCONFINED  # adapter roots, S3 allow-list, size limit
 
     def kv_budget(self, device: torch.device) -> KVCacheBudget:
         """Bytes or a fraction when given; else the device's default (see kv_cache.py)."""
@@ -73,6 +79,7 @@ def build_worker(config: WorkerConfig, *, tracer: trace.Tracer | None = None,
     device = torch.device(config.device) if config.device else default_device()
     dtype = resolve_dtype(config.dtype, model_config.torch_dtype)
     files = AdapterFiles(model_config, config.max_lora_rank, dtype,
+                         resolver=SourceResolver(policy=config.sources),
                          pin_memory=device.type == "cuda")
     metrics = WorkerMetrics(config.worker_id)
     host = HostCache(max_host=config.max_cpu_loras,
@@ -84,14 +91,16 @@ def build_worker(config: WorkerConfig, *, tracer: trace.Tracer | None = None,
     engine = create_engine(
         config.model_dir, device=device, dtype=dtype, kv_cache=config.kv_budget(device),
         block_size=config.block_size,
-        scheduler_config=SchedulerConfig(config.max_num_batched_tokens, config.max_num_seqs),
+        scheduler_config=SchedulerConfig(config.max_num_batched_tokens, config.max_num_seqs,
+                                         config.queue_policy),
         adapters=adapters)
     bridge = EngineBridge(engine, take_snapshot=lambda eng: take_snapshot(eng, host),
                           on_fatal=on_fatal)
     metrics.observe(lambda: bridge.snapshot)
     frontend = Frontend(engine.tokenizer, PromptLimits(engine.max_model_len,
                                                        model_config.vocab_size))
-    options = WorkerOptions(config.worker_id, config.max_waiting, config.max_num_seqs)
+    options = WorkerOptions(config.worker_id, config.max_waiting, config.max_num_seqs,
+                            quotas=config.quotas)
     base_model = base_model_of(
         config.model_dir, model_config, name=config.model_name or config.model_dir.name,
         dtype=str(dtype).removeprefix("torch."), max_context=engine.max_model_len)

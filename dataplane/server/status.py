@@ -5,7 +5,9 @@ streaming) abort with the code this table gives the nearest class in the error's
 `stream_errors` also reports each code to the servicer's `count_error` (metrics).
 Anything not in the table is a bug: the caller gets INTERNAL with no detail and the
 worker logs the traceback. Messages are cut to a bounded length, so a caller's oversized
-input never comes back at them (nor trips their metadata limits).
+input never comes back at them (nor trips their metadata limits). An error with a
+`status_details()` method (a list of packed google.rpc messages, e.g. QuotaFailure) sends
+them as the standard grpc-status-details-bin trailer.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 from collections.abc import Callable
 
 import grpc
+from google.rpc import status_pb2
 
 from lorafleet.dataplane.adapters.errors import (
     AdapterError,
@@ -40,6 +43,7 @@ from lorafleet.dataplane.server.errors import (
     QueueFull,
     ShuttingDown,
 )
+from lorafleet.dataplane.server.quotas import QuotaExceeded
 from lorafleet.dataplane.server.requests import BadRequest
 from lorafleet.dataplane.tokenizer import ChatTemplateError
 from lorafleet.names import InvalidName
@@ -59,6 +63,7 @@ STATUS_BY_ERROR: dict[type[BaseException], grpc.StatusCode] = {
     AdapterLoadFailed: grpc.StatusCode.UNAVAILABLE,
     ChatTemplateError: grpc.StatusCode.FAILED_PRECONDITION,
     QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    QuotaExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ShuttingDown: grpc.StatusCode.UNAVAILABLE,
     NotServing: grpc.StatusCode.UNAVAILABLE,
     EngineDead: grpc.StatusCode.INTERNAL,
@@ -99,7 +104,17 @@ async def abort_with(context: grpc.aio.ServicerContext, error: Exception,
     if code is None:
         log.exception("unexpected error in %s", type(error).__name__, exc_info=error)
         await context.abort(grpc.StatusCode.INTERNAL, "internal error (see the worker's log)")
-    await context.abort(code, caller_message(error))
+    await context.abort(code, caller_message(error), _details_trailer(code, error))
+
+
+def _details_trailer(code: grpc.StatusCode, error: BaseException) -> tuple:
+    """The google.rpc.Status trailer carrying the error's details, if it has any."""
+    details = getattr(error, "status_details", None)
+    if details is None:
+        return ()
+    status = status_pb2.Status(code=code.value[0], message=caller_message(error),
+                               details=details())
+    return (("grpc-status-details-bin", status.SerializeToString()),)
 
 
 def rpc_errors(method):

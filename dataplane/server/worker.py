@@ -35,6 +35,7 @@ from lorafleet.dataplane.server.errors import (
 from lorafleet.dataplane.server.frontend import Frontend
 from lorafleet.dataplane.server.gauges import ServerLimits, model_names
 from lorafleet.dataplane.server.metrics import FinishedRequest, TokenClock, WorkerMetrics
+from lorafleet.dataplane.server.quotas import QuotaConfig, TenantQuotas
 from lorafleet.dataplane.server.sizes import WorkerSizes
 from lorafleet.dataplane.server.snapshot import EngineSnapshot
 from lorafleet.dataplane.server.tracing import end_request_span, request_span
@@ -48,6 +49,7 @@ class WorkerOptions:
     max_waiting: int = 256
     max_num_seqs: int = 64
     evict_timeout_seconds: float = 600.0
+    quotas: QuotaConfig = QuotaConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +60,7 @@ class Admitted:
     caller_id: str
     entry: VersionEntry | None
     arrival: float
+    tenant: str = ""
 
 
 class Worker:
@@ -79,6 +82,7 @@ class Worker:
         self.is_shutting_down = False
         self._num_in_flight = 0
         self._loads: dict[tuple[str, int], asyncio.Future] = {}
+        self.quotas = TenantQuotas(options.quotas)
         metrics.gauges.set_limits(ServerLimits(base_model.name, sizes.max_loras,
                                                sizes.kv_block_size, sizes.num_kv_blocks))
 
@@ -89,9 +93,10 @@ class Worker:
 
     # -- Generate ---------------------------------------------------------------
 
-    def admit(self, caller_id: str, adapter_ref: str) -> Admitted:
+    def admit(self, caller_id: str, adapter_ref: str, *, tenant: str | None = None) -> Admitted:
         """Resolves the adapter version and pins it; raises when the request must wait
-        elsewhere (queue full, shutting down, engine stopped) or names nothing."""
+        elsewhere (queue full, shutting down, engine stopped), names nothing, or its
+        tenant (given, else the adapter's; "" for the base model) is over a limit."""
         if self.is_shutting_down:
             raise ShuttingDown("worker is shutting down")
         if not self.bridge.is_alive:
@@ -101,12 +106,15 @@ class Worker:
                 f"{self._num_in_flight} requests in flight; the worker accepts "
                 f"{self.options.max_waiting} waiting beyond {self.options.max_num_seqs} running")
         entry = self.versions.resolve(adapter_ref) if adapter_ref else None
+        if tenant is None:
+            tenant = entry.name.partition("/")[0] if entry is not None else ""
+        self.quotas.try_admit(tenant)
         if entry is not None:
             self.versions.acquire(entry)
         self._num_in_flight += 1
         caller_id = caller_id[:128]
         request_id = f"{caller_id or 'req'}#{uuid.uuid4().hex[:12]}"
-        return Admitted(request_id, caller_id or request_id, entry, time.monotonic())
+        return Admitted(request_id, caller_id or request_id, entry, time.monotonic(), tenant)
 
     async def generate(self, admitted: Admitted, token_ids: tuple[int, ...],
                        params: SamplingParams, *, trace_parent: Any = None,
@@ -117,7 +125,8 @@ class Worker:
         key = entry.digest if entry is not None else None
 
         def add(engine):
-            engine.add_request(admitted.request_id, token_ids, params=params, adapter=key)
+            engine.add_request(admitted.request_id, token_ids, params=params, adapter=key,
+                               tenant=admitted.tenant)
 
         last, clock = None, TokenClock()
         span = request_span(self.tracer, admitted.caller_id, entry, trace_parent)
@@ -125,6 +134,7 @@ class Worker:
             async for output in self.bridge.stream(admitted.request_id, add):
                 last = output
                 clock.tick(output)
+                self.quotas.charge(admitted.tenant, len(output.new_token_ids))
                 if output.error_kind is ErrorKind.ADAPTER_LOAD_FAILED:
                     raise AdapterLoadFailed(f"adapter {entry.label if entry else ''} "
                                             f"could not be loaded: {output.error}")
@@ -137,6 +147,7 @@ class Worker:
     def release(self, admitted: Admitted) -> None:
         """Ends an admitted request's claim on the queue and its version."""
         self._num_in_flight -= 1
+        self.quotas.release(admitted.tenant)
         if admitted.entry is not None:
             self.versions.release(admitted.entry)
 
