@@ -9,6 +9,7 @@ import sys
 
 from lorafleet.auth.policy import WORKER_METHODS
 from lorafleet.auth.startup import add_auth_arguments, auth_interceptors
+from lorafleet.dataplane.adapters.confinement import add_source_arguments, policy_from_args
 from lorafleet.dataplane.server.quotas import add_tenant_arguments, quota_config_of
 from lorafleet.rpcserver import ServerSecurity
 from lorafleet.startup import (
@@ -77,6 +78,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser, *, model_required: bool
                              "(needs the otlp extra)")
     parser.add_argument("--grace-seconds", type=float, default=30.0,
                         help="on SIGTERM, how long in-flight streams may finish (default %(default)s)")
+    add_source_arguments(parser)
     add_server_tls_arguments(parser)
     add_tenant_arguments(parser)
     add_log_level_argument(parser)
@@ -97,6 +99,10 @@ def worker_config(args: argparse.Namespace):
     from lorafleet.dataplane.server.build import WorkerConfig
 
     extra = {"worker_id": args.worker_id} if args.worker_id else {}
+    try:
+        extra["sources"] = policy_from_args(args)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from exc
     return WorkerConfig(
         model_dir=args.model, model_name=args.model_name, device=args.device, dtype=args.dtype,
         max_loras=args.max_loras, max_lora_rank=args.max_lora_rank,

@@ -6,7 +6,9 @@ object gets a new directory, an unchanged one is not downloaded again, and a dow
 renamed into place only once complete, so a reader never sees half a mirror.
 
 Callers learn only "not found or not readable" (or "try again later"), never whether a
-server path exists or what S3 said; the detail goes to this worker's log.
+server path exists or what S3 said; the detail goes to this worker's log. A SourcePolicy
+(confinement.py) limits the roots, buckets and size a worker accepts, checked before
+anything is read or downloaded.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import shutil
 import tempfile
 import urllib.parse
 
+from lorafleet.dataplane.adapters.confinement import UNCONFINED, SourcePolicy
 from lorafleet.dataplane.adapters.errors import (
     AdapterInvalid,
     AdapterNotFound,
@@ -48,11 +51,14 @@ class SourceResolver:
 
     `s3_client` is any object with boto3's `list_objects_v2(Bucket=, Prefix=, Delimiter=)`
     and `download_file(Bucket, Key, Filename)`; by default one is made with boto3 on first use.
+    `policy` says which sources may be read (default: any, up to the size limit).
     """
 
-    def __init__(self, cache_dir: pathlib.Path | None = None, *, s3_client=None) -> None:
+    def __init__(self, cache_dir: pathlib.Path | None = None, *, s3_client=None,
+                 policy: SourcePolicy = UNCONFINED) -> None:
         self._cache_dir = pathlib.Path(cache_dir) if cache_dir else default_cache_dir()
         self._s3_client = s3_client
+        self.policy = policy
 
     def resolve(self, uri: str) -> pathlib.Path:
         """The local directory holding the adapter `uri` names."""
@@ -61,13 +67,13 @@ class SourceResolver:
         except ValueError as exc:  # e.g. an unclosed "[" in the host
             raise AdapterInvalid([f"source {echo(uri)} is not a valid URI"]) from exc
         if parsed.scheme == "":
-            return _local_dir(pathlib.Path(uri), uri)
+            return self._local(pathlib.Path(uri), uri)
         if parsed.scheme == "file":
             if parsed.netloc not in ("", "localhost"):
                 raise AdapterInvalid(
                     [f"file URI {echo(uri)} names host {echo(parsed.netloc)}; use file:///path"]
                 )
-            return _local_dir(pathlib.Path(urllib.parse.unquote(parsed.path)), uri)
+            return self._local(pathlib.Path(urllib.parse.unquote(parsed.path)), uri)
         if parsed.scheme == "s3":
             return self._resolve_s3(parsed.netloc, parsed.path.strip("/"), uri)
         raise AdapterInvalid(
@@ -77,6 +83,12 @@ class SourceResolver:
             ]
         )
 
+    def _local(self, path: pathlib.Path, uri: str) -> pathlib.Path:
+        """The real directory, once the policy allows it and its files' sizes."""
+        directory = _local_dir(self.policy.local_dir(path, uri), uri)
+        self.policy.check_files(directory, ADAPTER_FILES, uri)
+        return directory
+
     def _resolve_s3(self, bucket: str, prefix: str, uri: str) -> pathlib.Path:
         if not bucket or not prefix:
             raise AdapterInvalid(
@@ -85,9 +97,11 @@ class SourceResolver:
         # Bucket and prefix become cache directories: no segment may climb out of the cache.
         if any(part in ("", ".", "..") for part in [bucket, *prefix.split("/")]):
             raise AdapterInvalid([f"S3 source {echo(uri)} has an empty, '.' or '..' path segment"])
+        self.policy.check_s3(bucket, prefix, uri)
         client = self._client()
         objects = _list_adapter_objects(client, bucket, prefix, uri)
-        etags = "\n".join(f"{name}={etag}" for name, etag in sorted(objects.items()))
+        self.policy.check_size({name: size for name, (_, size) in objects.items()}, uri)
+        etags = "\n".join(f"{name}={etag}" for name, (etag, _) in sorted(objects.items()))
         target = (
             self._cache_dir
             / "s3"
@@ -154,9 +168,10 @@ def _local_dir(path: pathlib.Path, uri: str) -> pathlib.Path:
     return path
 
 
-def _list_adapter_objects(client, bucket: str, prefix: str, uri: str) -> dict[str, str]:
-    """{file name: ETag} of the adapter files directly under the prefix."""
-    found: dict[str, str] = {}
+def _list_adapter_objects(client, bucket: str, prefix: str,
+                          uri: str) -> dict[str, tuple[str, int]]:
+    """{file name: (ETag, size in bytes)} of the adapter files directly under the prefix."""
+    found: dict[str, tuple[str, int]] = {}
     token = None
     while True:
         kwargs = {"Bucket": bucket, "Prefix": f"{prefix}/", "Delimiter": "/"}
@@ -166,7 +181,7 @@ def _list_adapter_objects(client, bucket: str, prefix: str, uri: str) -> dict[st
         for obj in page.get("Contents", []):
             name = obj["Key"].rsplit("/", 1)[-1]
             if name in ADAPTER_FILES:
-                found[name] = str(obj.get("ETag", ""))
+                found[name] = (str(obj.get("ETag", "")), int(obj.get("Size", 0)))
         token = page.get("NextContinuationToken")
         if not page.get("IsTruncated") or not token:
             break
