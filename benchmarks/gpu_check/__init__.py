@@ -1,0 +1,9 @@
+"""`make gpu-check`: the CUDA path proven on one GPU, in one run with a report.
+
+Four parts, each with a time cap (see `__main__.py` for the order and the caps):
+  kernels   the kernel tests' cases through `add_lora`, compiled Triton, against fp32;
+  parity    the engine's greedy decoding on the device against transformers on CPU;
+  timings   SGMV/BGMV at hidden 4096 against the HBM roofline and a per-adapter loop;
+  decode    end-to-end decode with 0/1/8/32 distinct adapters on a Llama-8B-shaped model.
+Without CUDA, `--cpu-dry-run` runs every part at tiny shapes on CPU (docs/gpu.md).
+"""

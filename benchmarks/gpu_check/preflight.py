@@ -1,0 +1,78 @@
+"""Before any part runs: make `lorafleet` importable and name every missing package.
+
+The GPU machine runs its own python3 (CUDA torch, Triton, transformers) with no network
+and without this project installed, so nothing may be pip-installed there: `lorafleet` is
+imported straight from the checkout, and each package the parts need but the machine
+lacks is named with the way to bring it (docs/gpu.md, "Missing packages").
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import pathlib
+import shutil
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+# Top-level module -> the distribution that provides it. The engine's imports reach the
+# adapter, server and auth modules, hence gRPC, OpenTelemetry, argon2 and re2.
+NEEDED = {"torch": "torch", "triton": "triton", "transformers": "transformers",
+          "safetensors": "safetensors", "tokenizers": "tokenizers", "pytest": "pytest",
+          "jinja2": "jinja2", "google.protobuf": "protobuf", "grpc": "grpcio",
+          "grpc_health": "grpcio-health-checking", "grpc_reflection": "grpcio-reflection",
+          "opentelemetry": "opentelemetry-api", "opentelemetry.sdk": "opentelemetry-sdk",
+          "opentelemetry.exporter.prometheus": "opentelemetry-exporter-prometheus",
+          "prometheus_client": "prometheus-client", "argon2": "argon2-cffi",
+          "re2": "google-re2", "psutil": "psutil"}
+CARRY_HINT = ("bring them as wheels: docs/gpu.md, 'Missing packages' (pip download on a "
+              "machine with network into .whl/, carry .whl, pip install --target there)")
+
+
+def ensure_lorafleet_importable() -> str:
+    """Imports `lorafleet` from the install, or else straight from this checkout (the root
+    package is protos/lorafleet; the component folders are its subpackages, as setup.py
+    maps them). Returns where it came from."""
+    try:
+        importlib.import_module("lorafleet.kernels")
+        return "installed"
+    except ModuleNotFoundError as error:
+        if not (error.name or "").startswith("lorafleet"):
+            raise
+    sys.modules.pop("lorafleet", None)
+    sys.path.insert(0, str(ROOT / "protos"))
+    package = importlib.import_module("lorafleet")
+    package.__path__.append(str(ROOT))
+    return "checkout"
+
+
+def missing_packages() -> list[str]:
+    """Distributions in NEEDED whose module cannot be found, in NEEDED's order."""
+    missing = []
+    for module, distribution in NEEDED.items():
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:  # its parent package is missing
+            found = False
+        if not found and distribution not in missing:
+            missing.append(distribution)
+    return missing
+
+
+def cuda_problem() -> str | None:
+    """Why this python cannot use the machine's GPU, when the machine has one; else None."""
+    import torch
+
+    if torch.cuda.is_available() or not has_nvidia_gpu():
+        return None
+    if torch.version.cuda is None:
+        return (f"this python ({sys.executable}) has a CPU-only torch {torch.__version__} but "
+                "the machine has an NVIDIA GPU: run it with the machine's own python, "
+                "e.g. make gpu-check GPU_PYTHON=python3")
+    return f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU although the machine has one"
+
+
+def has_nvidia_gpu() -> bool:
+    """Whether the machine shows an NVIDIA GPU (a device node or nvidia-smi)."""
+    return os.path.exists("/dev/nvidia0") or shutil.which("nvidia-smi") is not None
