@@ -30,8 +30,11 @@ def run(ctx) -> list[dict]:
     adapters = ctx.named_adapters("cold", [16] * (2 * num_trials))
     names = list(adapters)
     samples: dict[str, list[float]] = collections.defaultdict(list)
+    # No --adapter: the worker may read only what --adapter-root allows (LoadAdapter below).
+    roots = [arg for parent in sorted({str(p.parent) for p in adapters.values()})
+             for arg in ("--adapter-root", parent)]
     with ctx.worker({}, ["--max-loras", "4", "--max-lora-rank", "16",
-                         "--max-cpu-loras", "1"]) as worker:
+                         "--max-cpu-loras", "1", *roots]) as worker:
         target = ctx.target(worker)
         ctx.warm_up(target, [])
         for trial in range(num_trials):
