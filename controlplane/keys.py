@@ -109,7 +109,7 @@ class AccessServicer(access_grpc.AccessServiceServicer):
         self.verifier = verifier
 
     @grpc_errors
-    @audited("CreateKey", lambda r: access_pb.Role.Name(r.role) + (f" {r.tenant}" if r.tenant else ""))
+    @audited("CreateKey", lambda r: _role_name(r.role) + (f" {r.tenant}" if r.tenant else ""))
     async def CreateKey(self, request, context):
         """Makes and stores a key; its secret is in this reply only."""
         role = ROLE_OF.get(request.role)
@@ -149,8 +149,16 @@ class AccessServicer(access_grpc.AccessServiceServicer):
     @grpc_errors
     async def ListAuditEntries(self, request, context):
         """Audit entries, oldest first."""
-        since = request.since.ToNanoseconds() if request.HasField("since") else 0
+        try:
+            since = request.since.ToNanoseconds() if request.HasField("since") else 0
+        except ValueError:  # seconds outside years 1..9999 (found by tests/fuzz)
+            raise InvalidArgument("since: not a valid timestamp") from None
         return access_pb.ListAuditEntriesResponse(entries=await list_entries(self.store, since))
+
+
+def _role_name(role: int) -> str:
+    """The role's enum name; a number no enum value has (found by tests/fuzz) as itself."""
+    return access_pb.Role.Name(role) if role in access_pb.Role.values() else str(role)
 
 
 class WorkerBindings:
