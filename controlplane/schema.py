@@ -11,6 +11,9 @@ a root, `/lorafleet/` by default; docs/controlplane.md has the full table):
     drains/<worker_id>                               empty, attached to the worker's lease
     placement/<tenant>/<name>/<version:010d>         VersionPlacement (desired + failures)
     leader                                           id of the reconciling replica (lease)
+    keys/<key id>                                    API key record, JSON (controlplane/keys.py)
+    worker-keys/<worker_id>                          id of the key the worker id is bound to
+    audit/<unix ns:020d>-<random>                    AuditEntry (controlplane/audit.py)
 
 Numbers are zero-padded so etcd's byte order is numeric order.
 """

@@ -130,7 +130,7 @@ async def serve(args: argparse.Namespace, stopper: Stopper, on_ready=None) -> in
                                      otlp_endpoint=args.otlp_endpoint, http_port=args.http_port,
                                      security=ServerSecurity(
                                          tls.server_credentials(),
-                                         auth_interceptors(args, WORKER_METHODS,
+                                         auth_interceptors(args, WORKER_METHODS, tls=tls,
                                                            controlplanes=fleet.get(
                                                                "controlplanes", ()))),
                                      tls=tls, **fleet)

@@ -65,7 +65,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
     try:
         tls = TlsConfig.from_args(args)
         security = ServerSecurity(tls.server_credentials(),
-                                  auth_interceptors(args, GATEWAY_METHODS,
+                                  auth_interceptors(args, GATEWAY_METHODS, tls=tls,
                                                     controlplanes=controlplanes))
     except TlsFileError as exc:
         raise SystemExit(f"lorafleet gateway: {exc}") from exc

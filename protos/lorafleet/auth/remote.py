@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import grpc
 
@@ -38,7 +38,8 @@ class RemoteVerifier:
 
     def __init__(self, controlplanes: Sequence[str], own_key: str, *,
                  ttl_seconds: float = 0.5, stale_seconds: float = 300.0,
-                 timeout_seconds: float = 2.0, max_cached: int = 10_000):
+                 timeout_seconds: float = 2.0, max_cached: int = 10_000,
+                 open_channel: Callable[[str], grpc.aio.Channel] = grpc.aio.insecure_channel):
         if not controlplanes:
             raise ValueError("checking keys through the control plane needs its address")
         self.controlplanes = list(controlplanes)
@@ -46,6 +47,7 @@ class RemoteVerifier:
         self.ttl_seconds, self.stale_seconds = ttl_seconds, stale_seconds
         self.timeout_seconds, self.max_cached = timeout_seconds, max_cached
         self._answers: dict[bytes, tuple[float, Principal | None]] = {}
+        self._open_channel = open_channel  # e.g. TlsConfig.aio_channel, for TLS/mTLS
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     async def verify(self, key: str) -> Principal | None:
@@ -83,7 +85,7 @@ class RemoteVerifier:
     def _channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = grpc.aio.insecure_channel(address)
+            channel = self._channels[address] = self._open_channel(address)
         return channel
 
     async def close(self) -> None:

@@ -21,6 +21,7 @@ from lorafleet.auth.remote import RemoteVerifier
 from lorafleet.auth.stores import FileKeyStore
 from lorafleet.auth.verify import KeyVerifier
 from lorafleet.startup import StartupError
+from lorafleet.tls import PLAINTEXT_TLS, TlsConfig
 
 log = logging.getLogger(__name__)
 API_KEY_ENV = "LORAFLEET_API_KEY"
@@ -45,10 +46,11 @@ def add_auth_arguments(parser: argparse.ArgumentParser, *, own_key: str | None) 
 
 
 def auth_interceptors(args: argparse.Namespace, policy: Table, *,
-                      controlplanes: Sequence[str] = ()) -> tuple[AuthInterceptor, ...]:
+                      controlplanes: Sequence[str] = (),
+                      tls: TlsConfig = PLAINTEXT_TLS) -> tuple[AuthInterceptor, ...]:
     """The interceptors the options ask for: a key file (--auth-keys), else the control
-    plane checks keys (--api-key with `controlplanes`); none with --insecure-no-auth.
-    StartupError when auth is neither configured nor explicitly off."""
+    plane checks keys (--api-key with `controlplanes`, reached with `tls`); none with
+    --insecure-no-auth. StartupError when auth is neither configured nor explicitly off."""
     if args.insecure_no_auth:
         log.warning(INSECURE_WARNING)
         return ()
@@ -59,7 +61,8 @@ def auth_interceptors(args: argparse.Namespace, policy: Table, *,
             raise StartupError(f"--auth-keys: {error}") from error
         return (AuthInterceptor(KeyVerifier(store), policy),)
     if getattr(args, "api_key", None) and controlplanes:
-        return (AuthInterceptor(RemoteVerifier(controlplanes, args.api_key), policy),)
+        verifier = RemoteVerifier(controlplanes, args.api_key, open_channel=tls.aio_channel)
+        return (AuthInterceptor(verifier, policy),)
     raise StartupError(missing_auth_message(remote=bool(controlplanes)))
 
 
