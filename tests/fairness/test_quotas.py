@@ -13,6 +13,8 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from lorafleet.auth import Principal, Role
+from lorafleet.auth.principals import set_principal
 from lorafleet.dataplane.server.quotas import (
     QuotaExceeded,
     TenantLimits,
@@ -150,3 +152,24 @@ def test_limits_hold_under_concurrent_callers(limited):
     assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes and grpc.StatusCode.OK in codes
     tokens, _ = limited.generate("gamma/all64", [5, 6, 7], max_tokens=2)
     assert len(tokens) == 2  # nothing leaked: gamma's count is back to zero
+
+
+def test_a_tenant_callers_base_model_requests_count_for_that_tenant(limited):
+    """With auth, the caller's tenant is whom a request counts for, adapter or not."""
+    worker = limited.running.worker
+
+    async def admit_twice_as_acme():
+        set_principal(Principal(Role.TENANT, tenant="acme", key_id="k1"))
+        first = worker.admit("t1", "")
+        try:
+            assert first.tenant == "acme"
+            with pytest.raises(QuotaExceeded, match="tenant acme"):
+                worker.admit("t2", "")
+        finally:
+            worker.release(first)
+        set_principal(None)
+        third = worker.admit("t3", "")
+        worker.release(third)
+        assert third.tenant == ""  # no principal: the base model's tenant ""
+
+    limited.run(admit_twice_as_acme())
