@@ -17,6 +17,7 @@ from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
 from lorafleet.controlplane.placement import PlacementPolicy, VersionDemand, WorkerCapacity, place
 from lorafleet.controlplane.routing import SERVING_TIERS, holders
 from lorafleet.controlplane.schema import Snapshot, VersionKey
+from lorafleet.controlplane.worker_client import admin_address
 from lorafleet.worker.v1 import worker_service_pb2 as worker_pb
 
 Residency = Mapping[str, Mapping[VersionKey, worker_pb.AdapterResidency]]
@@ -78,7 +79,7 @@ class Load:
     """Make `version` of `adapter` resident on a worker."""
 
     worker_id: str
-    address: str
+    address: str  # of the worker's WorkerService
     adapter: str
     version: int
     digest: str
@@ -90,7 +91,7 @@ class Eviction:
     """Drop `version` of `adapter` from a worker."""
 
     worker_id: str
-    address: str
+    address: str  # of the worker's WorkerService
     adapter: str
     version: int
 
@@ -126,7 +127,7 @@ def plan_loads(snapshot: Snapshot, desired, residency: Residency) -> list[Load]:
             ):
                 continue
             worker = snapshot.workers[worker_id]
-            loads.append(Load(worker_id, worker.address, key[0], key[1], version.digest,
+            loads.append(Load(worker_id, admin_address(worker), key[0], key[1], version.digest,
                               version.source_uri))
     return loads
 
@@ -143,7 +144,7 @@ def plan_evictions(snapshot: Snapshot, desired, residency: Residency) -> list[Ev
             if not is_stale(entry, snapshot) and not _can_drop(snapshot, key, worker_id,
                                                               desired, residency, routed):
                 continue
-            evictions.append(Eviction(worker_id, worker.address, key[0], key[1]))
+            evictions.append(Eviction(worker_id, admin_address(worker), key[0], key[1]))
     return evictions
 
 

@@ -13,7 +13,7 @@ from lorafleet.controlplane.errors import NotLeader
 from lorafleet.controlplane.planning import Residency
 from lorafleet.controlplane.schema import Snapshot, VersionKey
 from lorafleet.controlplane.store import EtcdStore
-from lorafleet.controlplane.worker_client import WorkerClients
+from lorafleet.controlplane.worker_client import WorkerClients, admin_address
 from lorafleet.worker.v1 import worker_service_pb2 as worker_pb
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ async def fetch_residency(clients: WorkerClients, snapshot: Snapshot) -> Residen
 
 async def _list_adapters(clients: WorkerClients, worker: fleet_pb.Worker):
     try:
-        reply = await clients.stub(worker.address).ListAdapters(
+        reply = await clients.stub(admin_address(worker)).ListAdapters(
             worker_pb.ListAdaptersRequest(), timeout=LIST_TIMEOUT_SECONDS,
             metadata=clients.metadata,
         )

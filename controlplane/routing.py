@@ -76,7 +76,7 @@ def live_workers(snapshot: Snapshot, base_model: str = "") -> dict[str, fleet_pb
     return {
         worker_id: fleet_pb.WorkerRoute(
             worker_id=worker_id, address=worker.address, base_model=worker.base_model.name,
-            is_draining=worker.is_draining,
+            is_draining=worker.is_draining, admin_address=worker.admin_address,
         )
         for worker_id, worker in sorted(snapshot.workers.items())
         if not base_model or worker.base_model.name == base_model

@@ -16,7 +16,7 @@ from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
 from lorafleet.controlplane.fleet import read_workers
 from lorafleet.controlplane.schema import Snapshot
 from lorafleet.controlplane.store import EtcdStore
-from lorafleet.controlplane.worker_client import TRANSIENT_CODES, WorkerClients
+from lorafleet.controlplane.worker_client import TRANSIENT_CODES, WorkerClients, admin_address
 from lorafleet.worker.v1 import worker_service_pb2 as worker_pb
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class VersionValidator:
         """The worker's verdict, or None when it could not give one right now."""
         request = worker_pb.ValidateAdapterRequest(source_uri=source_uri)
         try:
-            return await self.clients.call(worker.address, "ValidateAdapter", request)
+            return await self.clients.call(admin_address(worker), "ValidateAdapter", request)
         except grpc.aio.AioRpcError as error:
             if error.code() in TRANSIENT_CODES or error.code() == grpc.StatusCode.UNIMPLEMENTED:
                 log.info("worker %s could not validate %s: %s", worker.worker_id, source_uri,

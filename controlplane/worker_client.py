@@ -11,6 +11,7 @@ import dataclasses
 
 import grpc
 
+from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
 from lorafleet.tls import PLAINTEXT_TLS, TlsConfig
 from lorafleet.worker.v1 import worker_service_pb2_grpc as worker_grpc
 
@@ -27,6 +28,12 @@ class CallPolicy:
     timeout_seconds: float = 5.0
     num_attempts: int = 3
     first_delay: float = 0.1
+
+
+def admin_address(worker: fleet_pb.Worker) -> str:
+    """Where a worker's WorkerService listens: its admin address (--admin-port), else the
+    address of its InferenceService."""
+    return worker.admin_address or worker.address
 
 
 class WorkerClients:

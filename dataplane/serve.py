@@ -46,6 +46,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser, *, model_required: bool
     parser.add_argument("--port", type=int, default=50051, help="gRPC port; 0 picks a free one (default %(default)s)")
     parser.add_argument("--metrics-port", type=int, default=9400,
                         help="Prometheus /metrics port; 0 picks a free one, -1 disables (default %(default)s)")
+    parser.add_argument("--admin-port", type=int, metavar="N",
+                        help="serve WorkerService (load/evict/validate/list adapters, status) "
+                             "on this port alone, so the gRPC port exposes only inference; "
+                             "0 picks a free one (default: WorkerService on the gRPC port)")
     parser.add_argument("--http-port", type=int,
                         help="also serve OpenAI-compatible HTTP (/v1/completions, "
                              "/v1/chat/completions, /v1/models) on this port; 0 picks a free "
@@ -128,6 +132,7 @@ async def serve(args: argparse.Namespace, stopper: Stopper, on_ready=None) -> in
         running = await start_worker(worker_config(args), host=args.host, port=args.port,
                                      metrics_port=metrics_port, adapters=tuple(args.adapter),
                                      otlp_endpoint=args.otlp_endpoint, http_port=args.http_port,
+                                     admin_port=args.admin_port,
                                      security=ServerSecurity(
                                          tls.server_credentials(),
                                          auth_interceptors(args, WORKER_METHODS, tls=tls,
@@ -138,6 +143,8 @@ async def serve(args: argparse.Namespace, stopper: Stopper, on_ready=None) -> in
     print(f"  {running.sizes.describe()}", flush=True)
     if running.metrics_port is not None:
         print(f"  metrics: http://{args.host}:{running.metrics_port}/metrics", flush=True)
+    if running.admin_server is not None:
+        print(f"  WorkerService (admin): {running.admin_address}", flush=True)
     if running.http is not None:
         print(f"  OpenAI API: http://{args.host}:{running.http.port}/v1", flush=True)
     if on_ready is not None:

@@ -35,6 +35,7 @@ class Candidate:
     address: str
     pick: str
     rank: tuple[int, ...] = ()
+    admin_address: str = ""  # its WorkerService, when apart from `address` (--admin-port)
 
     @property
     def needs_load(self) -> bool:
@@ -90,7 +91,7 @@ def load_candidates(version: fleet_pb.VersionRoute, workers: Iterable[fleet_pb.W
     return [
         Candidate(w.worker_id, w.address, ON_DEMAND,
                   (int(w.is_draining), int(w.worker_id not in loaded_here),
-                   int(w.worker_id not in placed)))
+                   int(w.worker_id not in placed)), w.admin_address)
         for w in workers
     ]
 

@@ -117,7 +117,9 @@ class GatewayServicer(pb_grpc.InferenceServiceServicer):
         num_sent, has_summary = 0, False
         try:
             if target.needs_load:
-                await self._loads.ensure(target.worker_id, target.address, resolved.adapter,
+                await self._loads.ensure(target.worker_id,
+                                         target.admin_address or target.address,
+                                         resolved.adapter,
                                          resolved.version, _remaining(context))
             forwarded = pb.GenerateRequest()
             forwarded.CopyFrom(request)

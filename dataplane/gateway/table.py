@@ -49,5 +49,5 @@ class RoutingTable:
         return sorted(name for name in names if name)
 
     def addresses(self) -> set[str]:
-        """Addresses of every live worker."""
-        return {w.address for w in self.workers.values()}
+        """Addresses of every live worker (gRPC and, when apart, admin)."""
+        return {a for w in self.workers.values() for a in (w.address, w.admin_address) if a}

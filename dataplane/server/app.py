@@ -21,6 +21,8 @@ from lorafleet.dataplane.server.worker_service import WorkerServicer
 from lorafleet.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from lorafleet.rpcserver import (
     PLAINTEXT,
+    BoundServer,
+    PortInUse,
     RunningServer,
     ServerSecurity,
     ServiceBinding,
@@ -52,7 +54,15 @@ class RunningWorker:
     tracer_provider: TracerProvider | None = None
     heartbeat: Heartbeat | None = None
     http: RunningHttp | None = None  # OpenAI-compatible HTTP, when asked for
+    admin_server: RunningServer | None = None  # WorkerService alone, with --admin-port
     is_stopped: bool = False
+
+    @property
+    def admin_address(self) -> str:
+        """host:port of WorkerService: the admin server's, else the gRPC server's."""
+        if self.admin_server is None:
+            return self.address
+        return f"{self.address.rpartition(':')[0]}:{self.admin_server.port}"
 
     @property
     def sizes(self) -> WorkerSizes:
@@ -72,6 +82,8 @@ class RunningWorker:
         if self.http is not None:
             await self.http.stop(grace_seconds)
         await self.server.stop(grace_seconds)
+        if self.admin_server is not None:
+            await self.admin_server.stop(grace_seconds)
         await asyncio.to_thread(self.worker.bridge.stop)
         self.worker.metrics.close()
         self.worker.cache.close()
@@ -90,14 +102,17 @@ async def start_worker(config: WorkerConfig, *, host: str = "127.0.0.1", port: i
                        http_port: int | None = None,
                        security: ServerSecurity = PLAINTEXT,
                        tls: TlsConfig = PLAINTEXT_TLS,
-                       api_key: str | None = None) -> RunningWorker:
+                       api_key: str | None = None,
+                       admin_port: int | None = None) -> RunningWorker:
     """Binds the port, builds the worker, loads the start-up adapters, and starts
     serving; with `controlplanes`, also registers and heartbeats (advertising
     `advertise_address`, default the bound address). The gRPC server meets callers with
     `security` (TLS credentials and interceptors) and calls the control plane with `tls`.
-    A busy port fails (PortInUse)
-    before the model is loaded; any start-up failure releases what was taken."""
-    bound = await bind_server(f"{host}:{port}", security)
+    With `admin_port`, WorkerService listens there alone and the gRPC port serves only
+    InferenceService. A busy port fails (PortInUse) before the model is loaded; any
+    start-up failure releases what was taken."""
+    bounds = await _bind(host, port, admin_port, security)
+    bound = bounds[0]
     config = dataclasses.replace(
         config, worker_id=config.worker_id or f"{socket.gethostname()}:{bound.port}")
     fatal = asyncio.Event()
@@ -108,26 +123,23 @@ async def start_worker(config: WorkerConfig, *, host: str = "127.0.0.1", port: i
             build_worker, config, tracer=tracer_of(tracer_provider),
             on_fatal=lambda exc: loop.call_soon_threadsafe(fatal.set))
     except BaseException:
-        await bound.server.stop(None)
+        await _release(bounds)
         raise
     worker.bridge.start()
     try:
         await _load_startup_adapters(worker, adapters)
         metrics = _start_metrics(worker, host, metrics_port)
     except BaseException:
-        await asyncio.gather(bound.server.stop(None), asyncio.to_thread(worker.bridge.stop))
+        await asyncio.gather(_release(bounds), asyncio.to_thread(worker.bridge.stop))
         worker.metrics.close()
         raise
     address = f"{host}:{bound.port}"
-    worker_servicer = WorkerServicer(worker, advertise_address or address)
-    server = await bound.start([
-        ServiceBinding(inference_service_pb2_grpc.add_InferenceServiceServicer_to_server,
-                       InferenceServicer(worker), full_name(inference_service_pb2,
-                                                            "InferenceService")),
-        ServiceBinding(worker_service_pb2_grpc.add_WorkerServiceServicer_to_server,
-                       worker_servicer, full_name(worker_service_pb2, "WorkerService")),
-    ])
-    fatal_watch = loop.create_task(_report_fatal(fatal, server))
+    advertised = advertise_address or address
+    admin_port_bound = bounds[1].port if len(bounds) > 1 else None
+    worker_servicer = WorkerServicer(worker, advertised, "" if admin_port_bound is None else
+                                     f"{advertised.rpartition(':')[0]}:{admin_port_bound}")
+    server, admin_server = await _serve(bounds, worker, worker_servicer)
+    fatal_watch = loop.create_task(_report_fatal(fatal, server, admin_server))
     heartbeat = None
     if controlplanes:
         heartbeat = Heartbeat(worker_servicer, controlplanes, interval=heartbeat_seconds,
@@ -136,10 +148,43 @@ async def start_worker(config: WorkerConfig, *, host: str = "127.0.0.1", port: i
         heartbeat.start()
     http = None
     if http_port is not None:  # after the gRPC server is bound: HTTP calls into it
-        http = await start_worker_http(worker_address=address, base_model=worker.base_model.name,
-                                       host=host, port=http_port, tls=tls)
+        http = await start_worker_http(
+            worker_address=address, base_model=worker.base_model.name, host=host,
+            port=http_port, tls=tls,
+            admin_address=None if admin_port_bound is None else f"{host}:{admin_port_bound}")
     return RunningWorker(worker, server, address, metrics, worker_servicer, fatal,
-                         fatal_watch, tracer_provider, heartbeat, http)
+                         fatal_watch, tracer_provider, heartbeat, http, admin_server)
+
+
+async def _bind(host: str, port: int, admin_port: int | None,
+                security: ServerSecurity) -> list[BoundServer]:
+    """Binds the gRPC port and, when given, the admin port (releasing the first if the
+    second is busy)."""
+    bound = await bind_server(f"{host}:{port}", security)
+    if admin_port is None:
+        return [bound]
+    try:
+        return [bound, await bind_server(f"{host}:{admin_port}", security)]
+    except PortInUse as exc:
+        await bound.server.stop(None)
+        raise PortInUse(f"--admin-port: {exc}") from exc
+
+
+async def _release(bounds: list[BoundServer]) -> None:
+    await asyncio.gather(*(b.server.stop(None) for b in bounds))
+
+
+async def _serve(bounds: list[BoundServer], worker: Worker, worker_servicer: WorkerServicer
+                 ) -> tuple[RunningServer, RunningServer | None]:
+    """Starts InferenceService, and WorkerService beside it or on the admin port."""
+    inference = ServiceBinding(
+        inference_service_pb2_grpc.add_InferenceServiceServicer_to_server,
+        InferenceServicer(worker), full_name(inference_service_pb2, "InferenceService"))
+    admin = ServiceBinding(worker_service_pb2_grpc.add_WorkerServiceServicer_to_server,
+                           worker_servicer, full_name(worker_service_pb2, "WorkerService"))
+    if len(bounds) == 1:
+        return await bounds[0].start([inference, admin]), None
+    return await bounds[0].start([inference]), await bounds[1].start([admin])
 
 
 async def _load_startup_adapters(worker: Worker, adapters) -> None:
@@ -163,7 +208,10 @@ def _start_metrics(worker: Worker, host: str, port: int | None) -> int | None:
                            f"({exc.strerror or exc})") from exc
 
 
-async def _report_fatal(fatal: asyncio.Event, server: RunningServer) -> None:
+async def _report_fatal(fatal: asyncio.Event, server: RunningServer,
+                        admin_server: RunningServer | None) -> None:
     """Once the engine loop dies, health says NOT_SERVING for every service."""
     await fatal.wait()
     await server.set_not_serving()
+    if admin_server is not None:
+        await admin_server.set_not_serving()

@@ -51,7 +51,8 @@ class Heartbeat:
         status = self._servicer.status()
         adapters = [self._servicer.residency(e) for e in self._servicer.worker.versions.entries()]
         return fleet_pb.Worker(
-            worker_id=status.worker_id, address=status.address, base_model=status.base_model,
+            worker_id=status.worker_id, address=status.address,
+            admin_address=status.admin_address, base_model=status.base_model,
             capacities=status.capacities, load=status.load, adapters=adapters)
 
     async def send_once(self) -> bool:

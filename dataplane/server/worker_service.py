@@ -22,9 +22,10 @@ _TIER = {"device": pb.TIER_DEVICE, "host": pb.TIER_HOST, None: pb.TIER_SOURCE}
 class WorkerServicer(pb_grpc.WorkerServiceServicer):
     """Manages this worker's adapters for the control plane (and for grpcurl)."""
 
-    def __init__(self, worker: Worker, address: str):
+    def __init__(self, worker: Worker, address: str, admin_address: str = ""):
         self.worker = worker
         self.address = address  # host:port others reach this worker at
+        self.admin_address = admin_address  # where this servicer listens, when not `address`
 
     @rpc_errors
     async def LoadAdapter(self, request: pb.LoadAdapterRequest, context):
@@ -77,7 +78,8 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
             if entry.num_pins:
                 in_flight[entry.label] = entry.num_pins
         return pb.GetWorkerStatusResponse(
-            worker_id=options.worker_id, address=self.address, base_model=worker.base_model,
+            worker_id=options.worker_id, address=self.address,
+            admin_address=self.admin_address, base_model=worker.base_model,
             capacities=pb.Capacities(
                 max_loras=sizes.max_loras, max_lora_rank=sizes.max_lora_rank,
                 max_cpu_loras=sizes.max_cpu_loras, num_kv_blocks=sizes.num_kv_blocks,

@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Worker(_message.Message):
-    __slots__ = ("worker_id", "address", "base_model", "capacities", "load", "adapters", "is_draining", "last_heartbeat_time")
+    __slots__ = ("worker_id", "address", "base_model", "capacities", "load", "adapters", "is_draining", "last_heartbeat_time", "admin_address")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -20,6 +20,7 @@ class Worker(_message.Message):
     ADAPTERS_FIELD_NUMBER: _ClassVar[int]
     IS_DRAINING_FIELD_NUMBER: _ClassVar[int]
     LAST_HEARTBEAT_TIME_FIELD_NUMBER: _ClassVar[int]
+    ADMIN_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     address: str
     base_model: _worker_service_pb2.BaseModel
@@ -28,7 +29,8 @@ class Worker(_message.Message):
     adapters: _containers.RepeatedCompositeFieldContainer[_worker_service_pb2.AdapterResidency]
     is_draining: bool
     last_heartbeat_time: _timestamp_pb2.Timestamp
-    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., base_model: _Optional[_Union[_worker_service_pb2.BaseModel, _Mapping]] = ..., capacities: _Optional[_Union[_worker_service_pb2.Capacities, _Mapping]] = ..., load: _Optional[_Union[_worker_service_pb2.WorkerLoad, _Mapping]] = ..., adapters: _Optional[_Iterable[_Union[_worker_service_pb2.AdapterResidency, _Mapping]]] = ..., is_draining: _Optional[bool] = ..., last_heartbeat_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    admin_address: str
+    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., base_model: _Optional[_Union[_worker_service_pb2.BaseModel, _Mapping]] = ..., capacities: _Optional[_Union[_worker_service_pb2.Capacities, _Mapping]] = ..., load: _Optional[_Union[_worker_service_pb2.WorkerLoad, _Mapping]] = ..., adapters: _Optional[_Iterable[_Union[_worker_service_pb2.AdapterResidency, _Mapping]]] = ..., is_draining: _Optional[bool] = ..., last_heartbeat_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., admin_address: _Optional[str] = ...) -> None: ...
 
 class SendHeartbeatRequest(_message.Message):
     __slots__ = ("worker",)
@@ -150,16 +152,18 @@ class WorkerEndpoint(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., tier: _Optional[_Union[_worker_service_pb2.Tier, str]] = ...) -> None: ...
 
 class WorkerRoute(_message.Message):
-    __slots__ = ("worker_id", "address", "base_model", "is_draining")
+    __slots__ = ("worker_id", "address", "base_model", "is_draining", "admin_address")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     IS_DRAINING_FIELD_NUMBER: _ClassVar[int]
+    ADMIN_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     address: str
     base_model: str
     is_draining: bool
-    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., base_model: _Optional[str] = ..., is_draining: _Optional[bool] = ...) -> None: ...
+    admin_address: str
+    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., base_model: _Optional[str] = ..., is_draining: _Optional[bool] = ..., admin_address: _Optional[str] = ...) -> None: ...
 
 class DrainWorkerRequest(_message.Message):
     __slots__ = ("worker_id",)

@@ -139,20 +139,22 @@ class GetWorkerStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetWorkerStatusResponse(_message.Message):
-    __slots__ = ("worker_id", "address", "base_model", "capacities", "load", "is_draining")
+    __slots__ = ("worker_id", "address", "base_model", "capacities", "load", "is_draining", "admin_address")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     CAPACITIES_FIELD_NUMBER: _ClassVar[int]
     LOAD_FIELD_NUMBER: _ClassVar[int]
     IS_DRAINING_FIELD_NUMBER: _ClassVar[int]
+    ADMIN_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     address: str
     base_model: BaseModel
     capacities: Capacities
     load: WorkerLoad
     is_draining: bool
-    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., base_model: _Optional[_Union[BaseModel, _Mapping]] = ..., capacities: _Optional[_Union[Capacities, _Mapping]] = ..., load: _Optional[_Union[WorkerLoad, _Mapping]] = ..., is_draining: _Optional[bool] = ...) -> None: ...
+    admin_address: str
+    def __init__(self, worker_id: _Optional[str] = ..., address: _Optional[str] = ..., base_model: _Optional[_Union[BaseModel, _Mapping]] = ..., capacities: _Optional[_Union[Capacities, _Mapping]] = ..., load: _Optional[_Union[WorkerLoad, _Mapping]] = ..., is_draining: _Optional[bool] = ..., admin_address: _Optional[str] = ...) -> None: ...
 
 class BaseModel(_message.Message):
     __slots__ = ("name", "digest", "architecture", "hidden_size", "num_layers", "vocab_size", "max_context", "dtype")
