@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.setup-done
 BUF    := $(VENV)/node/node_modules/.bin/buf
 IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 
-.PHONY: setup test lint proto proto-check run bench clean images
+.PHONY: setup test lint proto proto-check run bench clean images gpu-check
 
 setup: $(STAMP)
 
@@ -56,6 +56,20 @@ run: setup
 BENCH_ARGS ?= --quick
 bench: setup
 	$(PY) -m benchmarks $(BENCH_ARGS)
+
+# The CUDA path on a real GPU in one run (docs/gpu.md): kernels, parity, timings, decode;
+# report in $OUT or benchmarks/results/gpu/. No set-up step: a GPU machine has no network,
+# so it runs with the first python whose torch sees CUDA (GPU_PYTHON to choose), else the
+# venv's, which without a GPU says so and runs the CPU dry run. GPU_CHECK_ARGS: its options.
+GPU_PYTHON ?=
+gpu-check:
+	@py="$(GPU_PYTHON)"; \
+	if [ -z "$$py" ]; then for c in $(PY) python3; do \
+	  if $$c -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then py=$$c; break; fi; \
+	done; fi; \
+	if [ -z "$$py" ]; then if [ -x $(PY) ]; then py=$(PY); else py=python3; fi; fi; \
+	echo "$$py -m benchmarks.gpu_check $(GPU_CHECK_ARGS)"; \
+	$$py -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
 
 # The worker image (CUDA, torch) and the slim one (control plane, gateway, CLI), tagged
 # with the package version. Needs a Docker daemon with BuildKit (it reads the

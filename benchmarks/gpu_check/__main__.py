@@ -78,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     json_path, md_path = write_report(report, args.out or report_dir())
     print(report.to_markdown())
     verdict = "passed" if report.is_passed() else "FAILED"
-    print(f"gpu-check ({report.mode}) {verdict}: report in {md_path} and {json_path}")
+    lead = "no CUDA device: run it on a GPU machine; dry run" if is_dry_run and not args.cpu_dry_run \
+        else report.mode
+    print(f"gpu-check: {lead} {verdict}: report in {md_path} and {json_path}")
     return 0 if report.is_passed() else 1
 
 

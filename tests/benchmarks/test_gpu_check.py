@@ -1,0 +1,124 @@
+"""`make gpu-check` without a GPU: the CPU dry run, its report, and the arithmetic behind it."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import pathlib
+import subprocess
+
+import pytest
+import torch
+
+from benchmarks.gpu_check.__main__ import PARTS, main
+from benchmarks.gpu_check.kernel_timing import DRY_SHAPE
+from benchmarks.gpu_check.model_shape import (
+    LLAMA_8B,
+    fit_layers,
+    num_adapter_bytes,
+    num_kv_bytes_per_token,
+    num_weight_bytes,
+)
+from benchmarks.gpu_check.report import MET, NOT_MET, SKIPPED, target
+from benchmarks.gpu_check.timing import lora_bytes, roofline_ms
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _main(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = main(list(argv))
+    return status, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    """(exit status, printed text, report.json, report.md) of one full CPU dry run."""
+    folder = tmp_path_factory.mktemp("gpu-check")
+    status, printed = _main("--cpu-dry-run", "--out", str(folder))
+    return status, printed, json.loads((folder / "report.json").read_text()), (folder / "report.md").read_text()
+
+
+def test_dry_run_runs_every_part_and_passes(dry_run):
+    status, printed, report, markdown = dry_run
+    assert status == 0, printed
+    assert report["mode"] == "cpu dry run" and report["is_passed"]
+    assert [p["name"] for p in report["parts"]] == list(PARTS)
+    by_name = {p["name"]: p for p in report["parts"]}
+    assert by_name["kernels"]["status"] == "passed" and by_name["parity"]["status"] == "passed"
+    assert all(row["is_match"] for row in by_name["kernels"]["rows"])
+    assert all(row["is_match"] for row in by_name["parity"]["rows"])
+    assert {row["distinct"] for row in by_name["decode"]["rows"]} == {0, 1, 4}
+    assert report["machine"]["torch"] == torch.__version__
+    # The table is printed and written: every part and every target has its line.
+    for text in (printed, markdown):
+        assert "# gpu-check (cpu dry run)" in text
+        assert all(f"| {name} |" in text for name in PARTS)
+    assert "dry run passed: report in" in printed
+
+
+def test_dry_run_evaluates_every_target(dry_run):
+    _, _, report, markdown = dry_run
+    targets = report["targets"]
+    timing = [t for t in targets if t["part"] == "timings"]
+    # One roofline target per measured shape: ranks x (decode, prefill) x distinct counts.
+    assert len(timing) == len(DRY_SHAPE["ranks"]) * 2 * len(DRY_SHAPE["distinct"])
+    assert all(t["status"] in (MET, NOT_MET) and t["value"] > 0 for t in timing)
+    decode = [t for t in targets if t["part"] == "decode"]
+    assert len(decode) == 1 and decode[0]["status"] in (MET, NOT_MET)
+    assert decode[0]["goal"] == ">= 0.85x"
+    assert all(f"| {t['status']} |" in markdown for t in targets)
+    timings = next(p for p in report["parts"] if p["name"] == "timings")
+    for row in timings["rows"]:
+        assert row["vs_roofline"] == pytest.approx(row["add_lora_ms"] / row["roofline_ms"], rel=0.05)
+
+
+def test_a_spent_budget_skips_parts_and_their_targets(tmp_path):
+    status, printed = _main("--cpu-dry-run", "--budget-s", "0", "--parts", "timings", "decode",
+                            "--out", str(tmp_path))
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert status == 0, printed
+    assert [p["status"] for p in report["parts"]] == ["skipped", "skipped"]
+    assert all("it would overrun" in p["skipped"][0] for p in report["parts"])
+    # The GPU run's targets are still listed, each marked skipped rather than dropped.
+    assert len(report["targets"]) == 2 * 2 * 4 + 1
+    assert {t["status"] for t in report["targets"]} == {SKIPPED}
+
+
+def test_make_gpu_check_without_cuda_says_so_and_exits_0(tmp_path):
+    done = subprocess.run(["make", "-s", "gpu-check",
+                           f"GPU_CHECK_ARGS=--budget-s 0 --out {tmp_path}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    is_told = "no CUDA device: run it on a GPU machine; dry run" in done.stdout
+    assert is_told == (not torch.cuda.is_available())
+    assert (tmp_path / "report.md").exists()
+
+
+def test_roofline_counts_the_bytes_a_lora_call_must_move():
+    # 128 rows, hidden 4096, bf16: x read (1 MiB), y read and written (2 MiB); 32 rank-16
+    # adapters' A and B (8 MiB); the fp32 intermediate written and read (16 KiB).
+    num_bytes = lora_bytes(num_rows=128, in_features=4096, out_features=4096, num_distinct=32,
+                           rank=16, element_size=2)
+    assert num_bytes == (1 << 20) + (2 << 20) + (8 << 20) + (16 << 10)
+    assert roofline_ms(3_000_000, 3e12) == pytest.approx(1e-3)
+
+
+def test_8b_shape_arithmetic_matches_llama_3_8b():
+    assert num_weight_bytes(LLAMA_8B, 2) == 8_030_261_248 * 2  # Llama-3-8B's parameter count
+    assert num_adapter_bytes(LLAMA_8B, 16, 2) == 16 * 81920 * 32 * 2  # 84 MB at rank 16
+    assert num_kv_bytes_per_token(LLAMA_8B, 2) == 128 << 10
+    assert fit_layers(LLAMA_8B, 80 << 30, 5 << 30, 2) == 32  # an H100 holds all of it
+    fitted = fit_layers(LLAMA_8B, 12 << 30, 1 << 30, 2)
+    assert 0 < fitted < 32
+    assert num_weight_bytes({**LLAMA_8B, "num_hidden_layers": fitted}, 2) + (1 << 30) <= (12 << 30) / 1.1
+    assert fit_layers(LLAMA_8B, 1 << 30, 0, 2) == 0  # the embeddings alone need 2 GB
+
+
+def test_targets_are_met_missed_or_skipped():
+    assert target("t", 1.4, 1.5, is_upper_bound=True)["status"] == MET
+    assert target("t", 1.6, 1.5, is_upper_bound=True)["status"] == NOT_MET
+    assert target("t", 0.84, 0.85, is_upper_bound=False)["status"] == NOT_MET
+    assert target("t", None, 0.85, is_upper_bound=False, note="no GPU")["status"] == SKIPPED
