@@ -34,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         command.add_argument("--tenant", default="", help="the tenant of a tenant key")
         command.add_argument("--can-create-versions", action="store_true",
                              help="let a tenant key add versions of its own adapters")
+    hashed.add_argument("--key-file", metavar="PATH",
+                        help="write the key to this new file (mode 0600) instead of stderr")
     listing = sub.add_parser("list", help="list keys (ids, roles, tenants; never secrets)")
     revoke = sub.add_parser("revoke", help="revoke a key; refused everywhere within 1 s")
     revoke.add_argument("key_id", help="the key's id (lorafleet key list)")

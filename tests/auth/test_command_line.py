@@ -61,6 +61,7 @@ def test_key_hash_prints_a_record_to_append_and_the_key_once():
                           capture_output=True, text=True, timeout=60, check=False)
     record = KeyRecord.from_json(done.stdout)
     key = done.stderr.rsplit(" ", 1)[1].strip()
+    assert done.stderr.startswith(f"key {record.key_id} (shown once): ")
     assert record.tenant == "acme" and key.startswith(f"lf_{record.key_id}_")
     assert key not in done.stdout and "argon2id" in record.hash
 
@@ -93,3 +94,12 @@ def test_since_takes_durations_and_timestamps():
     assert since_of("2026-11-28T09:00:00Z", now).hour == 9
     with pytest.raises(ValueError, match="duration"):
         since_of("yesterday", now)
+
+
+def test_key_hash_can_write_the_key_to_a_private_file(tmp_path):
+    path = tmp_path / "worker-key"
+    done = subprocess.run([*LORAFLEET, "key", "hash", "--role", "worker", "--key-file", str(path)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    record = KeyRecord.from_json(done.stdout)
+    assert path.read_text().startswith(f"lf_{record.key_id}_") and path.stat().st_mode & 0o077 == 0
+    assert "lf_" not in done.stderr and str(path) in done.stderr

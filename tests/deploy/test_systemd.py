@@ -16,7 +16,9 @@ ENV = read_env_file(SYSTEMD / "lorafleet.env.example")
 
 @pytest.mark.parametrize("unit", UNITS, ids=[u.name for u in UNITS])
 def test_units_read_the_environment_file_and_restart_on_failure(unit):
-    assert unit_values(unit, "EnvironmentFile") == ["/etc/lorafleet/lorafleet.env"]
+    settings, key = unit_values(unit, "EnvironmentFile")  # the key: docs/security.md
+    assert settings == "/etc/lorafleet/lorafleet.env"
+    assert re.fullmatch(r"/etc/lorafleet/(controlplane|worker|gateway)\.key", key)
     assert unit_values(unit, "Restart") == ["on-failure"]
     assert unit_values(unit, "User") == ["lorafleet"]
     (exec_start,) = unit_values(unit, "ExecStart")

@@ -1,6 +1,7 @@
 """`lorafleet key hash`: make a key without a control plane, for a key file.
 
     lorafleet key hash --role admin >> keys.jsonl        # the key itself goes to stderr
+    lorafleet key hash --role worker --key-file worker-key >> keys.jsonl
 
 The record line (JSON: id, argon2id hash, role, tenant) goes to stdout, to append to the
 file a server reads with --auth-keys; the key goes to stderr, shown this once. Lives
@@ -11,6 +12,7 @@ it lazily.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from lorafleet.auth.keys import InvalidKeyRecord, make_key
@@ -32,11 +34,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lorafleet key hash", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_key_arguments(parser)
+    parser.add_argument("--key-file", metavar="PATH",
+                        help="write the key to this new file (mode 0600) instead of stderr")
     args = parser.parse_args(argv)
     try:
         key, record = make_key(args.role, args.tenant, args.can_create_versions)
     except InvalidKeyRecord as error:
         parser.error(str(error))
+    if args.key_file:
+        try:
+            descriptor = os.open(args.key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as error:
+            parser.error(f"--key-file: {error.strerror}: {args.key_file}")
+        with os.fdopen(descriptor, "w") as out:
+            out.write(key)
     print(record.to_json(), flush=True)
-    print(f"key (shown once; give it to the caller): {key}", file=sys.stderr, flush=True)
+    shown = f"written to {args.key_file}" if args.key_file else f"(shown once): {key}"
+    print(f"key {record.key_id} {shown}", file=sys.stderr, flush=True)
     return 0
