@@ -20,12 +20,14 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 # adapter, server and auth modules, hence gRPC, OpenTelemetry, argon2 and re2.
 NEEDED = {"torch": "torch", "triton": "triton", "transformers": "transformers",
           "safetensors": "safetensors", "tokenizers": "tokenizers", "pytest": "pytest",
-          "jinja2": "jinja2", "google.protobuf": "protobuf", "grpc": "grpcio",
-          "grpc_health": "grpcio-health-checking", "grpc_reflection": "grpcio-reflection",
-          "opentelemetry": "opentelemetry-api", "opentelemetry.sdk": "opentelemetry-sdk",
-          "opentelemetry.exporter.prometheus": "opentelemetry-exporter-prometheus",
-          "prometheus_client": "prometheus-client", "argon2": "argon2-cffi",
-          "re2": "google-re2", "psutil": "psutil"}
+          "jinja2": "jinja2", "psutil": "psutil", "prometheus_client": "prometheus-client",
+          "google.protobuf": "protobuf", "google.rpc": "googleapis-common-protos",
+          "grpc": "grpcio", "grpc_health": "grpcio-health-checking",
+          "grpc_reflection": "grpcio-reflection", "opentelemetry": "opentelemetry-api",
+          "opentelemetry.sdk": "opentelemetry-sdk",
+          "opentelemetry.semconv": "opentelemetry-semantic-conventions",
+          "argon2": "argon2-cffi", "_argon2_cffi_bindings": "argon2-cffi-bindings",
+          "_cffi_backend": "cffi", "re2": "google-re2"}
 CARRY_HINT = ("bring them as wheels: docs/gpu.md, 'Missing packages' (pip download on a "
               "machine with network into .whl/, carry .whl, pip install --target there)")
 

@@ -7,6 +7,7 @@ import io
 import json
 import pathlib
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -122,3 +123,19 @@ def test_targets_are_met_missed_or_skipped():
     assert target("t", 1.6, 1.5, is_upper_bound=True)["status"] == NOT_MET
     assert target("t", 0.84, 0.85, is_upper_bound=False)["status"] == NOT_MET
     assert target("t", None, 0.85, is_upper_bound=False, note="no GPU")["status"] == SKIPPED
+
+
+def test_lorafleet_imports_from_the_checkout_where_it_is_not_installed():
+    # The GPU machine's python has no lorafleet installed; the check must import it anyway.
+    code = ("import sys; sys.meta_path[:] = [f for f in sys.meta_path "
+            "if 'editable' not in repr(f).lower()]\n"
+            "from benchmarks.gpu_check import preflight\n"
+            "print(preflight.ensure_lorafleet_importable())\n"
+            "import lorafleet.kernels.dispatch, lorafleet.inference\n"
+            "print(lorafleet.kernels.__file__)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    origin, kernels_file = done.stdout.split()
+    assert origin == "checkout"
+    assert pathlib.Path(kernels_file) == ROOT / "kernels" / "__init__.py"
