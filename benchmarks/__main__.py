@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, str] = {
     "adapter_load": "benchmarks.adapter_load",
     "lora_decode": "benchmarks.lora_decode",
     "serving": "benchmarks.serving",
+    "noisy_neighbour": "benchmarks.noisy_neighbour",
 }
 # The options of each benchmark's short version (--quick).
 QUICK: dict[str, list[str]] = {
@@ -30,6 +31,7 @@ QUICK: dict[str, list[str]] = {
     "adapter_load": ["--repeats", "1"],
     "lora_decode": ["--quick"],
     "serving": ["--quick"],
+    "noisy_neighbour": ["--quick"],
 }
 USAGE = "usage: python -m benchmarks [--quick] [NAME ...] | NAME [OPTION ...]"
 
