@@ -35,36 +35,43 @@ CAP_S = 200.0
 TARGET_RATIO = 0.85
 RANK = 16
 CUDA_PLAN = {"shape": model_shape.LLAMA_8B, "distinct": (0, 1, 8, 32), "tokens": 32,
-             "rounds": 2, "kv_bytes": 2 << 30, "dtype": "bfloat16", "is_warmed_up": True}
+             "rounds": 2, "kv_bytes": 2 << 30, "dtype": "bfloat16", "is_warmed_up": True,
+             "setup_s": 60.0}
 DRY_PLAN = {"shape": model_shape.TINY, "distinct": (0, 1, 4), "tokens": 3,
-            "rounds": 1, "kv_bytes": 64 << 20, "dtype": "float32", "is_warmed_up": False}
+            "rounds": 1, "kv_bytes": 64 << 20, "dtype": "float32", "is_warmed_up": False,
+            "setup_s": 5.0}
 
 
 def run(device: torch.device, clock, *, is_dry_run: bool) -> dict:
-    """Builds the worker, loads the adapters, and measures each case that fits the cap."""
+    """Builds the engine, loads the adapters, and measures each case that fits the cap."""
     plan = DRY_PLAN if is_dry_run else CUDA_PLAN
     num_seqs, element_size = max(plan["distinct"]), 4 if is_dry_run else 2
     shape, notes = _fitted_shape(plan, device, num_seqs, element_size)
-    if shape is None:
+    if shape is None or not clock.can_start(plan["setup_s"]):
+        if shape is not None:
+            clock.skip("model and adapter set-up")
         return {"status": "skipped", "notes": notes,
-                "targets": [_target(None, notes[0], max(plan["distinct"]))]}
+                "targets": [_target(None, (notes or clock.skipped)[0], num_seqs)]}
     with tempfile.TemporaryDirectory() as tmp:
         root = pathlib.Path(tmp)
         model_dir = model_shape.write_config(root / "model", shape)
         adapter_dirs = [write_adapter(root / f"a{i}", model_dir, rank=RANK, alpha=2 * RANK,
                                       target_modules="all-linear", seed=i) for i in range(num_seqs)]
-        worker, digests = _worker(model_dir, adapter_dirs, device, plan)
+        holder, digests = _build(model_dir, adapter_dirs, device, plan)
         try:
-            rows = _measure(worker, digests, plan, clock, num_seqs)
+            rows = _measure(holder, digests, plan, clock, num_seqs)
         finally:
-            worker.host.close()
+            holder.host.close()
     _add_ratios(rows, shape, element_size)
+    # On CUDA the host tier must hold page-locked copies (loading.py); on CPU it never pins.
+    is_pinned_right = holder.num_pinned == (num_seqs if device.type == "cuda" else 0)
+    notes.append(f"{holder.num_pinned}/{num_seqs} adapters in pinned host memory")
     last = rows[-1] if rows and rows[-1]["distinct"] == num_seqs else None
     note = (f"bandwidth bound {last['bandwidth_bound_vs_base']:.2f}x" if last
             else f"{num_seqs} distinct was not measured")
     notes.append(f"{shape['num_hidden_layers']} layers, hidden {shape['hidden_size']}, "
                  f"{num_seqs} sequences, {plan['tokens']} decode tokens each, {plan['dtype']}")
-    return {"status": "done", "rows": rows, "notes": notes,
+    return {"status": "done" if is_pinned_right else "failed", "rows": rows, "notes": notes,
             "targets": [_target(last["vs_base"] if last else None, note, num_seqs)]}
 
 
@@ -95,7 +102,7 @@ def _fitted_shape(plan: dict, device: torch.device, num_seqs: int, element_size:
     return shape, notes
 
 
-def _worker(model_dir, adapter_dirs, device: torch.device, plan: dict):
+def _build(model_dir, adapter_dirs, device: torch.device, plan: dict):
     """The engine on `device` with random weights, every adapter loaded and placed, behind
     the `worker.bridge.engine` attribute path that `decode_tokens_per_second` reads."""
     num_seqs, dtype = len(adapter_dirs), DTYPES[plan["dtype"]]
@@ -108,30 +115,33 @@ def _worker(model_dir, adapter_dirs, device: torch.device, plan: dict):
                                kv_cache=KVCacheBudget(num_bytes=plan["kv_bytes"]),
                                scheduler_config=SchedulerConfig(max_num_seqs=num_seqs),
                                adapters=adapters)
-    digests = []
+    digests, num_pinned = [], 0
     for index, path in enumerate(adapter_dirs):
         loaded = files.load(str(path))
+        num_pinned += all(w.a.is_pinned() and w.b.is_pinned() for w in loaded.modules.values())
         host.put(AdapterSource(f"gpu-check/a{index}@1", str(path), loaded.digest), loaded)
         if not engine.try_place_adapter(loaded.digest):
             raise RuntimeError(f"adapter {index} found no device slot")
         digests.append(loaded.digest)
-    return types.SimpleNamespace(bridge=types.SimpleNamespace(engine=engine), host=host), digests
+    holder = types.SimpleNamespace(bridge=types.SimpleNamespace(engine=engine), host=host,
+                                   num_pinned=num_pinned)
+    return holder, digests
 
 
-def _measure(worker, digests, plan: dict, clock, num_seqs: int) -> list[dict]:
+def _measure(holder, digests, plan: dict, clock, num_seqs: int) -> list[dict]:
     """Best tokens/s of each case over the rounds; cases take turns within a round."""
     cases = {n: [None] * num_seqs if n == 0 else [digests[i % n] for i in range(num_seqs)]
              for n in plan["distinct"]}
     for adapters in cases.values() if plan["is_warmed_up"] else ():
         # Compiles the kernels and fills the allocator's caches before anything is timed.
-        decode_tokens_per_second(worker, adapters, prompt_len=16, num_tokens=4)
+        decode_tokens_per_second(holder, adapters, prompt_len=16, num_tokens=4)
     best: dict[int, float] = {}
     for round_index in range(plan["rounds"]):
         for num_distinct, adapters in cases.items():
             if not clock.can_start(15.0):
                 clock.skip(f"round {round_index + 1}, {num_distinct} distinct")
                 continue
-            rate = decode_tokens_per_second(worker, adapters, prompt_len=16,
+            rate = decode_tokens_per_second(holder, adapters, prompt_len=16,
                                             num_tokens=plan["tokens"])
             best[num_distinct] = max(rate, best.get(num_distinct, 0.0))
     return [{"distinct": n, "tokens_per_s": round(rate, 1)} for n, rate in sorted(best.items())]
