@@ -15,6 +15,7 @@ import random
 from typing import Any
 
 from lorafleet.auth import bearer
+from lorafleet.auth.interceptor import auth_of
 from lorafleet.dataplane.gateway.follower import Backoff, TableFollower
 from lorafleet.dataplane.gateway.metrics import GatewayMetrics
 from lorafleet.dataplane.gateway.models import RoutingModels
@@ -131,4 +132,5 @@ async def _start_http(gateway: RunningGateway, router: Router):
     local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     return await start_http_server(
         inference_address=f"{local}:{gateway.server.port}", models=models, base_model=models.base_model,
-        host=gateway.config.host, port=gateway.config.http_port, tls=gateway.config.tls)
+        host=gateway.config.host, port=gateway.config.http_port, tls=gateway.config.tls,
+        auth=auth_of(gateway.config.security.interceptors))

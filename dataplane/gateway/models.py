@@ -16,7 +16,7 @@ class RoutingModels:
         self._table = table
         self._router = router
 
-    async def list_models(self) -> list:
+    async def list_models(self, metadata=()) -> list:
         """Base models first, then adapters, each group sorted by id."""
         from lorafleet.dataplane.openai_http import ModelCard
 

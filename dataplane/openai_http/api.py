@@ -12,6 +12,7 @@ import grpc
 from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from lorafleet.auth.interceptor import AuthInterceptor, VerifierUnavailable
 from lorafleet.dataplane.openai_http.answers import REQUEST_ID_HEADER, answer_once, answer_stream
 from lorafleet.dataplane.openai_http.errors import ApiError, from_rpc_error
 from lorafleet.dataplane.openai_http.models import ModelCard, ModelLister
@@ -26,10 +27,11 @@ class OpenAIApi:
     """Handlers of /v1/completions, /v1/chat/completions, /v1/models and /health."""
 
     def __init__(self, channel: grpc.aio.Channel, models: ModelLister,
-                 base_model: str | Callable[[], str]):
+                 base_model: str | Callable[[], str], auth: AuthInterceptor | None = None):
         self._inference = ipb_grpc.InferenceServiceStub(channel)
         self._health = health_pb2_grpc.HealthStub(channel)
         self._models = models
+        self._auth = auth  # who may see which models (None: auth off)
         self._base_model = base_model if callable(base_model) else (lambda: base_model)
         self._created = int(time.time())
 
@@ -72,17 +74,38 @@ class OpenAIApi:
 
     async def list_models(self, request: web.Request) -> web.Response:
         """GET /v1/models: the base model, then every servable adapter reference."""
-        cards = await self._models.list_models()
+        cards = await self._visible_cards(request)
         return web.json_response({"object": "list", "data": [self._card(c) for c in cards]})
 
     async def retrieve_model(self, request: web.Request) -> web.Response:
         """GET /v1/models/{model}."""
         wanted = request.match_info["model"]
-        for card in await self._models.list_models():
+        for card in await self._visible_cards(request):
             if card.id == wanted:
                 return web.json_response(self._card(card))
         raise ApiError(404, f"model {wanted!r} is neither the base model nor a servable "
                             "adapter", type_="not_found_error", param="model", code="not_found")
+
+    async def _visible_cards(self, request: web.Request) -> list[ModelCard]:
+        """The models the caller may see: with auth on, a valid key is required and a
+        tenant sees the base models and its own adapters only."""
+        metadata = metadata_of(request)
+        principal = None
+        if self._auth is not None:
+            try:
+                principal = await self._auth.principal_of(metadata)
+            except VerifierUnavailable as exc:
+                raise ApiError(503, f"cannot check the API key: {exc}",
+                               type_="service_unavailable_error", code="unavailable") from exc
+            if principal is None:
+                raise ApiError(401, "invalid or missing API key: send 'Authorization: "
+                                    "Bearer <key>'", type_="authentication_error",
+                               code="invalid_api_key")
+        try:
+            cards = await self._models.list_models(metadata)
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from exc
+        return [c for c in cards if principal is None or c.parent is None or principal.owns(c.id)]
 
     async def health(self, request: web.Request) -> web.Response:
         """GET /health: 200 while the gRPC server reports SERVING, else 503."""

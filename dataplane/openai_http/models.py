@@ -27,8 +27,9 @@ class ModelCard:
 class ModelLister(Protocol):
     """Whatever knows the servable base model and adapters (a worker, the gateway)."""
 
-    async def list_models(self) -> list[ModelCard]:
-        """The base model first, then every servable adapter reference."""
+    async def list_models(self, metadata=()) -> list[ModelCard]:
+        """The base model first, then every servable adapter reference; `metadata` is
+        the caller's (its authorization), for listers that ask a server."""
         ...
 
 
@@ -39,10 +40,13 @@ class WorkerModels:
     def __init__(self, channel: grpc.aio.Channel):
         self._stub = wpb_grpc.WorkerServiceStub(channel)
 
-    async def list_models(self) -> list[ModelCard]:
-        """Asks the worker now, so a load or eviction shows at once."""
-        status = await self._stub.GetWorkerStatus(wpb.GetWorkerStatusRequest(), timeout=10)
-        listed = await self._stub.ListAdapters(wpb.ListAdaptersRequest(), timeout=10)
+    async def list_models(self, metadata=()) -> list[ModelCard]:
+        """Asks the worker now, so a load or eviction shows at once. With auth on, only
+        an admin's key may list a worker's adapters (WorkerService is the admin surface)."""
+        status = await self._stub.GetWorkerStatus(wpb.GetWorkerStatusRequest(), timeout=10,
+                                                  metadata=metadata)
+        listed = await self._stub.ListAdapters(wpb.ListAdaptersRequest(), timeout=10,
+                                               metadata=metadata)
         base = status.base_model.name
         ready = [a for a in listed.adapters if a.state == wpb.LOAD_STATE_READY]
         names = sorted({a.adapter for a in ready if a.is_default})

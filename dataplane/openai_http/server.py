@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 from aiohttp import web
 
+from lorafleet.auth.interceptor import AuthInterceptor
 from lorafleet.dataplane.openai_http.api import OpenAIApi
 from lorafleet.dataplane.openai_http.errors import ApiError, from_rpc_error
 from lorafleet.dataplane.openai_http.models import ModelLister, WorkerModels
@@ -56,11 +57,13 @@ class RunningHttp:
 
 async def start_http_server(*, inference_address: str, models: ModelLister,
                             base_model: str | Callable[[], str], host: str = "127.0.0.1",
-                            port: int = 0, tls: TlsConfig = PLAINTEXT_TLS) -> RunningHttp:
+                            port: int = 0, tls: TlsConfig = PLAINTEXT_TLS,
+                            auth: AuthInterceptor | None = None) -> RunningHttp:
     """Serves OpenAI completions, chat and models on host:port (0 picks a free port),
-    answering from the InferenceService at `inference_address` (reached with `tls`)."""
+    answering from the InferenceService at `inference_address` (reached with `tls`);
+    `auth` (the gRPC server's) decides who sees which models."""
     channel = _channel(inference_address, tls)
-    return await _start(OpenAIApi(channel, models, base_model), host, port,
+    return await _start(OpenAIApi(channel, models, base_model, auth), host, port,
                         closers=[channel.close])
 
 

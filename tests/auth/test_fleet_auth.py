@@ -4,12 +4,19 @@ NOT_FOUND through the gateway and directly at the worker, exactly like an absent
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
+import urllib.error
+import urllib.request
+
 import grpc
 import pytest
 
 from lorafleet.auth import AuthInterceptor
 from lorafleet.auth.policy import GATEWAY_METHODS, WORKER_METHODS
 from lorafleet.auth.remote import RemoteVerifier
+from lorafleet.control.v1 import access_service_pb2 as access_pb
 from lorafleet.control.v1 import adapter_service_pb2 as apb
 from lorafleet.dataplane.gateway.app import GatewayConfig, start_gateway
 from lorafleet.dataplane.server.app import start_worker
@@ -42,7 +49,7 @@ async def fleet(secured, connect, keys, lora_suite):
         security=_checked_by(controlplane, keys.worker, WORKER_METHODS))
     gateway = await start_gateway(GatewayConfig(
         controlplanes=(controlplane,), port=0, backoff_first_seconds=0.05,
-        backoff_cap_seconds=0.3, api_key=keys.gateway,
+        backoff_cap_seconds=0.3, api_key=keys.gateway, http_port=0,
         security=_checked_by(controlplane, keys.gateway, GATEWAY_METHODS)))
     admin = connect(keys.admin)
     for name, source in ((OWN, suite["acme/qv8"]), (OTHER, suite["beta/ko16"])):
@@ -55,7 +62,7 @@ async def fleet(secured, connect, keys, lora_suite):
             adapter=name, weights=[apb.VersionWeight(version=1, weight=1)]))
     await eventually(lambda: gateway.follower.table is not None
                      and len(gateway.follower.table.routes) == 2)
-    yield worker.address, gateway.address
+    yield worker.address, gateway.address, f"http://127.0.0.1:{gateway.http.port}/v1"
     await gateway.stop(0.5)
     await worker.stop(0.5)
 
@@ -77,7 +84,7 @@ def _same_shape(hidden: tuple, absent: tuple, hidden_name: str, absent_name: str
 
 
 async def test_tenants_through_the_gateway_reach_only_their_own_adapters(fleet, keys):
-    worker, gateway = fleet
+    worker, gateway, _ = fleet
     replies = await _generate(gateway, keys.acme, OWN)
     assert replies[-1].summary.adapter_version == f"{OWN}@1"
     hidden = await code_and_details(_generate(gateway, keys.acme, OTHER))
@@ -89,7 +96,7 @@ async def test_tenants_through_the_gateway_reach_only_their_own_adapters(fleet, 
 
 async def test_the_worker_applies_the_same_rules_to_a_tenant_that_reaches_it_directly(
         fleet, keys):
-    worker, gateway = fleet
+    worker, gateway, _ = fleet
     # The admin's request through the gateway loads globex's adapter on the worker.
     replies = await _generate(gateway, keys.admin, OTHER)
     assert replies[-1].summary.adapter_version == f"{OTHER}@1"
@@ -104,7 +111,7 @@ async def test_the_worker_applies_the_same_rules_to_a_tenant_that_reaches_it_dir
 
 
 async def test_a_worker_refuses_admin_calls_from_tenants_and_strangers(fleet, keys):
-    worker, _ = fleet
+    worker, _, _ = fleet
     async with grpc.aio.insecure_channel(worker) as channel:
         stub = wpb_grpc.WorkerServiceStub(channel)
         request = wpb.LoadAdapterRequest(adapter="acme/evil", source_uri="/etc")
@@ -113,3 +120,37 @@ async def test_a_worker_refuses_admin_calls_from_tenants_and_strangers(fleet, ke
         stranger = await code_and_details(stub.ListAdapters(wpb.ListAdaptersRequest()))
     assert tenant[0] == grpc.StatusCode.PERMISSION_DENIED
     assert stranger[0] == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_revoked_key_is_refused_by_the_gateway_within_one_second(fleet, connect, keys):
+    _, gateway, _ = fleet
+    made = await connect(keys.admin).call("access", "CreateKey", access_pb.CreateKeyRequest(
+        role=access_pb.ROLE_TENANT, tenant="acme"))
+    assert (await _generate(gateway, made.key, OWN))[-1].HasField("summary")
+    await connect(keys.admin).call("access", "RevokeKey",
+                                   access_pb.RevokeKeyRequest(key_id=made.api_key.key_id))
+    revoked_at = time.monotonic()
+    while True:
+        try:
+            await _generate(gateway, made.key, OWN)
+        except grpc.aio.AioRpcError as error:
+            assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+            break
+    assert time.monotonic() - revoked_at < 1.0
+
+
+def _models(url: str, key: str | None) -> tuple[int, list[str]]:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(f"{url}/models", headers=headers),
+                                    timeout=10) as reply:
+            return reply.status, [card["id"] for card in json.load(reply)["data"]]
+    except urllib.error.HTTPError as error:
+        return error.code, []
+
+
+async def test_the_openai_model_list_shows_a_tenant_only_its_own_adapters(fleet, keys):
+    _, _, http = fleet
+    assert await asyncio.to_thread(_models, http, keys.acme) == (200, ["tiny-llama", OWN])
+    assert await asyncio.to_thread(_models, http, keys.admin) == (200, ["tiny-llama", OWN, OTHER])
+    assert (await asyncio.to_thread(_models, http, None))[0] == 401

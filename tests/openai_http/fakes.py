@@ -86,7 +86,7 @@ class FakeModels:
 
     cards: list[ModelCard]
 
-    async def list_models(self) -> list[ModelCard]:
+    async def list_models(self, metadata=()) -> list[ModelCard]:
         return self.cards
 
 

@@ -80,6 +80,20 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         return handler._replace(unary_unary=_guard_unary(admit, handler.unary_unary))
 
 
+    async def principal_of(self, metadata) -> Principal | None:
+        """The principal call `metadata` authenticates as (x-lorafleet-tenant applied),
+        None without a valid key; VerifierUnavailable when the verifier cannot tell now.
+        For endpoints outside gRPC (the OpenAI HTTP model list) that need the same answer."""
+        key = key_of(metadata)
+        principal = await self.verifier.verify(key) if key is not None else None
+        return None if principal is None else vouched_for(principal, metadata)
+
+
+def auth_of(interceptors) -> AuthInterceptor | None:
+    """The AuthInterceptor among a server's interceptors, or None (auth off)."""
+    return next((i for i in interceptors if isinstance(i, AuthInterceptor)), None)
+
+
 class _Admission:
     """The checks of one call, run inside its handler (where it can abort)."""
 
