@@ -13,6 +13,7 @@ import os
 
 import torch
 
+from benchmarks.gpu_check.report import outcome
 from lorafleet.kernels import LoraBatch, add_lora, bgmv, sgmv
 from lorafleet.kernels.triton_support import is_triton_available
 from tests.kernels.cases import filled_buffers, reference_lora, request_slots, token_slots
@@ -43,8 +44,8 @@ def run(device: torch.device, clock, *, is_dry_run: bool) -> dict:
     notes = [f"{len(rows) - len(failures)}/{len(rows)} cases match the fp32 reference"]
     triton_error = _triton_error(device)
     notes.append(triton_error or _path_note(device))
-    is_passed = not failures and triton_error is None and not clock.skipped
-    return {"status": "passed" if is_passed else "failed", "rows": rows, "notes": notes}
+    is_failed = bool(failures) or triton_error is not None or not rows
+    return {"status": "failed" if is_failed else outcome(clock), "rows": rows, "notes": notes}
 
 
 def _hidden_cases(hidden: int, patterns: tuple[str, ...], max_ranks: tuple[int, ...]):

@@ -30,6 +30,12 @@ def target(name: str, value: float | None, limit: float, *, is_upper_bound: bool
     return {"name": name, "goal": goal, "value": value, "status": status, "note": note}
 
 
+def outcome(clock: PartClock) -> str:
+    """A check's status when nothing failed: "passed", or "partial" when the cap cut
+    some of it (the report lists what was left out)."""
+    return "partial" if clock.skipped else "passed"
+
+
 class PartClock:
     """One part's time cap inside the whole run's: a step starts only if its estimate fits."""
 
@@ -66,8 +72,9 @@ class Report:
         return [{"part": p["name"], **t} for p in self.parts for t in p.get("targets", [])]
 
     def is_passed(self) -> bool:
-        """No part failed or broke (targets not met do not count: they are findings)."""
-        return all(p["status"] in ("passed", "done", "skipped") for p in self.parts)
+        """No part failed or broke (targets not met and steps cut by a cap do not count:
+        they are findings, listed in the report)."""
+        return all(p["status"] in ("passed", "partial", "done", "skipped") for p in self.parts)
 
     def to_json(self) -> dict:
         """The whole report as one JSON-able dict."""
