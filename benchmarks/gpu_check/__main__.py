@@ -88,7 +88,11 @@ def run_part(name: str, device, is_dry_run: bool, run_deadline: float) -> dict:
     """Runs one part under its cap; a part that raises is reported as broken, not fatal."""
     from benchmarks.gpu_check.report import PartClock
 
-    module = importlib.import_module(PARTS[name])
+    try:
+        module = importlib.import_module(PARTS[name])
+    except ModuleNotFoundError as error:  # one preflight.NEEDED does not list yet
+        return {"name": name, "status": "broken", "seconds": 0.0, "skipped": [], "targets": [],
+                "notes": [f"missing module {error.name}: {preflight.CARRY_HINT}"]}
     clock = PartClock(module.CAP_S, run_deadline)
     print(f"gpu-check: {name} (cap {module.CAP_S:.0f} s)", flush=True)
     if not clock.can_start(MIN_PART_S):
