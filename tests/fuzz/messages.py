@@ -135,8 +135,14 @@ def raw_bodies() -> st.SearchStrategy[bytes]:
         b"\xff" * 16, b"\x0a\xff\xff\xff\xff\x0f", b"\x08" * 10, b"\x12\x05abc", b"\x80"]))
 
 
-def authorization() -> st.SearchStrategy[tuple]:
-    """No metadata, or an `authorization` header holding junk (the ASCII gRPC allows)."""
+def authorization(*keys: str) -> st.SearchStrategy[tuple]:
+    """No metadata, an `authorization` header holding junk (the ASCII gRPC allows), or
+    one of `keys` as a bearer key (the key's prefix with junk after it, too)."""
     junk = st.text(string.ascii_letters + string.digits + "-._~+/= ", max_size=80)
-    return st.one_of(st.just(()), junk.map(lambda t: (("authorization", t.strip() or "x"),)),
-                     junk.map(lambda t: (("authorization", f"Bearer {t}".strip()),)))
+    header = st.one_of(junk.map(lambda t: t.strip() or "x"),
+                       junk.map(lambda t: f"Bearer {t}".strip()))
+    if keys:
+        valid = st.sampled_from([f"Bearer {k}" for k in keys])
+        forged = st.tuples(st.sampled_from(keys), junk).map(lambda kj: f"Bearer {kj[0][:16]}{kj[1]}".strip())
+        header = st.one_of(header, valid, valid, forged)
+    return st.one_of(st.just(()), header.map(lambda h: (("authorization", h),)))

@@ -1,10 +1,10 @@
-"""Property-based fuzzing of a live control plane on a real etcd: every request message
+"""Property-based fuzzing of live control planes on a real etcd: every request message
 of AdapterService, FleetService and AccessService, and garbage bytes on every method,
-with and without an `authorization` header of junk. Every answer is a proper status; the
-control plane is healthy afterwards.
+with no `authorization` header, one of junk, or a valid key (admin or tenant). Every
+answer is a proper status; the control plane is healthy afterwards.
 
-The control plane here starts as tests start it (no key configuration: callers are not
-checked), so the junk header is ignored, and every call is served unauthenticated.
+Half the cases go to a replica without auth (as tests start one: the header is ignored),
+half to one checking keys (bootstrapped from a key file), where junk is UNAUTHENTICATED.
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ import grpc
 import pytest
 from hypothesis import given
 
+from lorafleet.auth import make_key
 from lorafleet.control.v1 import access_service_pb2 as apb
 from lorafleet.control.v1 import adapter_service_pb2 as cpb
 from lorafleet.control.v1 import fleet_service_pb2 as fpb
+from lorafleet.controlplane.access import AuthConfig
 from lorafleet.controlplane.server import ControlPlane
 from tests.controlplane.conftest import fast_config
 from tests.fuzz.calls import PROPER, LoopThread, call, fuzz_settings, is_serving
@@ -26,24 +28,34 @@ SERVICES = [cpb.DESCRIPTOR.services_by_name["AdapterService"],
             fpb.DESCRIPTOR.services_by_name["FleetService"],
             apb.DESCRIPTOR.services_by_name["AccessService"]]
 METHODS = [m for service in SERVICES for m in service.methods]
-NUM_EXAMPLES = 160  # per method: 18 methods
-NUM_RAW = 20
+NUM_EXAMPLES = 80  # per method (18) and replica (2)
+NUM_RAW = 10
+ADMIN_KEY, ADMIN = make_key("admin")
+TENANT_KEY, TENANT = make_key("tenant", "acme", can_create_versions=True)
 NAMES = ("acme/support", "acme/support@1", "beta/chat", "acme/new", "acme/support@2")
 HINTS = {"name": NAMES, "adapter": NAMES, "worker_id": ("127.0.0.1:1", "w-1"),
          "address": ("127.0.0.1:1",), "base_model": ("base",), "tenant": ("acme", "beta"),
          "source_uri": ("/nonexistent/adapter", "file:///nonexistent"), "role": ("admin",)}
 
 
-@pytest.fixture(scope="module")
-def plane(tmp_path_factory):
-    """A control-plane replica (leader once elected) on its own etcd and event loop."""
-    etcd = EtcdServer(tmp_path_factory.mktemp("fuzz-etcd") / "data")
+@pytest.fixture(scope="module", params=["open", "guarded"])
+def plane(tmp_path_factory, request):
+    """A control-plane replica (leader once elected) on its own etcd and event loop;
+    "guarded" checks keys."""
+    root = tmp_path_factory.mktemp("fuzz-plane")
+    etcd = EtcdServer(root / "etcd")
     etcd.data_dir.mkdir()
     etcd.start()
     loop = LoopThread()
-    replica = ControlPlane(fast_config(etcd.url))
+    auth = {}
+    if request.param == "guarded":
+        (root / "keys.jsonl").write_text(f"{ADMIN.to_json()}\n{TENANT.to_json()}\n")
+        auth["auth"] = AuthConfig(is_on=True, keys_file=str(root / "keys.jsonl"),
+                                  api_key=ADMIN_KEY)
+    replica = ControlPlane(fast_config(etcd.url, **auth))
     port = loop.run(replica.start())
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    channel.is_guarded = bool(auth)
     yield channel
     channel.close()
     loop.run(replica.stop())
@@ -57,7 +69,7 @@ def _run(channel, method, strategy, num_examples):
     max_messages = 1 if method.server_streaming else None
 
     @fuzz_settings(num_examples)
-    @given(body=strategy, metadata=authorization())
+    @given(body=strategy, metadata=authorization(ADMIN_KEY, TENANT_KEY))
     def one(body, metadata):
         code = call(channel, method, body, metadata, timeout=15, max_messages=max_messages)
         codes.append(code)
@@ -72,6 +84,9 @@ def _run(channel, method, strategy, num_examples):
 def test_every_request_message_gets_a_proper_status(plane, method):
     codes = _run(plane, method, messages(method.input_type, hints=HINTS), NUM_EXAMPLES)
     assert len(codes) >= NUM_EXAMPLES
+    if plane.is_guarded:  # junk refused, valid keys get past the check
+        assert grpc.StatusCode.UNAUTHENTICATED in codes
+        assert set(codes) != {grpc.StatusCode.UNAUTHENTICATED}
 
 
 def test_garbage_bytes_on_every_method_get_a_proper_status(plane):
@@ -88,4 +103,6 @@ def test_control_plane_is_healthy_after_fuzzing(plane):
         "/lorafleet.control.v1.AdapterService/ListAdapters",
         request_serializer=cpb.ListAdaptersRequest.SerializeToString,
         response_deserializer=cpb.ListAdaptersResponse.FromString)
-    assert isinstance(stub_call(cpb.ListAdaptersRequest(), timeout=10), cpb.ListAdaptersResponse)
+    answer = stub_call(cpb.ListAdaptersRequest(), timeout=10,
+                       metadata=(("authorization", f"Bearer {ADMIN_KEY}"),))
+    assert isinstance(answer, cpb.ListAdaptersResponse)
