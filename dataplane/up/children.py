@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lorafleet.startup import StartupError
+from lorafleet.tls import PLAINTEXT_TLS, TlsConfig
 
 # How long each child may take to stop after SIGTERM before its group gets SIGKILL.
 STOP_GRACE_SECONDS = 10.0
@@ -118,11 +119,12 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-async def wait_serving(child: Child, address: str, timeout: float) -> None:
+async def wait_serving(child: Child, address: str, timeout: float,
+                       tls: TlsConfig = PLAINTEXT_TLS) -> None:
     """Waits until gRPC health on `address` says SERVING. Raises ChildDied (after printing
     the end of its log) if the child exits first, StartupError after `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with tls.aio_channel(address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if not child.is_running:

@@ -11,6 +11,7 @@ import pathlib
 import shutil
 import sys
 
+from lorafleet.dataplane.up.certs import PLAINTEXT_UP, UpTls
 from lorafleet.dataplane.up.children import (
     Child,
     Children,
@@ -22,6 +23,7 @@ from lorafleet.dataplane.up.children import (
 from lorafleet.dataplane.up.keys import UpKeys
 from lorafleet.dataplane.up.model import RESULT_PREFIX
 from lorafleet.startup import StartupError
+from lorafleet.tls import PLAINTEXT_TLS, TlsConfig
 
 LORAFLEET = [sys.executable, "-m", "lorafleet.clients.cli"]
 # Seconds each part may take to report SERVING. A worker loads a model first.
@@ -108,30 +110,34 @@ async def start_etcd(children: Children, ports: Ports, data_dir: pathlib.Path) -
 
 
 async def start_controlplane(children: Children, ports: Ports, etcd_url: str,
-                             log_level: str, keys: UpKeys) -> str:
+                             log_level: str, keys: UpKeys, tls: UpTls = PLAINTEXT_UP) -> str:
     """One control-plane replica over `etcd_url`, checking keys against the session's
     key file and calling workers with the admin key; returns its address."""
     child = await children.spawn("controlplane", [
         *LORAFLEET, "controlplane", "--etcd", etcd_url, "--host", ports.host,
         "--port", str(ports.controlplane), "--replica-id", "controlplane-0",
-        "--auth-keys", str(keys.path), "--log-level", log_level], env=keys.env(keys.admin))
+        "--auth-keys", str(keys.path), "--log-level", log_level,
+        *tls.server_args("controlplane")], env=keys.env(keys.admin))
     address = ports.address(ports.controlplane)
-    await wait_ready(child, address, CONTROLPLANE_TIMEOUT, label="control plane")
+    await wait_ready(child, address, CONTROLPLANE_TIMEOUT, label="control plane",
+                     tls=tls.client())
     return address
 
 
 async def spawn_gateway(children: Children, ports: Ports, controlplane: str,
-                        log_level: str, keys: UpKeys) -> Child:
+                        log_level: str, keys: UpKeys, tls: UpTls = PLAINTEXT_UP) -> Child:
     """Starts the gateway (gRPC and OpenAI HTTP); `wait_ready` it later."""
     return await children.spawn("gateway", [
         *LORAFLEET, "gateway", "--controlplane", controlplane, "--host", ports.host,
         "--port", str(ports.gateway), "--http-port", str(ports.http),
         "--metrics-port", str(ports.gateway_metrics), "--grace-seconds", CHILD_GRACE_SECONDS,
-        "--log-level", log_level], env=keys.env(keys.gateway))
+        "--log-level", log_level, *tls.server_args("gateway", require_client_cert=False)],
+        env=keys.env(keys.gateway))
 
 
 async def spawn_workers(children: Children, ports: Ports, controlplane: str, model: dict,
-                        args: argparse.Namespace, keys: UpKeys) -> list[Child]:
+                        args: argparse.Namespace, keys: UpKeys,
+                        tls: UpTls = PLAINTEXT_UP) -> list[Child]:
     """Starts `--workers` workers of `model`, each with its own id and ports."""
     started = []
     for name, port, metrics in zip(worker_names(args.workers), ports.workers,
@@ -142,7 +148,7 @@ async def spawn_workers(children: Children, ports: Ports, controlplane: str, mod
                 "--advertise-address", ports.address(port), "--metrics-port", str(metrics),
                 "--heartbeat-seconds", "1", "--grace-seconds", CHILD_GRACE_SECONDS,
                 "--log-level", args.log_level, *worker_passthrough(args),
-                *adapter_roots(model)]
+                *adapter_roots(model), *tls.server_args(name)]
         started.append(await children.spawn(name, argv, env=keys.env(keys.worker)))
     return started
 
@@ -163,9 +169,10 @@ def worker_passthrough(args: argparse.Namespace) -> list[str]:
     return argv
 
 
-async def wait_ready(child: Child, address: str, timeout: float, label: str = "") -> None:
-    """Waits for `child` to serve on `address`, then says so."""
-    await wait_serving(child, address, timeout)
+async def wait_ready(child: Child, address: str, timeout: float, label: str = "",
+                     tls: TlsConfig = PLAINTEXT_TLS) -> None:
+    """Waits for `child` to serve on `address` (reached with `tls`), then says so."""
+    await wait_serving(child, address, timeout, tls)
     print(f"{label or child.name} ready on {address} (pid {child.pid}, "
           f"log {child.log_path})", flush=True)
 

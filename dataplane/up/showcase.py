@@ -15,10 +15,12 @@ import sys
 import grpc
 
 from lorafleet.auth import bearer
+from lorafleet.dataplane.up.certs import PLAINTEXT_UP, UpTls
 from lorafleet.dataplane.up.keys import UpKeys
 from lorafleet.inference.v1 import inference_service_pb2 as ipb
 from lorafleet.inference.v1 import inference_service_pb2_grpc as ipb_grpc
 from lorafleet.startup import StartupError
+from lorafleet.tls import PLAINTEXT_TLS, TlsConfig
 
 QUESTION = "What is the capital of France?"
 NUM_ANSWER_TOKENS = 40
@@ -26,11 +28,11 @@ ANSWER_TIMEOUT = 180.0
 GENERATE_METHOD = "lorafleet.inference.v1.InferenceService/Generate"
 
 
-async def ask_everyone(gateway: str, adapters: list[str], key: str
-                       ) -> list[tuple[str, str, str]]:
+async def ask_everyone(gateway: str, adapters: list[str], key: str,
+                       tls: TlsConfig = PLAINTEXT_TLS) -> list[tuple[str, str, str]]:
     """(adapter or "", the version that answered, the answer) for the base model and each
     adapter, asked at once through the gateway with `key` (the demo tenant's)."""
-    async with grpc.aio.insecure_channel(gateway) as channel:
+    async with tls.aio_channel(gateway) as channel:
         stub = ipb_grpc.InferenceServiceStub(channel)
         return await asyncio.gather(*(_ask(stub, name, key) for name in ["", *adapters]))
 
@@ -87,11 +89,14 @@ def tool(name: str) -> str:
 
 
 def commands(gateway: str, http_url: str, controlplane: str, base_model: str,
-             adapters: list[str], rollout_adapter: str | None, keys: UpKeys) -> list[str]:
+             adapters: list[str], rollout_adapter: str | None, keys: UpKeys,
+             tls: UpTls = PLAINTEXT_UP) -> list[str]:
     """The lines that show how to call the fleet: as tenant demo, and admin commands with
-    the admin key."""
+    the admin key (and, with TLS, the CA and the admin certificate)."""
     lorafleet, chat = tool("lorafleet"), shlex.quote(QUESTION)
-    tenant, admin = f"--api-key {keys.demo}", f"--api-key {keys.admin}"
+    tenant = shlex.join(["--api-key", keys.demo, *tls.client_args(with_cert=False)])
+    admin = shlex.join(["--api-key", keys.admin, *tls.client_args(with_cert=True)])
+    transport = f"-cacert {shlex.quote(str(tls.ca))}" if tls.is_on else "-plaintext"
     header = shlex.quote(f"authorization: Bearer {keys.demo}")
     example = example_adapter(adapters)
     lines = ["", "Try it (Ctrl-C stops everything):", ""]
@@ -101,7 +106,7 @@ def commands(gateway: str, http_url: str, controlplane: str, base_model: str,
     body = {"adapter": example} if example else {}
     body.update(chat={"messages": [{"role": "user", "content": QUESTION}]},
                 sampling={"max_tokens": NUM_ANSWER_TOKENS, "temperature": 0})
-    lines.append(f"  {tool('grpcurl')} -plaintext -d {shlex.quote(json.dumps(body))} "
+    lines.append(f"  {tool('grpcurl')} {transport} -d {shlex.quote(json.dumps(body))} "
                  f"-H {header} {gateway} {GENERATE_METHOD}")
     request = {"model": example or base_model, "max_tokens": NUM_ANSWER_TOKENS,
                "temperature": 0, "messages": [{"role": "user", "content": QUESTION}]}
