@@ -53,7 +53,8 @@ def _hidden_cases(hidden: int, patterns: tuple[str, ...], max_ranks: tuple[int, 
     the popularity patterns (prefill-like rows), BGMV with one row per adapter."""
     for dtype_name, dtype in DTYPES.items():
         for max_rank in max_ranks:
-            ranks = [max_rank, max_rank // 2, 8, 0] * 8  # 32 slots, every fourth empty
+            ranks = [max_rank, max_rank // 2, 0, 8] * 8  # 32 slots, every fourth empty (not 3:
+            # the "identical" pattern puts every request on slot 3)
             buffers = filled_buffers(ranks, max_rank, hidden, hidden, dtype, seed=max_rank)
             for pattern in patterns:
                 per_request = request_slots(pattern, 8, len(ranks), seed=4)
@@ -76,7 +77,8 @@ def _hidden_case(buffers, slots, dtype, hidden) -> dict:
 
 def _check(name: str, case: dict, tolerance: tuple[float, float], device: torch.device) -> dict:
     """Runs one case on `device`; the row says whether it matched and by how much."""
-    on_device = {k: case[k].to(device) for k in ("x", "y", "lora_a", "lora_b", "scale", "ranks")}
+    # copy=True: on CPU `.to` would hand back the case's own y, and the run would change it.
+    on_device = {k: case[k].to(device, copy=True) for k in ("x", "y", "lora_a", "lora_b", "scale", "ranks")}
     if device.type != "cuda":  # the torch path needs finite padding (sgmv.py); Triton never reads it
         on_device["lora_a"], on_device["lora_b"] = (on_device[k].nan_to_num(0.0) for k in ("lora_a", "lora_b"))
     batch = LoraBatch.from_slots(case["slots"], device=device)
@@ -89,9 +91,11 @@ def _check(name: str, case: dict, tolerance: tuple[float, float], device: torch.
     untouched = [row for row, slot in enumerate(case["slots"])
                  if slot is None or int(case["ranks"][slot]) == 0]
     is_kept = torch.equal(y.cpu()[untouched], case["y"][untouched])
+    # Every case has rows with a live adapter: a kernel that adds nothing must not pass.
+    num_changed = int((y.cpu() != case["y"]).any(dim=1).sum())
     return {"case": name, "kernel": "bgmv" if batch.is_bgmv else "sgmv", "rows": len(case["slots"]),
-            "max_abs_error": float((got - expected).abs().max()), "atol": atol,
-            "is_match": bool(is_close and is_kept)}
+            "rows_changed": num_changed, "max_abs_error": float((got - expected).abs().max()),
+            "atol": atol, "is_match": bool(is_close and is_kept and num_changed > 0)}
 
 
 def _triton_error(device: torch.device) -> str | None:
