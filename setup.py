@@ -5,7 +5,7 @@ folder becomes lorafleet.<component>, so nothing installs a generic top-level na
 such as `kernels` or `clients`.
 """
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, find_packages, setup
 
 COMPONENTS = ("clients", "controlplane", "dataplane", "kernels")
 
@@ -20,5 +20,16 @@ def _packages() -> tuple[list[str], dict[str, str]]:
     return packages, package_dir
 
 
+def _data_packages() -> dict[str, list[str]]:
+    """Folders of data files (no modules) that installs carry: the demo adapters.
+
+    Listed as packages so setuptools copies them without warning about them.
+    """
+    folders = find_namespace_packages("dataplane", include=["demo_adapters*"])
+    return {f"lorafleet.dataplane.{f}": ["*.md", "*.json", "*.safetensors"] for f in folders}
+
+
 packages, package_dir = _packages()
-setup(packages=packages, package_dir=package_dir)
+package_data = _data_packages()
+setup(packages=packages + list(package_data), package_dir=package_dir,
+      package_data=package_data)
