@@ -59,6 +59,14 @@ def note_committed() -> None:
         scope.is_recorded = True
 
 
+def name_target(target: str) -> None:
+    """Replaces the open scope's target, for a change whose target is known only once it
+    is made (the id of a new key), before its transaction."""
+    scope = _SCOPE.get()
+    if scope is not None:
+        scope.entry.target = target[:256]
+
+
 def _new_scope(root: str, action: str, target: str) -> _Scope:
     stamp = timestamp_pb2.Timestamp()
     nanoseconds = time.time_ns()

@@ -22,7 +22,7 @@ from lorafleet.auth.verify import KeyVerifier
 from lorafleet.control.v1 import access_service_pb2 as access_pb
 from lorafleet.control.v1 import access_service_pb2_grpc as access_grpc
 from lorafleet.controlplane.api_status import grpc_errors
-from lorafleet.controlplane.audit import audited, list_entries
+from lorafleet.controlplane.audit import audited, list_entries, name_target
 from lorafleet.controlplane.errors import Conflict, InvalidArgument, NotFound, PermissionDenied
 from lorafleet.controlplane.store import EtcdStore
 from lorafleet.names import InvalidName, check_worker_id
@@ -120,6 +120,7 @@ class AccessServicer(access_grpc.AccessServiceServicer):
                                                   request.can_create_versions)
         except InvalidKeyRecord as error:
             raise InvalidArgument(str(error)) from None
+        name_target(f"{record.key_id} ({record.principal().describe().split(' (')[0]})")
         await self.keys.create(record)
         return access_pb.CreateKeyResponse(key=key, api_key=api_key_of(record))
 

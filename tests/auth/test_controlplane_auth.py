@@ -201,7 +201,7 @@ async def test_every_admin_change_is_audited_with_principal_and_result(connect, 
         ("UpdateRollout", "acme/support", "ok"),
         ("RollbackRollout", "acme/support", "refused"),
         ("DeleteAdapter", "acme/support", "ok"),
-        ("CreateKey", "ROLE_WORKER", "ok"),
+        ("CreateKey", f"{made.api_key.key_id} (worker)", "ok"),
         ("RevokeKey", made.api_key.key_id, "ok"),
         ("DrainWorker", "w1", "ok"),
     ]
