@@ -162,6 +162,8 @@ def test_command_line_defaults(tree, tmp_path):
         policy_from_args(parser.parse_args(["--adapter-root", str(tmp_path / "missing")]))
     with pytest.raises(ValueError, match="--s3-allow s3://: expected BUCKET"):
         policy_from_args(parser.parse_args(["--s3-allow", "s3://"]))
+    with pytest.raises(ValueError, match="--max-adapter-bytes 0: must be positive"):
+        policy_from_args(parser.parse_args(["--max-adapter-bytes", "0"]))
 
 
 def test_a_confined_worker_refuses_load_adapter_outside_its_roots(lora_suite, tmp_path):
