@@ -119,8 +119,6 @@ def worker_config(args: argparse.Namespace):
 async def serve(args: argparse.Namespace, stopper: Stopper, on_ready=None) -> int:
     """Runs a worker until a stop is asked for (then shuts it down gracefully) or its
     engine dies (then exits with EXIT_FATAL for a supervisor to restart it)."""
-    from lorafleet.dataplane.server.app import start_worker
-
     metrics_port = None if args.metrics_port < 0 else args.metrics_port
     fleet = {}
     if getattr(args, "controlplane", None):
@@ -129,15 +127,17 @@ async def serve(args: argparse.Namespace, stopper: Stopper, on_ready=None) -> in
                      advertise_address=args.advertise_address, api_key=args.api_key)
     with starting():
         tls = tls_of(args)
+        # Checked before the worker stack (torch) is imported: a refusal is immediate.
+        interceptors = auth_interceptors(args, WORKER_METHODS, tls=tls,
+                                         controlplanes=fleet.get("controlplanes", ()))
+        from lorafleet.dataplane.server.app import start_worker
+
         running = await start_worker(worker_config(args), host=args.host, port=args.port,
                                      metrics_port=metrics_port, adapters=tuple(args.adapter),
                                      otlp_endpoint=args.otlp_endpoint, http_port=args.http_port,
                                      admin_port=args.admin_port,
-                                     security=ServerSecurity(
-                                         tls.server_credentials(),
-                                         auth_interceptors(args, WORKER_METHODS, tls=tls,
-                                                           controlplanes=fleet.get(
-                                                               "controlplanes", ()))),
+                                     security=ServerSecurity(tls.server_credentials(),
+                                                             interceptors),
                                      tls=tls, **fleet)
     print(f"lorafleet worker {running.worker.options.worker_id} serving on {running.address}", flush=True)
     print(f"  {running.sizes.describe()}", flush=True)
