@@ -85,4 +85,7 @@ def auth_config_from_args(args) -> AuthConfig:
             read_key_file(pathlib.Path(args.auth_keys))
         except (OSError, InvalidKeyRecord) as error:
             raise StartupError(f"--auth-keys: {error}") from error
+    if not args.api_key:
+        log.warning("no --api-key: workers that check keys will refuse this control "
+                    "plane's LoadAdapter, EvictAdapter and ValidateAdapter")
     return AuthConfig(is_on=True, keys_file=args.auth_keys, api_key=args.api_key)

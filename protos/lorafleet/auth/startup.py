@@ -59,6 +59,9 @@ def auth_interceptors(args: argparse.Namespace, policy: Table, *,
             store = FileKeyStore(args.auth_keys)
         except (OSError, InvalidKeyRecord) as error:
             raise StartupError(f"--auth-keys: {error}") from error
+        if controlplanes and not getattr(args, "api_key", None):
+            log.warning("no --api-key: this server calls the control plane without a key, "
+                        "and a control plane that checks keys refuses it")
         return (AuthInterceptor(KeyVerifier(store), policy),)
     if getattr(args, "api_key", None) and controlplanes:
         verifier = RemoteVerifier(controlplanes, args.api_key, open_channel=tls.aio_channel)
