@@ -35,7 +35,9 @@ async def worker_processes(plane, lora_suite):
             str(lora_suite[0]), "--model-name", BASE_MODEL, "--controlplane",
             f"127.0.0.1:{plane.port}", "--port", "0", "--metrics-port", "-1", "--device", "cpu",
             "--kv-cache-bytes", str(8 << 20), "--worker-id", worker_id, "--max-num-seqs", "2",
-            "--heartbeat-seconds", "0.3", "--insecure-no-auth", stdout=asyncio.subprocess.DEVNULL,
+            "--heartbeat-seconds", "0.3", "--insecure-no-auth",
+            "--adapter-root", str(lora_suite[0].parent),  # the suite's adapters lie beside the base
+            stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL)
         started.append(process)
         return process
