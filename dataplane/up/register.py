@@ -18,6 +18,7 @@ from lorafleet.control.v1 import adapter_service_pb2_grpc as apb_grpc
 from lorafleet.control.v1 import fleet_service_pb2 as fpb
 from lorafleet.control.v1 import fleet_service_pb2_grpc as fpb_grpc
 from lorafleet.startup import StartupError
+from lorafleet.tls import PLAINTEXT_TLS, TlsConfig
 
 STYLE_ADAPTER = "demo/style"
 STYLE_WEIGHTS = (90, 10)
@@ -56,10 +57,11 @@ def plan_adapters(adapters: dict[str, str], *, with_style: bool) -> list[Planned
     return plan
 
 
-async def base_model_of_workers(controlplane: str, num_workers: int, admin_key: str) -> str:
+async def base_model_of_workers(controlplane: str, num_workers: int, admin_key: str,
+                                tls: TlsConfig = PLAINTEXT_TLS) -> str:
     """Waits until all `num_workers` workers are registered; returns their base model."""
     deadline = time.monotonic() + RPC_TIMEOUT
-    async with grpc.aio.insecure_channel(controlplane) as channel:
+    async with tls.aio_channel(controlplane) as channel:
         fleet = fpb_grpc.FleetServiceStub(channel)
         while time.monotonic() < deadline:
             reply = await fleet.ListWorkers(fpb.ListWorkersRequest(), timeout=RPC_TIMEOUT,
@@ -72,9 +74,9 @@ async def base_model_of_workers(controlplane: str, num_workers: int, admin_key: 
 
 
 async def register(controlplane: str, base_model: str, plan: list[PlannedAdapter],
-                   admin_key: str) -> None:
+                   admin_key: str, tls: TlsConfig = PLAINTEXT_TLS) -> None:
     """Creates each adapter, its versions (validated by a worker) and its rollout."""
-    async with grpc.aio.insecure_channel(controlplane) as channel:
+    async with tls.aio_channel(controlplane) as channel:
         stub = apb_grpc.AdapterServiceStub(channel)
         for adapter in plan:
             try:
@@ -101,12 +103,12 @@ async def _register_one(stub, base_model: str, adapter: PlannedAdapter, metadata
                              timeout=RPC_TIMEOUT, metadata=metadata)
 
 
-async def wait_placed(controlplane: str, plan: list[PlannedAdapter], admin_key: str
-                      ) -> dict[str, list[str]]:
+async def wait_placed(controlplane: str, plan: list[PlannedAdapter], admin_key: str,
+                      tls: TlsConfig = PLAINTEXT_TLS) -> dict[str, list[str]]:
     """Waits until a worker holds every version; returns version -> resident workers."""
     wanted = {ref for adapter in plan for ref in adapter.versions}
     deadline = time.monotonic() + PLACE_TIMEOUT
-    async with grpc.aio.insecure_channel(controlplane) as channel:
+    async with tls.aio_channel(controlplane) as channel:
         fleet = fpb_grpc.FleetServiceStub(channel)
         while True:
             reply = await fleet.GetPlacement(fpb.GetPlacementRequest(), timeout=RPC_TIMEOUT,

@@ -8,9 +8,11 @@ import asyncio
 import dataclasses
 
 from lorafleet.dataplane.up import fleet, register, showcase
+from lorafleet.dataplane.up.certs import PLAINTEXT_UP, UpTls, make_up_certs
 from lorafleet.dataplane.up.children import Child, Children, died_at_start
 from lorafleet.dataplane.up.keys import make_up_keys
 from lorafleet.startup import EXIT_FATAL, EXIT_OK, Stopper
+from lorafleet.tls import TlsConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,49 +64,64 @@ async def start(args: argparse.Namespace, children: Children) -> None:
     """Starts every part, registers the adapters, and shows them answering."""
     ports = fleet.plan_ports(args)
     keys = make_up_keys(args.data_dir)
+    tls = _session_tls(args)
     print(f"starting lorafleet: logs in {children.log_dir}/", flush=True)
     model_task = asyncio.ensure_future(fleet.prepare_model(children, args))
     try:
         etcd_url = await fleet.start_etcd(children, ports, args.data_dir)
         controlplane = await fleet.start_controlplane(children, ports, etcd_url,
-                                                      args.log_level, keys)
-        gateway = await fleet.spawn_gateway(children, ports, controlplane, args.log_level, keys)
+                                                      args.log_level, keys, tls)
+        gateway = await fleet.spawn_gateway(children, ports, controlplane, args.log_level, keys,
+                                            tls)
         model = await model_task
     finally:
         model_task.cancel()
     print(f"model: {model['label']}, {model['model_dir']}", flush=True)
-    workers = await fleet.spawn_workers(children, ports, controlplane, model, args, keys)
+    workers = await fleet.spawn_workers(children, ports, controlplane, model, args, keys, tls)
+    client = tls.client()
     gateway_address, http_url = ports.address(ports.gateway), f"http://{ports.address(ports.http)}/v1"
     await asyncio.gather(
-        fleet.wait_ready(gateway, gateway_address, fleet.GATEWAY_TIMEOUT),
-        *(fleet.wait_ready(w, ports.address(p), fleet.WORKER_TIMEOUT)
+        fleet.wait_ready(gateway, gateway_address, fleet.GATEWAY_TIMEOUT, tls=client),
+        *(fleet.wait_ready(w, ports.address(p), fleet.WORKER_TIMEOUT, tls=client)
           for w, p in zip(workers, ports.workers, strict=True)))
-    base_model = await register.base_model_of_workers(controlplane, args.workers, keys.admin)
+    base_model = await register.base_model_of_workers(controlplane, args.workers, keys.admin,
+                                                      client)
     plan = register.plan_adapters(model["adapters"], with_style=args.model is None)
-    await _register_and_place(controlplane, base_model, plan, http_url, keys.admin)
+    await _register_and_place(controlplane, base_model, plan, http_url, keys.admin, client)
     names = [adapter.name for adapter in plan]
-    answers = await showcase.ask_everyone(gateway_address, names, keys.demo)
+    answers = await showcase.ask_everyone(gateway_address, names, keys.demo, client)
     rollout = next((a.name for a in plan if len(a.sources) > 1), None)
     showcase.print_answers(gateway_address, answers, rollout)
     print(f"\nAPI keys of this session (records in {keys.path}):\n"
           f"  admin:        {keys.admin}\n  tenant demo:  {keys.demo}", flush=True)
     for line in showcase.commands(gateway_address, http_url, controlplane, base_model, names,
-                                  rollout, keys):
+                                  rollout, keys, tls):
         print(line)
     print(f"\nlorafleet is up: gateway {gateway_address}, OpenAI HTTP {http_url}, control "
           f"plane {controlplane}, {args.workers} worker(s) of {base_model}; logs in "
           f"{children.log_dir}/. Ctrl-C stops everything.", flush=True)
 
 
+def _session_tls(args: argparse.Namespace) -> UpTls:
+    """With --tls, a new CA and certificates for every part; else plaintext."""
+    if not args.tls:
+        return PLAINTEXT_UP
+    tls = make_up_certs(args.data_dir, ["controlplane", "gateway",
+                                        *fleet.worker_names(args.workers)], args.host)
+    print(f"TLS: a local CA and certificates in {tls.folder}/ (mTLS between the parts)",
+          flush=True)
+    return tls
+
+
 async def _register_and_place(controlplane: str, base_model: str,
                               plan: list[register.PlannedAdapter], http_url: str,
-                              admin_key: str) -> None:
+                              admin_key: str, client: TlsConfig) -> None:
     """Registers `plan`, waits until every version is resident and routed, says where."""
     if not plan:
         print("no adapters to register: the base model alone", flush=True)
         return
-    await register.register(controlplane, base_model, plan, admin_key)
-    placed = await register.wait_placed(controlplane, plan, admin_key)
+    await register.register(controlplane, base_model, plan, admin_key, client)
+    placed = await register.wait_placed(controlplane, plan, admin_key, client)
     await register.wait_routed(http_url, [adapter.name for adapter in plan], admin_key)
     print(f"adapters of {base_model}, placed and routed:", flush=True)
     for adapter in plan:
