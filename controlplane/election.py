@@ -58,7 +58,7 @@ class LeaderElection:
                 log.warning("%s could not renew its lease in time", self.candidate_id)
                 return
             try:
-                is_held = await asyncio.wait_for(self._renew(lease_id), remaining)
+                is_held = await _within(self._renew(lease_id), remaining)
             except (asyncio.TimeoutError, StoreUnavailable, *RETRYABLE):
                 continue  # etcd unreachable: keep trying until the TTL runs out
             if not is_held:
@@ -76,3 +76,18 @@ class LeaderElection:
         """Gives the lease up (and with it the key, if held); errors are ignored."""
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.store.client.revoke_lease(lease_id), 2.0)
+
+
+async def _within(coro, seconds: float):
+    """`coro`'s result, or TimeoutError after `seconds`. Unlike asyncio.wait_for on Python
+    3.11, a cancel that lands as `coro` finishes is never swallowed (that left hold()
+    running after stop() cancelled it, and stop() waiting for it forever)."""
+    task = asyncio.ensure_future(coro)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+    finally:
+        if not task.done():
+            task.cancel()
+    if not done:
+        raise asyncio.TimeoutError
+    return task.result()

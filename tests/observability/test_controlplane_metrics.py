@@ -131,9 +131,10 @@ async def test_etcd_errors_are_counted_by_operation():
 
 
 async def test_metrics_port_flag_and_a_busy_port(etcd):
-    args = build_parser().parse_args(["--etcd", etcd.url, "--metrics-port", "9402"])
+    common = ["--etcd", etcd.url, "--insecure-no-auth"]
+    args = build_parser().parse_args([*common, "--metrics-port", "9402"])
     assert config_from_args(args).metrics_port == 9402
-    assert config_from_args(build_parser().parse_args(["--etcd", etcd.url])).metrics_port is None
+    assert config_from_args(build_parser().parse_args(common)).metrics_port is None
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
