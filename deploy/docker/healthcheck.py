@@ -4,8 +4,10 @@ Every lorafleet server (worker, control plane, gateway) serves grpc.health.v1, s
 check fits every image. The address is $LORAFLEET_HEALTH_ADDR (default
 127.0.0.1:$LORAFLEET_HEALTH_PORT, port 50051); the image sets the port, compose and
 `docker run -e` may change it. grpc and grpcio-health-checking are in every lorafleet
-install, so the check needs nothing more. TLS does not exist in lorafleet yet: when it
-does, this check will need the CA bundle too (see docs/deploy.md).
+install, so the check needs nothing more. A server started with --tls-cert/--tls-key is
+checked over TLS when $LORAFLEET_HEALTH_TLS_CA names the CA file (and, for a server that
+requires client certificates, $LORAFLEET_HEALTH_TLS_CERT and $LORAFLEET_HEALTH_TLS_KEY a
+certificate and key: the server's own will do). See docs/security.md.
 """
 
 from __future__ import annotations
@@ -22,15 +24,34 @@ def main() -> int:
     port = os.environ.get("LORAFLEET_HEALTH_PORT", "50051")
     address = os.environ.get("LORAFLEET_HEALTH_ADDR", f"127.0.0.1:{port}")
     try:
-        with grpc.insecure_channel(address) as channel:
+        with _channel(address) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=3.0)
     except grpc.RpcError as exc:
         print(f"{address}: {exc.code().name}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a TLS file named by the environment cannot be read
+        print(f"{address}: {exc}", file=sys.stderr)
+        return 1
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     print(f"{address}: {status}")
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _channel(address: str) -> grpc.Channel:
+    """Plaintext, or TLS with the CA (and client certificate) the environment names."""
+    ca = os.environ.get("LORAFLEET_HEALTH_TLS_CA")
+    if not ca:
+        return grpc.insecure_channel(address)
+    cert, key = (os.environ.get(f"LORAFLEET_HEALTH_TLS_{name}") for name in ("CERT", "KEY"))
+    credentials = grpc.ssl_channel_credentials(
+        _read(ca), _read(key) if key else None, _read(cert) if cert else None)
+    return grpc.secure_channel(address, credentials)
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as file:
+        return file.read()
 
 
 if __name__ == "__main__":
