@@ -11,7 +11,9 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+import time
 
 # name -> module with `main(argv=None)`.
 BENCHMARKS: dict[str, str] = {
@@ -69,11 +71,17 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(runs, str):
         print(runs, file=sys.stderr)
         return 2
+    started = time.monotonic()
     for name, options in runs:
         print(f"\n=== {name} {' '.join(options)}".rstrip(), flush=True)
+        began = time.monotonic()
         status = importlib.import_module(BENCHMARKS[name]).main(options)
+        print(f"=== {name}: {time.monotonic() - began:.0f} s", flush=True)
         if status:
             return status
+    if len(runs) > 1:
+        print(f"\n=== {len(runs)} benchmarks in {time.monotonic() - started:.0f} s "
+              f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
     return 0
 
 

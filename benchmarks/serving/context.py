@@ -81,8 +81,9 @@ class Context:
         args = serve_command(self.model_dir, list(adapters.items()),
                              ["--device", "cpu", *options, *extra],
                              http=self.args.transport == "http")
-        print(f"  starting lorafleet {' '.join(args[:14])} ... "
-              f"({len(adapters)} adapters)", flush=True)
+        shown = [word for word in args if "=" not in word and word != "--adapter"]
+        print(f"  starting lorafleet {' '.join(shown)} (+ {len(adapters)} --adapter)",
+              flush=True)
         threads = self.args.threads
         process = start_worker(args, env={"OMP_NUM_THREADS": str(threads)} if threads else None)
         try:
