@@ -146,7 +146,8 @@ async def serve(args: argparse.Namespace, stopper: Stopper, on_ready=None) -> in
     if running.admin_server is not None:
         print(f"  WorkerService (admin): {running.admin_address}", flush=True)
     if running.http is not None:
-        print(f"  OpenAI API: http://{args.host}:{running.http.port}/v1", flush=True)
+        print(f"  OpenAI API: {running.http.scheme}://{args.host}:{running.http.port}/v1",
+              flush=True)
     if on_ready is not None:
         on_ready(running)
     await _first_of(stopper.wait(), running.fatal.wait())

@@ -85,7 +85,8 @@ async def serve(config: GatewayConfig, grace_seconds: float) -> None:
     if gateway.metrics_port is not None:
         print(f"  metrics: http://{config.host}:{gateway.metrics_port}/metrics", flush=True)
     if gateway.http is not None:
-        print(f"  OpenAI HTTP: http://{config.host}:{gateway.http.port}/v1", flush=True)
+        print(f"  OpenAI HTTP: {gateway.http.scheme}://{config.host}:{gateway.http.port}/v1",
+              flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

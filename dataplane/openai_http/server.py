@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -39,6 +40,12 @@ class RunningHttp:
     _in_flight: set[asyncio.Task]
     _closers: list[Callable[[], Awaitable[None]]]
     is_stopped: bool = False
+    is_tls: bool = False  # HTTPS, with the server's --tls-cert
+
+    @property
+    def scheme(self) -> str:
+        """"https" or "http"."""
+        return "https" if self.is_tls else "http"
 
     async def stop(self, grace_seconds: float = 5.0) -> None:
         """Stops accepting connections, lets requests in flight finish for the grace
@@ -64,7 +71,7 @@ async def start_http_server(*, inference_address: str, models: ModelLister,
     `auth` (the gRPC server's) decides who sees which models."""
     channel = _channel(inference_address, tls)
     return await _start(OpenAIApi(channel, models, base_model, auth), host, port,
-                        closers=[channel.close])
+                        closers=[channel.close], ssl_context=tls.http_ssl_context())
 
 
 async def start_worker_http(*, worker_address: str, base_model: str,
@@ -77,11 +84,12 @@ async def start_worker_http(*, worker_address: str, base_model: str,
     admin = _channel(_reachable(admin_address), tls) if admin_address else channel
     api = OpenAIApi(channel, WorkerModels(admin), base_model)
     closers = [channel.close] + ([admin.close] if admin is not channel else [])
-    return await _start(api, host, port, closers=closers)
+    return await _start(api, host, port, closers=closers, ssl_context=tls.http_ssl_context())
 
 
 async def _start(api: OpenAIApi, host: str, port: int, *,
-                 closers: list[Callable[[], Awaitable[None]]]) -> RunningHttp:
+                 closers: list[Callable[[], Awaitable[None]]],
+                 ssl_context: ssl.SSLContext | None = None) -> RunningHttp:
     in_flight: set[asyncio.Task] = set()
     app = web.Application(client_max_size=MAX_BODY_BYTES,
                           middlewares=[_tracking(in_flight), _errors])
@@ -90,10 +98,10 @@ async def _start(api: OpenAIApi, host: str, port: int, *,
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
                            shutdown_timeout=0.5)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     await site.start()
     bound = runner.addresses[0][1]
-    return RunningHttp(bound, runner, in_flight, closers)
+    return RunningHttp(bound, runner, in_flight, closers, is_tls=ssl_context is not None)
 
 
 def _reachable(address: str) -> str:

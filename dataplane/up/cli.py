@@ -69,7 +69,7 @@ def up_parser() -> argparse.ArgumentParser:
     add("--tls", action="store_true",
         help="make a local CA and a certificate per part under DATA_DIR/tls/ and run every "
              "gRPC connection over TLS (mTLS between the parts; the printed commands pass "
-             "the CA and the admin certificate); the OpenAI HTTP port stays plain HTTP")
+             "the CA and the admin certificate); the gateway's OpenAI port serves HTTPS")
     _add_worker_options(parser)
     add_log_level_argument(parser)
     return parser

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import ssl
 import time
 import urllib.request
 
@@ -127,11 +128,14 @@ async def wait_placed(controlplane: str, plan: list[PlannedAdapter], admin_key: 
 
 
 async def wait_routed(http_url: str, names: list[str], admin_key: str,
-                      timeout: float = RPC_TIMEOUT) -> None:
-    """Waits until the gateway's /v1/models lists every adapter in `names`."""
+                      timeout: float = RPC_TIMEOUT, tls: TlsConfig = PLAINTEXT_TLS) -> None:
+    """Waits until the gateway's /v1/models lists every adapter in `names` (over HTTPS
+    trusting `tls`'s CA when it has one)."""
     deadline = time.monotonic() + timeout
+    context = (ssl.create_default_context(cadata=tls.root_certificates.decode())
+               if tls.root_certificates else None)
     while True:
-        listed = await asyncio.to_thread(_model_ids, f"{http_url}/models", admin_key)
+        listed = await asyncio.to_thread(_model_ids, f"{http_url}/models", admin_key, context)
         if set(names) <= listed:
             return
         if time.monotonic() > deadline:
@@ -140,10 +144,10 @@ async def wait_routed(http_url: str, names: list[str], admin_key: str,
         await asyncio.sleep(0.2)
 
 
-def _model_ids(url: str, key: str) -> set[str]:
+def _model_ids(url: str, key: str, context: ssl.SSLContext | None = None) -> set[str]:
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
     try:
-        with urllib.request.urlopen(request, timeout=5) as reply:
+        with urllib.request.urlopen(request, timeout=5, context=context) as reply:
             return {card["id"] for card in json.load(reply).get("data", [])}
     except (OSError, ValueError):
         return set()

@@ -79,7 +79,8 @@ async def start(args: argparse.Namespace, children: Children) -> None:
     print(f"model: {model['label']}, {model['model_dir']}", flush=True)
     workers = await fleet.spawn_workers(children, ports, controlplane, model, args, keys, tls)
     client = tls.client()
-    gateway_address, http_url = ports.address(ports.gateway), f"http://{ports.address(ports.http)}/v1"
+    scheme = "https" if tls.is_on else "http"  # the gateway's HTTP port uses its certificate
+    gateway_address, http_url = ports.address(ports.gateway), f"{scheme}://{ports.address(ports.http)}/v1"
     await asyncio.gather(
         fleet.wait_ready(gateway, gateway_address, fleet.GATEWAY_TIMEOUT, tls=client),
         *(fleet.wait_ready(w, ports.address(p), fleet.WORKER_TIMEOUT, tls=client)
@@ -122,7 +123,8 @@ async def _register_and_place(controlplane: str, base_model: str,
         return
     await register.register(controlplane, base_model, plan, admin_key, client)
     placed = await register.wait_placed(controlplane, plan, admin_key, client)
-    await register.wait_routed(http_url, [adapter.name for adapter in plan], admin_key)
+    await register.wait_routed(http_url, [adapter.name for adapter in plan], admin_key,
+                               tls=client)
     print(f"adapters of {base_model}, placed and routed:", flush=True)
     for adapter in plan:
         for n, (ref, weight) in enumerate(zip(adapter.versions, adapter.weights, strict=True)):

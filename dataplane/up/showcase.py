@@ -110,11 +110,12 @@ def commands(gateway: str, http_url: str, controlplane: str, base_model: str,
                  f"-H {header} {gateway} {GENERATE_METHOD}")
     request = {"model": example or base_model, "max_tokens": NUM_ANSWER_TOKENS,
                "temperature": 0, "messages": [{"role": "user", "content": QUESTION}]}
-    lines.append(f"  curl -s {http_url}/chat/completions -H {header} "
+    cacert = f" --cacert {shlex.quote(str(tls.ca))}" if tls.is_on else ""
+    lines.append(f"  curl -s{cacert} {http_url}/chat/completions -H {header} "
                  f"-H 'Content-Type: application/json' -d {shlex.quote(json.dumps(request))}")
     lines += ["", f"  OpenAI SDK ({tool('python')}; any adapter, or {base_model!r}, as model):",
               *("    " + line for line in sdk_snippet(http_url, example or base_model,
-                                                        keys.demo))]
+                                                        keys.demo, tls))]
     if rollout_adapter:
         lines += ["", f"  {rollout_adapter} splits its traffic 90/10 over two versions; "
                       "change the split, then ask it again:",
@@ -130,10 +131,17 @@ def commands(gateway: str, http_url: str, controlplane: str, base_model: str,
     return lines
 
 
-def sdk_snippet(http_url: str, model: str, key: str) -> list[str]:
-    """Five lines of Python that ask QUESTION with the openai SDK, sending `key`."""
-    return ["from openai import OpenAI",
-            f'client = OpenAI(base_url="{http_url}", api_key="{key}")',
+def sdk_snippet(http_url: str, model: str, key: str, tls: UpTls = PLAINTEXT_UP) -> list[str]:
+    """Five lines of Python that ask QUESTION with the openai SDK, sending `key` (and,
+    with TLS, trusting the session's CA)."""
+    if tls.is_on:
+        start = ["from openai import DefaultHttpxClient, OpenAI",
+                 f'client = OpenAI(base_url="{http_url}", api_key="{key}", '
+                 f'http_client=DefaultHttpxClient(verify="{tls.ca}"))']
+    else:
+        start = ["from openai import OpenAI",
+                 f'client = OpenAI(base_url="{http_url}", api_key="{key}")']
+    return [*start,
             f'reply = client.chat.completions.create(model="{model}", max_tokens='
             f"{NUM_ANSWER_TOKENS}, temperature=0,",
             f'    messages=[{{"role": "user", "content": "{QUESTION}"}}])',

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import pathlib
+import ssl
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,6 +47,9 @@ class TlsConfig:
     root_certificates: bytes | None = None
     require_client_cert: bool = True
     is_tls: bool = False  # a client asked for TLS with the system's roots (--tls)
+    # The files of the certificate and key, for HTTPS (ssl loads them from files).
+    cert_path: pathlib.Path | None = None
+    key_path: pathlib.Path | None = None
 
     def __post_init__(self) -> None:
         if (self.certificate_chain is None) != (self.private_key is None):
@@ -63,7 +67,8 @@ class TlsConfig:
                    require_client_cert: bool = True, is_tls: bool = False) -> TlsConfig:
         """Reads the PEM files (None: not given); TlsFileError names a bad one."""
         return cls(_read_pem(cert, "--tls-cert"), _read_pem(key, "--tls-key"),
-                   _read_pem(ca, "--tls-ca"), require_client_cert, is_tls)
+                   _read_pem(ca, "--tls-ca"), require_client_cert, is_tls,
+                   pathlib.Path(cert) if cert else None, pathlib.Path(key) if key else None)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> TlsConfig:
@@ -84,6 +89,16 @@ class TlsConfig:
             [(self.private_key, self.certificate_chain)],
             root_certificates=self.root_certificates,
             require_client_auth=self.root_certificates is not None and self.require_client_cert)
+
+    def http_ssl_context(self) -> ssl.SSLContext | None:
+        """Server-side TLS for an HTTP port with the same certificate (None: plain HTTP,
+        also when the certificate was given as bytes only). HTTP callers authenticate
+        with API keys, so no client certificate is asked for."""
+        if self.cert_path is None or self.key_path is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cert_path, self.key_path)
+        return context
 
     def channel_credentials(self) -> grpc.ChannelCredentials | None:
         """Credentials for calling a server (None: plaintext)."""

@@ -6,8 +6,10 @@ routing table, validation, placement, proxying)."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 import sys
 
+import aiohttp
 import pytest
 
 from lorafleet.clients import AsyncClient
@@ -38,7 +40,7 @@ async def fleet(etcd, pki, lora_suite):
     worker_tls = pki.component("worker:tls-0")
     worker = await start_worker(
         worker_config(lora_suite[0], worker_id="tls-0", model_name=BASE_MODEL),
-        controlplanes=(controlplane,), heartbeat_seconds=0.3,
+        controlplanes=(controlplane,), heartbeat_seconds=0.3, http_port=0,
         security=ServerSecurity(worker_tls.server_credentials()), tls=worker_tls)
     gateway_tls = pki.component("gateway:gw-1")
     gateway = await start_gateway(GatewayConfig(
@@ -70,6 +72,12 @@ async def test_client_and_components_talk_over_mtls(fleet, pki, lora_suite):
     async with _client(worker.address, admin) as client:
         status = await client.get_worker_status()
     assert status.worker_id == "tls-0"
+    # The OpenAI HTTP port serves HTTPS with the worker's certificate.
+    context = ssl.create_default_context(cafile=str(pki.ca_file))
+    url = f"https://127.0.0.1:{worker.http.port}/v1/models"
+    async with aiohttp.ClientSession() as session, session.get(url, ssl=context) as response:
+        assert response.status == 200 and worker.http.scheme == "https"
+        assert BASE_MODEL in [m["id"] for m in (await response.json())["data"]]
 
 
 async def test_the_command_line_client_takes_the_ca_and_a_certificate(fleet, pki):

@@ -1,10 +1,14 @@
 """`lorafleet up --tls`: the certificates it makes work for gRPC (mTLS, identities), and
-the whole fleet comes up over TLS with printed commands that work as pasted."""
+the whole fleet comes up over TLS (gRPC and the gateway's HTTPS) with printed commands that
+work as pasted."""
 
 from __future__ import annotations
 
 import re
 import signal
+import subprocess
+import sys
+import textwrap
 
 from lorafleet.dataplane.up.certs import make_up_certs
 from lorafleet.tls import TlsConfig
@@ -46,6 +50,13 @@ def test_up_tls_serves_over_tls_and_its_printed_commands_work(tmp_path, marked):
         assert _paste(plaintext).returncode == 1
         grpcurl = _paste(up.printed(r"grpcurl -cacert ")[0])
         assert grpcurl.returncode == 0 and '"adapter_version": "demo/pirate@1"' in grpcurl.stdout
+        curl = _paste(up.printed(r"curl -s --cacert \S+ https://")[0])  # HTTPS, same CA
+        assert curl.returncode == 0 and '"completion_tokens"' in curl.stdout, curl.stderr
+        start = next(i for i, line in enumerate(up.lines) if "from openai import" in line)
+        snippet = textwrap.dedent("\n".join(up.lines[start:start + 5]))
+        sdk = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True,
+                             timeout=60, check=False)
+        assert sdk.returncode == 0 and sdk.stdout.strip(), sdk.stderr
         up.process.send_signal(signal.SIGTERM)
         assert up.process.wait(timeout=30) == 0
     finally:
