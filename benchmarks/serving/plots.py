@@ -15,6 +15,16 @@ def _pyplot():
     return plt
 
 
+def _plain_log_ticks(axis, which: str) -> None:
+    """Log-scale ticks as plain numbers (50, 100, 200), not powers of ten."""
+    from matplotlib.ticker import FuncFormatter
+
+    scale = axis.xaxis if which == "x" else axis.yaxis
+    formatter = FuncFormatter(lambda value, _: f"{value:g}")
+    scale.set_major_formatter(formatter)
+    scale.set_minor_formatter(formatter)
+
+
 def draw_all(rows: list[dict], directory: pathlib.Path, title: str) -> list[pathlib.Path]:
     """Draws every plot the rows allow into `directory`; returns the files written."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -42,9 +52,10 @@ def latency_vs_rate(rows: list[dict], directory: pathlib.Path, title: str):
                       style, label=f"p{q}")
         axis.set(title=label, xlabel="offered load (requests/s, Poisson)", ylabel="ms")
         axis.set_yscale("log")
+        _plain_log_ticks(axis, "y")
         axis.grid(alpha=0.3)
         axis.legend()
-    figure.suptitle(f"latency vs request rate — {title}", fontsize=9)
+    figure.suptitle(f"latency vs request rate\n{title}", fontsize=9)
     return _save(plt, figure, directory / "serving_latency_vs_rate.png")
 
 
@@ -68,7 +79,7 @@ def throughput_vs_adapters(rows: list[dict], directory: pathlib.Path, title: str
              ylabel="output tokens/s", ylim=(0, None))
     axis.grid(alpha=0.3)
     axis.legend()
-    axis.set_title(f"throughput vs adapters — {title}", fontsize=9)
+    axis.set_title(f"throughput vs distinct adapters\n{title}", fontsize=9)
     return _save(plt, figure, directory / "serving_throughput_vs_adapters.png")
 
 
@@ -81,13 +92,16 @@ def ttft_cdf(rows: list[dict], directory: pathlib.Path, title: str):
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for row in rows:
         samples = sorted(row["ttft_samples_ms"])
-        fractions = [(i + 1) / len(samples) for i in range(len(samples))]
-        axis.step(samples, fractions, where="post", label=f"{row['cell']} ({len(samples)})")
+        fractions = [0.0] + [(i + 1) / len(samples) for i in range(len(samples))]
+        axis.step([samples[0], *samples], fractions, where="post",
+                  label=f"{row['cell']} ({len(samples)} requests)")
     axis.set(xlabel="time to first token (ms)", ylabel="fraction of requests", ylim=(0, 1.02))
     axis.set_xscale("log")
+    _plain_log_ticks(axis, "x")
     axis.grid(alpha=0.3)
     axis.legend(title="adapter was in")
-    axis.set_title(f"TTFT, cold vs warm adapter — {title}", fontsize=9)
+    axis.set_title(f"time to first token, cold vs warm adapter (idle worker)\n{title}",
+                   fontsize=9)
     return _save(plt, figure, directory / "serving_ttft_cdf.png")
 
 
