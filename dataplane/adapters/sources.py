@@ -28,6 +28,7 @@ from lorafleet.dataplane.adapters.errors import (
     AdapterSourceUnavailable,
     echo,
 )
+from lorafleet.names import SOURCE_SCHEMES
 
 # The files of a PEFT adapter directory the loader reads (the .bin only to name the refusal).
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
@@ -66,6 +67,10 @@ class SourceResolver:
             parsed = urllib.parse.urlparse(uri)
         except ValueError as exc:  # e.g. an unclosed "[" in the host
             raise AdapterInvalid([f"source {echo(uri)} is not a valid URI"]) from exc
+        if parsed.scheme not in SOURCE_SCHEMES:  # the one list the control plane checks too
+            raise AdapterInvalid([f"source {echo(uri)} has unsupported scheme "
+                                  f"{echo(parsed.scheme)}; use a local path, file:///path or "
+                                  "s3://bucket/prefix"])
         if parsed.scheme == "":
             return self._local(pathlib.Path(uri), uri)
         if parsed.scheme == "file":
@@ -74,14 +79,7 @@ class SourceResolver:
                     [f"file URI {echo(uri)} names host {echo(parsed.netloc)}; use file:///path"]
                 )
             return self._local(pathlib.Path(urllib.parse.unquote(parsed.path)), uri)
-        if parsed.scheme == "s3":
-            return self._resolve_s3(parsed.netloc, parsed.path.strip("/"), uri)
-        raise AdapterInvalid(
-            [
-                f"source {echo(uri)} has unsupported scheme {echo(parsed.scheme)}; "
-                "use a local path, file:///path or s3://bucket/prefix"
-            ]
-        )
+        return self._resolve_s3(parsed.netloc, parsed.path.strip("/"), uri)
 
     def _local(self, path: pathlib.Path, uri: str) -> pathlib.Path:
         """The real directory, once the policy allows it and its files' sizes."""
