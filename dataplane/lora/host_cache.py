@@ -25,13 +25,17 @@ log = logging.getLogger(__name__)
 LoadEvent = Callable[[str, float, bool], None]  # (tier, seconds, is_ok)
 
 
+class DigestMismatch(ValueError):
+    """The weights at the source are not the ones the caller expected."""
+
+
 @dataclasses.dataclass(frozen=True)
 class AdapterSource:
     """Where to (re)load one adapter version from, and the digest it must have."""
 
     label: str  # "tenant/name@N", for messages and metrics
     source_uri: str
-    digest: str
+    digest: str  # "" when the caller does not know it yet (a first load learns it)
 
 
 class HostCache:
@@ -92,9 +96,11 @@ class HostCache:
         self._pool.submit(self._load_quietly, source)
 
     def load(self, source: AdapterSource) -> Any:
-        """Loads a version into host memory now (blocking; call off the engine thread)."""
-        self.add_source(source)
-        adapter = self.get(source.digest)
+        """Loads a version into host memory now (blocking; call off the engine thread).
+        With `source.digest` empty, the load learns the digest; otherwise the weights must
+        have it (DigestMismatch). The one path into host memory: one digest check, one
+        load metric, for LoadAdapter and background loads alike."""
+        adapter = self.get(source.digest) if source.digest else None
         return adapter if adapter is not None else self._load_into_host(source)
 
     def trim(self, keep: Collection[Hashable]) -> None:
@@ -138,18 +144,21 @@ class HostCache:
         started = time.monotonic()
         try:
             adapter = self._load(source)
-            if adapter.digest != source.digest:
-                raise ValueError(f"{source.label}: the weights at the source have digest "
-                                 f"{adapter.digest[:12]}, expected {source.digest[:12]}")
+            if source.digest and adapter.digest != source.digest:
+                raise DigestMismatch(f"{source.label}: the weights at the source have digest "
+                                     f"{adapter.digest[:12]}, expected {source.digest[:12]}")
         except Exception as exc:
             with self._lock:
-                self._failures[source.digest] = str(exc)
-                self._loading.discard(source.digest)
+                if source.digest:
+                    self._failures[source.digest] = str(exc)
+                    self._loading.discard(source.digest)
             self._on_load("host", time.monotonic() - started, False)
             raise
         with self._lock:
-            self._host[source.digest] = adapter
-            self._host.move_to_end(source.digest)
-            self._loading.discard(source.digest)
+            self._sources[adapter.digest] = dataclasses.replace(source, digest=adapter.digest)
+            self._failures.pop(adapter.digest, None)
+            self._host[adapter.digest] = adapter
+            self._host.move_to_end(adapter.digest)
+            self._loading.discard(adapter.digest)
         self._on_load("host", time.monotonic() - started, True)
         return adapter

@@ -19,10 +19,6 @@ class AdapterLoadFailed(RuntimeError):
     """The request's adapter could not be brought back from its source (UNAVAILABLE)."""
 
 
-class DigestMismatch(ValueError):
-    """The weights at the source are not the ones the caller expected (FAILED_PRECONDITION)."""
-
-
 class EvictTimeout(TimeoutError):
     """A version's requests did not finish in time; nothing was evicted (DEADLINE_EXCEEDED)."""
 

@@ -27,6 +27,7 @@ from lorafleet.dataplane.adapters.errors import (
     BaseModelMismatch,
 )
 from lorafleet.dataplane.engine.engine import InvalidRequestError
+from lorafleet.dataplane.lora.host_cache import DigestMismatch
 from lorafleet.dataplane.lora.versions import (
     AdapterFailed,
     AdapterUnavailable,
@@ -36,7 +37,6 @@ from lorafleet.dataplane.lora.versions import (
 from lorafleet.dataplane.server.bridge import EngineDead
 from lorafleet.dataplane.server.errors import (
     AdapterLoadFailed,
-    DigestMismatch,
     EvictTimeout,
     NotResident,
     NotServing,

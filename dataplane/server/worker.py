@@ -26,7 +26,6 @@ from lorafleet.dataplane.lora.versions import VersionEntry, VersionState, Versio
 from lorafleet.dataplane.server.bridge import EngineBridge
 from lorafleet.dataplane.server.errors import (
     AdapterLoadFailed,
-    DigestMismatch,
     EvictTimeout,
     NotResident,
     NotServing,
@@ -202,25 +201,17 @@ class Worker:
 
     async def _load_into(self, entry: VersionEntry, digest: str, to_device: bool,
                          make_default: bool) -> None:
-        started, loaded = time.monotonic(), None
         try:
-            loaded = await asyncio.to_thread(self.adapters.load, entry.source_uri)
-            self.metrics.record_load("host", time.monotonic() - started, is_ok=True)
-            if digest and loaded.digest != digest:
-                raise DigestMismatch(f"{entry.label}: the weights at the source have digest "
-                                     f"{loaded.digest[:12]}, expected {digest[:12]}")
+            loaded = await asyncio.to_thread(
+                self.cache.load, AdapterSource(entry.label, entry.source_uri, digest))
         except BaseException as exc:
-            if loaded is None:
-                self.metrics.record_load("host", time.monotonic() - started, is_ok=False)
             # Kept (FAILED, with the reason) so requests for it get the reason too.
             entry.state, entry.error = VersionState.FAILED, str(exc)[:512]
             self.versions.add(entry, make_default=False)
             raise
         entry.digest, entry.rank, entry.size_bytes = loaded.digest, loaded.rank, loaded.size_bytes
-        source = AdapterSource(entry.label, entry.source_uri, loaded.digest)
 
         def place(engine) -> None:  # on the engine thread: the next snapshot shows it
-            self.cache.put(source, loaded)
             if to_device:
                 engine.try_place_adapter(entry.digest)
 
