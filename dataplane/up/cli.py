@@ -66,10 +66,11 @@ def up_parser() -> argparse.ArgumentParser:
         help="gateway gRPC port; 0 picks a free one (default %(default)s)")
     add("--http-port", type=_port, default=8000,
         help="gateway OpenAI HTTP port; 0 picks a free one (default %(default)s)")
-    add("--tls", action="store_true",
+    add("--tls", action=argparse.BooleanOptionalAction, default=True,
         help="make a local CA and a certificate per part under DATA_DIR/tls/ and run every "
              "gRPC connection over TLS (mTLS between the parts; the printed commands pass "
-             "the CA and the admin certificate); the gateway's OpenAI port serves HTTPS")
+             "the CA and the admin certificate); the gateway's OpenAI port serves HTTPS. "
+             "On by default; --no-tls runs everything in plaintext")
     _add_worker_options(parser)
     add_log_level_argument(parser)
     return parser

@@ -104,7 +104,7 @@ async def start(args: argparse.Namespace, children: Children) -> None:
 
 
 def _session_tls(args: argparse.Namespace) -> UpTls:
-    """With --tls, a new CA and certificates for every part; else plaintext."""
+    """A new CA and certificates for every part (the default); plaintext with --no-tls."""
     if not args.tls:
         return PLAINTEXT_UP
     tls = make_up_certs(args.data_dir, ["controlplane", "gateway",

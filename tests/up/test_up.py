@@ -21,7 +21,9 @@ from tests.up.processes import is_listening, kill_marked, marked_env, marked_pid
 
 UP = [sys.executable, "-m", "lorafleet.clients.cli", "up"]
 FREE_PORTS = ["--controlplane-port", "0", "--gateway-port", "0", "--http-port", "0"]
-SMALL = ["--random-model", "--workers", "1", "--kv-cache-bytes", str(64 << 20), *FREE_PORTS]
+# Plaintext here (TLS is up's default, tested as pasted in tests/tls/test_up_tls.py).
+SMALL = ["--random-model", "--workers", "1", "--kv-cache-bytes", str(64 << 20), "--no-tls",
+         *FREE_PORTS]
 READY_LINE = "lorafleet is up"
 
 
