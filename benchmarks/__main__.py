@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, str] = {
     "lora_decode": "benchmarks.lora_decode",
     "serving": "benchmarks.serving",
     "noisy_neighbour": "benchmarks.noisy_neighbour",
+    "cpu_matmul": "benchmarks.cpu_matmul",
 }
 # The options of each benchmark's short version (--quick).
 QUICK: dict[str, list[str]] = {
@@ -34,6 +35,7 @@ QUICK: dict[str, list[str]] = {
     "lora_decode": ["--quick"],
     "serving": ["--quick"],
     "noisy_neighbour": ["--quick"],
+    "cpu_matmul": ["--quick"],
 }
 USAGE = "usage: python -m benchmarks [--quick] [NAME ...] | NAME [OPTION ...]"
 
