@@ -17,6 +17,7 @@ import grpc
 
 from lorafleet.auth.policy import Table, is_public
 from lorafleet.auth.principals import Principal, Role, current_principal, set_principal
+from lorafleet.tls import peer_identity
 
 TENANT_HEADER = "x-lorafleet-tenant"
 _VOUCHERS = (Role.GATEWAY, Role.ADMIN)
@@ -103,19 +104,41 @@ class _Admission:
     async def __call__(self, context: grpc.aio.ServicerContext) -> None:
         key = key_of(self.metadata)
         if key is None:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                "no API key: send metadata 'authorization: Bearer <key>'")
-        try:
-            principal = await self.interceptor.verifier.verify(key)
-        except VerifierUnavailable as error:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot check the API key: {error}")
-        if principal is None:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid or revoked API key")
+            principal = certified_principal(peer_identity(context))
+            if principal is None:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                    "no API key: send metadata 'authorization: Bearer <key>'")
+        else:
+            try:
+                principal = await self.interceptor.verifier.verify(key)
+            except VerifierUnavailable as error:
+                await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                    f"cannot check the API key: {error}")
+            if principal is None:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid or revoked API key")
         principal = vouched_for(principal, self.metadata)
         if principal.role not in self.interceptor.policy.get(self.method, ()):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 f"role {principal.role.value} may not call {self.method}")
         set_principal(principal)  # each RPC runs in its own task: no reset needed
+
+
+# A client certificate (verified by the server's --tls-ca) names its component's role first:
+# "worker:ID", "gateway:ID", "controlplane:ID" (it commands workers: admin), "admin".
+_CERTIFIED_ROLES = {"worker": Role.WORKER, "gateway": Role.GATEWAY,
+                    "controlplane": Role.ADMIN, "admin": Role.ADMIN}
+
+
+def certified_principal(identity: str | None) -> Principal | None:
+    """The principal a verified client certificate's identity names, or None (no
+    certificate, or a name that is not a component's)."""
+    if not identity:
+        return None
+    kind, _, name = identity.partition(":")
+    role = _CERTIFIED_ROLES.get(kind)
+    if role is None or (kind != "admin" and not name):
+        return None
+    return Principal(role, key_id=f"cert:{identity}")
 
 
 def _guard_unary(admit: _Admission, behavior):
