@@ -56,7 +56,8 @@ class ControlPlaneConfig:
     worker_timeout_seconds: float = 5.0
     load_timeout_seconds: float = 60.0
     demand_per_replica: float = 4.0
-    etcd_give_up_seconds: float = 30.0
+    etcd_give_up_seconds: float = 30.0  # background work (reconciler, election, watches)
+    etcd_request_give_up_seconds: float = 2.0  # admin RPCs: UNAVAILABLE after this
     metrics_port: int | None = None  # Prometheus /metrics on the gRPC host; 0: a free port
     security: rpcserver.ServerSecurity = rpcserver.PLAINTEXT  # how the server meets callers
     auth: AuthConfig = AuthConfig()  # API keys: who may call, and the key it calls workers with
@@ -78,8 +79,13 @@ class ControlPlane:
         self.clients.metadata = bearer(config.auth.api_key)
         self.auth = ControlPlaneAuth(self.store, config.auth)
         self.validator = VersionValidator(self.store, self.clients)
-        self.registry = AdapterRegistry(self.store, self.validator)
-        self.fleet = FleetRegistry(self.store, config.lease_ttl_seconds)
+        # RPCs read and write through a view that gives up quickly: while etcd is down a
+        # caller gets UNAVAILABLE in seconds, not a hang until its own deadline.
+        self.request_store = self.store.with_retry(
+            RetryPolicy(give_up_seconds=config.etcd_request_give_up_seconds))
+        self.registry = AdapterRegistry(
+            self.request_store, VersionValidator(self.request_store, self.clients))
+        self.fleet = FleetRegistry(self.request_store, config.lease_ttl_seconds)
         self.election = LeaderElection(self.store, config.replica_id, config.election_ttl_seconds)
         self.is_leader = False
         self._server: rpcserver.RunningServer | None = None
@@ -95,7 +101,7 @@ class ControlPlane:
             ),
             rpcserver.ServiceBinding(
                 fleet_grpc.add_FleetServiceServicer_to_server,
-                FleetServicer(self.store, self.fleet, self.auth.bindings),
+                FleetServicer(self.request_store, self.fleet, self.auth.bindings),
                 rpcserver.full_name(fleet_service_pb2, "FleetService"),
             ),
             self.auth.binding(),

@@ -3,12 +3,15 @@
 Every call rides out an etcd restart: connection errors are retried with exponential
 backoff until `RetryPolicy.give_up_seconds`, then StoreUnavailable is raised. The gRPC
 channel reconnects on its own; short reconnect backoffs make recovery quick.
+`with_retry()` gives request paths (admin RPCs) a view with a short give-up, so a caller
+hears UNAVAILABLE in seconds instead of waiting out its deadline while etcd is down.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import dataclasses
 import logging
 import urllib.parse
@@ -86,6 +89,12 @@ class EtcdStore:
             },
         )
 
+    def with_retry(self, retry: RetryPolicy) -> EtcdStore:
+        """A view sharing this store's client, keys and metrics, retrying by `retry`."""
+        view = copy.copy(self)
+        view.retry = retry
+        return view
+
     @property
     def ops(self):
         """aetcd's transaction operation builders (put, delete, compare targets)."""
@@ -102,19 +111,21 @@ class EtcdStore:
 
     async def call(self, fn: Callable[[], Awaitable[T]], op: str = "get") -> T:
         """Runs `fn()` (one etcd call, `op` in metrics), retrying connection errors with
-        backoff."""
+        backoff; StoreUnavailable once `retry.give_up_seconds` have passed."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.retry.give_up_seconds
         delays = self.retry.delays()
         while True:
             try:
                 with self.metrics.etcd_request(op):
-                    return await fn()
-            except RETRYABLE as error:
+                    # Bounded by the give-up time too: a call to an etcd that accepted the
+                    # connection and then stopped answering must not outlast it.
+                    return await within(fn(), max(deadline - loop.time(), 0.01))
+            except (*RETRYABLE, asyncio.TimeoutError) as error:
                 delay = next(delays)
                 if loop.time() + delay > deadline:
-                    raise StoreUnavailable(f"etcd unavailable: {error}") from error
-                log.info("etcd call failed (%s); retrying in %.2fs", error, delay)
+                    raise StoreUnavailable(f"etcd unavailable: {error!r}") from error
+                log.info("etcd call failed (%r); retrying in %.2fs", error, delay)
             await asyncio.sleep(delay)
 
     async def get(self, key: str) -> tuple[bytes, Any] | None:
@@ -203,6 +214,21 @@ class EtcdStore:
             # The stream may be gone already (etcd restarted): nothing left to cancel.
             with contextlib.suppress(Exception, asyncio.TimeoutError):
                 await asyncio.wait_for(watch.cancel(), 1.0)
+
+
+async def within(coro, seconds: float):
+    """`coro`'s result, or TimeoutError after `seconds`. Unlike asyncio.wait_for on Python
+    3.11, a cancel that lands as `coro` finishes is never swallowed (that left a cancelled
+    task running, and whoever cancelled it waiting for it forever)."""
+    task = asyncio.ensure_future(coro)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+    finally:
+        if not task.done():
+            task.cancel()
+    if not done:
+        raise asyncio.TimeoutError
+    return task.result()
 
 
 async def _pump(watch, queue: asyncio.Queue) -> None:
