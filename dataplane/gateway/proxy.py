@@ -4,15 +4,20 @@ The caller's deadline and `authorization` metadata go to the worker; cancelling 
 cancels the worker's. A failure before the first message reaches the caller (the worker is
 gone, refuses connections or is shutting down: UNAVAILABLE) is retried once on another
 worker; after a message was sent, the stream ends with the worker's status code and
-details. The worker's messages, summary included, are passed through untouched. Each
+details. A worker that sends nothing for a second is probed (GetWorkerStatus): one that
+does not answer at all (frozen, its host gone) counts as UNAVAILABLE at once, is retried
+elsewhere (another holder, or a live worker of the base model that loads the version on
+demand) and is skipped for a while, instead of holding requests until its lease expires. The worker's messages, summary included, are passed through untouched. Each
 request is one span that continues the caller's W3C trace context; the worker's span
 continues it in turn (see dataplane/server/tracing.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
+import time
 
 import grpc
 from opentelemetry import trace
@@ -25,11 +30,20 @@ from lorafleet.dataplane.gateway.upstream import OnDemandLoads, UpstreamError, W
 from lorafleet.dataplane.server.tracing import context_from_metadata, trace_metadata
 from lorafleet.inference.v1 import inference_service_pb2 as pb
 from lorafleet.inference.v1 import inference_service_pb2_grpc as pb_grpc
+from lorafleet.worker.v1 import worker_service_pb2 as worker_pb
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 2
 OK = grpc.StatusCode.OK
+# No first message for this long: ask the worker whether it answers at all. A busy worker
+# (long prefill, full queue) answers its status at once; a frozen one does not.
+PROBE_AFTER_SECONDS = 1.0
+PROBE_TIMEOUT_SECONDS = 1.5
+# A worker that did not answer a probe is skipped this long (its lease, 10 s by default,
+# takes it out of the routing table meanwhile if it is really gone).
+UNRESPONSIVE_SKIP_SECONDS = 10.0
+_DOWN = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +64,7 @@ class GatewayServicer(pb_grpc.InferenceServiceServicer):
         self._channels = channels
         self._loads = loads
         self._metrics = metrics
+        self._unresponsive: dict[str, float] = {}  # worker id -> skipped until (monotonic)
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
         upstream = _Upstream(self._metrics.tracer.start_span(
@@ -82,7 +97,7 @@ class GatewayServicer(pb_grpc.InferenceServiceServicer):
         except RouteError as error:
             upstream.outcome = Outcome(error.code, error.details)
             return
-        excluded: set[str] = set()
+        excluded = self._skipped()
         for attempt in range(MAX_ATTEMPTS):
             try:
                 target = self._pick(resolved, excluded)
@@ -100,6 +115,13 @@ class GatewayServicer(pb_grpc.InferenceServiceServicer):
                 return
             excluded.add(target.worker_id)
             upstream.outcome = dataclasses.replace(upstream.outcome, is_retryable=False)
+
+    def _skipped(self) -> set[str]:
+        """Workers that recently failed a probe."""
+        now = time.monotonic()
+        for worker_id in [w for w, until in self._unresponsive.items() if until <= now]:
+            del self._unresponsive[worker_id]
+        return set(self._unresponsive)
 
     def _pick(self, resolved: Resolved, excluded: set[str]) -> Candidate:
         version = resolved.version
@@ -129,7 +151,7 @@ class GatewayServicer(pb_grpc.InferenceServiceServicer):
                 metadata=on_behalf_of_caller(context.invocation_metadata(),
                                              self._channels.metadata)
                 + trace_metadata(upstream.span))
-            async for message in upstream.call:
+            async for message in self._messages(upstream.call, target):
                 num_sent += 1
                 has_summary = message.HasField("summary")
                 yield message
@@ -149,6 +171,40 @@ class GatewayServicer(pb_grpc.InferenceServiceServicer):
             upstream.cancel()  # a no-op once the call ended; stops the worker's work otherwise
             upstream.call = None
             self._channels.release(target.address)
+
+
+    async def _messages(self, call: grpc.aio.UnaryStreamCall, target: Candidate):
+        """The call's messages; UpstreamError (retryable) when none has come yet and the
+        worker no longer answers a probe."""
+        stream = call.__aiter__()
+        first = asyncio.ensure_future(stream.__anext__())
+        try:
+            while not (await asyncio.wait({first}, timeout=PROBE_AFTER_SECONDS))[0]:
+                if not await self._is_answering(target):
+                    self._unresponsive[target.worker_id] = \
+                        time.monotonic() + UNRESPONSIVE_SKIP_SECONDS
+                    raise UpstreamError(grpc.StatusCode.UNAVAILABLE,
+                                        f"worker {target.worker_id} does not answer",
+                                        is_retryable=True)
+            try:
+                yield first.result()
+            except StopAsyncIteration:
+                return
+        finally:
+            first.cancel()  # a no-op once it finished
+        async for message in stream:
+            yield message
+
+    async def _is_answering(self, target: Candidate) -> bool:
+        """Whether the worker answers a status call in time (any status but UNAVAILABLE
+        or DEADLINE_EXCEEDED counts: a worker that refuses it is still there)."""
+        try:
+            await self._channels.worker(target.address).GetWorkerStatus(
+                worker_pb.GetWorkerStatusRequest(), timeout=PROBE_TIMEOUT_SECONDS,
+                metadata=self._channels.metadata)
+        except grpc.aio.AioRpcError as error:
+            return error.code() not in _DOWN
+        return True
 
 
 class _Upstream:
