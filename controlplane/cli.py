@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
-import signal
-import sys
 import uuid
 
 from lorafleet.auth.startup import add_auth_arguments
 from lorafleet.controlplane.access import auth_config_from_args
 from lorafleet.controlplane.server import ControlPlane, ControlPlaneConfig
 from lorafleet.rpcserver import ServerSecurity
-from lorafleet.startup import EXIT_USAGE, StartupError
+from lorafleet.startup import StartupError, Stopper, add_log_level_argument, run, starting
 from lorafleet.tls import TlsConfig, TlsFileError, add_server_tls_arguments
 
 DESCRIPTION = """\
@@ -51,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="serve Prometheus /metrics on this port (leadership, reconcile "
                              "passes, workers and versions by state, etcd latency); 0 picks "
                              "a free one (default: off)")
-    parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
+    add_log_level_argument(parser)
     add_server_tls_arguments(parser)
     add_auth_arguments(parser, own_key="an admin key it sends to workers (LoadAdapter, ValidateAdapter, ...)")
     return parser
@@ -63,7 +59,7 @@ def config_from_args(args: argparse.Namespace) -> ControlPlaneConfig:
         tls = TlsConfig.from_args(args)
         security = ServerSecurity(tls.server_credentials())
     except TlsFileError as exc:
-        raise SystemExit(f"lorafleet controlplane: {exc}") from exc
+        raise StartupError(str(exc)) from exc
     return ControlPlaneConfig(
         etcd_url=args.etcd,
         address=f"{args.host}:{args.port}",
@@ -80,33 +76,26 @@ def config_from_args(args: argparse.Namespace) -> ControlPlaneConfig:
     )
 
 
-async def serve(config: ControlPlaneConfig) -> None:
-    """Runs a replica until SIGINT or SIGTERM, then stops it gracefully."""
+async def serve(config: ControlPlaneConfig, stopper: Stopper) -> None:
+    """Runs a replica until a stop is asked for, then stops it gracefully."""
     plane = ControlPlane(config)
-    port = await plane.start()
+    with starting():
+        port = await plane.start()
     host = config.address.rpartition(":")[0]
     print(f"lorafleet controlplane {config.replica_id} listening on {host}:{port}", flush=True)
     if plane.metrics_port is not None:
         print(f"  metrics: http://{host}:{plane.metrics_port}/metrics", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await stopper.wait()
     finally:
         await plane.stop()
 
 
 def main(argv=None) -> int:
-    """Entry point of `lorafleet controlplane`."""
+    """Entry point of `lorafleet controlplane` (start-up mistakes: one line, exit 2)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        config = config_from_args(args)
-    except StartupError as error:
-        print(f"lorafleet controlplane: error: {error}", file=sys.stderr, flush=True)
-        return EXIT_USAGE
-    asyncio.run(serve(config))
-    return 0
+
+    async def main_coro(stopper: Stopper) -> None:
+        await serve(config_from_args(args), stopper)
+
+    return run("lorafleet controlplane", main_coro, log_level=args.log_level)

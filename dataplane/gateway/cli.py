@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
-import signal
-import sys
 
 from lorafleet.auth.policy import GATEWAY_METHODS
 from lorafleet.auth.startup import add_auth_arguments, auth_interceptors
 from lorafleet.dataplane.gateway.app import GatewayConfig, start_gateway
 from lorafleet.rpcserver import ServerSecurity
-from lorafleet.startup import EXIT_USAGE, StartupError
+from lorafleet.startup import StartupError, Stopper, add_log_level_argument, run, starting
 from lorafleet.tls import TlsConfig, TlsFileError, add_server_tls_arguments
 
 DESCRIPTION = """\
@@ -51,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="longest an on-demand adapter load may take (default %(default)s)")
     parser.add_argument("--grace-seconds", type=float, default=30.0,
                         help="on SIGTERM, how long in-flight streams may finish (default %(default)s)")
-    parser.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
+    add_log_level_argument(parser)
     add_server_tls_arguments(parser)
     add_auth_arguments(parser, own_key="its gateway key: it follows the routing table, calls workers on behalf of callers, and has the control plane check callers' keys")
     return parser
@@ -61,14 +57,14 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
     """The gateway's config from parsed arguments."""
     controlplanes = tuple(a.strip() for a in args.controlplane.split(",") if a.strip())
     if not controlplanes:
-        raise SystemExit("lorafleet gateway: --controlplane needs at least one host:port")
+        raise StartupError("--controlplane needs at least one host:port")
     try:
         tls = TlsConfig.from_args(args)
         security = ServerSecurity(tls.server_credentials(),
                                   auth_interceptors(args, GATEWAY_METHODS, tls=tls,
                                                     controlplanes=controlplanes))
     except TlsFileError as exc:
-        raise SystemExit(f"lorafleet gateway: {exc}") from exc
+        raise StartupError(str(exc)) from exc
     return GatewayConfig(
         controlplanes=controlplanes, host=args.host, port=args.port,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
@@ -77,9 +73,10 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         security=security, tls=tls, api_key=args.api_key)
 
 
-async def serve(config: GatewayConfig, grace_seconds: float) -> None:
-    """Runs a gateway until SIGINT or SIGTERM, then stops it gracefully."""
-    gateway = await start_gateway(config)
+async def serve(config: GatewayConfig, grace_seconds: float, stopper: Stopper) -> None:
+    """Runs a gateway until a stop is asked for, then stops it gracefully."""
+    with starting():
+        gateway = await start_gateway(config)
     print(f"lorafleet gateway listening on {gateway.address}", flush=True)
     print(f"  following the routing table of {', '.join(config.controlplanes)}", flush=True)
     if gateway.metrics_port is not None:
@@ -87,25 +84,17 @@ async def serve(config: GatewayConfig, grace_seconds: float) -> None:
     if gateway.http is not None:
         print(f"  OpenAI HTTP: {gateway.http.scheme}://{config.host}:{gateway.http.port}/v1",
               flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await stopper.wait()
     finally:
         await gateway.stop(grace_seconds)
 
 
 def main(argv=None) -> int:
-    """Entry point of `lorafleet gateway`."""
+    """Entry point of `lorafleet gateway` (start-up mistakes: one line, exit 2)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        config = config_from_args(args)
-    except StartupError as error:
-        print(f"lorafleet gateway: error: {error}", file=sys.stderr, flush=True)
-        return EXIT_USAGE
-    asyncio.run(serve(config, args.grace_seconds))
-    return 0
+
+    async def main_coro(stopper: Stopper) -> None:
+        await serve(config_from_args(args), args.grace_seconds, stopper)
+
+    return run("lorafleet gateway", main_coro, log_level=args.log_level)

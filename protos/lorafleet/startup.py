@@ -47,7 +47,7 @@ class Stopper:
 
 def add_log_level_argument(parser) -> None:
     """The `--log-level` option every server takes."""
-    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info",
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info", type=str.lower,
                         help="log verbosity; 'debug' also prints tracebacks of start-up "
                              "errors (default %(default)s)")
 

@@ -12,6 +12,7 @@ from lorafleet.controlplane.cli import build_parser as controlplane_parser
 from lorafleet.controlplane.cli import config_from_args as controlplane_config
 from lorafleet.dataplane.gateway.cli import build_parser as gateway_parser
 from lorafleet.dataplane.gateway.cli import config_from_args as gateway_config
+from lorafleet.startup import StartupError
 
 NO_AUTH = "--insecure-no-auth"
 
@@ -33,7 +34,7 @@ def test_the_control_plane_binds_loopback_unless_told_otherwise(pki):
 def test_a_server_refuses_a_ca_without_its_own_certificate(pki):
     args = gateway_parser().parse_args(["--controlplane", "127.0.0.1:1", NO_AUTH,
                                         "--tls-ca", str(pki.ca_file)])
-    with pytest.raises(SystemExit, match="lorafleet gateway: --tls-ca needs --tls-cert"):
+    with pytest.raises(StartupError, match="--tls-ca needs --tls-cert"):
         gateway_config(args)
 
 
