@@ -4,15 +4,18 @@ The winner keeps its lease alive; it considers itself deposed the moment a renew
 refused, the key no longer names it, or it has gone a full TTL without a successful
 renewal (etcd may have expired the lease while unreachable). Writes the leader makes
 are also fenced with a compare on the key, so a deposed leader cannot write.
+
+A lease it could not revoke on stepping down (etcd was down) is revoked first thing on
+its next campaign: a restarted etcd restores leases with a fresh TTL, so without that
+the old key would keep every replica from leading for a whole TTL after etcd is back.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
-from lorafleet.controlplane.store import RETRYABLE, EtcdStore, StoreUnavailable
+from lorafleet.controlplane.store import RETRYABLE, EtcdStore, StoreUnavailable, within
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +30,7 @@ class LeaderElection:
         self.candidate_id = candidate_id
         self.ttl_seconds = ttl_seconds
         self.key = store.keys.leader().encode()
+        self._unrevoked: set[int] = set()  # leases given up while etcd did not answer
 
     def fence(self):
         """A transaction compare that holds only while this candidate leads."""
@@ -35,6 +39,7 @@ class LeaderElection:
     async def campaign(self) -> int:
         """Blocks until this candidate leads; returns the lease that holds the key."""
         ops = self.store.ops
+        await self._revoke_unrevoked()
         while True:
             lease_id = await self.store.grant_lease(self.ttl_seconds)
             won = await self.store.commit(
@@ -58,7 +63,7 @@ class LeaderElection:
                 log.warning("%s could not renew its lease in time", self.candidate_id)
                 return
             try:
-                is_held = await _within(self._renew(lease_id), remaining)
+                is_held = await within(self._renew(lease_id), remaining)
             except (asyncio.TimeoutError, StoreUnavailable, *RETRYABLE):
                 continue  # etcd unreachable: keep trying until the TTL runs out
             if not is_held:
@@ -73,21 +78,23 @@ class LeaderElection:
         return found is not None and found[0] == self.candidate_id.encode()
 
     async def resign(self, lease_id: int) -> None:
-        """Gives the lease up (and with it the key, if held); errors are ignored."""
-        with contextlib.suppress(Exception):
+        """Gives the lease up (and with it the key, if held). When etcd does not answer
+        within 2 s, the next campaign() revokes it first."""
+        try:
             await asyncio.wait_for(self.store.client.revoke_lease(lease_id), 2.0)
+        except Exception as error:  # noqa: BLE001 (etcd down, or the lease already gone)
+            log.info("%s could not revoke lease %x now (%r); will retry",
+                     self.candidate_id, lease_id, error)
+            self._unrevoked.add(lease_id)
 
-
-async def _within(coro, seconds: float):
-    """`coro`'s result, or TimeoutError after `seconds`. Unlike asyncio.wait_for on Python
-    3.11, a cancel that lands as `coro` finishes is never swallowed (that left hold()
-    running after stop() cancelled it, and stop() waiting for it forever)."""
-    task = asyncio.ensure_future(coro)
-    try:
-        done, _ = await asyncio.wait({task}, timeout=seconds)
-    finally:
-        if not task.done():
-            task.cancel()
-    if not done:
-        raise asyncio.TimeoutError
-    return task.result()
+    async def _revoke_unrevoked(self) -> None:
+        """Revokes the leases resign() could not, retrying while etcd is unreachable
+        (StoreUnavailable after the store's give-up; the campaign is retried)."""
+        for lease_id in sorted(self._unrevoked):
+            try:
+                await self.store.revoke_lease(lease_id)
+            except StoreUnavailable:
+                raise
+            except Exception as error:  # noqa: BLE001 (expired meanwhile: nothing to revoke)
+                log.info("lease %x is gone already (%r)", lease_id, error)
+            self._unrevoked.discard(lease_id)
