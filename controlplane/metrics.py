@@ -13,10 +13,11 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from lorafleet.control.v1 import adapter_service_pb2 as adapter_pb
 from lorafleet.controlplane.schema import Snapshot
+from lorafleet.metrics_http import MetricsEndpoint
 
 ETCD_OPS = ("get", "range", "put", "txn", "lease_grant", "lease_keepalive", "lease_revoke")
 ACTIONS = ("load", "evict")
@@ -34,7 +35,7 @@ class ControlPlaneMetrics:
 
     def __init__(self, is_leader: Callable[[], bool] = lambda: False):
         self.registry = registry = CollectorRegistry()
-        self._http = None
+        self._http = MetricsEndpoint(self.registry)
         Gauge("lorafleet_controlplane_is_leader", "1 on the replica that holds the election "
               "lease and reconciles, else 0", registry=registry).set_function(
                   lambda: float(is_leader()))
@@ -135,13 +136,8 @@ class ControlPlaneMetrics:
 
     def start_http(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Serves /metrics on host:port (0 picks a free port); returns the bound port."""
-        server, _ = start_http_server(port, addr=host, registry=self.registry)
-        self._http = server
-        return server.server_port
+        return self._http.start(host, port)
 
     def close(self) -> None:
         """Stops the HTTP endpoint."""
-        if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
-            self._http = None
+        self._http.close()

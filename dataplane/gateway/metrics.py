@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from lorafleet.dataplane.gateway.picking import PICKS
 from lorafleet.dataplane.server.tracing import make_tracer_provider, tracer_of
+from lorafleet.metrics_http import MetricsEndpoint
 
 
 class GatewayMetrics:
@@ -50,20 +51,15 @@ class GatewayMetrics:
             self.requests.labels(code.name)
         for pick in PICKS:
             self.picks.labels(pick)
-        self._http = None
+        self._http = MetricsEndpoint(self.registry)
 
     def start_http(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Serves /metrics on host:port (0 picks a free port); returns the bound port."""
-        server, _ = start_http_server(port, addr=host, registry=self.registry)
-        self._http = server
-        return server.server_port
+        return self._http.start(host, port)
 
     def close(self) -> None:
         """Stops the HTTP endpoint and flushes the spans not yet exported."""
-        if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
-            self._http = None
+        self._http.close()
         if self._tracer_provider is not None:
             self._tracer_provider.shutdown()
             self._tracer_provider = None

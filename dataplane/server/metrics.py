@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -25,6 +25,7 @@ from prometheus_client.utils import floatToGoString
 from lorafleet.dataplane.server.gauges import TIERS, SnapshotGauges
 from lorafleet.dataplane.server.labels import BASE, VersionLabeler
 from lorafleet.dataplane.server.snapshot import EngineSnapshot
+from lorafleet.metrics_http import MetricsEndpoint
 
 # Seconds buckets: tokens on a GPU arrive in milliseconds, CPU and cold loads take seconds.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -119,7 +120,7 @@ class WorkerMetrics:
         self.registry.register(self.gauges)
         self._known: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
-        self._http = None
+        self._http = MetricsEndpoint(self.registry)
         self._create_request_series()
         self._create_adapter_series()
 
@@ -218,13 +219,8 @@ class WorkerMetrics:
 
     def start_http(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Serves /metrics on host:port (0 picks a free port); returns the bound port."""
-        server, _ = start_http_server(port, addr=host, registry=self.registry)
-        self._http = server
-        return server.server_port
+        return self._http.start(host, port)
 
     def close(self) -> None:
         """Stops the HTTP endpoint."""
-        if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
-            self._http = None
+        self._http.close()
