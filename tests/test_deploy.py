@@ -27,7 +27,7 @@ UNITS = {"lorafleet-controlplane.service": "controlplane",
 
 def test_every_overlay_has_the_fleet():
     found = {(name.split(":")[0], name.split("/")[-1]) for name, _, _ in KUBERNETES_COMMANDS}
-    assert set(OVERLAYS) == {"external-etcd", "gaie", "production"}
+    assert set(OVERLAYS) == {"external-etcd", "gaie", "insecure-plaintext", "production"}
     for overlay in OVERLAYS:
         assert {(overlay, "controlplane"), (overlay, "worker")} <= found
     assert ("production", "gateway") in found and ("gaie", "gateway") not in found

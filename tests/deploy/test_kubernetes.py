@@ -27,7 +27,10 @@ KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.utils.latest_version())
 CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"),
                 ("monitoring.coreos.com/v1", "PrometheusRule"),
                 ("inference.networking.k8s.io/v1", "InferencePool"),
-                ("gateway.networking.k8s.io/v1", "HTTPRoute")}
+                ("gateway.networking.k8s.io/v1", "HTTPRoute"),
+                ("cert-manager.io/v1", "Issuer"), ("cert-manager.io/v1", "Certificate")}
+# cert-manager's Issuer kinds: exactly one of these in an Issuer's spec.
+ISSUER_TYPES = {"selfSigned", "ca", "vault", "venafi", "acme"}
 SOURCES = "\n".join(p.read_text() for d in ("dataplane", "controlplane")
                     for p in (ROOT / d).rglob("*.py"))
 
@@ -78,9 +81,28 @@ def _check_http_route(resource, resources):
         assert find(resources, ref["kind"], ref["name"]), ref
 
 
+def _check_issuer(resource, resources):
+    (kind,) = set(resource["spec"]) & ISSUER_TYPES
+    assert not set(resource["spec"]) - ISSUER_TYPES
+    if kind == "ca":  # signs with the key pair in this Secret: a Certificate must make it
+        secret = resource["spec"]["ca"]["secretName"]
+        assert [c for c in find(resources, "Certificate")
+                if c["spec"]["secretName"] == secret and c["spec"].get("isCA")]
+
+
+def _check_certificate(resource, resources):
+    spec = resource["spec"]
+    assert spec["secretName"] and (spec.get("commonName") or spec.get("dnsNames"))
+    ref = spec["issuerRef"]
+    assert find(resources, ref.get("kind", "Issuer"), ref["name"]), ref
+    assert len(spec.get("commonName", "")) <= 64  # X.509's limit, which cert-manager checks
+    assert spec["privateKey"]["algorithm"] in ("RSA", "ECDSA", "Ed25519")
+
+
 CUSTOM_CHECKS = {"ServiceMonitor": _check_service_monitor,
                  "PrometheusRule": _check_prometheus_rule,
-                 "InferencePool": _check_inference_pool, "HTTPRoute": _check_http_route}
+                 "InferencePool": _check_inference_pool, "HTTPRoute": _check_http_route,
+                 "Issuer": _check_issuer, "Certificate": _check_certificate}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -103,9 +125,11 @@ def _pod_labels(resources):
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_reference_resolves(overlay):
-    """What the original manifests lacked: each Secret, ConfigMap key, claim, Service
-    selector and autoscaler target named is in the render."""
+    """What the original manifests lacked: each Secret (or the cert-manager Certificate
+    that writes it), ConfigMap key, claim, Service selector and autoscaler target named is
+    in the render."""
     resources = render(overlay)
+    issued = {c["spec"]["secretName"] for c in find(resources, "Certificate")}
     for resource, container in workloads(resources):
         for env in container.get("env", []):
             ref = env.get("valueFrom", {}).get("configMapKeyRef")
@@ -123,9 +147,11 @@ def test_every_reference_resolves(overlay):
             if "persistentVolumeClaim" in volume:
                 claim = volume["persistentVolumeClaim"]["claimName"]
                 assert claim in templates or find(resources, "PersistentVolumeClaim", claim)
-            for kind, key in (("secret", "secretName"), ("configMap", "name")):
-                if kind in volume:
-                    assert find(resources, kind[0].upper() + kind[1:], volume[kind][key])
+            if "secret" in volume:
+                name = volume["secret"]["secretName"]
+                assert name in issued or find(resources, "Secret", name), name
+            if "configMap" in volume:
+                assert find(resources, "ConfigMap", volume["configMap"]["name"])
     for service in find(resources, "Service"):
         assert any(_selects(service["spec"]["selector"], labels)
                    for labels in _pod_labels(resources)), service["metadata"]["name"]
@@ -150,10 +176,11 @@ def test_workers_have_one_gpu_probes_and_an_address(overlay):
     _, args = parse_command([re.sub(r"\$\((\w+)\)", r"\1", w) for w in argv])
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["grpc"]["port"] == args.port
-    assert args.advertise_address == f"POD_IP:{args.port}"
-    (pod_ip,) = [e for e in container["env"] if e["name"] == "POD_IP"]
-    assert pod_ip["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+        assert container[probe]["exec"]["command"] == ["python", "/opt/lorafleet/healthcheck.py"]
+    # Its pod's name under the headless Service (test_kubernetes_tls checks the certificate).
+    assert args.advertise_address == f"POD_NAME.{worker['spec']['serviceName']}:{args.port}"
+    (pod_name,) = [e for e in container["env"] if e["name"] == "POD_NAME"]
+    assert pod_name["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert pod_spec(worker)["terminationGracePeriodSeconds"] > args.grace_seconds
     ports = {p["containerPort"] for p in container["ports"]}
     assert {args.port, args.http_port, args.metrics_port} <= ports
