@@ -4,6 +4,10 @@
 # the first `docker compose up`, and again to rotate (docs/deploy.md, "Keys and TLS"):
 #   deploy/compose/make-certs.sh                       # controlplane, gateway, worker-0, worker-1, admin
 #   LORAFLEET_WORKERS="worker-0 worker-1 worker-2" deploy/compose/make-certs.sh
+# The systemd units use it too (docs/deploy.md, "Keys and TLS"): LORAFLEET_CERT_HOSTS adds
+# names to every server certificate, e.g. the host's address others dial:
+#   LORAFLEET_WORKERS=worker LORAFLEET_CERT_HOSTS=IP:192.0.2.10,DNS:gpu1.example \
+#     deploy/compose/make-certs.sh /etc/lorafleet/tls
 # Each certificate's common name says who holds it ("controlplane:controlplane",
 # "gateway:gateway", "worker:worker-0", "admin"; docs/security.md) and names the service
 # (the address the others dial), localhost and 127.0.0.1 (the health check and the ports
@@ -13,6 +17,7 @@ set -eu
 dir=${1:-$(dirname "$0")/certs}
 days=${LORAFLEET_CERT_DAYS:-365}
 workers=${LORAFLEET_WORKERS:-worker-0 worker-1}
+extra=${LORAFLEET_CERT_HOSTS:+,$LORAFLEET_CERT_HOSTS}
 mkdir -p "$dir"
 # Only this user enters the folder; the containers get single files bind-mounted, which
 # their user (uid 10001) must be able to read: hence keys 0644 inside a 0700 folder.
@@ -47,7 +52,7 @@ issue() {
   rm -f "$1.csr" "$1.ext"
 }
 
-local_names="DNS:localhost,IP:127.0.0.1"
+local_names="DNS:localhost,IP:127.0.0.1$extra"
 issue controlplane controlplane:controlplane serverAuth,clientAuth "DNS:controlplane,$local_names"
 issue gateway gateway:gateway serverAuth,clientAuth "DNS:gateway,$local_names"
 for worker in $workers; do

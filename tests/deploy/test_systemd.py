@@ -1,11 +1,14 @@
 """deploy/systemd: units for one host bind a configurable address from the environment
-file, compute ports that stay valid for any GPU index, and restart on failure."""
+file, compute ports that stay valid for any GPU index, serve mTLS with the certificate
+files the environment file names, and restart on failure."""
 
 from __future__ import annotations
 
 import re
+import subprocess
 
 import pytest
+from cryptography import x509
 
 from tests.deploy.support import DEPLOY, parse_command, read_env_file, run_exec_start, unit_values
 
@@ -54,3 +57,36 @@ def test_worker_stops_after_its_grace(tmp_path):
     unit = SYSTEMD / "lorafleet-worker@.service"
     _, args = parse_command(run_exec_start(unit, ENV, "0", "gpu-host", tmp_path))
     assert int(unit_values(unit, "TimeoutStopSec")[0]) > args.grace_seconds
+
+
+ROLES = {"lorafleet-controlplane.service": "controlplane",
+         "lorafleet-gateway.service": "gateway", "lorafleet-worker@.service": "worker"}
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=[u.name for u in UNITS])
+def test_units_serve_mtls_with_the_files_the_environment_names(unit, tmp_path):
+    role = ROLES[unit.name]
+    _, args = parse_command(run_exec_start(unit, ENV, "3", "gpu-host", tmp_path))
+    prefix = f"LORAFLEET_{role.upper()}_TLS_"
+    assert (args.tls_cert, args.tls_key, args.tls_ca) == (
+        ENV[prefix + "CERT"], ENV[prefix + "KEY"], ENV["LORAFLEET_TLS_CA"])
+    assert (args.tls_cert, args.tls_key) == (f"/etc/lorafleet/tls/{role}.crt",
+                                             f"/etc/lorafleet/tls/{role}.key")
+    assert args.tls_client_auth == ("none" if role == "gateway" else "require")
+
+
+def test_the_documented_certificates_name_the_advertised_host(tmp_path):
+    """make-certs.sh run as lorafleet.env.example says makes every file the units name,
+    and the worker certificate names the address workers advertise."""
+    folder = tmp_path / "tls"
+    env = {"PATH": "/usr/bin:/bin", "LORAFLEET_WORKERS": "worker",
+           "LORAFLEET_CERT_HOSTS": f"IP:{ENV['LORAFLEET_ADVERTISE_HOST']}"}
+    subprocess.run(["sh", str(DEPLOY / "compose" / "make-certs.sh"), str(folder)], env=env,
+                   check=True, capture_output=True, timeout=60)
+    for name, path in ENV.items():
+        if "_TLS_" in name:
+            assert (folder / path.rsplit("/", 1)[1]).is_file(), name
+    cert = x509.load_pem_x509_certificate((folder / "worker.crt").read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert ENV["LORAFLEET_ADVERTISE_HOST"] in {str(ip) for ip in
+                                               names.get_values_for_type(x509.IPAddress)}
