@@ -103,6 +103,13 @@ def test_component_certificates_chain_to_the_fleets_own_ca(overlay):
             assert ref["name"] == ca_issuer, certificate["metadata"]["name"]
         if "server auth" in certificate["spec"].get("usages", []):
             assert "127.0.0.1" in certificate["spec"]["ipAddresses"]  # the probes dial it
+    # Issuers are namespaced: everything in the fleet's namespace, which the names spell.
+    (namespace,) = {r["metadata"]["namespace"] for r, _ in workloads(resources)}
+    assert {i["metadata"]["namespace"] for i in find(resources, "Issuer")} == {namespace}
+    for certificate in certificates:
+        assert certificate["metadata"]["namespace"] == namespace
+        for name in certificate["spec"].get("dnsNames", []):
+            assert name.removeprefix("*.").split(".")[1:2] in ([], [namespace]), name
     (admin,) = [c for c in certificates if c["spec"]["commonName"] == "admin"]
     assert admin["spec"]["usages"] == ["digital signature", "key encipherment", "client auth"]
 
