@@ -112,7 +112,14 @@ def test_gaie_series_show_the_running_and_the_waiting_adapter(one_slot):
     finally:
         running.cancel()
         waiting_done.join(30)
-    found = _poll(one_slot, lambda f: f.value("vllm:num_requests_running") == 0)
+    assert not waiting_done.is_alive()
+
+    def settled(f: Scrape) -> bool:  # both requests ended and were recorded
+        return f.value("vllm:num_requests_running") == 0 and f.value(
+            "lorafleet_requests_total", adapter="beta/q8", version="1",
+            finish_reason="length") == 1
+
+    found = _poll(one_slot, settled)
     assert _lora_info(found)["running_lora_adapters"] == "beta/q8,beta/q8@1"
     assert _lora_info(found)["waiting_lora_adapters"] == ""
     assert found.value("lorafleet_requests_total", adapter="acme/qv8", version="1",
