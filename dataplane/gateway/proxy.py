@@ -44,6 +44,7 @@ PROBE_TIMEOUT_SECONDS = 1.5
 # takes it out of the routing table meanwhile if it is really gone).
 UNRESPONSIVE_SKIP_SECONDS = 10.0
 _DOWN = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+_DETAILS_KEY = "grpc-status-details-bin"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +54,7 @@ class Outcome:
     code: grpc.StatusCode
     details: str = ""
     is_retryable: bool = False
+    trailing: tuple[tuple[str, str | bytes], ...] = ()  # the worker's rich error details
 
 
 class GatewayServicer(pb_grpc.InferenceServiceServicer):
@@ -88,7 +90,8 @@ class GatewayServicer(pb_grpc.InferenceServiceServicer):
             upstream.span.set_attribute("rpc.grpc.status_code", code.value[0])
             upstream.span.end()
         if code != OK:
-            await context.abort(code, upstream.outcome.details)
+            await context.abort(code, upstream.outcome.details,
+                                trailing_metadata=upstream.outcome.trailing)
 
     async def _serve(self, request: pb.GenerateRequest, context, upstream: _Upstream):
         """Streams the messages of the attempts; leaves the result in `upstream.outcome`."""
@@ -159,7 +162,8 @@ class GatewayServicer(pb_grpc.InferenceServiceServicer):
             code = error.code()
             upstream.outcome = Outcome(
                 code, error.details() or f"worker {target.worker_id}: {code.name}",
-                is_retryable=num_sent == 0 and code == grpc.StatusCode.UNAVAILABLE)
+                is_retryable=num_sent == 0 and code == grpc.StatusCode.UNAVAILABLE,
+                trailing=_status_details(error))
         except UpstreamError as error:
             upstream.outcome = Outcome(error.code, error.details,
                                        is_retryable=num_sent == 0 and error.is_retryable)
@@ -234,3 +238,7 @@ def _remaining(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else max(remaining, 0.0)
 
 
+def _status_details(error: grpc.aio.AioRpcError) -> tuple[tuple[str, bytes], ...]:
+    """The worker's google.rpc status details (e.g. QuotaFailure), to pass on unchanged."""
+    return tuple((key, value) for key, value in (error.trailing_metadata() or ())
+                 if key == _DETAILS_KEY)

@@ -12,6 +12,9 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from lorafleet import rpcserver
 from lorafleet.inference.v1 import inference_service_pb2 as pb
@@ -19,6 +22,13 @@ from lorafleet.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from lorafleet.worker.v1 import worker_service_pb2 as worker_pb
 from lorafleet.worker.v1 import worker_service_pb2_grpc as worker_grpc
 from tests.support.fake_worker import FakeWorker, FakeWorkerService
+
+QUOTA_FAILURE = status_pb2.Status(
+    code=grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], message="tenant acme: 8 requests at once",
+    details=[any_pb2.Any()])
+QUOTA_FAILURE.details[0].Pack(error_details_pb2.QuotaFailure(violations=[
+    error_details_pb2.QuotaFailure.Violation(subject="tenant:acme",
+                                             description="max concurrent requests 8")]))
 
 
 class FakeInference(pb_grpc.InferenceServiceServicer):
@@ -31,6 +41,8 @@ class FakeInference(pb_grpc.InferenceServiceServicer):
         """Streams max_tokens (default 2) one-token deltas, then the summary."""
         worker = self.worker
         worker.received.append((request.adapter, dict(context.invocation_metadata())))
+        if request.request_id.startswith("quota"):
+            await context.abort_with_status(rpc_status.to_status(QUOTA_FAILURE))
         label, digest = await self._resolve(request.adapter, context)
         worker.num_running += 1
         try:

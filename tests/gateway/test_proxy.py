@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from lorafleet.dataplane.gateway.upstream import WorkerChannels
 from lorafleet.inference.v1 import inference_service_pb2 as pb
@@ -110,3 +112,22 @@ async def test_channels_are_reused_and_closed_once_their_worker_left_and_is_idle
     channels.release("w0:1")
     assert channels.open_addresses() == set()
     await channels.close()
+
+
+async def test_a_workers_quota_failure_details_reach_the_caller(plane, stubs, serving_workers,
+                                                                gateways):
+    worker, gateway = await _fleet(plane, stubs, serving_workers, gateways)
+    async with grpc.aio.insecure_channel(gateway.address) as channel:
+        stub = pb_grpc.InferenceServiceStub(channel)
+        request = pb.GenerateRequest(adapter="acme/a", request_id="quota-1",
+                                     token_ids=pb.TokenIds(ids=[1]))
+        try:
+            async for _ in stub.Generate(request, timeout=10):
+                pass
+        except grpc.aio.AioRpcError as error:
+            status = rpc_status.from_call(error)
+    assert status.code == CODE.RESOURCE_EXHAUSTED.value[0]
+    (detail,) = status.details
+    failure = error_details_pb2.QuotaFailure()
+    assert detail.Unpack(failure) and failure.violations[0].subject == "tenant:acme"
+    assert len(worker.received) == 1  # a refusal is an answer: not retried elsewhere
