@@ -88,6 +88,9 @@ def _target_options(group) -> None:
     group.add_argument("--http", dest="transport", action="store_const", const="http",
                        help="same as --transport http")
     group.add_argument("--timeout", type=float, default=600.0, help="per-request deadline, s")
+    group.add_argument("--tier-poll", type=float, default=0.1, metavar="SECONDS",
+                       help="how often to read ListAdapters for the tier each request meets "
+                            "(default %(default)s; 0: never, tiers unknown)")
 
 
 def _workload_options(group) -> None:

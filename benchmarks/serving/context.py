@@ -105,6 +105,7 @@ class Context:
 
     def mode(self, **fields) -> Mode:
         """A Mode with the user's transport and timeout."""
+        fields.setdefault("tier_poll", self.args.tier_poll)
         return Mode(transport=self.args.transport, timeout=self.args.timeout, **fields)
 
     def requests(self, adapters, num_requests: int, *, prompt: Lengths, output: Lengths,

@@ -25,7 +25,8 @@ class TierWatch:
     every `interval` seconds; `tier_of(name)` is what a request sent now would meet.
 
     A poll is a snapshot: an adapter that moved between two polls is counted in the tier
-    of the last poll, so tiers at arrival are exact only to within `interval`.
+    of the last poll, so tiers at arrival are exact only to within `interval`. An interval
+    of 0 polls nothing (every tier is then 'unknown', 'base' aside).
     """
 
     def __init__(self, address: str, interval: float = 0.1, api_key: str | None = None):
@@ -62,6 +63,9 @@ class TierWatch:
         return self._tiers.get(adapter, "unknown")
 
     async def __aenter__(self) -> TierWatch:
+        if self._interval <= 0:  # asked not to touch WorkerService: tiers stay unknown
+            self.is_available = False
+            return self
         await self.poll()
         if self.is_available:
             self._task = asyncio.create_task(self._run())

@@ -42,7 +42,8 @@ def run(ctx) -> list[dict]:
             asyncio.run(_load_to_host(worker.address, [(source, adapters[source]),
                                                        (host, adapters[host])]))
             for adapter in (host, source, host):
-                row, run_ = asyncio.run(run_cell(target, ctx.mode(concurrency=1),
+                # Tiers are read once as each cell starts, right before its one request.
+                row, run_ = asyncio.run(run_cell(target, ctx.mode(concurrency=1, tier_poll=1.0),
                                                  [_request(ctx, adapter, trial)]))
                 result = run_.results[0]
                 if result.ttft is not None:
