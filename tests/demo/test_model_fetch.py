@@ -118,3 +118,10 @@ def test_cache_location_follows_the_environment(tmp_path, monkeypatch):
     assert smollm.default_cache_dir() == tmp_path / "xdg" / "lorafleet" / "models"
     monkeypatch.setenv("LORAFLEET_MODEL_CACHE", str(tmp_path / "models"))
     assert smollm.default_cache_dir() == tmp_path / "models"
+
+
+def test_a_cache_that_cannot_be_written_raises_model_unavailable(tmp_path):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    with pytest.raises(smollm.ModelUnavailable, match="cannot prepare"):
+        smollm.ensure_model(blocked)
