@@ -26,12 +26,13 @@ BENCHMARKS: dict[str, str] = {
     "noisy_neighbour": "benchmarks.noisy_neighbour",
     "cpu_matmul": "benchmarks.cpu_matmul",
 }
-# The options of each benchmark's short version (--quick).
+# The options of each benchmark's short version (--quick), chosen so that all of them
+# together take a few minutes on the 2-core dev machine.
 QUICK: dict[str, list[str]] = {
-    "engine_throughput": ["--quick", "--workloads", "uniform"],
+    "engine_throughput": ["--concurrency", "8", "--workloads", "uniform"],
     "placement": ["--versions", "1000", "--workers", "20"],
     "lora_kernels": ["--quick"],
-    "adapter_load": ["--repeats", "1"],
+    "adapter_load": ["--ranks", "16", "--repeats", "1"],
     "lora_decode": ["--quick"],
     "serving": ["--quick"],
     "noisy_neighbour": ["--quick"],
