@@ -176,6 +176,21 @@ def check_adapters(model_dir: pathlib.Path, adapters: dict[str, pathlib.Path],
     return answers
 
 
+def make_pairs(model_dir: pathlib.Path, num_questions: int, seed: int,
+               answers_path: pathlib.Path | None) -> list[tuple[str, str]]:
+    """(question, the base model's leading sentences) pairs; read from `answers_path`
+    when it exists (a rerun need not ask again), else generated and written there."""
+    if answers_path is not None and answers_path.exists():
+        return [tuple(json.loads(line)) for line in answers_path.read_text().splitlines()]
+    questions = make_questions(num_questions, seed)
+    pairs = [(q, first_sentences(a)) for q, a in zip(questions, generate_answers(
+        model_dir, questions), strict=True)]
+    pairs = [(q, a) for q, a in pairs if a]
+    if answers_path is not None:
+        answers_path.write_text("".join(json.dumps(pair) + "\n" for pair in pairs))
+    return pairs
+
+
 def main(argv: list[str] | None = None) -> int:
     """Makes the data, trains every adapter named, saves and checks them."""
     args = _parser().parse_args(argv)
@@ -184,14 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = ensure_model()
     timings["model"] = time.perf_counter() - started
     started = time.perf_counter()
-    questions = make_questions(args.num_questions, args.seed)
-    pairs = [(q, first_sentences(a)) for q, a in zip(questions, generate_answers(
-        model_dir, questions), strict=True)]
-    pairs = [(q, a) for q, a in pairs if a]
+    pairs = make_pairs(model_dir, args.num_questions, args.seed, args.answers)
     timings["data"] = time.perf_counter() - started
-    print(f"data: {len(pairs)} answers of {len(questions)} questions "
-          f"in {timings['data']:.0f} s", flush=True)
-    tokenizer = Tokenizer.from_dir(model_dir, eos_token_ids=(2,))
+    print(f"data: {len(pairs)} answers in {timings['data']:.0f} s", flush=True)
+    tokenizer = Tokenizer.from_dir(model_dir)
     saved = {}
     for name in args.adapters:
         started, plan = time.perf_counter(), PLANS[name]
@@ -228,6 +239,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--adapters", nargs="+", choices=list(PLANS), default=list(PLANS),
                         help="which adapters to train (default: all)")
     parser.add_argument("--num-questions", type=int, default=300)
+    parser.add_argument("--answers", type=pathlib.Path, default=None,
+                        help="JSON-lines file of the base model's answers: read if it "
+                             "exists, else written after they are generated")
     parser.add_argument("--num-epochs", type=int, default=None,
                         help="epochs for every adapter (default: each adapter's own)")
     parser.add_argument("--batch-size", type=int, default=8)
