@@ -80,6 +80,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser, *, model_required: bool
     parser.add_argument("--otlp-endpoint", metavar="HOST:PORT",
                         help="export a tracing span per request to this OTLP/gRPC collector "
                              "(needs the otlp extra)")
+    parser.add_argument("--engine-runs", choices=["process", "thread"], default="process",
+                        help="where the engine loop runs: 'process', its own process, so the "
+                             "server's Python never competes with it for the GIL; 'thread', "
+                             "a thread of the server's process, for debugging (slower under "
+                             "load; see docs/worker.md) (default %(default)s)")
     parser.add_argument("--grace-seconds", type=float, default=30.0,
                         help="on SIGTERM, how long in-flight streams may finish (default %(default)s)")
     add_source_arguments(parser)
@@ -113,7 +118,8 @@ def worker_config(args: argparse.Namespace):
         max_cpu_loras=args.max_cpu_loras, kv_cache_bytes=args.kv_cache_bytes,
         kv_cache_fraction=args.kv_cache_fraction, max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens, max_waiting=args.max_waiting,
-        queue_policy=args.queue_policy, quotas=quota_config_of(args), **extra)
+        queue_policy=args.queue_policy, quotas=quota_config_of(args),
+        engine_runs=args.engine_runs, **extra)
 
 
 async def serve(args: argparse.Namespace, stopper: Stopper, on_ready=None) -> int:

@@ -10,7 +10,7 @@ import socket
 from opentelemetry.sdk.trace import TracerProvider
 
 from lorafleet.dataplane.openai_http import RunningHttp, start_worker_http
-from lorafleet.dataplane.server.build import WorkerConfig, build_worker
+from lorafleet.dataplane.server.build import WorkerConfig, build_serving_worker
 from lorafleet.dataplane.server.heartbeat import Heartbeat
 from lorafleet.dataplane.server.inference import InferenceServicer
 from lorafleet.dataplane.server.sizes import WorkerSizes
@@ -71,7 +71,8 @@ class RunningWorker:
 
     async def stop(self, grace_seconds: float = 10.0) -> None:
         """Refuses new requests, lets in-flight streams finish for the grace period,
-        cancels the rest, then stops the engine thread. Stopping twice is a no-op."""
+        cancels the rest, then stops the engine loop (its process or thread). Stopping
+        twice is a no-op."""
         if self.is_stopped:
             return
         self.is_stopped = True
@@ -86,7 +87,8 @@ class RunningWorker:
             await self.admin_server.stop(grace_seconds)
         await asyncio.to_thread(self.worker.bridge.stop)
         self.worker.metrics.close()
-        self.worker.cache.close()
+        if self.worker.cache is not None:  # the engine ran on a thread here
+            self.worker.cache.close()
         self.worker.frontend.close()
         if self.tracer_provider is not None:
             self.tracer_provider.shutdown()  # flushes the spans not yet exported
@@ -120,7 +122,7 @@ async def start_worker(config: WorkerConfig, *, host: str = "127.0.0.1", port: i
     tracer_provider = make_tracer_provider(otlp_endpoint, config.worker_id)
     try:
         worker, _ = await asyncio.to_thread(
-            build_worker, config, tracer=tracer_of(tracer_provider),
+            build_serving_worker, config, tracer=tracer_of(tracer_provider),
             on_fatal=lambda exc: loop.call_soon_threadsafe(fatal.set))
     except BaseException:
         await _release(bounds)

@@ -1,16 +1,17 @@
-"""Runs the engine on its own thread and streams its outputs to asyncio callers.
+"""The server's side of the engine loop: named operations, streams of outputs, snapshots.
 
-The engine is synchronous and single-threaded: every call into it (add, abort, adapter
-changes) runs on the engine thread, between steps, so nothing needs a lock. asyncio code
-talks to it through `call()` (run a function there, await the result) and `stream()`
-(submit a request, iterate its outputs; leaving the iteration early — cancel, disconnect,
-deadline — aborts the request on the engine thread at once). Everything else reads the
-`snapshot` the engine thread publishes; nobody peeks at the engine from another thread.
+The engine loop (engine_loop.py) runs either in a process of its own (engine_process.py,
+the default) or on a thread beside the server (engine_thread.py); an `EngineLink` hides
+which. Everything here runs on the server's event loop, except `_on_news`, which the
+link calls from its reader thread (or the engine thread) once per batch of news and
+which hands each event loop its outputs with one wake-up.
 
-A caller can never stop the loop: a command whose caller already left is skipped, and
-output delivery to a closed event loop is dropped. If the loop dies anyway (a bug), every
-stream ends with `EngineDead`, later calls fail at once, and `on_fatal` is called so the
-server can report NOT_SERVING and exit for its supervisor to restart it.
+asyncio code awaits named operations (`load_adapter`, `try_place_adapter`, ...) and
+iterates `stream()`; leaving a stream early (cancel, disconnect, deadline) sends an
+abort at once. Everything else reads `snapshot`, the engine's state as the loop last
+reported it. A caller can never stop the loop. If the loop dies (a bug, or its process
+is killed), every stream ends with `EngineDead`, later calls fail at once, and
+`on_fatal` is called so the server can report NOT_SERVING and exit for its supervisor.
 """
 
 from __future__ import annotations
@@ -18,77 +19,115 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import itertools
 import logging
-import queue
 import threading
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Protocol
+
+from lorafleet.dataplane.engine.outputs import RequestOutput
+from lorafleet.dataplane.lora.host_cache import AdapterSource
+from lorafleet.dataplane.server.engine_messages import (
+    AdapterInfo,
+    Command,
+    EngineDead,
+    EngineFacts,
+    MetricEvent,
+    NewRequest,
+    News,
+    Op,
+)
 
 log = logging.getLogger(__name__)
 
-_IDLE_WAIT_SECONDS = 0.05
 
+class EngineLink(Protocol):
+    """How the bridge reaches an engine loop: `facts` once built, commands out, news in."""
 
-class EngineStepError(RuntimeError):
-    """The engine failed a step; the requests in flight were failed with it."""
+    facts: EngineFacts
 
+    def start(self, on_news: Callable[[News], None],
+              on_exit: Callable[[BaseException | None], None]) -> None:
+        """Starts delivering news; `on_exit(error)` once the loop has ended (None: it
+        stopped when asked)."""
 
-class EngineDead(RuntimeError):
-    """The engine loop has stopped; this worker can no longer generate."""
+    def send(self, command: Command) -> None:
+        """Queues a command for the loop (raises OSError when the loop is gone)."""
+
+    def stop(self, timeout: float) -> None:
+        """Asks the loop to stop after its current step and waits for it."""
 
 
 class EngineBridge:
-    """Owns the engine thread. `engine` needs add_request/abort/step/has_unfinished;
-    `take_snapshot(engine)` builds what other threads may read (see `snapshot`)."""
+    """The one interface the worker has to its engine, wherever the engine runs."""
 
-    def __init__(self, engine: Any, *, take_snapshot: Callable[[Any], Any] = lambda e: None,
-                 on_fatal: Callable[[BaseException], None] = lambda exc: None,
-                 name: str = "lorafleet-engine"):
-        self.engine = engine
-        self._take_snapshot = take_snapshot
+    def __init__(self, link: EngineLink, *,
+                 on_events: Callable[[tuple[MetricEvent, ...]], None] = lambda events: None,
+                 on_fatal: Callable[[BaseException], None] = lambda exc: None):
+        self.link = link
+        self._on_events = on_events
         self._on_fatal = on_fatal
-        self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._pending: dict[int, concurrent.futures.Future] = {}
+        self._call_ids = itertools.count(1)
+        self._lock = threading.Lock()  # _pending: the event loop and the link's thread
+        self._is_stopping = False
         self.failure: BaseException | None = None
-        self.snapshot = take_snapshot(engine)
+        self.snapshot = link.facts.snapshot
 
     @property
     def is_alive(self) -> bool:
         """False once the loop has died (it is never restarted)."""
         return self.failure is None
 
+    @property
+    def engine(self) -> Any:
+        """The engine itself when it runs on a thread in this process (tests and
+        benchmarks step it directly); None when it runs in its own process."""
+        return getattr(self.link, "engine", None)
+
+    @property
+    def host(self) -> Any:
+        """The host tier when the engine runs in this process; None otherwise."""
+        return getattr(self.link, "host", None)
+
     def start(self) -> None:
-        """Starts the engine thread."""
-        self._thread.start()
+        """Starts taking the loop's news (the loop itself may already run)."""
+        self.link.start(self._on_news, self._on_exit)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stops the engine thread after its current step."""
-        self._stopping.set()
-        self._commands.put(None)
-        self._thread.join(timeout)
+        """Stops the loop after its current step (blocking; call off the event loop)."""
+        self._is_stopping = True
+        self.link.stop(timeout)
 
-    async def call(self, fn: Callable[[Any], Any]) -> Any:
-        """Runs `fn(engine)` on the engine thread between steps and returns its result."""
-        self._check_alive()
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        self._commands.put((fn, future))
-        if self.failure is not None:  # died while we queued: nobody will run it
-            _try_fail(future)
-        return await asyncio.wrap_future(future)
+    # -- named operations ---------------------------------------------------------------
 
-    async def stream(self, request_id: str, add: Callable[[Any], Any]) -> AsyncIterator[Any]:
-        """Adds a request with `add(engine)` and yields its outputs until it finishes.
+    async def load_adapter(self, source: AdapterSource) -> AdapterInfo:
+        """Loads an adapter into the engine's host tier (from its source, on a load
+        thread of the engine's owner); raises the loader's error, with its type."""
+        return await self._call(Op.LOAD_ADAPTER, source)
 
-        `add` may raise (a bad request): the error reaches the caller and nothing is left
-        behind. Leaving the loop before the request finishes aborts it.
+    async def try_place_adapter(self, digest: str) -> bool:
+        """Copies a host-resident adapter into a free device slot now; False if none is
+        free (it is placed when a request needs it)."""
+        return await self._call(Op.PLACE_ADAPTER, digest)
+
+    async def try_evict_adapter(self, digest: str, *, keep_host: bool) -> bool:
+        """Empties the adapter's device slot and, unless `keep_host`, drops it from the
+        host tier; False (nothing done) while a running request uses it."""
+        return await self._call(Op.EVICT_ADAPTER, (digest, keep_host))
+
+    async def stream(self, request: NewRequest) -> AsyncIterator[RequestOutput]:
+        """Adds a request and yields its outputs until it finishes.
+
+        A refused request (InvalidRequestError) raises here and leaves nothing behind.
+        Leaving the loop before the request finishes aborts it.
         """
         outputs: asyncio.Queue = asyncio.Queue()
-        self._streams[request_id] = (asyncio.get_running_loop(), outputs)
+        self._streams[request.request_id] = (asyncio.get_running_loop(), outputs)
         finished = False
         try:
-            await self.call(add)
+            await self._call(Op.ADD, request)
             while not finished:
                 item = await outputs.get()
                 if isinstance(item, BaseException):
@@ -96,71 +135,60 @@ class EngineBridge:
                 finished = item.is_finished
                 yield item
         finally:
-            self._streams.pop(request_id, None)
+            self._streams.pop(request.request_id, None)
             if not finished and self.is_alive:
-                self._commands.put((lambda eng: eng.abort(request_id), None))
+                self._try_send(Command(Op.ABORT, request.request_id))
+
+    async def _call(self, op: Op, arg: Any) -> Any:
+        """Sends a command and awaits its answer."""
+        self._check_alive()
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._lock:
+            call_id = next(self._call_ids)
+            self._pending[call_id] = future
+        if not self._try_send(Command(op, arg, call_id)) or self.failure is not None:
+            self._answer(call_id, error=EngineDead(f"the engine loop stopped: {self.failure!r}"))
+        return await asyncio.wrap_future(future)
+
+    def _try_send(self, command: Command) -> bool:
+        try:
+            self.link.send(command)
+        except OSError:  # the loop's process is gone; the reader reports its death
+            return False
+        return True
 
     def _check_alive(self) -> None:
         if self.failure is not None:
             raise EngineDead(f"the engine loop stopped: {self.failure!r}")
 
-    # -- the engine thread ------------------------------------------------------------
+    # -- news, from the link's thread ---------------------------------------------------
 
-    def _run(self) -> None:
-        try:
-            while not self._stopping.is_set():
-                busy = self.engine.has_unfinished()
-                self._run_queued_commands(block=not busy)
-                if self._stopping.is_set():
-                    break
-                if self.engine.has_unfinished():
-                    self._step()
-        except BaseException as exc:  # a bug in the loop itself: report it, never hide it
-            self._die(exc)
+    def _on_news(self, news: News) -> None:
+        if news.snapshot is not None:  # first: whoever wakes reads this state or newer
+            self.snapshot = news.snapshot
+        if news.events:
+            self._on_events(news.events)
+        for answer in news.answers:
+            error = answer.error.rebuild() if answer.error is not None else None
+            self._answer(answer.call_id, answer.result, error)
+        items = [(o.request_id, o) for o in news.outputs]
+        items += [(request_id, error.rebuild()) for request_id, error in news.failures]
+        if items:
+            self._deliver(items)
 
-    def _run_queued_commands(self, *, block: bool) -> None:
-        """Runs queued commands; waits briefly for one when the engine is idle."""
-        try:
-            command = self._commands.get(timeout=_IDLE_WAIT_SECONDS) if block \
-                else self._commands.get_nowait()
-        except queue.Empty:
-            if block:  # idle: background adapter loads may have changed the tiers
-                self._publish_snapshot()
-            return
-        while command is not None:  # None is stop()'s wake-up
-            self._run_command(*command)
-            try:
-                command = self._commands.get_nowait()
-            except queue.Empty:
-                return
-
-    def _run_command(self, fn: Callable, future: concurrent.futures.Future | None) -> None:
-        if future is not None and not future.set_running_or_notify_cancel():
-            return  # the caller left before its turn: nothing to do, nobody to answer
-        try:
-            result = fn(self.engine)
-        except Exception as exc:  # reported to the caller that asked
-            if future is not None:
-                future.set_exception(exc)
-            else:
-                log.exception("engine command failed")
-            return
-        if future is not None:
-            self._publish_snapshot()  # the caller may read what it changed
+    def _answer(self, call_id: int, result: Any = None,
+                error: BaseException | None = None) -> None:
+        with self._lock:
+            future = self._pending.pop(call_id, None)
+        if future is None or not future.set_running_or_notify_cancel():
+            return  # the caller left before the answer: nobody to tell
+        if error is not None:
+            future.set_exception(error)
+        else:
             future.set_result(result)
 
-    def _step(self) -> None:
-        try:
-            outputs = self.engine.step()
-        except Exception as exc:
-            log.exception("engine step failed; failing the requests in flight")
-            self._fail_all(EngineStepError(f"engine step failed: {exc}"))
-            return
-        self._publish_snapshot()  # before the outputs: a caller never reads an older state
-        self._deliver([(output.request_id, output) for output in outputs])
-
     def _deliver(self, items: list[tuple[str, Any]]) -> None:
-        """Hands outputs to their streams: one wake-up per event loop per step."""
+        """Hands outputs to their streams: one wake-up per event loop per batch."""
         by_loop: dict[asyncio.AbstractEventLoop, list] = {}
         for request_id, item in items:
             target = self._streams.get(request_id)
@@ -171,36 +199,22 @@ class EngineBridge:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_put_all, batch)
 
-    def _publish_snapshot(self) -> None:
-        self.snapshot = self._take_snapshot(self.engine)
-
-    def _fail_all(self, error: Exception) -> None:
-        for request_id in list(self._streams):
-            self._run_command(lambda eng, rid=request_id: eng.abort(rid), None)
-        self._deliver([(request_id, error) for request_id in list(self._streams)])
+    def _on_exit(self, error: BaseException | None) -> None:
+        if error is None and self._is_stopping:
+            return
+        self._die(error or EngineDead("the engine loop ended unasked"))
 
     def _die(self, exc: BaseException) -> None:
         self.failure = exc
         log.critical("the engine loop died; this worker cannot generate any more",
                      exc_info=exc)
-        self._deliver([(rid, EngineDead(f"the engine loop stopped: {exc!r}"))
-                       for rid in list(self._streams)])
-        while True:  # answer the commands still queued
-            try:
-                command = self._commands.get_nowait()
-            except queue.Empty:
-                break
-            if command is not None and command[1] is not None:
-                _try_fail(command[1])
+        dead = EngineDead(f"the engine loop stopped: {exc!r}")
+        self._deliver([(request_id, dead) for request_id in list(self._streams)])
+        with self._lock:
+            call_ids = list(self._pending)
+        for call_id in call_ids:  # answer the commands still waiting
+            self._answer(call_id, error=dead)
         self._on_fatal(exc)
-
-
-def _try_fail(future: concurrent.futures.Future) -> None:
-    """Fails a queued command's future unless its caller left or someone answered it."""
-    # RuntimeError: already running or done, so answered elsewhere.
-    with contextlib.suppress(RuntimeError):
-        if future.set_running_or_notify_cancel():
-            future.set_exception(EngineDead("the engine loop stopped"))
 
 
 def _put_all(batch: list[tuple[asyncio.Queue, Any]]) -> None:

@@ -1,4 +1,9 @@
-"""Assembles a worker: model, adapter slots and cache, engine thread, frontend, metrics.
+"""Assembles a worker: model, adapter slots and cache, engine loop, frontend, metrics.
+
+Two halves, built where they live: `build_engine` (weights, adapter slots, KV cache, the
+host tier of adapters) runs where the engine loop runs — in the engine process by
+default, or in this process for `engine_runs="thread"`; the server's half (tokenizer,
+adapter validation, metrics, version table) never holds the model's weights.
 
 Order matters for memory: the model's weights are placed first, then the adapter slots
 are preallocated for `max_loras` x `max_lora_rank`, and only then is the KV cache sized
@@ -18,6 +23,7 @@ from opentelemetry import trace
 
 from lorafleet.dataplane.adapters.confinement import UNCONFINED, SourcePolicy
 from lorafleet.dataplane.adapters.sources import SourceResolver
+from lorafleet.dataplane.engine.engine import Engine
 from lorafleet.dataplane.engine.scheduler import SchedulerConfig
 from lorafleet.dataplane.lora.device import DeviceAdapters
 from lorafleet.dataplane.lora.host_cache import HostCache
@@ -25,16 +31,23 @@ from lorafleet.dataplane.lora.loading import AdapterFiles
 from lorafleet.dataplane.model.config import ModelConfig
 from lorafleet.dataplane.runner.factory import create_engine, default_device, resolve_dtype
 from lorafleet.dataplane.runner.kv_cache import KVCacheBudget, bytes_per_block, default_budget
-from lorafleet.dataplane.server.bridge import EngineBridge
+from lorafleet.dataplane.server.bridge import EngineBridge, EngineLink
+from lorafleet.dataplane.server.engine_loop import MetricEvents
+from lorafleet.dataplane.server.engine_messages import EngineFacts, MetricEvent
 from lorafleet.dataplane.server.frontend import Frontend, PromptLimits
 from lorafleet.dataplane.server.identity import base_model_of
 from lorafleet.dataplane.server.metrics import WorkerMetrics
 from lorafleet.dataplane.server.quotas import QuotaConfig
 from lorafleet.dataplane.server.sizes import WorkerSizes
-from lorafleet.dataplane.server.snapshot import take_snapshot
+from lorafleet.dataplane.server.snapshot import EngineSnapshot, take_snapshot
 from lorafleet.dataplane.server.worker import Worker, WorkerOptions
+from lorafleet.dataplane.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
+
+# Where the engine loop runs: its own process (serving), or a thread beside the server
+# (tests, debugging; see docs/worker.md "Where the engine runs").
+ENGINE_RUNS = ("process", "thread")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +71,12 @@ class WorkerConfig:
     quotas: QuotaConfig = QuotaConfig()  # per-tenant limits at admission (server/quotas.py)
     worker_id: str = ""  # empty: derived at start from the host name and the bound port
     sources: SourcePolicy = UNCONFINED  # adapter roots, S3 allow-list, size limit
+    engine_runs: str = "process"  # one of ENGINE_RUNS
+
+    def __post_init__(self) -> None:
+        if self.engine_runs not in ENGINE_RUNS:
+            raise ValueError(f"engine_runs must be one of {ENGINE_RUNS}, "
+                             f"not {self.engine_runs!r}")
 
     def kv_budget(self, device: torch.device) -> KVCacheBudget:
         """Bytes or a fraction when given; else the device's default (see kv_cache.py)."""
@@ -68,48 +87,132 @@ class WorkerConfig:
         return default_budget(device)
 
 
-def build_worker(config: WorkerConfig, *, tracer: trace.Tracer | None = None,
-                 on_fatal: Callable[[BaseException], None] = lambda exc: None,
-                 ) -> tuple[Worker, WorkerSizes]:
-    """Loads the model and wires every worker component (the engine thread not started).
+@dataclasses.dataclass(frozen=True)
+class EngineParts:
+    """The engine and what its owner holds beside it: the host tier of adapters, the
+    device slots, and the metric events they record until the next News."""
 
-    `on_fatal(exc)` is called on the engine thread if the engine loop ever dies.
-    """
+    engine: Engine
+    host: HostCache
+    adapters: DeviceAdapters
+    events: MetricEvents
+
+    def take_snapshot(self, engine: Engine) -> EngineSnapshot:
+        """What the loop publishes (see snapshot.py)."""
+        return take_snapshot(engine, self.host)
+
+    def facts(self, snapshot: EngineSnapshot) -> EngineFacts:
+        """The sizes the server needs, with the first snapshot."""
+        return EngineFacts(num_kv_blocks=self.engine.allocator.num_blocks,
+                           max_model_len=self.engine.max_model_len,
+                           lora_slot_bytes=self.adapters.bank.num_bytes_per_slot,
+                           snapshot=snapshot)
+
+
+def build_engine(config: WorkerConfig) -> EngineParts:
+    """Loads the model's weights and builds the engine, its adapter slots and host tier
+    (in the process that will run the engine loop)."""
     model_config = ModelConfig.from_dir(config.model_dir)
     device = torch.device(config.device) if config.device else default_device()
     dtype = resolve_dtype(config.dtype, model_config.torch_dtype)
-    files = AdapterFiles(model_config, config.max_lora_rank, dtype,
-                         resolver=SourceResolver(policy=config.sources),
-                         pin_memory=device.type == "cuda")
-    metrics = WorkerMetrics(config.worker_id)
+    files = _adapter_files(config, model_config, pin_memory=device.type == "cuda")
+    events = MetricEvents()
     host = HostCache(max_host=config.max_cpu_loras,
                      load=lambda source: files.load(source.source_uri),
-                     on_load=metrics.record_load, on_evict=metrics.record_eviction)
+                     on_load=events.record_load, on_evict=events.record_eviction)
     adapters = DeviceAdapters(model_config, host, max_loras=config.max_loras,
                               max_lora_rank=config.max_lora_rank,
-                              on_load=metrics.record_load, on_evict=metrics.record_eviction)
+                              on_load=events.record_load, on_evict=events.record_eviction)
     engine = create_engine(
         config.model_dir, device=device, dtype=dtype, kv_cache=config.kv_budget(device),
         block_size=config.block_size,
         scheduler_config=SchedulerConfig(config.max_num_batched_tokens, config.max_num_seqs,
                                          config.queue_policy),
         adapters=adapters)
-    bridge = EngineBridge(engine, take_snapshot=lambda eng: take_snapshot(eng, host),
+    return EngineParts(engine, host, adapters, events)
+
+
+def build_worker(config: WorkerConfig, *, tracer: trace.Tracer | None = None,
+                 on_fatal: Callable[[BaseException], None] = lambda exc: None,
+                 ) -> tuple[Worker, WorkerSizes]:
+    """A worker with its engine in this process, run by a thread once started, whatever
+    `config.engine_runs` says (tests and benchmarks reach `worker.bridge.engine`).
+
+    `on_fatal(exc)` is called on the engine thread if the engine loop ever dies.
+    """
+    from lorafleet.dataplane.server.engine_thread import ThreadLink
+
+    parts = build_engine(config)
+    link = ThreadLink(parts.engine, parts.host, parts.events, facts=parts.facts,
+                      take_snapshot=parts.take_snapshot)
+    return _assemble(config, link, parts.engine.tokenizer, tracer, on_fatal)
+
+
+def build_process_worker(config: WorkerConfig, *, tracer: trace.Tracer | None = None,
+                         on_fatal: Callable[[BaseException], None] = lambda exc: None,
+                         ) -> tuple[Worker, WorkerSizes]:
+    """A worker whose engine runs in its own process (started and built here; blocking).
+    Raises the engine process's start-up error with its type. `on_fatal(exc)` is called
+    on a reader thread if that process ever dies."""
+    from lorafleet.dataplane.server.engine_process import ProcessLink
+
+    ModelConfig.from_dir(config.model_dir)  # a wrong directory fails before any spawn
+    tokenizer = Tokenizer.from_dir(config.model_dir)
+    link = ProcessLink(config)
+    try:
+        return _assemble(config, link, tokenizer, tracer, on_fatal)
+    except BaseException:
+        link.stop(10.0)
+        raise
+
+
+def build_serving_worker(config: WorkerConfig, **options) -> tuple[Worker, WorkerSizes]:
+    """The worker `lorafleet serve` runs: its engine where `config.engine_runs` says."""
+    if config.engine_runs == "thread":
+        return build_worker(config, **options)
+    return build_process_worker(config, **options)
+
+
+def _assemble(config: WorkerConfig, link: EngineLink, tokenizer: Tokenizer,
+              tracer: trace.Tracer | None, on_fatal: Callable[[BaseException], None],
+              ) -> tuple[Worker, WorkerSizes]:
+    """The server's half of the worker, around an engine link whose engine is built."""
+    model_config = ModelConfig.from_dir(config.model_dir)
+    dtype = resolve_dtype(config.dtype, model_config.torch_dtype)
+    metrics = WorkerMetrics(config.worker_id)
+    bridge = EngineBridge(link, on_events=lambda events: _record(metrics, events),
                           on_fatal=on_fatal)
     metrics.observe(lambda: bridge.snapshot)
-    frontend = Frontend(engine.tokenizer, PromptLimits(engine.max_model_len,
-                                                       model_config.vocab_size))
+    facts = link.facts
+    frontend = Frontend(tokenizer, PromptLimits(facts.max_model_len, model_config.vocab_size))
     options = WorkerOptions(config.worker_id, config.max_waiting, config.max_num_seqs,
                             quotas=config.quotas)
     base_model = base_model_of(
         config.model_dir, model_config, name=config.model_name or config.model_dir.name,
-        dtype=str(dtype).removeprefix("torch."), max_context=engine.max_model_len)
+        dtype=str(dtype).removeprefix("torch."), max_context=facts.max_model_len)
     sizes = WorkerSizes(
         max_loras=config.max_loras, max_lora_rank=config.max_lora_rank,
-        max_cpu_loras=config.max_cpu_loras, lora_slot_bytes=adapters.bank.num_bytes_per_slot,
-        num_kv_blocks=engine.allocator.num_blocks, kv_block_size=config.block_size,
+        max_cpu_loras=config.max_cpu_loras, lora_slot_bytes=facts.lora_slot_bytes,
+        num_kv_blocks=facts.num_kv_blocks, kv_block_size=config.block_size,
         kv_block_bytes=bytes_per_block(model_config, config.block_size, dtype),
-        max_model_len=engine.max_model_len)
-    worker = Worker(bridge, host, files, frontend, metrics, options, base_model, sizes,
-                    tracer=tracer or trace.NoOpTracer())
+        max_model_len=facts.max_model_len)
+    worker = Worker(bridge, _adapter_files(config, model_config), frontend, metrics, options,
+                    base_model, sizes, tracer=tracer or trace.NoOpTracer())
     return worker, sizes
+
+
+def _adapter_files(config: WorkerConfig, model_config: ModelConfig, *,
+                   pin_memory: bool = False) -> AdapterFiles:
+    """The worker's adapter rules: loads (engine side) and dry runs (server side)."""
+    dtype = resolve_dtype(config.dtype, model_config.torch_dtype)
+    return AdapterFiles(model_config, config.max_lora_rank, dtype,
+                        resolver=SourceResolver(policy=config.sources), pin_memory=pin_memory)
+
+
+def _record(metrics: WorkerMetrics, events: tuple[MetricEvent, ...]) -> None:
+    """Counts the engine side's adapter loads and evictions in /metrics."""
+    for event in events:
+        if event.seconds is None:
+            metrics.record_eviction(event.tier)
+        else:
+            metrics.record_load(event.tier, event.seconds, event.is_ok)

@@ -1,8 +1,9 @@
-"""What the engine thread publishes for everyone else: load and adapter residency.
+"""What the engine loop publishes for everyone else: load and adapter residency.
 
-Built on the engine thread between steps (see EngineBridge), read by the servicers, the
-heartbeat and the metrics from any thread. A snapshot is immutable, so a reader never
-sees half a step.
+Built by the engine loop between steps (see engine_loop.py), on its thread or in its own
+process, and read by the servicers, the heartbeat and the metrics from any thread. A
+snapshot is immutable, so a reader never sees half a step; it pickles, so it can cross
+from the engine's process to the server's.
 """
 
 from __future__ import annotations
@@ -26,6 +27,16 @@ class EngineSnapshot:
     taken_at: float  # time.monotonic()
     waiting_adapters: frozenset[str] = frozenset()
 
+    def content_key(self) -> tuple:
+        """Everything but the time it was taken: equal keys, nothing to republish."""
+        return (self.stats, dict(self.tiers), dict(self.adapter_counts),
+                self.waiting_adapters)
+
+    def __reduce__(self):
+        # MappingProxyType does not pickle: cross as dicts, wrapped again on arrival.
+        return (_rebuild, (self.stats, dict(self.tiers), dict(self.adapter_counts),
+                           self.taken_at, self.waiting_adapters))
+
     def tier_of(self, digest: str) -> str | None:
         """"device", "host", or None when only the source has it."""
         return self.tiers.get(digest)
@@ -36,8 +47,13 @@ class EngineSnapshot:
         return time.time() - (time.monotonic() - self.taken_at)
 
 
+def _rebuild(stats, tiers, counts, taken_at, waiting) -> EngineSnapshot:
+    return EngineSnapshot(stats, types.MappingProxyType(tiers),
+                          types.MappingProxyType(counts), taken_at, waiting)
+
+
 def take_snapshot(engine, host) -> EngineSnapshot:
-    """Reads the engine and the host tier; call on the engine thread only."""
+    """Reads the engine and the host tier; call from the engine loop only."""
     waiting = engine.scheduler.waiting
     # Built after every step: a set over the waiting queue only when there is one.
     waiting_adapters = frozenset(r.adapter for r in waiting if r.adapter is not None) \

@@ -3,8 +3,9 @@
 Generate: resolve the adapter version once, pin it, stream the engine's outputs, unpin.
 LoadAdapter/EvictAdapter: change the version table and the adapter cache; eviction waits
 for the version's pins, so no request is ever served by other weights than it started on.
-Runs on the server's event loop; the engine runs behind `bridge`, and what this class
-reads of it is the snapshot the engine thread publishes.
+Runs on the server's event loop; the engine runs behind `bridge` (in its own process, or
+on a thread), reached only by named operations, and what this class reads of it is the
+snapshot the engine loop publishes.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from lorafleet.dataplane.engine.params import SamplingParams
 from lorafleet.dataplane.lora.host_cache import AdapterSource
 from lorafleet.dataplane.lora.versions import VersionEntry, VersionState, VersionTable
 from lorafleet.dataplane.server.bridge import EngineBridge
+from lorafleet.dataplane.server.engine_messages import NewRequest
 from lorafleet.dataplane.server.errors import (
     AdapterLoadFailed,
     EvictTimeout,
@@ -66,12 +68,11 @@ class Admitted:
 class Worker:
     """Owns admission and adapter lifecycle; the engine runs behind `bridge`."""
 
-    def __init__(self, bridge: EngineBridge, cache: Any, adapters: Any, frontend: Frontend,
+    def __init__(self, bridge: EngineBridge, adapters: Any, frontend: Frontend,
                  metrics: WorkerMetrics, options: WorkerOptions, base_model: Any,
                  sizes: WorkerSizes, *, tracer: trace.Tracer):
         self.bridge = bridge
-        self.cache = cache  # the host tier: see dataplane/lora/host_cache.py
-        self.adapters = adapters  # loads/validates adapter dirs: see dataplane/lora/loading.py
+        self.adapters = adapters  # validates adapter dirs: see dataplane/lora/loading.py
         self.frontend = frontend
         self.metrics = metrics
         self.options = options
@@ -88,8 +89,14 @@ class Worker:
 
     @property
     def snapshot(self) -> EngineSnapshot:
-        """The engine's load and adapter residency as its thread last published them."""
+        """The engine's load and adapter residency as its loop last published them."""
         return self.bridge.snapshot
+
+    @property
+    def cache(self) -> Any:
+        """The engine's host tier of adapters when the engine runs in this process (tests
+        and benchmarks use it); None when it runs in its own process."""
+        return self.bridge.host
 
     # -- Generate ---------------------------------------------------------------
 
@@ -122,16 +129,12 @@ class Worker:
         """Streams the engine's outputs for an admitted request, then unpins it.
         `trace_parent`: the caller's trace context, continued by the request's span."""
         entry = admitted.entry
-        key = entry.digest if entry is not None else None
-
-        def add(engine):
-            engine.add_request(admitted.request_id, token_ids, params=params, adapter=key,
-                               tenant=admitted.tenant)
-
+        request = NewRequest(admitted.request_id, token_ids, params,
+                             entry.digest if entry is not None else None, admitted.tenant)
         last, clock = None, TokenClock()
         span = request_span(self.tracer, admitted.caller_id, entry, trace_parent)
         try:
-            async for output in self.bridge.stream(admitted.request_id, add):
+            async for output in self.bridge.stream(request):
                 last = output
                 clock.tick(output)
                 self.quotas.charge(admitted.tenant, len(output.new_token_ids))
@@ -202,20 +205,16 @@ class Worker:
     async def _load_into(self, entry: VersionEntry, digest: str, to_device: bool,
                          make_default: bool) -> None:
         try:
-            loaded = await asyncio.to_thread(
-                self.cache.load, AdapterSource(entry.label, entry.source_uri, digest))
+            loaded = await self.bridge.load_adapter(
+                AdapterSource(entry.label, entry.source_uri, digest))
         except BaseException as exc:
             # Kept (FAILED, with the reason) so requests for it get the reason too.
             entry.state, entry.error = VersionState.FAILED, str(exc)[:512]
             self.versions.add(entry, make_default=False)
             raise
         entry.digest, entry.rank, entry.size_bytes = loaded.digest, loaded.rank, loaded.size_bytes
-
-        def place(engine) -> None:  # on the engine thread: the next snapshot shows it
-            if to_device:
-                engine.try_place_adapter(entry.digest)
-
-        await self.bridge.call(place)
+        if to_device:  # no free slot: placed when a request needs it
+            await self.bridge.try_place_adapter(entry.digest)
         entry.state = VersionState.READY
         self.versions.add(entry, make_default=make_default)
         self._versions_changed()
@@ -245,14 +244,7 @@ class Worker:
         shared = any(e is not entry and e.digest == entry.digest for e in self.versions.entries())
         if shared and not keep_host:
             return  # another name@version has the same weights and still uses them
-        def evict(engine) -> bool:
-            if not engine.try_evict_adapter(entry.digest):
-                return False
-            if not keep_host:
-                self.cache.drop(entry.digest)
-            return True
-
-        while not await self.bridge.call(evict):
+        while not await self.bridge.try_evict_adapter(entry.digest, keep_host=keep_host):
             await asyncio.sleep(0.01)  # a running request still uses the slot
 
     async def validate_adapter(self, source_uri: str):
