@@ -1,0 +1,151 @@
+"""The engine loop in its own process (the default of `lorafleet serve`): the same tokens
+as the engine on a thread, adapters and their metrics, a storm of early cancels, and
+what happens when the engine process or the server process dies."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import time
+import urllib.request
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from lorafleet.inference.v1 import inference_service_pb2 as pb
+from lorafleet.worker.v1 import worker_service_pb2 as wpb
+from tests.server.conftest import worker_config
+from tests.support.lora_suite import prompts
+from tests.support.worker_thread import WorkerThread
+
+ADAPTERS = ("acme/qv8", "beta/q8", "acme/all16")
+
+
+@pytest.fixture(scope="module")
+def in_process(lora_suite):
+    """A worker whose engine runs in its own process, with three suite adapters."""
+    base, adapters = lora_suite
+    worker = WorkerThread(worker_config(base, engine_runs="process"),
+                          adapters=[(n, str(adapters[n])) for n in ADAPTERS])
+    yield worker
+    worker.stop()
+
+
+def _health(worker) -> int:
+    stub = health_pb2_grpc.HealthStub(worker.channel)
+    return stub.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+
+
+def _scrape(worker) -> str:
+    url = f"http://127.0.0.1:{worker.running.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()
+
+
+def _counter(text: str, series: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{series} not in /metrics")
+
+
+def test_the_engine_runs_in_another_process(in_process):
+    link = in_process.running.worker.bridge.link
+    assert link.pid is not None and link.pid != os.getpid()
+    assert in_process.running.worker.bridge.engine is None  # no engine in the server
+
+
+def test_greedy_tokens_match_peft_and_the_engine_on_a_thread(in_process, lora_suite,
+                                                             peft_reference):
+    cases = [(adapter, prompt) for adapter in ("", *ADAPTERS) for prompt in prompts(2)]
+    with concurrent.futures.ThreadPoolExecutor(len(cases)) as pool:  # batched together
+        got = list(pool.map(lambda case: in_process.generate(*case, max_tokens=12)[0],
+                            cases))
+    for (adapter, prompt), tokens in zip(cases, got, strict=True):
+        assert tokens == peft_reference.greedy(adapter or None, prompt, 12), adapter
+    on_thread = WorkerThread(worker_config(lora_suite[0]),
+                             adapters=[(n, str(lora_suite[1][n])) for n in ADAPTERS])
+    try:
+        assert [on_thread.generate(*case, max_tokens=12)[0] for case in cases] == got
+    finally:
+        on_thread.stop()
+
+
+def test_load_and_evict_reach_the_engine_process_and_its_metrics(in_process, lora_suite):
+    before = _scrape(in_process)
+    path = lora_suite[1]["beta/ko16"]
+    loaded = in_process.admin.LoadAdapter(wpb.LoadAdapterRequest(
+        adapter="zeta/x", source_uri=str(path)), timeout=30).adapter
+    assert loaded.tier == wpb.TIER_DEVICE and loaded.rank == 16 and len(loaded.digest) == 64
+    tokens, summary = in_process.generate("zeta/x", prompts(1)[0], max_tokens=4)
+    assert len(tokens) == 4 and summary.adapter_digest == loaded.digest
+    in_process.admin.EvictAdapter(wpb.EvictAdapterRequest(adapter="zeta/x"), timeout=30)
+    listed = in_process.admin.ListAdapters(wpb.ListAdaptersRequest()).adapters
+    assert "zeta/x" not in {a.adapter for a in listed}
+    after = _scrape(in_process)
+    for series in ('lorafleet_adapter_loads_total{outcome="ok",tier="host"}',
+                   'lorafleet_adapter_loads_total{outcome="ok",tier="device"}',
+                   'lorafleet_adapter_evictions_total{tier="device"}',
+                   'lorafleet_adapter_evictions_total{tier="host"}'):
+        assert _counter(after, series) == _counter(before, series) + 1, series
+
+
+def test_a_refused_adapter_keeps_its_status_code_across_the_process(in_process, tmp_path):
+    failed = 'lorafleet_adapter_loads_total{outcome="failed",tier="host"}'
+    before = _counter(_scrape(in_process), failed)
+    (tmp_path / "adapter_config.json").write_text('{"r": 8, "lora_alpha": 16}')
+    with pytest.raises(grpc.RpcError) as info:
+        in_process.admin.LoadAdapter(wpb.LoadAdapterRequest(
+            adapter="acme/broken", source_uri=str(tmp_path)), timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "refused" in info.value.details()
+    assert _counter(_scrape(in_process), failed) == before + 1
+
+
+def test_a_storm_of_early_cancels_never_stops_the_engine_process(in_process):
+    def early_cancel(i):
+        request = pb.GenerateRequest(
+            adapter=ADAPTERS[i % 3], token_ids=pb.TokenIds(ids=prompts(3)[i % 3]),
+            sampling=pb.SamplingParams(max_tokens=40, temperature=0, ignore_eos=True))
+        if i % 2:
+            call = in_process.inference.Generate(request, timeout=30)
+            time.sleep((i % 4) * 0.001)
+            call.cancel()
+            return
+        with pytest.raises(grpc.RpcError) as info:
+            list(in_process.inference.Generate(request, timeout=0.003 + (i % 5) * 0.002))
+        assert info.value.code() in (grpc.StatusCode.DEADLINE_EXCEEDED,
+                                     grpc.StatusCode.CANCELLED)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(early_cancel, range(200)))
+    tokens, summary = in_process.generate("acme/qv8", prompts(1)[0], max_tokens=4)
+    assert len(tokens) == 4 and summary.finish_reason == pb.FINISH_REASON_LENGTH
+    deadline = time.monotonic() + 15
+    while (load := in_process.status().load).num_kv_blocks_used or load.num_running:
+        assert time.monotonic() < deadline, f"still busy: {load}"
+        time.sleep(0.05)
+    assert _health(in_process) == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_killed_engine_process_fails_streams_and_says_not_serving(lora_suite):
+    worker = WorkerThread(worker_config(lora_suite[0], engine_runs="process"))
+    try:
+        stream = worker.inference.Generate(pb.GenerateRequest(
+            token_ids=pb.TokenIds(ids=prompts(1)[0]),
+            sampling=pb.SamplingParams(max_tokens=900, temperature=0, ignore_eos=True)),
+            timeout=60)
+        assert next(stream).HasField("delta")
+        os.kill(worker.running.worker.bridge.link.pid, signal.SIGKILL)
+        with pytest.raises(grpc.RpcError) as info:
+            list(stream)
+        assert info.value.code() == grpc.StatusCode.INTERNAL
+        assert _health(worker) == health_pb2.HealthCheckResponse.NOT_SERVING
+        with pytest.raises(grpc.RpcError) as info:
+            worker.generate("", prompts(1)[0], max_tokens=2, timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert worker.running.fatal.is_set()
+    finally:
+        worker.stop()

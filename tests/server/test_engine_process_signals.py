@@ -1,0 +1,106 @@
+"""`lorafleet serve` with its engine in its own process, as an operator sees it: a start-up
+error in the engine process is one line; Ctrl-C (SIGINT to the process group) drains the
+streams before both processes exit; a killed server leaves no engine process behind."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+
+from lorafleet.inference.v1 import inference_service_pb2 as pb
+from lorafleet.inference.v1 import inference_service_pb2_grpc as pb_grpc
+from tests.support.lora_suite import prompts
+
+SERVE = [sys.executable, "-m", "lorafleet.clients.cli", "serve", "--insecure-no-auth",
+         "--device", "cpu", "--metrics-port", "-1", "--port", "0"]
+
+
+def _start(base: pathlib.Path) -> tuple[subprocess.Popen, str]:
+    """serve in a session of its own (so a signal to its group reaches nobody else)."""
+    process = subprocess.Popen([*SERVE, "--model", str(base), "--kv-cache-bytes",
+                                str(16 << 20), "--grace-seconds", "20"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    for line in process.stdout:
+        match = re.search(r"serving on (\S+)", line)
+        if match:
+            threading.Thread(target=process.stdout.read, daemon=True).start()
+            return process, match.group(1)
+    raise AssertionError(f"serve exited early with {process.wait()}")
+
+
+def _engine_pid(pid: int) -> int:
+    """The engine process: the server's spawned child (multiprocessing's resource
+    tracker is the other one)."""
+    children = [child for task in pathlib.Path(f"/proc/{pid}/task").iterdir()
+                for child in (task / "children").read_text().split()]
+    engines = [int(child) for child in children
+               if b"spawn_main" in pathlib.Path(f"/proc/{child}/cmdline").read_bytes()]
+    assert len(engines) == 1, children
+    return engines[0]
+
+
+def _is_gone(pid: int) -> bool:
+    """Exited (a zombie waiting for its reaper counts as exited)."""
+    try:
+        status = pathlib.Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not _is_gone(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def test_a_start_up_error_in_the_engine_process_is_one_line(lora_suite):
+    result = subprocess.run([*SERVE, "--model", str(lora_suite[0]), "--kv-cache-bytes",
+                             "1000"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "KV budget of 1000 bytes" in errors[0], result.stderr
+
+
+def test_ctrl_c_drains_the_streams_then_both_processes_exit(lora_suite):
+    process, address = _start(lora_suite[0])
+    try:
+        engine = _engine_pid(process.pid)
+        with grpc.insecure_channel(address) as channel:
+            stream = pb_grpc.InferenceServiceStub(channel).Generate(pb.GenerateRequest(
+                token_ids=pb.TokenIds(ids=prompts(1)[0]),
+                sampling=pb.SamplingParams(max_tokens=200, temperature=0, ignore_eos=True)),
+                timeout=60)
+            assert next(stream).HasField("delta")
+            os.killpg(process.pid, signal.SIGINT)
+            rest = list(stream)
+        assert rest[-1].summary.finish_reason == pb.FINISH_REASON_LENGTH
+        assert rest[-1].summary.usage.completion_tokens == 200
+        assert process.wait(30) == 0
+        assert _wait_gone(engine, 10)
+    finally:
+        process.kill()
+
+
+def test_a_killed_server_leaves_no_engine_process(lora_suite):
+    process, _ = _start(lora_suite[0])
+    try:
+        engine = _engine_pid(process.pid)
+        process.kill()
+        process.wait(10)
+        assert _wait_gone(engine, 10), "the engine process outlived its server"
+    finally:
+        process.kill()
