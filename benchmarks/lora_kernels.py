@@ -38,11 +38,14 @@ COLUMNS = ("naive", "add_lora", "grouped", "gathered", "build", "base")
 
 def naive_per_adapter(y, x, buffers: LoraBuffers, slots: list[int | None]) -> None:
     """PEFT's mixed-batch loop: for each adapter in the batch, index its rows and apply it."""
+    max_rank = buffers.max_rank
     for slot in sorted({s for s in slots if s is not None}):
         rows = [i for i, s in enumerate(slots) if s == slot]
-        rank = int(buffers.ranks[slot])
-        a, b = buffers.lora_a[slot, :rank], buffers.lora_b[slot, :, :rank]
-        y[rows] += float(buffers.scale[slot]) * ((x[rows] @ a.T) @ b.T)
+        for index, columns in enumerate(buffers.slice_columns):  # one module per projection
+            rank = int(buffers.ranks[slot, index])
+            a = buffers.lora_a[slot, index * max_rank:index * max_rank + rank]
+            b = buffers.lora_b[slot, columns, :rank]
+            y[rows, columns] += float(buffers.scale[slot, index]) * ((x[rows] @ a.T) @ b.T)
 
 
 def _slots(kind: str, num_rows: int, num_distinct: int, rng: random.Random) -> list[int]:
@@ -70,19 +73,18 @@ def measure(kind, num_rows, num_distinct, buffers, weight, min_seconds) -> dict:
     x = torch.randn(num_rows, hidden, dtype=weight.dtype)
     y = torch.zeros(num_rows, hidden, dtype=weight.dtype)
     batch = LoraBatch.from_slots(slots)
-    tensors = (buffers.lora_a, buffers.lora_b, buffers.scale, buffers.ranks)
     timed = {
         "naive": lambda: naive_per_adapter(y, x, buffers, slots),
-        "add_lora": lambda: add_lora(y, x, *tensors, batch=batch),
-        "grouped": lambda: sgmv_torch(y, x, *tensors, batch=batch),
-        "gathered": lambda: bgmv_torch(y, x, *tensors, batch=batch),
+        "add_lora": lambda: add_lora(y, x, buffers, batch=batch),
+        "grouped": lambda: sgmv_torch(y, x, buffers, batch=batch),
+        "gathered": lambda: bgmv_torch(y, x, buffers, batch=batch),
         "build": lambda: LoraBatch.from_slots(slots),
         "base": lambda: torch.mm(x, weight),
     }
     row = {"kind": kind, "batch": num_rows, "distinct": num_distinct}
     row.update({name: round(_median_ms(fn, min_seconds), 4) for name, fn in timed.items()})
     row["speedup_vs_naive"] = round(row["naive"] / row["add_lora"], 2)
-    row["path"] = "gathered" if prefers_gathered_weights(batch, buffers.lora_a, buffers.lora_b) else "grouped"
+    row["path"] = "gathered" if prefers_gathered_weights(batch, buffers) else "grouped"
     return row
 
 
@@ -109,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     buffers = LoraBuffers.allocate(num_slots=max(distincts), max_rank=RANK, in_features=hidden,
                                    out_features=hidden, dtype=dtype)
     for slot in range(buffers.num_slots):
-        buffers.write_slot(slot, torch.randn(RANK, hidden).to(dtype),
-                           torch.randn(hidden, RANK).to(dtype), 2.0)
+        buffers.write_slot(slot, [(torch.randn(RANK, hidden).to(dtype),
+                                   torch.randn(hidden, RANK).to(dtype), 2.0)])
     weight = torch.randn(hidden, hidden, dtype=dtype)
     meta = {"benchmark": "lora_kernels", "hidden": hidden, "rank": RANK, "dtype": args.dtype,
             "threads": torch.get_num_threads(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

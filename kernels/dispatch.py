@@ -6,6 +6,7 @@ import torch
 
 from lorafleet.kernels.batch import LoraBatch
 from lorafleet.kernels.bgmv import bgmv_torch, bgmv_triton
+from lorafleet.kernels.buffers import LoraBuffers
 from lorafleet.kernels.sgmv import sgmv_torch, sgmv_triton
 from lorafleet.kernels.triton_support import is_triton_available
 
@@ -27,35 +28,33 @@ _GATHER_MAX_ELEMENTS = 262_144
 def add_lora(
     y: torch.Tensor,
     x: torch.Tensor,
-    lora_a: torch.Tensor,
-    lora_b: torch.Tensor,
-    scale: torch.Tensor,
-    ranks: torch.Tensor,
+    buffers: LoraBuffers,
     *,
     batch: LoraBatch,
     is_checked: bool = False,
 ) -> None:
-    """y[t] += scale[s] * (x[t] @ lora_a[s]^T) @ lora_b[s]^T for every row t with a slot s.
+    """y[t, c_i] += scale[s, i] * (x[t] @ A_i[s]^T) @ B_i[s]^T for every row t with a slot s
+    and every slice i of the buffers (c_i: the slice's columns of y).
 
     In place on `y`; rows without an adapter are left alone. Shapes are those of
     `sgmv.py`; padding past a slot's rank must be finite (`LoraBuffers` keeps it zero).
     CUDA tensors go to the Triton kernels when Triton is installed (BGMV when
     `batch.is_bgmv`, SGMV otherwise); other tensors go to the faster torch path for this
-    batch by the cost model above. `is_checked=True` skips the argument checks, for
-    callers whose buffers were checked once at allocation and whose rows match the batch
-    by construction (the model's forward pass): they cost more than a small kernel.
+    batch by the cost model above. `is_checked=True` skips the per-call checks of x, y and
+    the batch, for callers whose rows match the batch by construction (the model's forward
+    pass): they cost more than a small kernel.
     """
     if x.is_cuda and is_triton_available():
         kernel = bgmv_triton if batch.is_bgmv else sgmv_triton
     else:
-        kernel = bgmv_torch if prefers_gathered_weights(batch, lora_a, lora_b) else sgmv_torch
-    kernel(y, x, lora_a, lora_b, scale, ranks, batch=batch, is_checked=is_checked)
+        kernel = bgmv_torch if prefers_gathered_weights(batch, buffers) else sgmv_torch
+    kernel(y, x, buffers, batch=batch, is_checked=is_checked)
 
 
-def prefers_gathered_weights(batch: LoraBatch, lora_a: torch.Tensor, lora_b: torch.Tensor) -> bool:
+def prefers_gathered_weights(batch: LoraBatch, buffers: LoraBuffers) -> bool:
     """Whether the torch path should gather per-row weights rather than group by adapter."""
-    max_rank, in_features = lora_a.shape[1], lora_a.shape[2]
-    num_elements = len(batch.token_order) * max_rank * (in_features + lora_b.shape[1])
+    num_elements = len(batch.token_order) * buffers.max_rank * (
+        buffers.num_slices * buffers.in_features + buffers.out_features)
     if num_elements > _GATHER_MAX_ELEMENTS:
         return False
     gather_us = _GATHER_EXTRA_FIXED_US + _GATHER_US_PER_ELEMENT * num_elements

@@ -14,10 +14,16 @@ import os
 import torch
 
 from benchmarks.gpu_check.report import outcome
-from lorafleet.kernels import LoraBatch, add_lora, bgmv, sgmv
+from lorafleet.kernels import LoraBatch, LoraBuffers, add_lora, bgmv, sgmv
 from lorafleet.kernels.triton_support import is_triton_available
 from tests.kernels.cases import filled_buffers, reference_lora, request_slots, token_slots
-from tests.kernels.test_triton_interpreter import CASE_NAMES, DTYPES, TOLERANCE, _case
+from tests.kernels.test_triton_interpreter import (
+    BUFFER_FIELDS,
+    CASE_NAMES,
+    DTYPES,
+    TOLERANCE,
+    _case,
+)
 
 CAP_S = 90.0
 # Wider fp32 tolerance at hidden sizes: thousands of terms summed in another order.
@@ -64,32 +70,46 @@ def _hidden_cases(hidden: int, patterns: tuple[str, ...], max_ranks: tuple[int, 
             slots = request_slots("distinct", len(ranks), len(ranks), seed=5)
             yield (f"bgmv-distinct-r{max_rank}-{dtype_name}",
                    _hidden_case(buffers, slots, dtype, hidden), HIDDEN_TOLERANCE[dtype_name])
+            yield from _qkv_cases(hidden, max_rank, dtype_name, dtype)
+
+
+def _qkv_cases(hidden: int, max_rank: int, dtype_name: str, dtype):
+    """A fused q|k|v group (GQA widths) whose adapters leave some projections alone."""
+    ranks = [(max_rank, 0, max_rank), (8, 8, 8), (0, max_rank // 2, 0), (0, 0, 0)] * 8
+    sizes = (hidden, hidden // 4, hidden // 4)
+    buffers = filled_buffers(ranks, max_rank, hidden, sizes, dtype, seed=max_rank + 1)
+    per_request = request_slots("uniform", 8, len(ranks), seed=6)
+    slots = token_slots(per_request, [1, 40, 7, 16, 3, 25, 9, 12])
+    yield (f"sgmv-qkv-r{max_rank}-{dtype_name}", _hidden_case(buffers, slots, dtype, hidden),
+           HIDDEN_TOLERANCE[dtype_name])
+    slots = request_slots("distinct", len(ranks), len(ranks), seed=7)
+    yield (f"bgmv-qkv-r{max_rank}-{dtype_name}", _hidden_case(buffers, slots, dtype, hidden),
+           HIDDEN_TOLERANCE[dtype_name])
 
 
 def _hidden_case(buffers, slots, dtype, hidden) -> dict:
     gen = torch.Generator().manual_seed(len(slots))
     x = torch.randn(len(slots), hidden, generator=gen).to(dtype)
-    y = torch.randn(len(slots), hidden, generator=gen).to(dtype)
-    return {"slots": slots, "x": x, "y": y, "lora_a": buffers.lora_a, "lora_b": buffers.lora_b,
-            "scale": buffers.scale, "ranks": buffers.ranks,
+    y = torch.randn(len(slots), buffers.out_features, generator=gen).to(dtype)
+    return {"slots": slots, "x": x, "y": y,
+            **{name: getattr(buffers, name) for name in BUFFER_FIELDS},
             "expected": reference_lora(y, x, buffers, slots)}
 
 
 def _check(name: str, case: dict, tolerance: tuple[float, float], device: torch.device) -> dict:
     """Runs one case on `device`; the row says whether it matched and by how much."""
     # copy=True: on CPU `.to` would hand back the case's own y, and the run would change it.
-    on_device = {k: case[k].to(device, copy=True) for k in ("x", "y", "lora_a", "lora_b", "scale", "ranks")}
+    on_device = {k: case[k].to(device, copy=True) for k in ("x", "y", *BUFFER_FIELDS[:-1])}
     if device.type != "cuda":  # the torch path needs finite padding (sgmv.py); Triton never reads it
         on_device["lora_a"], on_device["lora_b"] = (on_device[k].nan_to_num(0.0) for k in ("lora_a", "lora_b"))
     batch = LoraBatch.from_slots(case["slots"], device=device)
-    y = on_device.pop("y")
-    add_lora(y, on_device["x"], on_device["lora_a"], on_device["lora_b"], on_device["scale"],
-             on_device["ranks"], batch=batch)
+    x, y = on_device.pop("x"), on_device.pop("y")
+    add_lora(y, x, LoraBuffers(**on_device, slice_sizes=case["slice_sizes"]), batch=batch)
     got, expected = y.float().cpu(), case["expected"]
     atol, rtol = tolerance
     is_close = torch.allclose(got, expected, atol=atol, rtol=rtol)
     untouched = [row for row, slot in enumerate(case["slots"])
-                 if slot is None or int(case["ranks"][slot]) == 0]
+                 if slot is None or not bool(case["ranks"][slot].any())]
     is_kept = torch.equal(y.cpu()[untouched], case["y"][untouched])
     # Every case has rows with a live adapter: a kernel that adds nothing must not pass.
     num_changed = int((y.cpu() != case["y"]).any(dim=1).sum())

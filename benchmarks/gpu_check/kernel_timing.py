@@ -68,13 +68,12 @@ def measure(kind: str, num_rows: int, num_distinct: int, buffers: LoraBuffers,
             bandwidth: float, *, num_samples: int = 7) -> dict:
     """add_lora and the per-adapter loop on one batch; their times and the roofline's."""
     device, dtype = buffers.lora_a.device, buffers.lora_a.dtype
-    hidden, rank = buffers.lora_a.shape[2], buffers.lora_a.shape[1]
+    hidden, rank = buffers.in_features, buffers.max_rank
     slots = _slots(kind, num_rows, num_distinct)
     x = torch.randn(num_rows, hidden, dtype=dtype, device=device)
     y = torch.zeros(num_rows, hidden, dtype=dtype, device=device)
     batch = LoraBatch.from_slots(slots, device=device)
-    tensors = (buffers.lora_a, buffers.lora_b, buffers.scale, buffers.ranks)
-    fused_ms = median_ms(lambda: add_lora(y, x, *tensors, batch=batch, is_checked=True), device,
+    fused_ms = median_ms(lambda: add_lora(y, x, buffers, batch=batch, is_checked=True), device,
                          num_samples=num_samples)
     loop_ms = median_ms(lambda: naive_per_adapter(y, x, buffers, slots), device,
                         num_samples=num_samples)
@@ -102,7 +101,7 @@ def _buffers(num_slots: int, rank: int, hidden: int, dtype, device) -> LoraBuffe
     for slot in range(num_slots):
         a = torch.randn(rank, hidden, device=device) / hidden**0.5
         b = torch.randn(hidden, rank, device=device) / rank**0.5
-        buffers.write_slot(slot, a.to(dtype), b.to(dtype), 2.0)
+        buffers.write_slot(slot, [(a.to(dtype), b.to(dtype), 2.0)])
     return buffers
 
 

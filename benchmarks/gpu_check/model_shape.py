@@ -96,7 +96,7 @@ def random_weights(model_dir, config, device, dtype, *, is_packed: bool = False)
     layers = tuple(LayerWeights(
         input_norm=ones, qkv=rand(hidden, q_out + 2 * kv_out), qkv_bias=None,
         o=rand(*sizes["o_proj"]), o_bias=None, post_attention_norm=ones,
-        gate=rand(*sizes["gate_proj"]), gate_bias=None, up=rand(*sizes["up_proj"]), up_bias=None,
+        gate_up=rand(hidden, 2 * sizes["gate_proj"][1]), gate_up_bias=None,
         down=rand(*sizes["down_proj"]), down_bias=None) for _ in range(config.num_layers))
     embed = torch.randn(config.vocab_size, hidden, device=device, dtype=dtype)
     return ModelWeights(embed=embed, layers=layers, norm=ones, lm_head=rand(hidden, config.vocab_size))

@@ -2,7 +2,8 @@
 
 Matches transformers' modeling_llama / modeling_qwen2 numerics: RMSNorm in float32,
 rotate-half rotary embeddings, SiLU-gated MLP. Projections of all tokens of a step run as
-one matmul each; every projection goes through `lora_seam.project`.
+one matmul per projection group (q|k|v, o, gate|up, down), each through
+`lora_seam.project`.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class DecoderModel:
         q = config.num_heads * config.head_dim
         kv = config.num_kv_heads * config.head_dim
         self._qkv_sizes = (q, kv, kv)
-        self._mlp_sizes = (config.intermediate_size,)
+        self._gate_up_sizes = (config.intermediate_size, config.intermediate_size)
 
     @classmethod
     def from_dir(
@@ -76,21 +77,20 @@ class DecoderModel:
         x = rms_norm(hidden, layer.input_norm, eps)
         hidden = hidden + self._attention(index, layer, x, cos, sin, meta, cache, lora)
         x = rms_norm(hidden, layer.post_attention_norm, eps)
-        (gate,) = project(x, layer.gate, layer.gate_bias, index, ("gate_proj",),
-                          self._mlp_sizes, lora)
-        (up,) = project(x, layer.up, layer.up_bias, index, ("up_proj",), self._mlp_sizes, lora)
+        gate, up = project(x, layer.gate_up, layer.gate_up_bias, index, "gate_up_proj",
+                           self._gate_up_sizes, lora)
         (down,) = project(F.silu(gate) * up, layer.down, layer.down_bias, index,
-                          ("down_proj",), (self.config.hidden_size,), lora)
+                          "down_proj", (self.config.hidden_size,), lora)
         return hidden + down
 
     def _attention(self, index, layer: LayerWeights, x, cos, sin, meta, cache, lora):
         c = self.config
-        q, k, v = project(x, layer.qkv, layer.qkv_bias, index,
-                          ("q_proj", "k_proj", "v_proj"), self._qkv_sizes, lora)
+        q, k, v = project(x, layer.qkv, layer.qkv_bias, index, "qkv_proj", self._qkv_sizes,
+                          lora)
         q = apply_rotary(q.view(-1, c.num_heads, c.head_dim), cos, sin)
         k = apply_rotary(k.view(-1, c.num_kv_heads, c.head_dim), cos, sin)
         v = v.reshape(-1, c.num_kv_heads, c.head_dim)
         out = paged_attention(q, k, v, cache[0], cache[1], meta)
         (o,) = project(out.reshape(-1, c.num_heads * c.head_dim), layer.o, layer.o_bias,
-                       index, ("o_proj",), (c.hidden_size,), lora)
+                       index, "o_proj", (c.hidden_size,), lora)
         return o

@@ -17,7 +17,7 @@ from tests.engine.conftest import make_prompts
 from tests.engine.drive import GREEDY, make_engine, run_all, tokens_of
 
 WIDE = dict(hidden_size=256, intermediate_size=688, num_heads=8)
-PROJECTIONS = ("qkv", "o", "gate", "up", "down")
+PROJECTIONS = ("qkv", "o", "gate_up", "down")
 
 
 def _prefill_logits(model: DecoderModel, ids: list[int]) -> torch.Tensor:
@@ -60,7 +60,7 @@ def test_weights_are_packed_at_load_never_per_step(checkpoints, monkeypatch):
     monkeypatch.setattr(PackedWeight, "__init__", counting_init)
     engine = make_engine(checkpoints("llama-gqa"))
     num_at_load = len(made)
-    assert num_at_load == 5 * 2 + 1  # five per layer, two layers, the head
+    assert num_at_load == 4 * 2 + 1  # four per layer (q|k|v, o, gate|up, down), two layers, the head
     for i, prompt in enumerate(make_prompts((5, 9))):
         engine.add_request(f"r{i}", prompt, params=GREEDY)
     outputs = run_all(engine)

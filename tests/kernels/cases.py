@@ -40,33 +40,48 @@ def token_slots(per_request: list[int | None], rows_per_request: list[int]) -> l
 
 
 def filled_buffers(
-    ranks: list[int], max_rank: int, in_features: int, out_features: int, dtype: torch.dtype, seed: int
+    ranks: list[int | tuple[int, ...]], max_rank: int, in_features: int,
+    out_features: int | tuple[int, ...], dtype: torch.dtype, seed: int,
 ) -> LoraBuffers:
-    """Buffers with slot i holding a random rank-ranks[i] adapter (deltas of order 1); 0 = empty."""
+    """Buffers with slot i holding a random adapter (deltas of order 1).
+
+    `out_features` is one size per slice (an int: one slice); ranks[i] is slot i's rank in
+    every slice, or a tuple with one rank per slice; rank 0 leaves that slice empty.
+    """
     gen = torch.Generator().manual_seed(seed)
+    sizes = (out_features,) if isinstance(out_features, int) else tuple(out_features)
     buffers = LoraBuffers.allocate(
         num_slots=len(ranks), max_rank=max_rank, in_features=in_features,
-        out_features=out_features, dtype=dtype,
+        out_features=sizes, dtype=dtype,
     )
-    for slot, rank in enumerate(ranks):
-        if rank == 0:
+    for slot, slot_ranks in enumerate(ranks):
+        per_slice = slot_ranks if isinstance(slot_ranks, tuple) else (slot_ranks,) * len(sizes)
+        if not any(per_slice):
             continue
-        a = torch.randn(rank, in_features, generator=gen) / in_features**0.5
-        b = torch.randn(out_features, rank, generator=gen) / rank**0.5
-        buffers.write_slot(slot, a.to(dtype), b.to(dtype), scale=0.5 + slot % 4 * 0.5)
+        slices = []
+        for index, (rank, size) in enumerate(zip(per_slice, sizes, strict=True)):
+            a = torch.randn(rank, in_features, generator=gen) / in_features**0.5
+            b = torch.randn(size, rank, generator=gen) / max(rank, 1) ** 0.5
+            scale = 0.5 + (slot + index) % 4 * 0.5
+            slices.append((a.to(dtype), b.to(dtype), scale) if rank else None)
+        buffers.write_slot(slot, slices)
     return buffers
 
 
 def reference_lora(
     y: torch.Tensor, x: torch.Tensor, buffers: LoraBuffers, slots: list[int | None]
 ) -> torch.Tensor:
-    """fp32 y + delta, one row at a time, using only each slot's first `rank` rows/columns."""
+    """fp32 y + delta, one row and one slice at a time, using only each slice's first
+    `rank` rows of A and columns of B."""
     out = y.float().clone()
+    max_rank = buffers.max_rank
     for row, slot in enumerate(slots):
         if slot is None:
             continue
-        rank = int(buffers.ranks[slot])
-        a = buffers.lora_a[slot, :rank].float()
-        b = buffers.lora_b[slot, :, :rank].float()
-        out[row] += float(buffers.scale[slot]) * (x[row].float() @ a.T) @ b.T
+        for index, columns in enumerate(buffers.slice_columns):
+            rank = int(buffers.ranks[slot, index])
+            a = buffers.lora_a[slot, index * max_rank:index * max_rank + rank].float()
+            b = buffers.lora_b[slot, columns, :rank].float()
+            delta = (x[row].float() @ a.T) @ b.T
+            out[row, columns] += float(buffers.scale[slot, index]) * delta
     return out

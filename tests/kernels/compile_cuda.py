@@ -20,7 +20,7 @@ from lorafleet.kernels import bgmv, sgmv
 TARGET = GPUTarget("cuda", 80, 32)
 INDEX_POINTERS = {"token_order_ptr": "*i64", "seg_starts_ptr": "*i32", "seg_lengths_ptr": "*i32",
                   "seg_slots_ptr": "*i32", "token_slots_ptr": "*i32", "ranks_ptr": "*i32",
-                  "scale_ptr": "*fp32", "shrunk_ptr": "*fp32"}
+                  "scale_ptr": "*fp32", "shrunk_ptr": "*fp32", "slice_starts_ptr": "*i32"}
 DATA_POINTERS = ("x_ptr", "a_ptr", "b_ptr", "y_ptr")
 
 

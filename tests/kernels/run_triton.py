@@ -14,12 +14,14 @@ import sys
 
 import torch
 
+BUFFER_FIELDS = ("lora_a", "lora_b", "scale", "ranks", "slice_starts", "slice_sizes")
+
 
 def main(cases_path: str, results_path: str) -> None:
     """Applies each case's kernel to its y and saves {case name: y}."""
     if os.environ.get("TRITON_INTERPRET") != "1":
         raise SystemExit("run with TRITON_INTERPRET=1")
-    from lorafleet.kernels import LoraBatch
+    from lorafleet.kernels import LoraBatch, LoraBuffers
     from lorafleet.kernels.bgmv import bgmv_triton
     from lorafleet.kernels.sgmv import sgmv_triton
 
@@ -27,10 +29,8 @@ def main(cases_path: str, results_path: str) -> None:
     results = {}
     for name, case in torch.load(cases_path).items():
         y = case["y"].clone()
-        kernels[case["kernel"]](
-            y, case["x"], case["lora_a"], case["lora_b"], case["scale"], case["ranks"],
-            batch=LoraBatch.from_slots(case["slots"]),
-        )
+        buffers = LoraBuffers(**{name: case[name] for name in BUFFER_FIELDS})
+        kernels[case["kernel"]](y, case["x"], buffers, batch=LoraBatch.from_slots(case["slots"]))
         results[name] = y
     torch.save(results, results_path)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -29,8 +31,7 @@ def test_batch_without_adapters_changes_nothing():
     buffers = LoraBuffers.allocate(num_slots=1, max_rank=4, in_features=8, out_features=8,
                                    dtype=torch.float32)
     y = torch.ones(2, 8)
-    add_lora(y, torch.ones(2, 8), buffers.lora_a, buffers.lora_b, buffers.scale, buffers.ranks,
-             batch=batch)
+    add_lora(y, torch.ones(2, 8), buffers, batch=batch)
     assert torch.equal(y, torch.ones(2, 8))
 
 
@@ -44,31 +45,35 @@ def test_batch_rejects_bad_slots(slots, message):
         LoraBatch.from_slots(slots)
 
 
-def _args(**overrides):
-    buffers = LoraBuffers.allocate(num_slots=2, max_rank=4, in_features=8, out_features=6,
-                                   dtype=torch.float32)
-    args = {"y": torch.zeros(3, 6), "x": torch.zeros(3, 8), "lora_a": buffers.lora_a,
-            "lora_b": buffers.lora_b, "scale": buffers.scale, "ranks": buffers.ranks,
-            "batch": LoraBatch.from_slots([0, None, 1])}
-    return {**args, **overrides}
+def _buffers() -> LoraBuffers:
+    return LoraBuffers.allocate(num_slots=2, max_rank=4, in_features=8, out_features=6,
+                                dtype=torch.float32)
 
 
 @pytest.mark.parametrize(
-    "overrides, message",
-    [({"x": torch.zeros(3, 9)}, "x has shape"),
-     ({"y": torch.zeros(3, 6, dtype=torch.float16)}, "y dtype"),
-     ({"x": torch.zeros(3, 8, dtype=torch.int32)}, "x must be float32"),
-     ({"scale": torch.zeros(2, dtype=torch.float16)}, "scale must be float32"),
-     ({"ranks": torch.zeros(3, dtype=torch.int32)}, "ranks has shape"),
-     ({"x": torch.zeros(8, 3).t()}, "contiguous columns"),
-     ({"batch": LoraBatch.from_slots([0, None, 2])}, "slot 2 but the buffers have 2 slots"),
-     ({"ranks": torch.tensor([5, 1], dtype=torch.int32)}, r"ranks\[0\] = 5")],
+    "y, x, slots, message",
+    [(torch.zeros(3, 6), torch.zeros(3, 9), [0, None, 1], "x has shape"),
+     (torch.zeros(3, 6, dtype=torch.float16), torch.zeros(3, 8), [0, None, 1], "y dtype"),
+     (torch.zeros(3, 6), torch.zeros(3, 8, dtype=torch.int32), [0, None, 1], "x dtype"),
+     (torch.zeros(3, 6), torch.zeros(8, 3).t(), [0, None, 1], "contiguous columns"),
+     (torch.zeros(3, 6), torch.zeros(3, 8), [0, None, 2], "slot 2 but the buffers have 2 slots")],
 )
-def test_add_lora_rejects_bad_arguments(overrides, message):
-    args = _args(**overrides)
-    batch = args.pop("batch")
+def test_add_lora_rejects_bad_arguments(y, x, slots, message):
     with pytest.raises(ValueError, match=message):
-        add_lora(*args.values(), batch=batch)
+        add_lora(y, x, _buffers(), batch=LoraBatch.from_slots(slots))
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [("scale", torch.zeros(2, 1, dtype=torch.float16), "scale must be float32"),
+     ("ranks", torch.zeros(3, 1, dtype=torch.int32), "ranks has shape"),
+     ("ranks", torch.tensor([[5], [1]], dtype=torch.int32), r"ranks must lie in \[0, max_rank=4\]"),
+     ("lora_b", torch.zeros(2, 6, 4, dtype=torch.float16), "share a float dtype"),
+     ("slice_sizes", (3, 3), "lora_a has shape")],
+)
+def test_buffers_are_checked_once_when_built(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(_buffers(), **{field: value})
 
 
 @pytest.mark.parametrize(
@@ -79,10 +84,10 @@ def test_write_slot_checks_the_adapter(a_shape, b_shape, message):
     buffers = LoraBuffers.allocate(num_slots=1, max_rank=4, in_features=8, out_features=6,
                                    dtype=torch.float32)
     if message is None:
-        buffers.write_slot(0, torch.ones(a_shape), torch.ones(b_shape), 1.0)
-        assert int(buffers.ranks[0]) == 4
+        buffers.write_slot(0, [(torch.ones(a_shape), torch.ones(b_shape), 1.0)])
+        assert buffers.ranks.tolist() == [[4]]
         return
     with pytest.raises(ValueError, match=message):
-        buffers.write_slot(0, torch.ones(a_shape), torch.ones(b_shape), 1.0)
+        buffers.write_slot(0, [(torch.ones(a_shape), torch.ones(b_shape), 1.0)])
     with pytest.raises(ValueError, match="slot 1"):
         buffers.clear_slot(1)

@@ -47,7 +47,7 @@ def _check(slots, buffers, kernel):
     expected = reference_lora(y, x, buffers, slots)
     before = y.clone()
     batch = LoraBatch.from_slots(slots)
-    kernel(y, x, buffers.lora_a, buffers.lora_b, buffers.scale, buffers.ranks, batch=batch)
+    kernel(y, x, buffers, batch=batch)
     atol, rtol = TOLERANCE[dtype]
     torch.testing.assert_close(y.float(), expected, atol=atol, rtol=rtol)
     base_rows = [row for row, slot in enumerate(slots) if slot is None]
@@ -84,26 +84,25 @@ def test_small_hidden_with_many_adapters_gathers_weights():
     tiny = filled_buffers([8, 16] * 16, 16, 64, 64, torch.float32, seed=6)
     slots = request_slots("distinct", 32, 32, seed=7)
     batch = LoraBatch.from_slots(slots)
-    assert prefers_gathered_weights(batch, tiny.lora_a, tiny.lora_b)
+    assert prefers_gathered_weights(batch, tiny)
     x, y = torch.randn(32, 64), torch.randn(32, 64)
     expected = reference_lora(y, x, tiny, slots)
-    add_lora(y, x, tiny.lora_a, tiny.lora_b, tiny.scale, tiny.ranks, batch=batch)
+    add_lora(y, x, tiny, batch=batch)
     torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_hidden_4096_groups_rows_by_adapter(buffers):
     batch = LoraBatch.from_slots(request_slots("distinct", 32, NUM_SLOTS, seed=8))
-    assert not prefers_gathered_weights(batch, buffers.lora_a, buffers.lora_b)
+    assert not prefers_gathered_weights(batch, buffers)
 
 
-def test_y_may_be_a_column_slice_of_a_fused_output():
+def test_y_may_be_a_column_slice_of_a_wider_output():
     buffers = filled_buffers([8, 16], 16, 64, 48, torch.float32, seed=5)
     slots = [1, None, 0, 1]
     x = torch.randn(4, 64)
-    fused = torch.randn(4, 48 * 3)
-    expected = reference_lora(fused[:, 48:96], x, buffers, slots)
-    untouched = fused[:, :48].clone(), fused[:, 96:].clone()
-    add_lora(fused[:, 48:96], x, buffers.lora_a, buffers.lora_b, buffers.scale, buffers.ranks,
-             batch=LoraBatch.from_slots(slots))
-    torch.testing.assert_close(fused[:, 48:96], expected, atol=1e-5, rtol=1e-5)
-    assert torch.equal(fused[:, :48], untouched[0]) and torch.equal(fused[:, 96:], untouched[1])
+    wide = torch.randn(4, 48 * 3)
+    expected = reference_lora(wide[:, 48:96], x, buffers, slots)
+    untouched = wide[:, :48].clone(), wide[:, 96:].clone()
+    add_lora(wide[:, 48:96], x, buffers, batch=LoraBatch.from_slots(slots))
+    torch.testing.assert_close(wide[:, 48:96], expected, atol=1e-5, rtol=1e-5)
+    assert torch.equal(wide[:, :48], untouched[0]) and torch.equal(wide[:, 96:], untouched[1])

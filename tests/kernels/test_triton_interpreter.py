@@ -1,8 +1,9 @@
 """The Triton SGMV/BGMV kernels, run by Triton's CPU interpreter, against the fp32 reference.
 
 The interpreter is slow, so shapes are tiny; they still cross every mask: in/out features
-that are not multiples of the blocks, segments longer than one 16-row tile, ranks below
-max_rank with NaN padding (never read), an empty slot, and rows without an adapter.
+that are not multiples of the blocks, segments longer than one 16-row tile, three slices
+of different widths with different ranks per slice, slices an adapter leaves alone, ranks
+below max_rank with NaN padding (never read), an empty slot, and rows without an adapter.
 """
 
 from __future__ import annotations
@@ -20,8 +21,12 @@ from tests.kernels.cases import filled_buffers, reference_lora, request_slots, t
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TOLERANCE = {"fp32": (1e-5, 1e-5), "fp16": (1e-2, 1e-2), "bf16": (5e-2, 2e-2)}
-RANKS = [4, 16, 8, 0]  # slot 3 is empty
+# Per slot, the rank of each of three slices (q|k|v-like, columns 40 + 20 + 12); 0: the
+# adapter leaves that slice alone. Slot 3 is empty. "one"-slice cases use the first slice.
+RANKS = [(4, 0, 4), (16, 16, 16), (8, 2, 0), (0, 0, 0)]
+SLICE_SIZES = (40, 20, 12)
 MAX_RANK = 16
+BUFFER_FIELDS = ("lora_a", "lora_b", "scale", "ranks", "slice_starts", "slice_sizes")
 
 
 def _slots(kernel: str) -> list[int | None]:
@@ -31,22 +36,29 @@ def _slots(kernel: str) -> list[int | None]:
     return token_slots(per_request, [3, 20, 1, 7, 5])
 
 
-def _case(kernel: str, dtype_name: str) -> dict:
+def _case(kernel: str, dtype_name: str, slicing: str = "three") -> dict:
     dtype = DTYPES[dtype_name]
-    buffers = filled_buffers(RANKS, MAX_RANK, 80, 72, dtype, seed=2)
-    for slot, rank in enumerate(RANKS):
-        buffers.lora_a[slot, rank:] = float("nan")
-        buffers.lora_b[slot, :, rank:] = float("nan")
+    if slicing == "one":
+        ranks, sizes = [slot_ranks[0] for slot_ranks in RANKS], sum(SLICE_SIZES)
+    else:
+        ranks, sizes = RANKS, SLICE_SIZES
+    buffers = filled_buffers(ranks, MAX_RANK, 80, sizes, dtype, seed=2)
+    for slot in range(buffers.num_slots):  # padding the kernels must never read
+        for index, columns in enumerate(buffers.slice_columns):
+            rank = int(buffers.ranks[slot, index])
+            buffers.lora_a[slot, index * MAX_RANK + rank:(index + 1) * MAX_RANK] = float("nan")
+            buffers.lora_b[slot, columns, rank:] = float("nan")
     slots = _slots(kernel)
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(len(slots), 80, generator=gen).to(dtype)
-    y = torch.randn(len(slots), 72, generator=gen).to(dtype)
-    return {"kernel": kernel, "slots": slots, "x": x, "y": y, "lora_a": buffers.lora_a,
-            "lora_b": buffers.lora_b, "scale": buffers.scale, "ranks": buffers.ranks,
+    y = torch.randn(len(slots), sum(SLICE_SIZES), generator=gen).to(dtype)
+    fields = {name: getattr(buffers, name) for name in BUFFER_FIELDS}
+    return {"kernel": kernel, "slots": slots, "x": x, "y": y, **fields,
             "expected": reference_lora(y, x, buffers, slots)}
 
 
-CASE_NAMES = tuple(f"{k}-{d}" for k in ("sgmv", "bgmv") for d in DTYPES)
+CASE_NAMES = (tuple(f"{k}-{d}" for k in ("sgmv", "bgmv") for d in DTYPES)
+              + ("sgmv-fp32-one", "bgmv-fp32-one"))
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +89,16 @@ def test_triton_kernel_matches_fp32_reference(cases, triton_results, name):
     atol, rtol = TOLERANCE[name.split("-")[1]]
     assert y.dtype == case["y"].dtype
     torch.testing.assert_close(y.float(), case["expected"], atol=atol, rtol=rtol)
-    untouched = [row for row, slot in enumerate(case["slots"]) if slot is None or RANKS[slot] == 0]
+    untouched = [row for row, slot in enumerate(case["slots"])
+                 if slot is None or not any(RANKS[slot])]
     assert untouched, "the case should include rows that get nothing added"
     assert torch.equal(y[untouched], case["y"][untouched])
+    if name.endswith("-one"):
+        return
+    # Columns of a slice the row's adapter leaves alone are untouched too (slot 0: k).
+    row = case["slots"].index(0)
+    k_columns = slice(SLICE_SIZES[0], SLICE_SIZES[0] + SLICE_SIZES[1])
+    assert torch.equal(y[row, k_columns], case["y"][row, k_columns])
 
 
 def test_cases_cover_both_kernel_kinds():

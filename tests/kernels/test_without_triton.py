@@ -20,15 +20,13 @@ from lorafleet.kernels.triton_support import is_triton_available
 assert not is_triton_available()
 buffers = LoraBuffers.allocate(num_slots=1, max_rank=4, in_features=8, out_features=8,
                                dtype=torch.float32)
-buffers.write_slot(0, torch.ones(4, 8), torch.ones(8, 4), 0.5)
+buffers.write_slot(0, [(torch.ones(4, 8), torch.ones(8, 4), 0.5)])
 y = torch.zeros(2, 8)
 batch = LoraBatch.from_slots([0, None])
-add_lora(y, torch.ones(2, 8), buffers.lora_a, buffers.lora_b, buffers.scale, buffers.ranks,
-         batch=batch)
+add_lora(y, torch.ones(2, 8), buffers, batch=batch)
 print(y[0, 0].item(), y[1, 0].item())
 try:
-    sgmv_triton(y, torch.ones(2, 8), buffers.lora_a, buffers.lora_b, buffers.scale,
-                buffers.ranks, batch=batch)
+    sgmv_triton(y, torch.ones(2, 8), buffers, batch=batch)
 except RuntimeError as error:
     print(error)
 """
