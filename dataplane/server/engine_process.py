@@ -54,7 +54,8 @@ class ProcessLink:
         self._process = context.Process(
             target=run_engine_process, name=name, daemon=True,
             args=(config, child_conn, logging.getLogger().getEffectiveLevel()))
-        self._process.start()
+        with _child_environment():
+            self._process.start()
         child_conn.close()  # the child's end lives in the child only: its exit closes it
         self._send_lock = threading.Lock()
         self._is_stopping = False
@@ -131,12 +132,48 @@ class ProcessLink:
         self._process.join(10)
 
 
+@contextlib.contextmanager
+def _child_environment():
+    """The environment the child starts with (spawn copies this process's): OpenMP
+    threads that sleep when idle instead of spinning, unless the operator chose.
+
+    Why: with its own process the engine's OpenMP threads no longer wait on the GIL
+    between steps, and their spinning took the cores the server needs. Measured here
+    (tiny model, 3 x 32 streams of 32 tokens, load average 6): the engine process used
+    8.7 s of CPU and served 116-668 tok/s; with OMP_WAIT_POLICY=PASSIVE, 0.55 s and
+    1,685-2,351 tok/s.
+    """
+    if "OMP_WAIT_POLICY" in os.environ:
+        yield
+        return
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        yield
+    finally:
+        os.environ.pop("OMP_WAIT_POLICY", None)
+
+
 def run_engine_process(config: Any, conn: Any, log_level: int) -> None:
-    """The child's main: build the engine, answer the handshake, run the loop."""
+    """The child's main: runs the engine on a thread that is not the main thread.
+
+    Why: on a busy machine torch ops issued from a process's main thread were measured
+    5-9x slower than from another thread (OpenMP's spinning wait in the main thread's
+    team; docs/benchmarks.md), and the engine was built to run on a thread of its own.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)  # signals to the server's process group are the server's
     logging.basicConfig(level=log_level, format=_LOG_FORMAT)
+    exit_code: list[int] = [0]
+    engine = threading.Thread(target=_engine_main, args=(config, conn, exit_code),
+                              name="lorafleet-engine")
+    engine.start()
+    engine.join()
+    sys.exit(exit_code[0])
+
+
+def _engine_main(config: Any, conn: Any, exit_code: list[int]) -> None:
+    """Build the engine, answer the handshake, run the loop until STOP or the end."""
     try:
         loop, host = _build(config, conn)
     except BaseException as exc:  # noqa: BLE001 - the server re-raises it, with its type
@@ -151,7 +188,7 @@ def run_engine_process(config: Any, conn: Any, log_level: int) -> None:
         log.critical("the engine loop died", exc_info=exc)
         with contextlib.suppress(OSError):
             conn.send(CarriedError.of(exc))
-        sys.exit(1)
+        exit_code[0] = 1
     finally:
         host.close()
 
