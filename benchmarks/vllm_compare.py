@@ -37,6 +37,7 @@ MODELS = {"tiny": ModelShape(256, 4, 4, 2, 688, 26384),
 # (B, K) per model: issue 11's table, plus tiny at B = 1 (a target there).
 CELLS = {"tiny": [(32, 0), (32, 8), (32, 32), (8, 8), (1, 0)],
          "small": [(32, 0), (32, 8), (32, 32), (1, 0)]}
+QUICK_CELLS = [(32, 0), (32, 32), (1, 0)]  # tiny's targets only: --quick is part of make bench
 RANK = 16
 
 
@@ -56,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks vllm_compare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", choices=MODELS, help="default: tiny small")
-    parser.add_argument("--quick", action="store_true", help="tiny only, 1 repeat")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny only, cells 32x0,32x32,1x0, 1 repeat (make bench)")
     parser.add_argument("--cells", type=parse_cells, help="BxK,... instead of issue 11's cells")
     parser.add_argument("--tokens", type=int, default=64,
                         help="prompt and output length (default 64)")
@@ -84,6 +86,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.models = args.models or (["tiny"] if args.quick else ["tiny", "small"])
     args.repeats = args.repeats or (1 if args.quick else 3)
+    if args.quick and args.cells is None:
+        args.cells = QUICK_CELLS
     largest_k = max(k for name in args.models for _, k in (args.cells or CELLS[name]))
     if args.num_adapters < largest_k:
         parser.error(f"--num-adapters {args.num_adapters} is below the largest K ({largest_k})")
