@@ -163,25 +163,31 @@ def _run_vllm(python, model_dir, adapters, workloads, rows, args) -> dict:
     the rows' vLLM fields. Raises protocol.SideError."""
     env = protocol.side_env(python, kvcache_gib=args.vllm_kvcache_gib)
     print(f"  vLLM: {python} with {protocol.describe_env(env)}", flush=True)
-    runs = {}
+    runs, loads = {}, {}
     for is_lora in (True, False):
         job = _job(model_dir, adapters, workloads, is_lora=is_lora, args=args)
         if job["cells"]:
             runs[is_lora] = protocol.run_job(python, job, env=env, timeout=args.vllm_timeout,
-                                             echo=_echo(is_lora))
+                                             echo=_echo(is_lora, loads))
     for row in rows:
         name = f"B{row['batch']}K{row['num_adapters']}"
         lora = runs[True].cells[name]
-        off = runs.get(False).cells.get(name) if False in runs else None
+        off = runs[False].cells.get(name) if False in runs else None
         row.update(vllm_source="measured", vllm_tok_s=lora.tok_s(row["num_tokens"]),
                    vllm_off_tok_s=off.tok_s(row["num_tokens"]) if off else None,
                    vllm_tokens=lora.tokens, vllm_env=protocol.describe_env(env))
+        row.setdefault("load_1m", {}).update(
+            {key: value for (key, cell), value in loads.items() if cell == name})
     return runs[True].versions
 
 
-def _echo(is_lora: bool):
+def _echo(is_lora: bool, loads: dict):
+    """Prints each cell vLLM finishes and notes the load average then in `loads`."""
+    system = "vllm" if is_lora else "vllm_off"
+
     def echo(event: dict) -> None:
         if event.get("kind") == "cell":
+            loads[system, event["name"]] = round(os.getloadavg()[0], 2)
             seconds = ", ".join(f"{s:.2f}" for s in event["seconds"])
             print(f"  vLLM (LoRA {'on' if is_lora else 'off'}) {event['name']}: {seconds} s",
                   flush=True)
@@ -221,11 +227,13 @@ def _run_lorafleet(model_dir, adapters: dict, workloads: dict, rows: list[dict],
         row["peft_tok_s"] = None if peft is None else systems.median_rate(
             lambda r=requests: peft.run(r, len(r)), warm, reps)
         if peft is not None:
-            _progress("transformers+peft", row, row["peft_tok_s"])
+            _progress("peft", row, row["peft_tok_s"])
         _finish_row(row)
 
 
 def _progress(system: str, row: dict, rate: float) -> None:
+    """Prints a measured cell and notes the load average then (others' load slows a run)."""
+    row.setdefault("load_1m", {})[system] = round(os.getloadavg()[0], 2)
     print(f"  {system} B={row['batch']} K={row['num_adapters']}: {rate:.0f} tok/s", flush=True)
 
 
@@ -252,6 +260,7 @@ def report(rows: list[dict], args, python, versions: dict, command: list[str]) -
         total = sum(r["tokens_total"] for r in measured)
         print(f"\ngreedy tokens, vLLM vs lorafleet: {matched}/{total} match "
               f"(vLLM {versions.get('vllm')}, torch {versions.get('torch')} at {python})")
+    print(f"\nload average (1 min) as each system finished its cells: {_load_ranges(rows)}")
     verdicts = table.judge(rows)
     print("\ntargets (issue 11):\n" + table.format_verdicts(verdicts))
     path = append_rows("vllm_compare", rows, directory=args.results_dir, command=command,
@@ -260,6 +269,15 @@ def report(rows: list[dict], args, python, versions: dict, command: list[str]) -
                        lorafleet=_version("lorafleet"), targets=verdicts)
     print(f"\nmachine: {describe_machine()}; load average {load:.1f}")
     print(f"rows: {path}")
+
+
+def _load_ranges(rows: list[dict]) -> str:
+    """'vllm 1.2-3.4, engine ...' over the rows."""
+    seen: dict[str, list[float]] = {}
+    for row in rows:
+        for system, load in row.get("load_1m", {}).items():
+            seen.setdefault(system, []).append(load)
+    return ", ".join(f"{system} {min(v):.1f}-{max(v):.1f}" for system, v in seen.items())
 
 
 def _version(package: str) -> str | None:

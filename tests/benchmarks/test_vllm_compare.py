@@ -75,6 +75,7 @@ def _assert_lorafleet_filled(row: dict) -> None:
     assert row["num_tokens"] == row["batch"] * 4
     assert row["machine_info"]["commit"] and row["machine_info"]["num_cores"] >= 1
     assert row["load_avg_1m"] >= 0 and row["lorafleet"]
+    assert {"engine", "server"} <= set(row["load_1m"])  # the load while each was measured
 
 
 def test_without_vllm_the_recorded_numbers_are_shown_and_labelled(tmp_path, small_tiny, capsys):
@@ -112,9 +113,11 @@ def test_with_a_side_interpreter_its_times_and_tokens_are_used(tmp_path, small_t
         # The stand-in answers token -1 everywhere: nothing of lorafleet's matches.
         assert (row["tokens_matched"], row["tokens_total"]) == (0, row["batch"] * 4)
         assert row["vllm_versions"]["vllm"] == "0.0-fake"
+        assert "vllm" in row["load_1m"]
         assert "LD_PRELOAD" in row["vllm_env"] or not os.path.exists(protocol.TCMALLOC_PATHS[0])
     assert rows[0]["vllm_off_tok_s"] == pytest.approx(256.0) and rows[1]["vllm_off_tok_s"] is None
     assert "greedy tokens, vLLM vs lorafleet: 0/164 match" in out
+    assert "load average (1 min) as each system finished its cells: vllm " in out
     assert "[recorded]" not in out
     [verdict] = rows[0]["targets"]
     assert verdict["ratio"] == pytest.approx(rows[2]["server_tok_s"] / 8.0)
