@@ -147,7 +147,8 @@ class EngineBridge:
             call_id = next(self._call_ids)
             self._pending[call_id] = future
         if not self._try_send(Command(op, arg, call_id)) or self.failure is not None:
-            self._answer(call_id, error=EngineDead(f"the engine loop stopped: {self.failure!r}"))
+            self._answer(call_id, error=EngineDead(
+                f"the engine loop stopped: {self.failure or 'its process is gone'!r}"))
         return await asyncio.wrap_future(future)
 
     def _try_send(self, command: Command) -> bool:

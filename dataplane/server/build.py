@@ -89,13 +89,12 @@ class WorkerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EngineParts:
-    """The engine and what its owner holds beside it: the host tier of adapters, the
-    device slots, and the metric events they record until the next News."""
+    """The engine and what its owner holds beside it: the host tier of adapters and the
+    device slots."""
 
     engine: Engine
     host: HostCache
     adapters: DeviceAdapters
-    events: MetricEvents
 
     def take_snapshot(self, engine: Engine) -> EngineSnapshot:
         """What the loop publishes (see snapshot.py)."""
@@ -109,27 +108,28 @@ class EngineParts:
                            snapshot=snapshot)
 
 
-def build_engine(config: WorkerConfig) -> EngineParts:
+def build_engine(config: WorkerConfig, recorder: WorkerMetrics | MetricEvents) -> EngineParts:
     """Loads the model's weights and builds the engine, its adapter slots and host tier
-    (in the process that will run the engine loop)."""
+    (in the process that will run the engine loop). Adapter loads and evictions go to
+    `recorder`: the metrics themselves when they live in the same process, else events
+    the loop forwards."""
     model_config = ModelConfig.from_dir(config.model_dir)
     device = torch.device(config.device) if config.device else default_device()
     dtype = resolve_dtype(config.dtype, model_config.torch_dtype)
     files = _adapter_files(config, model_config, pin_memory=device.type == "cuda")
-    events = MetricEvents()
     host = HostCache(max_host=config.max_cpu_loras,
                      load=lambda source: files.load(source.source_uri),
-                     on_load=events.record_load, on_evict=events.record_eviction)
+                     on_load=recorder.record_load, on_evict=recorder.record_eviction)
     adapters = DeviceAdapters(model_config, host, max_loras=config.max_loras,
                               max_lora_rank=config.max_lora_rank,
-                              on_load=events.record_load, on_evict=events.record_eviction)
+                              on_load=recorder.record_load, on_evict=recorder.record_eviction)
     engine = create_engine(
         config.model_dir, device=device, dtype=dtype, kv_cache=config.kv_budget(device),
         block_size=config.block_size,
         scheduler_config=SchedulerConfig(config.max_num_batched_tokens, config.max_num_seqs,
                                          config.queue_policy),
         adapters=adapters)
-    return EngineParts(engine, host, adapters, events)
+    return EngineParts(engine, host, adapters)
 
 
 def build_worker(config: WorkerConfig, *, tracer: trace.Tracer | None = None,
@@ -142,10 +142,11 @@ def build_worker(config: WorkerConfig, *, tracer: trace.Tracer | None = None,
     """
     from lorafleet.dataplane.server.engine_thread import ThreadLink
 
-    parts = build_engine(config)
-    link = ThreadLink(parts.engine, parts.host, parts.events, facts=parts.facts,
+    metrics = WorkerMetrics(config.worker_id)  # counts loads as they happen, as before
+    parts = build_engine(config, metrics)
+    link = ThreadLink(parts.engine, parts.host, facts=parts.facts,
                       take_snapshot=parts.take_snapshot)
-    return _assemble(config, link, parts.engine.tokenizer, tracer, on_fatal)
+    return _assemble(config, link, parts.engine.tokenizer, metrics, tracer, on_fatal)
 
 
 def build_process_worker(config: WorkerConfig, *, tracer: trace.Tracer | None = None,
@@ -160,7 +161,8 @@ def build_process_worker(config: WorkerConfig, *, tracer: trace.Tracer | None = 
     tokenizer = Tokenizer.from_dir(config.model_dir)
     link = ProcessLink(config)
     try:
-        return _assemble(config, link, tokenizer, tracer, on_fatal)
+        return _assemble(config, link, tokenizer, WorkerMetrics(config.worker_id), tracer,
+                         on_fatal)
     except BaseException:
         link.stop(10.0)
         raise
@@ -174,12 +176,11 @@ def build_serving_worker(config: WorkerConfig, **options) -> tuple[Worker, Worke
 
 
 def _assemble(config: WorkerConfig, link: EngineLink, tokenizer: Tokenizer,
-              tracer: trace.Tracer | None, on_fatal: Callable[[BaseException], None],
-              ) -> tuple[Worker, WorkerSizes]:
+              metrics: WorkerMetrics, tracer: trace.Tracer | None,
+              on_fatal: Callable[[BaseException], None]) -> tuple[Worker, WorkerSizes]:
     """The server's half of the worker, around an engine link whose engine is built."""
     model_config = ModelConfig.from_dir(config.model_dir)
     dtype = resolve_dtype(config.dtype, model_config.torch_dtype)
-    metrics = WorkerMetrics(config.worker_id)
     bridge = EngineBridge(link, on_events=lambda events: _record(metrics, events),
                           on_fatal=on_fatal)
     metrics.observe(lambda: bridge.snapshot)

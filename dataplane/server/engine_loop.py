@@ -73,13 +73,14 @@ class MetricEvents:
 
 class EngineLoop:
     """Runs `engine` and answers commands; `take_snapshot(engine)` builds what the
-    server may read; `send(news)` is called on the loop's thread only."""
+    server may read; `send(news)` is called on the loop's thread only. `events`: the
+    adapter loads and evictions to forward, when the metrics live in another process."""
 
-    def __init__(self, engine: Any, host: Any, events: MetricEvents, *,
+    def __init__(self, engine: Any, host: Any, events: MetricEvents | None, *,
                  take_snapshot: Callable[[Any], Any], send: Callable[[News], None]):
         self.engine = engine
         self.host = host
-        self._events = events
+        self._events = events or MetricEvents()  # None: counted elsewhere, never here
         self._take_snapshot = take_snapshot
         self._send_news = send
         self._live: set[str] = set()  # requests added and not yet finished

@@ -195,10 +195,11 @@ def _engine_main(config: Any, conn: Any, exit_code: list[int]) -> None:
 
 def _build(config: Any, conn: Any):
     from lorafleet.dataplane.server.build import build_engine
-    from lorafleet.dataplane.server.engine_loop import EngineLoop
+    from lorafleet.dataplane.server.engine_loop import EngineLoop, MetricEvents
 
-    parts = build_engine(config)
-    loop = EngineLoop(parts.engine, parts.host, parts.events,
+    events = MetricEvents()  # forwarded with each News to the server's /metrics
+    parts = build_engine(config, events)
+    loop = EngineLoop(parts.engine, parts.host, events,
                       take_snapshot=parts.take_snapshot, send=conn.send)
     conn.send(parts.facts(loop.first_snapshot()))
     return loop, parts.host

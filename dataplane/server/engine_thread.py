@@ -12,21 +12,22 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from lorafleet.dataplane.server.engine_loop import EngineLoop, MetricEvents
+from lorafleet.dataplane.server.engine_loop import EngineLoop
 from lorafleet.dataplane.server.engine_messages import Command, EngineFacts, News, Op
 
 
 class ThreadLink:
     """Runs an `EngineLoop` over `engine` and `host` on its own thread once started."""
 
-    def __init__(self, engine: Any, host: Any, events: MetricEvents, *,
-                 facts: Callable[[Any], EngineFacts], take_snapshot: Callable[[Any], Any],
+    def __init__(self, engine: Any, host: Any, *, facts: Callable[[Any], EngineFacts], take_snapshot: Callable[[Any], Any],
                  name: str = "lorafleet-engine"):
         self.engine = engine
         self.host = host
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._on_news: Callable[[News], None] = lambda news: None
-        self._loop = EngineLoop(engine, host, events, take_snapshot=take_snapshot,
+        # No metric events to forward: the host tier and the slots count straight
+        # into the server's metrics (same process).
+        self._loop = EngineLoop(engine, host, None, take_snapshot=take_snapshot,
                                 send=lambda news: self._on_news(news))
         self.facts = facts(self._loop.first_snapshot())
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)

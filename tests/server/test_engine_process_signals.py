@@ -1,6 +1,7 @@
 """`lorafleet serve` with its engine in its own process, as an operator sees it: a start-up
 error in the engine process is one line; Ctrl-C (SIGINT to the process group) drains the
-streams before both processes exit; a killed server leaves no engine process behind."""
+streams before both processes exit; a killed engine process makes the server exit 1 (for its
+supervisor); a killed server leaves no engine process behind."""
 
 from __future__ import annotations
 
@@ -102,5 +103,14 @@ def test_a_killed_server_leaves_no_engine_process(lora_suite):
         process.kill()
         process.wait(10)
         assert _wait_gone(engine, 10), "the engine process outlived its server"
+    finally:
+        process.kill()
+
+
+def test_a_killed_engine_process_makes_the_server_exit_1(lora_suite):
+    process, _ = _start(lora_suite[0])
+    try:
+        os.kill(_engine_pid(process.pid), signal.SIGKILL)
+        assert process.wait(30) == 1
     finally:
         process.kill()
