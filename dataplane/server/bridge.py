@@ -209,13 +209,13 @@ class EngineBridge:
         self.failure = exc
         log.critical("the engine loop died; this worker cannot generate any more",
                      exc_info=exc)
+        self._on_fatal(exc)  # first: health turns NOT_SERVING as early as it can
         dead = EngineDead(f"the engine loop stopped: {exc!r}")
         self._deliver([(request_id, dead) for request_id in list(self._streams)])
         with self._lock:
             call_ids = list(self._pending)
         for call_id in call_ids:  # answer the commands still waiting
             self._answer(call_id, error=dead)
-        self._on_fatal(exc)
 
 
 def _put_all(batch: list[tuple[asyncio.Queue, Any]]) -> None:

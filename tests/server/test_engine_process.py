@@ -142,7 +142,10 @@ def test_a_killed_engine_process_fails_streams_and_says_not_serving(lora_suite):
         with pytest.raises(grpc.RpcError) as info:
             list(stream)
         assert info.value.code() == grpc.StatusCode.INTERNAL
-        assert _health(worker) == health_pb2.HealthCheckResponse.NOT_SERVING
+        deadline = time.monotonic() + 5  # health is set on the server's loop, just after
+        while _health(worker) != health_pb2.HealthCheckResponse.NOT_SERVING:
+            assert time.monotonic() < deadline, "health still says SERVING"
+            time.sleep(0.02)
         with pytest.raises(grpc.RpcError) as info:
             worker.generate("", prompts(1)[0], max_tokens=2, timeout=10)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
