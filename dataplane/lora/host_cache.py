@@ -4,7 +4,7 @@ Keys are adapter digests (sha256 of the weights), never names: two versions of o
 are two keys, so a request admitted on one version can never run on the other's weights.
 
 Threads: loads from the source run on a small thread pool and land here under a lock.
-Trimming to `max_host` happens only when the scheduler asks (on the engine thread), with
+Trimming to `max_host` happens only when the scheduler asks (in the engine loop), with
 the adapters of waiting and running requests kept however small the tier: an adapter is
 read from its source once per wait, never again while its requests wait.
 """
@@ -96,7 +96,7 @@ class HostCache:
         self._pool.submit(self._load_quietly, source)
 
     def load(self, source: AdapterSource) -> Any:
-        """Loads a version into host memory now (blocking; call off the engine thread).
+        """Loads a version into host memory now (blocking; call outside the engine loop).
         With `source.digest` empty, the load learns the digest; otherwise the weights must
         have it (DigestMismatch). The one path into host memory: one digest check, one
         load metric, for LoadAdapter and background loads alike."""

@@ -1,4 +1,4 @@
-"""The worker's frontend: prompts become token ids here, never on the engine thread.
+"""The worker's frontend: prompts become token ids here, never in the engine loop.
 
 Cheap checks come first (characters before tokens), tokenizing and chat rendering run on
 a small thread pool of their own, and the engine is handed token ids it can accept as
@@ -38,7 +38,7 @@ class PromptLimits:
 
 
 class Frontend:
-    """Turns a request's prompt into checked token ids, off the engine thread."""
+    """Turns a request's prompt into checked token ids, outside the engine loop."""
 
     def __init__(self, tokenizer, limits: PromptLimits, *, num_threads: int = 2):
         self.tokenizer = tokenizer

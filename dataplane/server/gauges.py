@@ -1,4 +1,4 @@
-"""Gauges read at scrape time from the engine thread's latest snapshot.
+"""Gauges read at scrape time from the engine loop's latest snapshot.
 
 Two sets from one snapshot: lorafleet's own (queue, running, KV blocks, adapters per
 tier), and the Kubernetes Gateway API Inference Extension's model-server protocol under
@@ -63,7 +63,7 @@ class SnapshotGauges(Collector):
         self._names: Mapping[str, tuple[str, ...]] = types.MappingProxyType({})
 
     def observe(self, snapshot: Callable[[], EngineSnapshot | None]) -> None:
-        """Reads `snapshot()` (the engine thread's latest) at every scrape."""
+        """Reads `snapshot()` (the engine loop's latest) at every scrape."""
         self._snapshot = snapshot
 
     def set_limits(self, limits: ServerLimits) -> None:

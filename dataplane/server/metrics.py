@@ -182,7 +182,7 @@ class WorkerMetrics:
             series.labels(adapter, version)
 
     def observe(self, snapshot: Callable[[], EngineSnapshot | None]) -> None:
-        """Reads the gauges from `snapshot()` (the engine thread's latest) at scrape time."""
+        """Reads the gauges from `snapshot()` (the engine loop's latest) at scrape time."""
         self.gauges.observe(snapshot)
 
     def record_finished(self, request: FinishedRequest) -> None:
