@@ -10,19 +10,37 @@ from lorafleet.kernels.buffers import LoraBuffers
 from lorafleet.kernels.sgmv import sgmv_torch, sgmv_triton
 from lorafleet.kernels.triton_support import is_triton_available
 
-# CPU cost model, fitted on this 2-core CPU (fp32, rank 16, hidden 64-4096, 1-128 rows,
-# 1-64 adapters, 1 and 2 threads). Grouping rows by adapter (`sgmv_torch`) costs ~12 us
-# of op overhead per adapter in the step. Gathering each row's weights (`bgmv_torch`)
-# costs ~35 us more in fixed ops plus ~0.45 ns per gathered weight element
-# (rows x max_rank x (in + out)) up to ~256K elements; past that its temporaries leave
-# the cache and it turns slow and erratic (10-100x), so it is never picked there.
-# Result: gathering wins for small hidden sizes with many adapters (hidden 64, 32 rows on
-# 32 adapters: 99 us vs 384 us), grouping everywhere else (hidden 4096, 32 rows on 32
-# adapters: 1.3 ms vs 3.6 ms). benchmarks/lora_kernels.py measures both paths.
-_GROUPED_US_PER_ADAPTER = 12.0
-_GATHER_EXTRA_FIXED_US = 35.0
-_GATHER_US_PER_ELEMENT = 0.45e-3
-_GATHER_MAX_ELEMENTS = 262_144
+# CPU cost model of the two torch paths, in microseconds, fitted by least squares (on
+# relative error) to benchmarks/lora_kernels.py on this 2-core CPU: fp32, rank 16, 2
+# threads, the four projection groups the model calls (q|k|v, o, gate|up, down) of the
+# tiny (hidden 256) and small (hidden 1024) Llama shapes, 1-128 rows, 1-32 adapters.
+# With R = max_rank, N = slices, K = adapters in the step, n = rows with an adapter:
+#   grouped (sgmv_torch)  = 9 + 8.3 K (1 + N) + 0.28e-3 K R (N in + out)
+#                           + 0.73e-3 n (in + out)
+#       ~8 us per op: one shrink plus one expand per slice for each adapter, then the
+#       adapters' weights and the rows' activations streamed once;
+#   gathered (bgmv_torch) = 17 + 42 N + 0.49e-3 n R (N in + out)
+#       a fixed handful of ops (an expand and an index_add per slice) over weights
+#       gathered per row, whose size is the last term.
+# Gathering is never picked past 1M gathered elements: there its temporaries (4 MB and up)
+# measured slower than the model says, and prefill-sized batches are grouped anyway.
+# The K = 8 question (the old per-projection model picked grouped for a decode step of 32
+# rows on 8 adapters, and gathering had measured faster end to end, 527 vs 350 tok/s).
+# With the fused groups, per call on the tiny model (ms, grouped vs gathered): q|k|v 0.51
+# vs 1.53 (one thread: 0.28 vs 0.37), o 0.22 vs 0.17, gate|up 0.37 vs 0.59, down 0.26 vs
+# 0.33; end to end (tiny, 32 sequences, decode tok/s, median of 5 alternating runs at load
+# average 6-7): 8 adapters grouped 576, gathered 498, this model 577; 32 adapters grouped
+# 522, gathered 476, this model (gathers) 507, all three within the runs' spread (single
+# runs 361-809). So the model keeps grouping at 8 adapters, now the faster path end to
+# end, and gathers from about 16 adapters on the tiny shape, where it is per call.
+_GROUPED_FIXED_US = 9.0
+_GROUPED_US_PER_OP = 8.3
+_GROUPED_US_PER_WEIGHT = 0.28e-3
+_GROUPED_US_PER_ACTIVATION = 0.73e-3
+_GATHER_FIXED_US = 17.0
+_GATHER_US_PER_SLICE = 42.0
+_GATHER_US_PER_ELEMENT = 0.49e-3
+_GATHER_MAX_ELEMENTS = 1 << 20
 
 
 def add_lora(
@@ -53,9 +71,15 @@ def add_lora(
 
 def prefers_gathered_weights(batch: LoraBatch, buffers: LoraBuffers) -> bool:
     """Whether the torch path should gather per-row weights rather than group by adapter."""
-    num_elements = len(batch.token_order) * buffers.max_rank * (
-        buffers.num_slices * buffers.in_features + buffers.out_features)
+    num_slices, in_features = buffers.num_slices, buffers.in_features
+    per_row = buffers.max_rank * (num_slices * in_features + buffers.out_features)
+    num_rows, num_adapters = len(batch.token_order), batch.num_segments
+    num_elements = num_rows * per_row
     if num_elements > _GATHER_MAX_ELEMENTS:
         return False
-    gather_us = _GATHER_EXTRA_FIXED_US + _GATHER_US_PER_ELEMENT * num_elements
-    return gather_us < _GROUPED_US_PER_ADAPTER * batch.num_segments
+    gather_us = (_GATHER_FIXED_US + _GATHER_US_PER_SLICE * num_slices
+                 + _GATHER_US_PER_ELEMENT * num_elements)
+    grouped_us = (_GROUPED_FIXED_US + _GROUPED_US_PER_OP * num_adapters * (1 + num_slices)
+                  + _GROUPED_US_PER_WEIGHT * num_adapters * per_row
+                  + _GROUPED_US_PER_ACTIVATION * num_rows * (in_features + buffers.out_features))
+    return gather_us < grouped_us

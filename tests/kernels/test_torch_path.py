@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from lorafleet.kernels import LoraBatch, add_lora
+from lorafleet.kernels import LoraBatch, LoraBuffers, add_lora
 from lorafleet.kernels.bgmv import bgmv_torch
 from lorafleet.kernels.dispatch import prefers_gathered_weights
 from lorafleet.kernels.sgmv import sgmv_torch
@@ -106,3 +106,12 @@ def test_y_may_be_a_column_slice_of_a_wider_output():
     add_lora(wide[:, 48:96], x, buffers, batch=LoraBatch.from_slots(slots))
     torch.testing.assert_close(wide[:, 48:96], expected, atol=1e-5, rtol=1e-5)
     assert torch.equal(wide[:, :48], untouched[0]) and torch.equal(wide[:, 96:], untouched[1])
+
+
+@pytest.mark.parametrize("num_adapters, is_gathered", [(8, False), (32, True)])
+def test_tiny_decode_path_is_the_one_measured_faster(num_adapters, is_gathered):
+    """32 decode rows on the tiny model's q|k|v group (dispatch.py has the measurements)."""
+    buffers = LoraBuffers.allocate(num_slots=32, max_rank=16, in_features=256,
+                                   out_features=(256, 128, 128), dtype=torch.float32)
+    batch = LoraBatch.from_slots([row % num_adapters for row in range(32)])
+    assert prefers_gathered_weights(batch, buffers) is is_gathered
