@@ -68,6 +68,12 @@ def generate(engine, adapters, *, prompt_len: int, num_tokens: int) -> tuple[flo
     return counted / (ended - started), len(adapters) * num_tokens / (ended - begun)
 
 
+def decode_tokens_per_second(worker, adapters, *, prompt_len: int, num_tokens: int) -> float:
+    """Decode tokens/s of `worker.bridge.engine` (benchmarks/gpu_check/decode.py uses it)."""
+    return generate(worker.bridge.engine, adapters, prompt_len=prompt_len,
+                    num_tokens=num_tokens)[0]
+
+
 def _on_thread(fn):
     """fn() run on a thread of its own (as the server steps its engine); its result."""
     result = {}
