@@ -8,6 +8,7 @@ of the fused output, so one shrink call and one expand call serve the whole grou
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -97,7 +98,7 @@ class LoraBuffers:
         """Columns of the fused output y, all slices together."""
         return self.lora_b.shape[1]
 
-    @property
+    @functools.cached_property  # read on every kernel call; the sizes never change
     def slice_columns(self) -> tuple[slice, ...]:
         """Each slice's columns of y (and rows of lora_b)."""
         starts = (0, *_running_sums(self.slice_sizes))
