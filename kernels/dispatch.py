@@ -31,7 +31,8 @@ from lorafleet.kernels.triton_support import is_triton_available
 # 0.33; end to end (tiny, 32 sequences, decode tok/s, median of 5 alternating runs at load
 # average 6-7): 8 adapters grouped 576, gathered 498, this model 577; 32 adapters grouped
 # 522, gathered 476, this model (gathers) 507, all three within the runs' spread (single
-# runs 361-809). So the model keeps grouping at 8 adapters, now the faster path end to
+# runs 361-809); small model, 8 adapters: grouped 129, gathered 101, this model 128;
+# 32: 124, 107, 122. So the model keeps grouping at 8 adapters, now the faster path end to
 # end, and gathers from about 16 adapters on the tiny shape, where it is per call.
 _GROUPED_FIXED_US = 9.0
 _GROUPED_US_PER_OP = 8.3
