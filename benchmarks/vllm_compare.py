@@ -26,7 +26,7 @@ import pathlib
 import sys
 import tempfile
 
-from benchmarks.results import RESULTS_DIR, append_rows, describe_machine
+from benchmarks.results import RESULTS_DIR, append_rows, describe_machine, machine_info
 from benchmarks.serving.checkpoint import ModelShape, write_adapters, write_model
 from benchmarks.serving.references import PeftReference
 from benchmarks.serving.workload import Lengths, Popularity, WorkloadSpec, make_requests
@@ -99,6 +99,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Runs every model's cells; prints the table and the targets; writes JSON lines."""
     args = parse_args(argv)
+    machine_info()  # now: the commit of the code that runs, not of the tree at the end
     python = None if args.no_vllm else protocol.find_python(args.vllm_python)
     rows, versions = [], {}
     with tempfile.TemporaryDirectory(prefix="lorafleet-vllm-compare-") as scratch:
