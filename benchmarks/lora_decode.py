@@ -83,6 +83,53 @@ def _on_thread(fn):
     return result["value"]
 
 
+def machine_rates(hidden: int, intermediate: int, rows: int) -> tuple[float, float]:
+    """(GB/s, GFLOP/s) of this machine: a 256 MiB float32 copy (bytes read + written) and
+    F.linear of `rows` rows by the model's [hidden -> 2 x intermediate] gate|up weight,
+    best of 5 each (the rates the bounds below divide by)."""
+    source = torch.ones(64 << 20)
+    target = torch.empty_like(source)
+    x = torch.randn(rows, hidden)
+    weight = torch.randn(2 * intermediate, hidden)
+    copy_s, gemm_s = [], []
+    for _ in range(5):
+        began = time.perf_counter()
+        target.copy_(source)
+        copy_s.append(time.perf_counter() - began)
+        began = time.perf_counter()
+        torch.nn.functional.linear(x, weight)
+        gemm_s.append(time.perf_counter() - began)
+    bandwidth = 2 * source.numel() * 4 / min(copy_s) / 1e9
+    gemm = 2 * rows * weight.numel() / min(gemm_s) / 1e9
+    return bandwidth, gemm
+
+
+def matmul_params(shape) -> int:
+    """Weights a token is multiplied by: the seven projections of every layer and the
+    output head (the input embedding is a lookup)."""
+    head_dim = shape.hidden // shape.num_heads
+    attention = 2 * shape.hidden * shape.hidden + 2 * shape.hidden * shape.num_kv_heads * head_dim
+    return shape.num_layers * (attention + 3 * shape.hidden * shape.intermediate) \
+        + shape.vocab * shape.hidden
+
+
+def _add_bounds(rows: list[dict], num_seqs: int, base_bytes: int, adapter_bytes_each: float,
+                rates: tuple[float, float], num_params: int) -> None:
+    """Per decode step: its measured time, the time to read its weights at the copy rate,
+    and the time of its matmul FLOPs at the GEMM rate (B rows by the base's matmul weights
+    and each distinct adapter's A and B; float32, 4 bytes a weight)."""
+    bandwidth, gemm = rates
+    for row in rows:
+        num_bytes = base_bytes + adapter_bytes_each * row["distinct"]
+        adapter_rows = num_seqs / row["distinct"] if row["distinct"] else 0
+        flops = 2 * num_seqs * num_params \
+            + 2 * adapter_rows * adapter_bytes_each / 4 * row["distinct"]
+        row["step_ms"] = 1e3 * num_seqs / row["decode_tok_s"]
+        row["read_ms"] = 1e3 * num_bytes / (bandwidth * 1e9)
+        row["flops_ms"] = 1e3 * flops / (gemm * 1e9)
+        row["copy_gb_s"], row["gemm_gflop_s"] = bandwidth, gemm
+
+
 def run(shape_name: str, counts: list[int], num_seqs: int, prompt_len: int, num_tokens: int,
         repeats: int) -> list[dict]:
     """Measures every K of `counts`; returns one row per K."""
@@ -105,6 +152,7 @@ def run(shape_name: str, counts: list[int], num_seqs: int, prompt_len: int, num_
                     engine, a, prompt_len=prompt_len, num_tokens=num_tokens)))
         base_bytes = engine.runner.model.weights.num_bytes()
         worker.metrics.close()
+        machine = _on_thread(lambda: machine_rates(shape.hidden, shape.intermediate, num_seqs))
     rows = []
     for k, pairs in rates.items():
         decode, end_to_end = [p[0] for p in pairs], [p[1] for p in pairs]
@@ -118,6 +166,8 @@ def run(shape_name: str, counts: list[int], num_seqs: int, prompt_len: int, num_
         # Decode reads the base weights once per step and every distinct adapter once.
         row["bandwidth_bound_vs_base"] = base_bytes / (
             base_bytes + adapter_bytes * row["distinct"] / max(num_adapters, 1))
+    _add_bounds(rows, num_seqs, base_bytes, adapter_bytes / max(num_adapters, 1), machine,
+                matmul_params(shape))
     return rows
 
 
@@ -133,6 +183,14 @@ def _print(rows: list[dict], args) -> None:
               f" {row['bandwidth_bound_vs_base']:>5.2f}x")
     print("bound: the ratio to base a step that only read weights (base once, each distinct "
           "adapter once) would reach")
+    first = rows[0]
+    print(f"per decode step, against this machine's copy rate {first['copy_gb_s']:.1f} GB/s "
+          f"and F.linear rate {first['gemm_gflop_s']:.0f} GFLOP/s at {args.seqs} rows:")
+    print(f"{'K':>4} {'step ms':>8} {'read ms':>8} {'FLOP ms':>8}  (read: its weights once; "
+          f"FLOP: its matmuls at that rate)")
+    for row in rows:
+        print(f"{row['adapters']:>4} {row['step_ms']:>8.2f} {row['read_ms']:>8.2f} "
+              f"{row['flops_ms']:>8.2f}")
     distinct = [row for row in rows if row["adapters"] >= args.seqs and row["vs_base"]]
     if distinct:
         ratio = distinct[0]["vs_base"]

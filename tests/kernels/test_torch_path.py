@@ -115,3 +115,20 @@ def test_tiny_decode_path_is_the_one_measured_faster(num_adapters, is_gathered):
                                    out_features=(256, 128, 128), dtype=torch.float32)
     batch = LoraBatch.from_slots([row % num_adapters for row in range(32)])
     assert prefers_gathered_weights(batch, buffers) is is_gathered
+
+
+def test_add_lora_gives_back_the_callers_thread_count(buffers):
+    # Small batches run their LoRA ops on one thread; the engine's matmuls must get every
+    # thread back afterwards, also when the kernel refuses its arguments.
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _check(_batch_rows("bgmv", "distinct"), buffers, add_lora)
+        assert torch.get_num_threads() == 2
+        slots = _batch_rows("bgmv", "distinct")
+        wrong = torch.zeros(len(slots), HIDDEN + 1, dtype=buffers.lora_a.dtype)
+        with pytest.raises(ValueError):
+            add_lora(wrong, wrong, buffers, batch=LoraBatch.from_slots(slots))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
