@@ -38,7 +38,7 @@ QUICK: dict[str, list[str]] = {
     "serving": ["--quick"],
     "noisy_neighbour": ["--quick"],
     "cpu_matmul": ["--quick"],
-    "vllm_compare": ["--quick"],
+    "vllm_compare": ["--quick", "--no-peft"],  # serving's adapters preset has peft
 }
 USAGE = "usage: python -m benchmarks [--quick] [NAME ...] | NAME [OPTION ...]"
 
