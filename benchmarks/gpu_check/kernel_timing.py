@@ -81,10 +81,16 @@ def measure(kind: str, num_rows: int, num_distinct: int, buffers: LoraBuffers,
                            num_distinct=num_distinct, rank=rank, element_size=x.element_size())
     ideal_ms = roofline_ms(num_bytes, bandwidth)
     return {"kernel": "bgmv" if batch.is_bgmv else "sgmv", "rows": num_rows,
-            "mbytes": round(num_bytes / 1e6, 2), "roofline_ms": round(ideal_ms, 4),
-            "add_lora_ms": round(fused_ms, 4), "loop_ms": round(loop_ms, 4),
+            "mbytes": round(num_bytes / 1e6, 2), "roofline_ms": _figures(ideal_ms),
+            "add_lora_ms": _figures(fused_ms), "loop_ms": _figures(loop_ms),
             "vs_roofline": round(fused_ms / ideal_ms, 2),
             "speedup_vs_loop": round(loop_ms / fused_ms, 2)}
+
+
+def _figures(ms: float) -> float:
+    """`ms` to 4 significant figures: a roofline of a few microseconds (a small kernel at
+    HBM speed) would lose its digits to a fixed number of decimals."""
+    return float(f"{ms:.4g}")
 
 
 def _slots(kind: str, num_rows: int, num_distinct: int) -> list[int]:
