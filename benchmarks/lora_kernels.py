@@ -13,11 +13,13 @@ Columns (ms; the functions take turns, and each figure is the 20th percentile of
 calls: on a shared machine medians catch other processes' time slices, 10-100 ms spikes
 that are no cost of the op itself):
 `naive` is the per-adapter, per-projection loop PEFT uses for mixed batches; `grouped`
-(sgmv_torch: one shrink and one expand per slice per adapter) and `gathered` (bgmv_torch:
-per-row weights gathered for batched matvecs) are the two CPU paths; `base` is the group's
-own fused matmul, for scale. `pick` is the path the cost model in kernels/dispatch.py
-chooses, `faster` the one that measured faster, `lost` the time the pick lost (0 when it
-was right). JSON lines go to benchmarks/results/lora_kernels.jsonl.
+(sgmv_torch: one shrink and one expand per slice per adapter) and `blocked`
+(blocked_torch: rows padded into one block per slot, one batched matmul for the shrink
+and one per slice for the expand) are the two CPU paths; `base` is the group's own fused
+matmul, for scale. `pick` is the path the cost model in kernels/dispatch.py chooses,
+`faster` the one that measured faster, `lost` the time the pick lost (0 when it was
+right). `--threads 1` measures the paths as `add_lora` runs them for up to 256 rows.
+JSON lines go to benchmarks/results/lora_kernels.jsonl.
 """
 
 from __future__ import annotations
@@ -34,13 +36,13 @@ import torch
 
 from benchmarks.serving.checkpoint import SHAPES, ModelShape
 from lorafleet.kernels import LoraBatch, LoraBuffers
-from lorafleet.kernels.bgmv import bgmv_torch
-from lorafleet.kernels.dispatch import prefers_gathered_weights
+from lorafleet.kernels.blocked import blocked_torch
+from lorafleet.kernels.dispatch import prefers_slot_blocks
 from lorafleet.kernels.sgmv import sgmv_torch
 
 RESULTS = pathlib.Path(__file__).parent / "results" / "lora_kernels.jsonl"
 RANK = 16
-COLUMNS = ("naive", "grouped", "gathered", "base")
+COLUMNS = ("naive", "grouped", "blocked", "base")
 ALL_SHAPES = {**SHAPES, "llama8b": ModelShape(4096, 32, 32, 8, 14336, 128256)}
 
 
@@ -99,11 +101,11 @@ def measure(kind, num_rows, num_distinct, buffers, weight, min_seconds) -> dict:
     row.update(_low_ms({
         "naive": lambda: naive_per_adapter(y, x, buffers, slots),
         "grouped": lambda: sgmv_torch(y, x, buffers, batch=batch, is_checked=True),
-        "gathered": lambda: bgmv_torch(y, x, buffers, batch=batch, is_checked=True),
+        "blocked": lambda: blocked_torch(y, x, buffers, batch=batch, is_checked=True),
         "base": lambda: torch.mm(x, weight),
     }, min_seconds))
-    row["pick"] = "gathered" if prefers_gathered_weights(batch, buffers) else "grouped"
-    row["faster"] = "gathered" if row["gathered"] < row["grouped"] else "grouped"
+    row["pick"] = "blocked" if prefers_slot_blocks(batch, buffers) else "grouped"
+    row["faster"] = "blocked" if row["blocked"] < row["grouped"] else "grouped"
     row["lost"] = round(row[row["pick"]] - row[row["faster"]], 4)
     return row
 

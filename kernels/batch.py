@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -10,6 +11,49 @@ import torch
 # A step is decode-like (BGMV) when no adapter has more than this many rows in it: a
 # row tile of the segmented kernel would then be mostly masked-out padding.
 _BGMV_MAX_ROWS_PER_ADAPTER = 1
+# Slot blocks (see `SlotBlocks`) span the slot range from the lowest slot in the step to the
+# highest when it holds at most this many slots per adapter in the step: the buffers are
+# then read through views, idle slots in the range included; past it the used slots'
+# weights are gathered (copied) first. Measured on the 2-core CPU (32 decode rows, one
+# thread, ms; range vs gathered): 32 adapters in 32 consecutive slots, hidden 1024,
+# q|k|v 0.98 vs 3.18, gate|up 1.58 vs 4.39; 16 adapters over 32 slots, q|k|v 1.46 vs 1.80,
+# hidden 256 0.42 vs 0.30; 16 over 48 slots, q|k|v 2.25 vs 1.28; 8 over 32: 1.39 vs 0.58.
+_MAX_RANGE_PER_ADAPTER = 1.5
+
+
+@dataclass(frozen=True)
+class SlotBlocks:
+    """The step's adapter rows laid out as one block of `block_rows` rows per slot.
+
+    Block b holds the rows of one slot; a slot with fewer rows (or none: an idle slot inside
+    the range) is padded with copies of an adapter row whose results are never read back.
+    With blocks, a shrink or an expand over every adapter in the step is one batched matmul
+    (`blocked_torch`), instead of a few small matmuls per adapter.
+
+    Attributes:
+        num_blocks: blocks (slots) in the layout.
+        block_rows: rows per block, the longest segment's length.
+        slot_range: (first, end) when block b is slot first + b (the buffers are then
+            sliced, not copied); None when the blocks are the used slots, gathered.
+        block_slots: int64 [num_blocks], the slot of each block (for gathering).
+        source_rows: int64 [num_blocks * block_rows], the row of x each padded row reads.
+        padded_rows: int64 [num_adapter_tokens], where sorted row j (`token_order[j]`) sits
+            among the padded rows.
+        is_dense: True when there is no padding (`padded_rows` is 0, 1, 2, ...).
+    """
+
+    num_blocks: int
+    block_rows: int
+    slot_range: tuple[int, int] | None
+    block_slots: torch.Tensor
+    source_rows: torch.Tensor
+    padded_rows: torch.Tensor
+    is_dense: bool
+
+    @property
+    def num_padded_rows(self) -> int:
+        """Rows the batched matmuls compute, padding included."""
+        return self.num_blocks * self.block_rows
 
 
 @dataclass(frozen=True)
@@ -57,6 +101,40 @@ class LoraBatch:
     def num_segments(self) -> int:
         """Segments (distinct adapters) in this step."""
         return len(self.segments)
+
+    @functools.cached_property  # built on first use, then shared by every layer of the step
+    def slot_blocks(self) -> SlotBlocks | None:
+        """The rows as one block per slot (`SlotBlocks`); None when no row has an adapter."""
+        if not self.segments:
+            return None
+        first, end = self.segments[0][2], self.segments[-1][2] + 1
+        block_rows = self.max_segment_length
+        if end - first <= _MAX_RANGE_PER_ADAPTER * self.num_segments:
+            slot_range = (first, end)
+            blocks = [slot - first for _, _, slot in self.segments]
+            num_blocks = end - first
+        else:
+            slot_range = None
+            blocks = list(range(self.num_segments))
+            num_blocks = self.num_segments
+        padded = [block * block_rows + offset
+                  for (_, length, _), block in zip(self.segments, blocks, strict=True)
+                  for offset in range(length)]
+        device = self.token_order.device
+        padded_rows = torch.tensor(padded, dtype=torch.int64, device=device)
+        source_rows = torch.full((num_blocks * block_rows,), int(self.token_order[0]),
+                                 dtype=torch.int64, device=device)
+        source_rows[padded_rows] = self.token_order
+        slots = (range(first, end) if slot_range else [slot for _, _, slot in self.segments])
+        return SlotBlocks(
+            num_blocks=num_blocks,
+            block_rows=block_rows,
+            slot_range=slot_range,
+            block_slots=torch.tensor(list(slots), dtype=torch.int64, device=device),
+            source_rows=source_rows,
+            padded_rows=padded_rows,
+            is_dense=len(padded) == num_blocks * block_rows,
+        )
 
     @property
     def max_slot(self) -> int | None:

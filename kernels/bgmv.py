@@ -131,36 +131,3 @@ def bgmv_triton(y, x, buffers: LoraBuffers, *, batch: LoraBatch,
         BLOCK_R=block_r, BLOCK_N=_BLOCK_N,
     )
 
-
-def bgmv_torch(y, x, buffers: LoraBuffers, *, batch: LoraBatch,
-               is_checked: bool = False) -> None:
-    """Torch BGMV, same contract as `bgmv_triton`: each row gathers its slot's weights.
-
-    Batched matrix-vector products over weights gathered per row: one shrink for all
-    slices, one expand per slice into its columns. It computes all max_rank columns and
-    zeroes those past each slice's rank, so padding must be finite (`LoraBuffers` keeps it
-    zero). Its cost grows with rows x max_rank x (num_slices x in + out), but it runs a
-    fixed handful of ops, which makes it the faster CPU path for small hidden sizes with
-    many adapters in a step (see `dispatch.py`). `index_select` and `vecdot` because they
-    measured 4-8x faster on CPU than advanced indexing and `bmm` at these shapes.
-    """
-    if not is_checked:
-        check_lora_args(y, x, buffers, batch)
-    if not batch.segments:
-        return
-    rows = batch.token_order
-    slots = batch.token_slots.index_select(0, rows)
-    max_rank = buffers.max_rank
-    # gain[s, i*R + r] = scale[s, i] for r < rank[s, i], else 0: scales, drops padding.
-    is_live = torch.arange(max_rank, device=x.device) < buffers.ranks[:, :, None]
-    gain = torch.where(is_live, buffers.scale[:, :, None], 0.0).flatten(1)
-    gain = gain.to(x.dtype).index_select(0, slots)
-    x_rows = x.index_select(0, rows).unsqueeze(1)
-    shrunk = torch.linalg.vecdot(buffers.lora_a.index_select(0, slots), x_rows).mul_(gain)
-    b_rows = buffers.lora_b.index_select(0, slots)
-    if buffers.num_slices == 1:
-        y.index_add_(0, rows, torch.linalg.vecdot(b_rows, shrunk.unsqueeze(1)))
-        return
-    for i, columns in enumerate(buffers.slice_columns):
-        block = shrunk[:, None, i * max_rank:(i + 1) * max_rank]
-        y[:, columns].index_add_(0, rows, torch.linalg.vecdot(b_rows[:, columns], block))

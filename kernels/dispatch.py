@@ -5,42 +5,40 @@ from __future__ import annotations
 import torch
 
 from lorafleet.kernels.batch import LoraBatch
-from lorafleet.kernels.bgmv import bgmv_torch, bgmv_triton
+from lorafleet.kernels.bgmv import bgmv_triton
+from lorafleet.kernels.blocked import blocked_torch
 from lorafleet.kernels.buffers import LoraBuffers
 from lorafleet.kernels.sgmv import sgmv_torch, sgmv_triton
 from lorafleet.kernels.triton_support import is_triton_available
 
 # CPU cost model of the two torch paths, in microseconds, fitted by least squares (on
-# relative error) to benchmarks/lora_kernels.py on this 2-core CPU: fp32, rank 16, 2
-# threads, the four projection groups the model calls (q|k|v, o, gate|up, down) of the
-# tiny (hidden 256) and small (hidden 1024) Llama shapes, 1-128 rows, 1-32 adapters.
-# With R = max_rank, N = slices, K = adapters in the step, n = rows with an adapter:
-#   grouped (sgmv_torch)  = 9 + 8.3 K (1 + N) + 0.28e-3 K R (N in + out)
-#                           + 0.73e-3 n (in + out)
+# relative error) to benchmarks/lora_kernels.py on this 2-core CPU: fp32, rank 16, one
+# thread (as `add_lora` runs them), the four projection groups the model calls (q|k|v, o,
+# gate|up, down) of the tiny (hidden 256) and small (hidden 1024) Llama shapes, 1-128
+# rows, 1-32 adapters, rows in adapter runs and shuffled; 400 cases. With R = max_rank,
+# N = slices, K = adapters in the step, n = rows with an adapter, in/out the group's sizes:
+#   grouped (sgmv_torch) = 12.5 + 7.7 K (1 + N) + 0.37e-3 K R (N in + out)
+#                          + 1.05e-3 n (in + out)
 #       ~8 us per op: one shrink plus one expand per slice for each adapter, then the
 #       adapters' weights and the rows' activations streamed once;
-#   gathered (bgmv_torch) = 17 + 42 N + 0.49e-3 n R (N in + out)
-#       a fixed handful of ops (an expand and an index_add per slice) over weights
-#       gathered per row, whose size is the last term.
-# Gathering is never picked past 1M gathered elements: there its temporaries (4 MB and up)
-# measured slower than the model says, and prefill-sized batches are grouped anyway.
-# The K = 8 question (the old per-projection model picked grouped for a decode step of 32
-# rows on 8 adapters, and gathering had measured faster end to end, 527 vs 350 tok/s).
-# With the fused groups, per call on the tiny model (ms, grouped vs gathered): q|k|v 0.51
-# vs 1.53 (one thread: 0.28 vs 0.37), o 0.22 vs 0.17, gate|up 0.37 vs 0.59, down 0.26 vs
-# 0.33; end to end (tiny, 32 sequences, decode tok/s, median of 5 alternating runs at load
-# average 6-7): 8 adapters grouped 576, gathered 498, this model 577; 32 adapters grouped
-# 522, gathered 476, this model (gathers) 507, all three within the runs' spread (single
-# runs 361-809); small model, 8 adapters: grouped 129, gathered 101, this model 128;
-# 32: 124, 107, 122. So the model keeps grouping at 8 adapters, now the faster path end to
-# end, and gathers from about 16 adapters on the tiny shape, where it is per call.
-_GROUPED_FIXED_US = 9.0
-_GROUPED_US_PER_OP = 8.3
-_GROUPED_US_PER_WEIGHT = 0.28e-3
-_GROUPED_US_PER_ACTIVATION = 0.73e-3
-_GATHER_FIXED_US = 17.0
-_GATHER_US_PER_SLICE = 42.0
-_GATHER_US_PER_ELEMENT = 0.49e-3
+#   blocked (blocked_torch) = 16.7 + 27.2 N + 0.30e-3 B R (N in + out) + 2.26e-3 P (in + out)
+#                             [+ 0.15e-3 B R (N in + out) when the slots are gathered]
+#       a fixed handful of ops whatever K: B = slot blocks, P = padded rows (B x the
+#       longest segment), so its activations cost grows with the padding.
+# The model picks the faster path in 93% of the cases, losing 1.4% of the total time
+# against always picking right (a fixed "4+ adapters and little padding" rule lost 8%).
+# Gathered slot blocks are never picked past 1M gathered elements: copying larger
+# weights measured 2-4x slower per element (32 adapters of hidden 1024: 2.2 ms for the
+# q|k|v copy alone), and the grouped path reads them in place.
+_GROUPED_FIXED_US = 12.5
+_GROUPED_US_PER_OP = 7.7
+_GROUPED_US_PER_WEIGHT = 0.37e-3
+_GROUPED_US_PER_ACTIVATION = 1.05e-3
+_BLOCKED_FIXED_US = 16.7
+_BLOCKED_US_PER_SLICE = 27.2
+_BLOCKED_US_PER_WEIGHT = 0.30e-3
+_BLOCKED_US_PER_ACTIVATION = 2.26e-3
+_GATHER_US_PER_WEIGHT = 0.15e-3
 _GATHER_MAX_ELEMENTS = 1 << 20
 # The torch path's ops are small (a few rows by rank 16): spread over OpenMP threads, each
 # pays a wake-up of the other threads that costs more than the op. Measured on the 2-core
@@ -74,7 +72,7 @@ def add_lora(
         kernel = bgmv_triton if batch.is_bgmv else sgmv_triton
         kernel(y, x, buffers, batch=batch, is_checked=is_checked)
         return
-    kernel = bgmv_torch if prefers_gathered_weights(batch, buffers) else sgmv_torch
+    kernel = blocked_torch if prefers_slot_blocks(batch, buffers) else sgmv_torch
     num_threads = torch.get_num_threads()
     if x.is_cuda or num_threads == 1 or len(batch.token_order) > _ONE_THREAD_MAX_ROWS:
         kernel(y, x, buffers, batch=batch, is_checked=is_checked)
@@ -86,17 +84,24 @@ def add_lora(
         torch.set_num_threads(num_threads)
 
 
-def prefers_gathered_weights(batch: LoraBatch, buffers: LoraBuffers) -> bool:
-    """Whether the torch path should gather per-row weights rather than group by adapter."""
-    num_slices, in_features = buffers.num_slices, buffers.in_features
-    per_row = buffers.max_rank * (num_slices * in_features + buffers.out_features)
-    num_rows, num_adapters = len(batch.token_order), batch.num_segments
-    num_elements = num_rows * per_row
-    if num_elements > _GATHER_MAX_ELEMENTS:
+def prefers_slot_blocks(batch: LoraBatch, buffers: LoraBuffers) -> bool:
+    """Whether the torch path should run over slot blocks rather than group by adapter."""
+    blocks = batch.slot_blocks
+    if blocks is None:
         return False
-    gather_us = (_GATHER_FIXED_US + _GATHER_US_PER_SLICE * num_slices
-                 + _GATHER_US_PER_ELEMENT * num_elements)
-    grouped_us = (_GROUPED_FIXED_US + _GROUPED_US_PER_OP * num_adapters * (1 + num_slices)
-                  + _GROUPED_US_PER_WEIGHT * num_adapters * per_row
-                  + _GROUPED_US_PER_ACTIVATION * num_rows * (in_features + buffers.out_features))
-    return gather_us < grouped_us
+    per_slot = buffers.max_rank * (buffers.num_slices * buffers.in_features
+                                   + buffers.out_features)
+    weights = blocks.num_blocks * per_slot
+    if blocks.slot_range is None and weights > _GATHER_MAX_ELEMENTS:
+        return False
+    activations = buffers.in_features + buffers.out_features
+    num_rows, num_adapters = len(batch.token_order), batch.num_segments
+    blocked_us = (_BLOCKED_FIXED_US + _BLOCKED_US_PER_SLICE * buffers.num_slices
+                  + _BLOCKED_US_PER_WEIGHT * weights
+                  + _BLOCKED_US_PER_ACTIVATION * blocks.num_padded_rows * activations)
+    if blocks.slot_range is None:
+        blocked_us += _GATHER_US_PER_WEIGHT * weights
+    grouped_us = (_GROUPED_FIXED_US + _GROUPED_US_PER_OP * num_adapters * (1 + buffers.num_slices)
+                  + _GROUPED_US_PER_WEIGHT * num_adapters * per_slot
+                  + _GROUPED_US_PER_ACTIVATION * num_rows * activations)
+    return blocked_us < grouped_us

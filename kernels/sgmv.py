@@ -26,9 +26,9 @@ What it pays in compute depends on the path:
     and traffic is what the masking saves).
   - torch, grouped (`sgmv_torch`): one shrink over the slot's A rows up to the last live
     slice (padding between slices included), expands sliced to each rank.
-  - torch, gathered (`bgmv_torch`, picked for small hidden sizes): computes all N * R
-    columns and zeroes the padded ones, paying rank-R work; cheap at the sizes where it is
-    picked.
+  - torch, over slot blocks (`blocked_torch`, picked for steps with many adapters and
+    few rows each): computes all N * R columns and zeroes the padded ones, paying rank-R
+    work in exchange for a fixed number of ops.
 Padding contents never change a result, but must be finite for the torch paths
 (0 * inf is NaN); `LoraBuffers` keeps them zero.
 

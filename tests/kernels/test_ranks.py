@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lorafleet.kernels import LoraBatch, LoraBuffers, add_lora
-from lorafleet.kernels.bgmv import bgmv_torch
+from lorafleet.kernels.blocked import blocked_torch
 from lorafleet.kernels.sgmv import sgmv_torch
 
 
@@ -22,7 +22,7 @@ def _apply(buffers, x, slots, kernel=add_lora):
     return y
 
 
-@pytest.mark.parametrize("kernel", [sgmv_torch, bgmv_torch], ids=["grouped", "gathered"])
+@pytest.mark.parametrize("kernel", [sgmv_torch, blocked_torch], ids=["grouped", "blocked"])
 @pytest.mark.parametrize("max_rank", [24, 64])
 def test_padded_slots_match_unpadded_math(max_rank, kernel):
     gen = torch.Generator().manual_seed(0)

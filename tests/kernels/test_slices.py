@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lorafleet.kernels import LoraBatch, LoraBuffers, add_lora
-from lorafleet.kernels.bgmv import bgmv_torch
+from lorafleet.kernels.blocked import blocked_torch
 from lorafleet.kernels.sgmv import sgmv_torch
 
 IN_FEATURES = 96
@@ -18,7 +18,7 @@ SIZES = (64, 32, 32)  # q, k, v of a GQA layer
 MAX_RANK = 16
 # Per slot, the rank of q, k and v; 0: the adapter leaves that projection alone.
 SLOT_RANKS = [(8, 0, 8), (16, 16, 16), (4, 12, 0), (0, 0, 0), (0, 8, 0)]
-KERNELS = {"add_lora": add_lora, "grouped": sgmv_torch, "gathered": bgmv_torch}
+KERNELS = {"add_lora": add_lora, "grouped": sgmv_torch, "blocked": blocked_torch}
 
 
 def _adapters(seed: int) -> list[list[tuple | None]]:
@@ -107,7 +107,7 @@ def test_rewriting_a_slot_drops_the_slices_the_new_adapter_leaves_alone():
     buffers = _fused(adapters)
     buffers.write_slot(1, adapters[4])  # slot 1 had q, k and v; the new adapter only k
     x = torch.randn(3, IN_FEATURES)
-    for kernel in (sgmv_torch, bgmv_torch):
+    for kernel in (sgmv_torch, blocked_torch):
         y = torch.zeros(3, sum(SIZES))
         kernel(y, x, buffers, batch=LoraBatch.from_slots([1, 1, 1]))
         expected = _expected(torch.zeros(3, sum(SIZES)), x, adapters, [4, 4, 4])

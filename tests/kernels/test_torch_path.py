@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from lorafleet.kernels import LoraBatch, LoraBuffers, add_lora
-from lorafleet.kernels.bgmv import bgmv_torch
-from lorafleet.kernels.dispatch import prefers_gathered_weights
+from lorafleet.kernels.blocked import blocked_torch
+from lorafleet.kernels.dispatch import prefers_slot_blocks
 from lorafleet.kernels.sgmv import sgmv_torch
 from tests.kernels.cases import PATTERNS, filled_buffers, reference_lora, request_slots, token_slots
 
@@ -74,26 +74,47 @@ def test_grouped_strategy_matches(buffers, pattern, style):
     _check(_batch_rows(style, pattern), buffers, sgmv_torch)
 
 
-@pytest.mark.parametrize("pattern", ["distinct", "zipf"])
-def test_gathered_strategy_matches(buffers, pattern):
-    # Decode-style only: at hidden 4096 the gathered weights of a prefill batch take ~100 MB.
-    _check(_batch_rows("bgmv", pattern), buffers, bgmv_torch)
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("style", ["sgmv", "bgmv"])
+def test_blocked_strategy_matches(buffers, pattern, style):
+    _check(_batch_rows(style, pattern), buffers, blocked_torch)
 
 
-def test_small_hidden_with_many_adapters_gathers_weights():
-    tiny = filled_buffers([8, 16] * 16, 16, 64, 64, torch.float32, seed=6)
-    slots = request_slots("distinct", 32, 32, seed=7)
-    batch = LoraBatch.from_slots(slots)
-    assert prefers_gathered_weights(batch, tiny)
-    x, y = torch.randn(32, 64), torch.randn(32, 64)
-    expected = reference_lora(y, x, tiny, slots)
-    add_lora(y, x, tiny, batch=batch)
-    torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-5)
+@pytest.mark.parametrize("slots", [
+    [5, 2, 9, 2, None, 5],          # slots 2..9: range of 8 for 3 adapters, gathered
+    [3, 4, None, 3, 5, 4, 4],       # slots 3..5 all used: views of the buffers
+    [0, 2, 2, 1, 2, 0],             # 3 slots, the longest run 3 rows: padded blocks
+    [7],                            # one row, one adapter
+])
+def test_slot_blocks_of_any_layout_match(buffers, slots):
+    batch = _check(slots, buffers, blocked_torch)
+    blocks = batch.slot_blocks
+    used = sorted({slot for slot in slots if slot is not None})
+    if used[-1] - used[0] + 1 <= 1.5 * len(used):
+        assert blocks.slot_range == (used[0], used[-1] + 1)
+    else:
+        assert blocks.slot_range is None and blocks.block_slots.tolist() == used
 
 
-def test_hidden_4096_groups_rows_by_adapter(buffers):
-    batch = LoraBatch.from_slots(request_slots("distinct", 32, NUM_SLOTS, seed=8))
-    assert not prefers_gathered_weights(batch, buffers)
+def test_a_step_with_no_adapter_rows_has_no_slot_blocks(buffers):
+    batch = _check([None, None], buffers, blocked_torch)
+    assert batch.slot_blocks is None
+
+
+def test_many_adapters_with_one_row_each_run_over_slot_blocks():
+    # 32 decode rows on 32 adapters: the grouped path would run 128 small ops per q|k|v
+    # call (dispatch.py has the measurements).
+    buffers = LoraBuffers.allocate(num_slots=32, max_rank=16, in_features=1024,
+                                   out_features=(1024, 256, 256), dtype=torch.float32)
+    batch = LoraBatch.from_slots(request_slots("distinct", 32, 32, seed=7))
+    assert prefers_slot_blocks(batch, buffers)
+
+
+def test_one_adapter_or_a_long_prefill_among_decode_rows_stays_grouped(buffers):
+    one = LoraBatch.from_slots([3] * 32)
+    prefill = LoraBatch.from_slots([0] * 200 + list(range(1, NUM_SLOTS)))
+    assert not prefers_slot_blocks(one, buffers)
+    assert not prefers_slot_blocks(prefill, buffers)
 
 
 def test_y_may_be_a_column_slice_of_a_wider_output():
@@ -108,13 +129,13 @@ def test_y_may_be_a_column_slice_of_a_wider_output():
     assert torch.equal(wide[:, :48], untouched[0]) and torch.equal(wide[:, 96:], untouched[1])
 
 
-@pytest.mark.parametrize("num_adapters, is_gathered", [(8, False), (32, True)])
-def test_tiny_decode_path_is_the_one_measured_faster(num_adapters, is_gathered):
+@pytest.mark.parametrize("num_adapters, is_blocked", [(1, False), (8, True), (32, True)])
+def test_tiny_decode_path_is_the_one_measured_faster(num_adapters, is_blocked):
     """32 decode rows on the tiny model's q|k|v group (dispatch.py has the measurements)."""
     buffers = LoraBuffers.allocate(num_slots=32, max_rank=16, in_features=256,
                                    out_features=(256, 128, 128), dtype=torch.float32)
     batch = LoraBatch.from_slots([row % num_adapters for row in range(32)])
-    assert prefers_gathered_weights(batch, buffers) is is_gathered
+    assert prefers_slot_blocks(batch, buffers) is is_blocked
 
 
 def test_add_lora_gives_back_the_callers_thread_count(buffers):

@@ -14,6 +14,7 @@ from lorafleet.dataplane.engine.params import SamplingParams
 from lorafleet.dataplane.engine.request import FinishReason
 from lorafleet.dataplane.lora.host_cache import AdapterSource
 from lorafleet.dataplane.server.build import WorkerConfig, build_worker
+from lorafleet.kernels import dispatch
 from tests.support.lora_suite import NUM_NEW_TOKENS, prompts
 
 GREEDY = SamplingParams(max_tokens=NUM_NEW_TOKENS, temperature=0.0)
@@ -63,7 +64,13 @@ def _requests(adapter_names, digests, num_requests):
             for i, (name, prompt) in enumerate(zip(names, prompts(num_requests), strict=True))]
 
 
-def test_sixteen_requests_over_eight_adapters_and_base_match_peft(lora_suite, peft_reference):
+@pytest.mark.parametrize("path", ["cost model", "grouped", "blocked"])
+def test_sixteen_requests_over_eight_adapters_and_base_match_peft(lora_suite, peft_reference,
+                                                                  path, monkeypatch):
+    # Both CPU LoRA paths, and the cost model's mix of them, match PEFT token for token.
+    if path != "cost model":
+        monkeypatch.setattr(dispatch, "prefers_slot_blocks",
+                            lambda batch, buffers: path == "blocked")
     base, adapters = lora_suite
     worker, digests = _worker(base, adapters, max_loras=8, max_cpu_loras=8)
     names = list(adapters) + [None]
