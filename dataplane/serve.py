@@ -18,6 +18,7 @@ from lorafleet.startup import (
     StartupError,
     Stopper,
     add_log_level_argument,
+    freeze_startup_heap,
     run,
     starting,
 )
@@ -85,6 +86,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser, *, model_required: bool
                              "server's Python never competes with it for the GIL; 'thread', "
                              "a thread of the server's process, for debugging (slower under "
                              "load; see docs/worker.md) (default %(default)s)")
+    parser.add_argument("--cpu-thread-wait", choices=["spin", "sleep"], default="spin",
+                        help="how the engine process's CPU threads wait between ops: 'spin' "
+                             "briefly before sleeping (OpenMP's default; fastest when the "
+                             "worker has its cores to itself), or 'sleep' at once (for a "
+                             "machine shared with other busy processes, where spinning takes "
+                             "their CPU); an OMP_WAIT_POLICY you set wins (default %(default)s)")
     parser.add_argument("--grace-seconds", type=float, default=30.0,
                         help="on SIGTERM, how long in-flight streams may finish (default %(default)s)")
     add_source_arguments(parser)
@@ -119,7 +126,7 @@ def worker_config(args: argparse.Namespace):
         kv_cache_fraction=args.kv_cache_fraction, max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens, max_waiting=args.max_waiting,
         queue_policy=args.queue_policy, quotas=quota_config_of(args),
-        engine_runs=args.engine_runs, **extra)
+        engine_runs=args.engine_runs, cpu_thread_wait=args.cpu_thread_wait, **extra)
 
 
 async def serve(args: argparse.Namespace, stopper: Stopper, on_ready=None) -> int:
@@ -145,6 +152,7 @@ async def serve(args: argparse.Namespace, stopper: Stopper, on_ready=None) -> in
                                      security=ServerSecurity(tls.server_credentials(),
                                                              interceptors),
                                      tls=tls, **fleet)
+    freeze_startup_heap()
     print(f"lorafleet worker {running.worker.options.worker_id} serving on {running.address}", flush=True)
     print(f"  {running.sizes.describe()}", flush=True)
     if running.metrics_port is not None:

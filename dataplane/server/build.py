@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 # Where the engine loop runs: its own process (serving), or a thread beside the server
 # (tests, debugging; see docs/worker.md "Where the engine runs").
 ENGINE_RUNS = ("process", "thread")
+CPU_THREAD_WAITS = ("spin", "sleep")  # how the engine process's OpenMP threads wait
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,11 +73,15 @@ class WorkerConfig:
     worker_id: str = ""  # empty: derived at start from the host name and the bound port
     sources: SourcePolicy = UNCONFINED  # adapter roots, S3 allow-list, size limit
     engine_runs: str = "process"  # one of ENGINE_RUNS
+    cpu_thread_wait: str = "spin"  # one of CPU_THREAD_WAITS (engine_process.py says why)
 
     def __post_init__(self) -> None:
         if self.engine_runs not in ENGINE_RUNS:
             raise ValueError(f"engine_runs must be one of {ENGINE_RUNS}, "
                              f"not {self.engine_runs!r}")
+        if self.cpu_thread_wait not in CPU_THREAD_WAITS:
+            raise ValueError(f"cpu_thread_wait must be one of {CPU_THREAD_WAITS}, "
+                             f"not {self.cpu_thread_wait!r}")
 
     def kv_budget(self, device: torch.device) -> KVCacheBudget:
         """Bytes or a fraction when given; else the device's default (see kv_cache.py)."""

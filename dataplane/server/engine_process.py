@@ -38,6 +38,7 @@ from lorafleet.dataplane.server.engine_messages import (
     News,
     Op,
 )
+from lorafleet.startup import freeze_startup_heap
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class ProcessLink:
         self._process = context.Process(
             target=run_engine_process, name=name, daemon=True,
             args=(config, child_conn, logging.getLogger().getEffectiveLevel()))
-        with _child_environment():
+        with _child_environment(config.cpu_thread_wait):
             self._process.start()
         child_conn.close()  # the child's end lives in the child only: its exit closes it
         self._send_lock = threading.Lock()
@@ -133,17 +134,24 @@ class ProcessLink:
 
 
 @contextlib.contextmanager
-def _child_environment():
-    """The environment the child starts with (spawn copies this process's): OpenMP
-    threads that sleep when idle instead of spinning, unless the operator chose.
+def _child_environment(wait: str):
+    """The environment the child starts with (spawn copies this process's): with `wait`
+    "sleep", OpenMP threads that sleep as soon as they are idle; with "spin" (the
+    default), OpenMP's own default, a short spin before sleeping. An OMP_WAIT_POLICY or
+    GOMP_SPINCOUNT the operator set wins over both.
 
-    Why: with its own process the engine's OpenMP threads no longer wait on the GIL
-    between steps, and their spinning took the cores the server needs. Measured here
-    (tiny model, 3 x 32 streams of 32 tokens, load average 6): the engine process used
-    8.7 s of CPU and served 116-668 tok/s; with OMP_WAIT_POLICY=PASSIVE, 0.55 s and
-    1,685-2,351 tok/s.
+    Why both: between two ops of a step a spinning thread is already awake, a sleeping
+    one must be woken, which costs more than a small op. On a quiet 2-core machine
+    (serving benchmark, adapters preset, tiny model, 32 streams; two runs each, taking
+    turns) the server did 1,782-2,228 tok/s at K=0 and 1,227-1,243 at K=32 spinning,
+    against 1,385-1,557 and 881-916 sleeping (0.78-0.92x of the in-process engine against
+    0.94-1.14x). But on a machine whose cores are busy with other work the spinning
+    threads take the CPU from those who have work: measured at load average 6 (3 x 32
+    streams), the engine process burned 8.7 s of CPU for 116-668 tok/s spinning, 0.55 s
+    for 1,685-2,351 tok/s sleeping. So: spin on a worker with its cores to itself, sleep
+    on a shared machine (`lorafleet serve --cpu-thread-wait`).
     """
-    if "OMP_WAIT_POLICY" in os.environ:
+    if wait == "spin" or "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
         yield
         return
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
@@ -176,6 +184,7 @@ def _engine_main(config: Any, conn: Any, exit_code: list[int]) -> None:
     """Build the engine, answer the handshake, run the loop until STOP or the end."""
     try:
         loop, host = _build(config, conn)
+        freeze_startup_heap()  # the engine loop's steps never wait for a full collection
     except BaseException as exc:  # noqa: BLE001 - the server re-raises it, with its type
         conn.send(CarriedError.of(exc))
         return

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -43,6 +44,23 @@ class Stopper:
     async def wait(self) -> None:
         """Returns when a stop is asked for."""
         await self.event.wait()
+
+
+def freeze_startup_heap() -> int:
+    """Takes every object alive at the end of start-up out of the garbage collector's
+    scans; returns how many it froze.
+
+    A server process holds hundreds of thousands of long-lived objects once started
+    (torch, protobuf descriptors, the model's modules). Python's full (generation 2)
+    collection walks all of them, holding the GIL: measured on a worker with 218,000
+    objects, 130-135 ms, during which no stream got a token and no new request was
+    accepted. Frozen objects are never scanned, so a full collection walks only what
+    serving created since. Call once, when start-up is done: a frozen object is never
+    freed by the cycle collector (start-up garbage is collected first).
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 def add_log_level_argument(parser) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import pathlib
 import signal
 import time
 import urllib.request
@@ -152,3 +153,30 @@ def test_a_killed_engine_process_fails_streams_and_says_not_serving(lora_suite):
         assert worker.running.fatal.is_set()
     finally:
         worker.stop()
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = pathlib.Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().partition("=")[::2] for item in raw if item)
+
+
+def test_the_engine_process_spins_by_default(in_process):
+    # OpenMP's own short spin: sleeping at once cost the server 10-30% on a quiet machine
+    # (engine_process.py has the measurements). An operator's own setting passes through.
+    child = _environ(in_process.running.worker.bridge.link.pid)
+    assert child.get("OMP_WAIT_POLICY") == os.environ.get("OMP_WAIT_POLICY")
+
+
+@pytest.mark.parametrize("wait, preset, expected", [
+    ("sleep", None, "PASSIVE"), ("spin", None, None), ("sleep", "ACTIVE", "ACTIVE")])
+def test_cpu_thread_wait_sets_the_engine_process_environment(wait, preset, expected, monkeypatch):
+    from lorafleet.dataplane.server.engine_process import _child_environment
+
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    if preset is None:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    else:
+        monkeypatch.setenv("OMP_WAIT_POLICY", preset)
+    with _child_environment(wait):
+        assert os.environ.get("OMP_WAIT_POLICY") == expected
+    assert os.environ.get("OMP_WAIT_POLICY") == preset  # the server's own is left as it was
