@@ -7,13 +7,13 @@ then, with A_b and B_b the weights of block b's slot,
     y[rows of b, c_i] += shrunk[b, :, i] @ B_b,i^T   one bmm per slice i
 
 Blocks over a slot range read the buffers through views (no copy); gathered blocks copy
-the used slots' weights first. The op count is fixed (about 3 + 3 per slice) whatever the
+the used slots' weights first. The op count is fixed (about 6 + 1 per slice) whatever the
 number of adapters, where the grouped path (`sgmv_torch`) runs 1 + slices ops per adapter:
 at 32 adapters in a decode step that is the difference between a handful of ops and a
 hundred per projection group. Its cost grows with the padded rows (blocks x rows per
 block), so batches with one long segment (a prefill) among single rows stay grouped
-(`dispatch.py` decides). Like the gathered path it computes all max_rank columns and
-zeroes the padded ones with the gain, so padding must be finite (`LoraBuffers` keeps it
+(`dispatch.py` decides). It computes all max_rank columns of every slice and zeroes
+those past each rank with the gain, so padding must be finite (`LoraBuffers` keeps it
 zero).
 """
 
