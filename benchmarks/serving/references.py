@@ -68,6 +68,25 @@ class EngineReference:
                     add_next()
         return num_tokens / (time.perf_counter() - started)
 
+    def ttft(self, spec: RequestSpec) -> float:
+        """Seconds from adding `spec` alone to an idle engine to its first token, stepped
+        on a thread of its own as in the server (the request is then run to its end)."""
+        return on_thread(self._ttft, spec)
+
+    def _ttft(self, spec: RequestSpec) -> float:
+        from lorafleet.dataplane.engine.params import SamplingParams
+
+        engine = self._worker.bridge.engine
+        params = SamplingParams(max_tokens=spec.max_tokens, temperature=0.0, ignore_eos=True)
+        started, first = time.perf_counter(), None
+        engine.add_request(f"ref-{next(self._ids)}", spec.prompt, params=params,
+                           adapter=self._digests.get(spec.adapter))
+        while engine.has_unfinished():
+            outputs = engine.step()
+            if first is None and any(output.new_token_ids for output in outputs):
+                first = time.perf_counter() - started
+        return first
+
     def close(self) -> None:
         """Frees the worker's metrics and load threads."""
         self._worker.metrics.close()

@@ -5,6 +5,10 @@ Concurrency 32, prompt 64, output 64, greedy, EOS ignored; request i uses adapte
 (K = 0: the base model only), so min(K, 32) distinct adapters are in flight at any time.
 The worker has 32 device slots and holds all adapters in host memory, so K = 128 swaps
 adapters into slots as requests finish. Target (issue 11): server >= 0.9x the engine.
+
+Then time to first token at B = 1: one request at a time on an adapter already in its
+slot (prompt 64, 4 tokens), through the server and into the idle in-process engine,
+median of 8 each. Target (issue 11): the server within 5 ms of the engine.
 """
 
 from __future__ import annotations
@@ -13,12 +17,14 @@ import asyncio
 
 from benchmarks.serving.cells import run_cell
 from benchmarks.serving.references import EngineReference, PeftReference, vllm_note
-from benchmarks.serving.report import print_table
+from benchmarks.serving.report import latency_fields, print_table
 from benchmarks.serving.workload import Lengths
 from lorafleet.startup import freeze_startup_heap
 
 CONCURRENCY = 32
 TARGET_RATIO = 0.9
+TTFT_REQUESTS = 8
+TARGET_TTFT_GAP_MS = 5.0
 EXTRA_COLUMNS = (("engine tok/s", "engine_tok_s", "{:.0f}"),
                  ("server/engine", "server_engine_ratio", "{:.2f}x"),
                  ("peft tok/s", "peft_tok_s", "{:.0f}"), ("vs peft", "vs_peft", "{:.1f}x"))
@@ -46,10 +52,33 @@ def run(ctx) -> list[dict]:
             requests = ctx.requests(names[:count], num_requests, prompt=Lengths("fixed", 64),
                                     output=output)
             rows.append(_measure(ctx, target, engine, peft, requests, count))
+        ttft = _measure_ttft(ctx, target, engine, names[:1])
     engine.close()
     _print(rows)
+    _print_ttft(ttft)
     ctx.record("adapters", rows, worker_args=worker.args)
+    ctx.record("adapters_ttft", [ttft], worker_args=worker.args)
     return rows
+
+
+def _measure_ttft(ctx, target, engine, adapter: list[str]) -> dict:
+    """Median TTFT of one request at a time, through the server and in process."""
+    requests = ctx.requests(adapter, TTFT_REQUESTS, prompt=Lengths("fixed", 64),
+                            output=Lengths("fixed", 4), seed=7)
+    freeze_startup_heap()
+    row, _ = asyncio.run(run_cell(target, ctx.mode(concurrency=1), requests, cell="B=1"))
+    row.update(latency_fields("engine_ttft", [engine.ttft(spec) for spec in requests]))
+    row["ttft_gap_ms"] = row["ttft_p50_ms"] - row["engine_ttft_p50_ms"]
+    return row
+
+
+def _print_ttft(row: dict) -> None:
+    gap = row["ttft_gap_ms"]
+    verdict = "met" if gap <= TARGET_TTFT_GAP_MS else "NOT met"
+    print(f"time to first token at B=1 (prompt 64, median of {TTFT_REQUESTS}): server "
+          f"{row['ttft_p50_ms']:.1f} ms, engine {row['engine_ttft_p50_ms']:.1f} ms")
+    print(f"target: server within {TARGET_TTFT_GAP_MS:.0f} ms of the engine -> "
+          f"{gap:+.1f} ms ({verdict})")
 
 
 def _measure(ctx, target, engine, peft, requests, count: int) -> dict:

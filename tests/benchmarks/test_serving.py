@@ -110,3 +110,19 @@ def test_cold_preset_starts_its_own_worker(checkpoint, tmp_path):
         assert 0 < row["ttft_p50_ms"] <= row["ttft_p90_ms"] <= row["ttft_p99_ms"]
         assert "--max-cpu-loras" in row["worker_args"]
     assert (tmp_path / "serving_ttft_cdf.png").stat().st_size > 10_000
+
+
+def test_engine_reference_times_one_request_to_its_first_token(checkpoint):
+    # The B=1 TTFT cell of the adapters preset compares the server with this.
+    from benchmarks.serving.references import EngineReference
+    from benchmarks.serving.workload import RequestSpec
+
+    model, adapters = checkpoint
+    engine = EngineReference(model, adapters, max_loras=2, max_cpu_loras=8)
+    try:
+        short = engine.ttft(RequestSpec(0, NAMES[0], tuple(range(1, 9)), max_tokens=1))
+        long = engine.ttft(RequestSpec(1, NAMES[1], tuple(range(1, 9)), max_tokens=40))
+        assert 0 < short and 0 < long
+        assert not engine._worker.bridge.engine.has_unfinished()  # each ran to its end
+    finally:
+        engine.close()
