@@ -24,6 +24,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import queue
 import signal
 import sys
 import threading
@@ -58,14 +59,21 @@ class ProcessLink:
         with _child_environment(config.cpu_thread_wait):
             self._process.start()
         child_conn.close()  # the child's end lives in the child only: its exit closes it
-        self._send_lock = threading.Lock()
         self._is_stopping = False
         self._reader: threading.Thread | None = None
+        # Commands leave through a writer thread: the child reads none while it steps, and
+        # a write beyond the pipe's buffer would otherwise hold the caller (the server's
+        # event loop) until the step ends.
+        self._outbox: queue.SimpleQueue[Command | None] = queue.SimpleQueue()
+        self._is_broken = False
+        self._writer = threading.Thread(target=self._write, name="lorafleet-engine-commands",
+                                        daemon=True)
         try:
             self.facts = self._handshake()
         except BaseException:
             self._kill()
             raise
+        self._writer.start()
 
     @property
     def pid(self) -> int | None:
@@ -80,22 +88,36 @@ class ProcessLink:
         self._reader.start()
 
     def send(self, command: Command) -> None:
-        """Sends a command down the pipe (OSError once the child is gone)."""
-        with self._send_lock:
-            self._conn.send(command)
+        """Queues a command for the pipe; never waits for the child (OSError once the
+        pipe is broken: the child is gone)."""
+        if self._is_broken:
+            raise OSError("the engine process is gone")
+        self._outbox.put(command)
 
     def stop(self, timeout: float) -> None:
         """Asks the child to stop after its current step; kills it after `timeout`."""
         self._is_stopping = True
         with contextlib.suppress(OSError):
             self.send(Command(Op.STOP))
+        self._outbox.put(None)  # the writer's last item
         self._process.join(timeout)
         if self._process.is_alive():
             log.warning("the engine process did not stop in %.0fs; killing it", timeout)
             self._kill()
+        self._writer.join(timeout)
         if self._reader is not None:
             self._reader.join(timeout)
         self._conn.close()
+
+    def _write(self) -> None:
+        """The writer thread: sends queued commands in order until None or a broken pipe
+        (the reader then reports the child's end; commands still queued are moot)."""
+        while (command := self._outbox.get()) is not None:
+            try:
+                self._conn.send(command)
+            except (OSError, ValueError):  # gone, or the pipe closed by stop
+                self._is_broken = True
+                return
 
     def _handshake(self) -> EngineFacts:
         try:

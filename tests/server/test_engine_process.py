@@ -180,3 +180,28 @@ def test_cpu_thread_wait_sets_the_engine_process_environment(wait, preset, expec
     with _child_environment(wait):
         assert os.environ.get("OMP_WAIT_POLICY") == expected
     assert os.environ.get("OMP_WAIT_POLICY") == preset  # the server's own is left as it was
+
+
+def test_a_busy_engine_process_never_freezes_the_server(lora_suite):
+    # While the engine process is in a step it reads no commands. Commands beyond the
+    # pipe's buffer (64 KiB) used to block the server's event loop in the write until the
+    # step ended, with no health check, no new call and no cancel answered meanwhile.
+    # A stopped engine process is a step that never ends.
+    worker = WorkerThread(worker_config(lora_suite[0], engine_runs="process"))
+    pid = worker.running.worker.bridge.link.pid
+    request = pb.GenerateRequest(token_ids=pb.TokenIds(ids=[5] * 1000),
+                                 sampling=pb.SamplingParams(max_tokens=1, temperature=0))
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        calls = [worker.inference.Generate(request, timeout=120) for _ in range(60)]
+        time.sleep(1.0)  # the server turns them into commands: about 120 KB
+        began = time.monotonic()
+        _health(worker)  # answers, whatever it says
+        assert time.monotonic() - began < 5
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    try:
+        for call in calls:
+            assert len([m for m in call if m.HasField("delta")]) == 1  # nothing was lost
+    finally:
+        worker.stop()
