@@ -5,18 +5,12 @@ from __future__ import annotations
 import argparse
 import uuid
 
+from lorafleet import startup
 from lorafleet.auth.startup import add_auth_arguments
 from lorafleet.controlplane.access import auth_config_from_args
 from lorafleet.controlplane.server import ControlPlane, ControlPlaneConfig
 from lorafleet.rpcserver import ServerSecurity
-from lorafleet.startup import (
-    StartupError,
-    Stopper,
-    add_log_level_argument,
-    freeze_startup_heap,
-    run,
-    starting,
-)
+from lorafleet.startup import StartupError, Stopper, add_log_level_argument, run, starting
 from lorafleet.tls import TlsConfig, TlsFileError, add_server_tls_arguments
 
 DESCRIPTION = """\
@@ -89,7 +83,7 @@ async def serve(config: ControlPlaneConfig, stopper: Stopper) -> None:
     with starting():
         port = await plane.start()
     host = config.address.rpartition(":")[0]
-    freeze_startup_heap()
+    startup.freeze_startup_heap()
     print(f"lorafleet controlplane {config.replica_id} listening on {host}:{port}", flush=True)
     if plane.metrics_port is not None:
         print(f"  metrics: http://{host}:{plane.metrics_port}/metrics", flush=True)

@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from lorafleet import startup
 from lorafleet.auth.policy import GATEWAY_METHODS
 from lorafleet.auth.startup import add_auth_arguments, auth_interceptors
 from lorafleet.dataplane.gateway.app import GatewayConfig, start_gateway
 from lorafleet.rpcserver import ServerSecurity
-from lorafleet.startup import (
-    StartupError,
-    Stopper,
-    add_log_level_argument,
-    freeze_startup_heap,
-    run,
-    starting,
-)
+from lorafleet.startup import StartupError, Stopper, add_log_level_argument, run, starting
 from lorafleet.tls import TlsConfig, TlsFileError, add_server_tls_arguments
 
 DESCRIPTION = """\
@@ -84,7 +78,7 @@ async def serve(config: GatewayConfig, grace_seconds: float, stopper: Stopper) -
     """Runs a gateway until a stop is asked for, then stops it gracefully."""
     with starting():
         gateway = await start_gateway(config)
-    freeze_startup_heap()
+    startup.freeze_startup_heap()
     print(f"lorafleet gateway listening on {gateway.address}", flush=True)
     print(f"  following the routing table of {', '.join(config.controlplanes)}", flush=True)
     if gateway.metrics_port is not None:
