@@ -148,6 +148,9 @@ async def spawn_workers(children: Children, ports: Ports, controlplane: str, mod
                 "--advertise-address", ports.address(port), "--metrics-port", str(metrics),
                 "--heartbeat-seconds", "1", "--grace-seconds", CHILD_GRACE_SECONDS,
                 "--log-level", args.log_level, *worker_passthrough(args),
+                # The whole fleet shares this machine's cores: spinning engine threads
+                # would take them from the other workers (docs/worker.md).
+                "--cpu-thread-wait", "sleep",
                 *adapter_roots(model), *tls.server_args(name)]
         started.append(await children.spawn(name, argv, env=keys.env(keys.worker)))
     return started

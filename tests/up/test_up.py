@@ -4,6 +4,7 @@ start-up that fails)."""
 
 from __future__ import annotations
 
+import pathlib
 import re
 import signal
 import socket
@@ -94,6 +95,11 @@ def test_up_serves_through_the_gateway_and_leaves_nothing_after_sigterm(up):
     started = marked_pids(up.mark)
     # etcd, the control plane, a worker and a gateway, each its own process.
     assert len(started) >= 4
+    # They share this machine's cores: the worker's engine threads sleep when idle.
+    commands = [pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                for pid in started if pathlib.Path(f"/proc/{pid}/cmdline").exists()]
+    workers = [c for c in commands if b"worker" in c and b"--model" in c]
+    assert workers and all(c[c.index(b"--cpu-thread-wait") + 1] == b"sleep" for c in workers)
     addresses = [m.group(1) for line in up.lines
                  if (m := re.search(r" ready on (\S+) \(pid", line))]
     assert len(addresses) == 4 and all(is_listening(a) for a in addresses)
