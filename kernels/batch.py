@@ -28,32 +28,57 @@ class SlotBlocks:
     Block b holds the rows of one slot; a slot with fewer rows (or none: an idle slot inside
     the range) is padded with copies of an adapter row whose results are never read back.
     With blocks, a shrink or an expand over every adapter in the step is one batched matmul
-    (`blocked_torch`), instead of a few small matmuls per adapter.
+    (`blocked_torch`), instead of a few small matmuls per adapter. The sizes are plain
+    ints, cheap enough for the dispatcher to weigh every step; the index tensors are built
+    only when the blocked path runs.
 
     Attributes:
         num_blocks: blocks (slots) in the layout.
         block_rows: rows per block, the longest segment's length.
         slot_range: (first, end) when block b is slot first + b (the buffers are then
             sliced, not copied); None when the blocks are the used slots, gathered.
-        block_slots: int64 [num_blocks], the slot of each block (for gathering).
-        source_rows: int64 [num_blocks * block_rows], the row of x each padded row reads.
-        padded_rows: int64 [num_adapter_tokens], where sorted row j (`token_order[j]`) sits
-            among the padded rows.
         is_dense: True when there is no padding (`padded_rows` is 0, 1, 2, ...).
     """
 
     num_blocks: int
     block_rows: int
     slot_range: tuple[int, int] | None
-    block_slots: torch.Tensor
-    source_rows: torch.Tensor
-    padded_rows: torch.Tensor
     is_dense: bool
+    segments: tuple[tuple[int, int, int], ...]  # the batch's (start, length, slot)
+    token_order: torch.Tensor  # the batch's rows sorted by slot
 
     @property
     def num_padded_rows(self) -> int:
         """Rows the batched matmuls compute, padding included."""
         return self.num_blocks * self.block_rows
+
+    @functools.cached_property
+    def block_slots(self) -> torch.Tensor:
+        """int64 [num_blocks], the slot of each block (for gathering)."""
+        if self.slot_range is not None:
+            slots = list(range(*self.slot_range))
+        else:
+            slots = [slot for _, _, slot in self.segments]
+        return torch.tensor(slots, dtype=torch.int64, device=self.token_order.device)
+
+    @functools.cached_property
+    def padded_rows(self) -> torch.Tensor:
+        """int64 [num_adapter_tokens], where sorted row j (`token_order[j]`) sits among the
+        padded rows."""
+        first = self.slot_range[0] if self.slot_range is not None else 0
+        padded = [((slot - first) if self.slot_range is not None else index) * self.block_rows
+                  + offset
+                  for index, (_, length, slot) in enumerate(self.segments)
+                  for offset in range(length)]
+        return torch.tensor(padded, dtype=torch.int64, device=self.token_order.device)
+
+    @functools.cached_property
+    def source_rows(self) -> torch.Tensor:
+        """int64 [num_padded_rows], the row of x each padded row reads."""
+        source = torch.full((self.num_padded_rows,), int(self.token_order[0]),
+                            dtype=torch.int64, device=self.token_order.device)
+        source[self.padded_rows] = self.token_order
+        return source
 
 
 @dataclass(frozen=True)
@@ -108,32 +133,16 @@ class LoraBatch:
         if not self.segments:
             return None
         first, end = self.segments[0][2], self.segments[-1][2] + 1
+        is_range = end - first <= _MAX_RANGE_PER_ADAPTER * self.num_segments
+        num_blocks = end - first if is_range else self.num_segments
         block_rows = self.max_segment_length
-        if end - first <= _MAX_RANGE_PER_ADAPTER * self.num_segments:
-            slot_range = (first, end)
-            blocks = [slot - first for _, _, slot in self.segments]
-            num_blocks = end - first
-        else:
-            slot_range = None
-            blocks = list(range(self.num_segments))
-            num_blocks = self.num_segments
-        padded = [block * block_rows + offset
-                  for (_, length, _), block in zip(self.segments, blocks, strict=True)
-                  for offset in range(length)]
-        device = self.token_order.device
-        padded_rows = torch.tensor(padded, dtype=torch.int64, device=device)
-        source_rows = torch.full((num_blocks * block_rows,), int(self.token_order[0]),
-                                 dtype=torch.int64, device=device)
-        source_rows[padded_rows] = self.token_order
-        slots = (range(first, end) if slot_range else [slot for _, _, slot in self.segments])
         return SlotBlocks(
             num_blocks=num_blocks,
             block_rows=block_rows,
-            slot_range=slot_range,
-            block_slots=torch.tensor(list(slots), dtype=torch.int64, device=device),
-            source_rows=source_rows,
-            padded_rows=padded_rows,
-            is_dense=len(padded) == num_blocks * block_rows,
+            slot_range=(first, end) if is_range else None,
+            is_dense=len(self.token_order) == num_blocks * block_rows,
+            segments=self.segments,
+            token_order=self.token_order,
         )
 
     @property
