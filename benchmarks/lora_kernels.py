@@ -18,7 +18,8 @@ that are no cost of the op itself):
 and one per slice for the expand) are the two CPU paths; `base` is the group's own fused
 matmul, for scale. `pick` is the path the cost model in kernels/dispatch.py chooses,
 `faster` the one that measured faster, `lost` the time the pick lost (0 when it was
-right). `--threads 1` measures the paths as `add_lora` runs them for up to 256 rows.
+right). The paths run on one thread (`--threads`), as `add_lora` runs them for up to 256
+rows.
 JSON lines go to benchmarks/results/lora_kernels.jsonl.
 """
 
@@ -129,7 +130,9 @@ def _parse(argv):
     parser.add_argument("--distinct", type=int, nargs="+", help="distinct adapters per batch "
                         "(default 1 4 8 16 32; 1 8 32 with --quick)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: add_lora runs these paths on one "
+                             "thread for batches up to 256 rows)")
     return parser.parse_args(argv)
 
 
