@@ -12,7 +12,6 @@ FleetService, and the one holding the election lease also reconciles.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import uuid
@@ -40,6 +39,9 @@ from lorafleet.startup import StartupError
 from lorafleet.tls import PLAINTEXT_TLS, TlsConfig
 
 log = logging.getLogger(__name__)
+
+# How long stop() waits for leadership work (reconciler, lease keep-alive, resign) to end.
+_LEADING_STOP_SECONDS = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,8 +136,9 @@ class ControlPlane:
         """Stops reconciling (giving up leadership) and serving."""
         if self._leading is not None:
             self._leading.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._leading
+            # Work that does not end when cancelled (an etcd watch that cannot close) must
+            # not hold the stop: the leader lease then expires by itself.
+            await asyncio.wait({self._leading}, timeout=_LEADING_STOP_SECONDS)
         if self._server is not None:
             await self._server.stop(grace_seconds)
         await self.clients.close()

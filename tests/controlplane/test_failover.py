@@ -10,12 +10,14 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import aetcd
 
 from lorafleet.control.v1 import adapter_service_pb2 as pb
 from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
-from tests.controlplane.conftest import Stubs, eventually
+from lorafleet.controlplane.server import ControlPlane
+from tests.controlplane.conftest import Stubs, eventually, fast_config
 from tests.support.fake_worker import FakeWorker
 
 LORAFLEET = str(pathlib.Path(sys.executable).parent / "lorafleet")
@@ -139,3 +141,28 @@ async def _get_adapter(stubs: Stubs, name: str):
         return await stubs.adapters.GetAdapter(pb.GetAdapterRequest(name=name))
     except Exception:  # etcd still coming back
         return None
+
+
+async def test_stop_never_waits_forever_on_leadership_work_that_ignores_cancel(etcd, monkeypatch):
+    # A reconciler that does not end when cancelled (as an etcd watch that cannot close
+    # would make it) once held ControlPlane.stop, and a test's teardown, for good.
+    import lorafleet.controlplane.server as server_module
+
+    class Stubborn:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        async def run(self):
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                await asyncio.sleep(3600)  # ignores the first cancel; a second one ends it
+
+    monkeypatch.setattr(server_module, "Reconciler", Stubborn)
+    replica = ControlPlane(fast_config(etcd.url))
+    await replica.start()
+    await eventually(lambda: replica.is_leader, timeout=10)
+    began = time.monotonic()
+    # wait_for ends a hung stop() after 20 s (its own suppress then lets it finish).
+    await asyncio.wait_for(replica.stop(), 20)
+    assert time.monotonic() - began < 15
