@@ -55,8 +55,9 @@ def freeze_startup_heap() -> int:
     collection walks all of them, holding the GIL: measured on a worker with 218,000
     objects, 130-135 ms, during which no stream got a token and no new request was
     accepted. Frozen objects are never scanned, so a full collection walks only what
-    serving created since. Call once, when start-up is done: a frozen object is never
-    freed by the cycle collector (start-up garbage is collected first).
+    serving created since. Call when start-up is done (a benchmark may call it again
+    before each measured cell): a frozen object is never freed by the cycle collector, so
+    the garbage there is now is collected first.
     """
     gc.collect()
     gc.freeze()

@@ -146,8 +146,6 @@ async def _get_adapter(stubs: Stubs, name: str):
 async def test_stop_never_waits_forever_on_leadership_work_that_ignores_cancel(etcd, monkeypatch):
     # A reconciler that does not end when cancelled (as an etcd watch that cannot close
     # would make it) once held ControlPlane.stop, and a test's teardown, for good.
-    import lorafleet.controlplane.server as server_module
-
     class Stubborn:
         def __init__(self, *args, **kwargs):
             pass
@@ -158,7 +156,7 @@ async def test_stop_never_waits_forever_on_leadership_work_that_ignores_cancel(e
             except asyncio.CancelledError:
                 await asyncio.sleep(3600)  # ignores the first cancel; a second one ends it
 
-    monkeypatch.setattr(server_module, "Reconciler", Stubborn)
+    monkeypatch.setattr("lorafleet.controlplane.server.Reconciler", Stubborn)
     replica = ControlPlane(fast_config(etcd.url))
     await replica.start()
     await eventually(lambda: replica.is_leader, timeout=10)
