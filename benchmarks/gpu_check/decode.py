@@ -21,6 +21,7 @@ import torch
 
 from benchmarks.gpu_check import model_shape
 from benchmarks.gpu_check.report import target
+from benchmarks.gpu_check.timing import copy_bandwidth
 from benchmarks.lora_decode import decode_tokens_per_second
 from lorafleet.dataplane.demo import write_adapter
 from lorafleet.dataplane.engine.scheduler import SchedulerConfig
@@ -32,13 +33,14 @@ from lorafleet.dataplane.runner.factory import DTYPES, create_engine
 from lorafleet.dataplane.runner.kv_cache import KVCacheBudget
 
 CAP_S = 200.0
+SLOT_TABLE_MARGIN = 16 << 20
 TARGET_RATIO = 0.85
 RANK = 16
 CUDA_PLAN = {"shape": model_shape.LLAMA_8B, "distinct": (0, 1, 8, 32), "tokens": 32,
-             "rounds": 2, "kv_bytes": 2 << 30, "dtype": "bfloat16", "is_warmed_up": True,
+             "rounds": 2, "kv_bytes": 2 << 30, "copy_bytes": 1 << 30, "dtype": "bfloat16", "is_warmed_up": True,
              "setup_s": 60.0}
 DRY_PLAN = {"shape": model_shape.TINY, "distinct": (0, 1, 4), "tokens": 3,
-            "rounds": 1, "kv_bytes": 64 << 20, "dtype": "float32", "is_warmed_up": False,
+            "rounds": 1, "kv_bytes": 64 << 20, "copy_bytes": 8 << 20, "dtype": "float32", "is_warmed_up": False,
             "setup_s": 5.0}
 
 
@@ -57,12 +59,13 @@ def run(device: torch.device, clock, *, is_dry_run: bool) -> dict:
         model_dir = model_shape.write_config(root / "model", shape)
         adapter_dirs = [write_adapter(root / f"a{i}", model_dir, rank=RANK, alpha=2 * RANK,
                                       target_modules="all-linear", seed=i) for i in range(num_seqs)]
-        holder, digests = _build(model_dir, adapter_dirs, device, plan)
+        holder, digests = _build(model_dir, adapter_dirs, device, plan, shape)
         try:
             rows = _measure(holder, digests, plan, clock, num_seqs)
         finally:
             holder.host.close()
-    _add_ratios(rows, shape, element_size)
+    bandwidth = copy_bandwidth(device, plan["copy_bytes"])
+    _add_ratios(rows, shape, element_size, bandwidth)
     # On CUDA the host tier must hold page-locked copies (loading.py); on CPU it never pins.
     is_pinned_right = holder.num_pinned == (num_seqs if device.type == "cuda" else 0)
     notes.append(f"{holder.num_pinned}/{num_seqs} adapters in pinned host memory")
@@ -102,17 +105,24 @@ def _fitted_shape(plan: dict, device: torch.device, num_seqs: int, element_size:
     return shape, notes
 
 
-def _build(model_dir, adapter_dirs, device: torch.device, plan: dict):
+def _build(model_dir, adapter_dirs, device: torch.device, plan: dict, shape: dict):
     """The engine on `device` with random weights, every adapter loaded and placed, behind
-    the `worker.bridge.engine` attribute path that `decode_tokens_per_second` reads."""
+    the `worker.bridge.engine` attribute path that `decode_tokens_per_second` reads.
+
+    A KV budget in bytes also pays for the adapter slots (factory.py), so the budget is
+    the plan's KV bytes plus the slots' bytes and a margin for their rank and scale tables.
+    """
     num_seqs, dtype = len(adapter_dirs), DTYPES[plan["dtype"]]
+    element_size = torch.empty((), dtype=dtype).element_size()
+    slot_bytes = num_seqs * model_shape.num_adapter_bytes(shape, RANK, element_size)
     model_config = ModelConfig.from_dir(model_dir)
     files = AdapterFiles(model_config, RANK, dtype, pin_memory=device.type == "cuda")
     host = HostCache(max_host=num_seqs, load=lambda source: files.load(source.source_uri))
     adapters = DeviceAdapters(model_config, host, max_loras=num_seqs, max_lora_rank=RANK)
     with model_shape.random_weights_instead():
         engine = create_engine(model_dir, device=device, dtype=dtype,
-                               kv_cache=KVCacheBudget(num_bytes=plan["kv_bytes"]),
+                               kv_cache=KVCacheBudget(num_bytes=plan["kv_bytes"] + slot_bytes
+                                                      + SLOT_TABLE_MARGIN),
                                scheduler_config=SchedulerConfig(max_num_seqs=num_seqs),
                                adapters=adapters)
     digests, num_pinned = [], 0
@@ -147,8 +157,10 @@ def _measure(holder, digests, plan: dict, clock, num_seqs: int) -> list[dict]:
     return [{"distinct": n, "tokens_per_s": round(rate, 1)} for n, rate in sorted(best.items())]
 
 
-def _add_ratios(rows: list[dict], shape: dict, element_size: int) -> None:
-    """vs base, extra ms per step over base, and the weight-reading bound of each case."""
+def _add_ratios(rows: list[dict], shape: dict, element_size: int, bandwidth: float) -> None:
+    """vs base, extra ms per step over base, the weight-reading bound of each case, and
+    the step's time against the time to read its weights once at the copy bandwidth
+    (`read_ms`): a step far slower than that is bound by something else (launches)."""
     base = next((row for row in rows if row["distinct"] == 0), None)
     base_bytes = model_shape.num_weight_bytes(shape, element_size)
     adapter_bytes = model_shape.num_adapter_bytes(shape, RANK, element_size)
@@ -158,5 +170,8 @@ def _add_ratios(rows: list[dict], shape: dict, element_size: int) -> None:
         if base:
             step_ms = 1e3 * num_seqs / row["tokens_per_s"]
             row["extra_ms_per_step"] = round(step_ms - 1e3 * num_seqs / base["tokens_per_s"], 2)
-        bound = base_bytes / (base_bytes + row["distinct"] * adapter_bytes)
-        row["bandwidth_bound_vs_base"] = round(bound, 3)
+        step_bytes = base_bytes + row["distinct"] * adapter_bytes
+        row["bandwidth_bound_vs_base"] = round(base_bytes / step_bytes, 3)
+        if num_seqs:
+            row["step_ms"] = round(1e3 * num_seqs / row["tokens_per_s"], 2)
+        row["read_ms"] = round(1e3 * step_bytes / bandwidth, 2)

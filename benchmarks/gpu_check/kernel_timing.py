@@ -6,6 +6,8 @@ a single row, SGMV otherwise) and a prefill batch (2048 rows, each adapter's row
 contiguous: SGMV). The roofline time is the bytes the call must move (`lora_bytes`) over
 the measured copy bandwidth; the target is add_lora <= 1.5x that time. `launch_floor`
 is two empty kernel launches back to back: calls that move a few MB cannot beat it.
+`graph_ms` is the same call replayed from a CUDA graph, the kernels' own time without
+the host's launch work; `graph_vs_roofline` says how near the kernels alone come.
 """
 
 from __future__ import annotations
@@ -15,7 +17,13 @@ import random
 import torch
 
 from benchmarks.gpu_check.report import target
-from benchmarks.gpu_check.timing import copy_bandwidth, lora_bytes, median_ms, roofline_ms
+from benchmarks.gpu_check.timing import (
+    copy_bandwidth,
+    graph_ms,
+    lora_bytes,
+    median_ms,
+    roofline_ms,
+)
 from benchmarks.lora_kernels import naive_per_adapter
 from lorafleet.kernels import LoraBatch, LoraBuffers, add_lora
 
@@ -75,6 +83,7 @@ def measure(kind: str, num_rows: int, num_distinct: int, buffers: LoraBuffers,
     batch = LoraBatch.from_slots(slots, device=device)
     fused_ms = median_ms(lambda: add_lora(y, x, buffers, batch=batch, is_checked=True), device,
                          num_samples=num_samples)
+    kernels_ms = _graph_ms(lambda: add_lora(y, x, buffers, batch=batch, is_checked=True), device)
     loop_ms = median_ms(lambda: naive_per_adapter(y, x, buffers, slots), device,
                         num_samples=num_samples)
     num_bytes = lora_bytes(num_rows=num_rows, in_features=hidden, out_features=hidden,
@@ -84,7 +93,17 @@ def measure(kind: str, num_rows: int, num_distinct: int, buffers: LoraBuffers,
             "mbytes": round(num_bytes / 1e6, 2), "roofline_ms": _figures(ideal_ms),
             "add_lora_ms": _figures(fused_ms), "loop_ms": _figures(loop_ms),
             "vs_roofline": round(fused_ms / ideal_ms, 2),
-            "speedup_vs_loop": round(loop_ms / fused_ms, 2)}
+            "speedup_vs_loop": round(loop_ms / fused_ms, 2),
+            "graph_ms": _figures(kernels_ms) if kernels_ms is not None else None,
+            "graph_vs_roofline": round(kernels_ms / ideal_ms, 2) if kernels_ms is not None else None}
+
+
+def _graph_ms(fn, device: torch.device) -> float | None:
+    """`graph_ms`, or None where capture fails (the row still has the step's time)."""
+    try:
+        return graph_ms(fn, device)
+    except Exception:  # noqa: BLE001 (a diagnostic column; the row's own timings stand)
+        return None
 
 
 def _figures(ms: float) -> float:

@@ -34,6 +34,26 @@ def median_ms(fn, device: torch.device, *, num_samples: int = 7, sample_ms: floa
     return statistics.median(samples)
 
 
+def graph_ms(fn, device: torch.device, *, num_calls: int = 20) -> float | None:
+    """Milliseconds of one call of `fn` replayed from a CUDA graph of `num_calls` calls: the
+    device's own time, without the host's launch work between kernels (None on CPU).
+
+    `median_ms` counts both, as a step does; the two apart say whether a call is bound by
+    its kernels or by launching them."""
+    if device.type != "cuda":
+        return None
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):  # warm-up off the default stream, as capture wants
+        fn()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(num_calls):
+            fn()
+    return median_ms(graph.replay, device) / num_calls
+
+
 def _sample_ms(fn, device: torch.device, inner: int) -> float:
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -139,3 +139,29 @@ def test_lorafleet_imports_from_the_checkout_where_it_is_not_installed():
     origin, kernels_file = done.stdout.split()
     assert origin == "checkout"
     assert pathlib.Path(kernels_file) == ROOT / "kernels" / "__init__.py"
+
+
+def test_decode_kv_budget_is_on_top_of_the_adapter_slots(tmp_path):
+    # On the H200 the 8B shape's 32 adapter slots (2.7 GB) were taken out of the 2 GiB KV
+    # budget, leaving no block: the part broke. The KV cache must keep the plan's bytes.
+    from benchmarks.gpu_check import decode
+    from benchmarks.gpu_check.model_shape import TINY, write_config
+    from lorafleet.dataplane.demo import write_adapter
+    from lorafleet.dataplane.model.config import ModelConfig
+    from lorafleet.dataplane.runner.kv_cache import bytes_per_block
+
+    plan = {**decode.DRY_PLAN, "kv_bytes": 256 << 10}
+    model_dir = write_config(tmp_path / "model", TINY)
+    adapter_dirs = [write_adapter(tmp_path / f"a{i}", model_dir, rank=decode.RANK,
+                                  alpha=2 * decode.RANK, target_modules="all-linear", seed=i)
+                    for i in range(4)]
+    assert 4 * num_adapter_bytes(TINY, decode.RANK, 4) > plan["kv_bytes"]
+    holder, digests = decode._build(model_dir, adapter_dirs, torch.device("cpu"), plan, TINY)
+    try:
+        allocator = holder.bridge.engine.scheduler.allocator
+        block_bytes = bytes_per_block(ModelConfig.from_dir(model_dir), allocator.block_size,
+                                      torch.float32)
+        assert allocator.num_blocks * block_bytes >= plan["kv_bytes"]
+        assert len(digests) == 4
+    finally:
+        holder.host.close()
