@@ -92,6 +92,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser, *, model_required: bool
                              "worker has its cores to itself), or 'sleep' at once (for a "
                              "machine shared with other busy processes, where spinning takes "
                              "their CPU); an OMP_WAIT_POLICY you set wins (default %(default)s)")
+    parser.add_argument("--engine-start-timeout", type=float, default=600.0, metavar="SECONDS",
+                        help="how long the engine process may take to load the model and "
+                             "start; past it, it is stopped and the server exits with one "
+                             "line and status 2 (raise it for a large model on slow storage) "
+                             "(default %(default)s)")
     parser.add_argument("--grace-seconds", type=float, default=30.0,
                         help="on SIGTERM, how long in-flight streams may finish (default %(default)s)")
     add_source_arguments(parser)
@@ -126,7 +131,8 @@ def worker_config(args: argparse.Namespace):
         kv_cache_fraction=args.kv_cache_fraction, max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens, max_waiting=args.max_waiting,
         queue_policy=args.queue_policy, quotas=quota_config_of(args),
-        engine_runs=args.engine_runs, cpu_thread_wait=args.cpu_thread_wait, **extra)
+        engine_runs=args.engine_runs, cpu_thread_wait=args.cpu_thread_wait,
+        engine_start_timeout=args.engine_start_timeout, **extra)
 
 
 async def serve(args: argparse.Namespace, stopper: Stopper, on_ready=None) -> int:

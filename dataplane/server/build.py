@@ -74,6 +74,7 @@ class WorkerConfig:
     sources: SourcePolicy = UNCONFINED  # adapter roots, S3 allow-list, size limit
     engine_runs: str = "process"  # one of ENGINE_RUNS
     cpu_thread_wait: str = "spin"  # one of CPU_THREAD_WAITS (engine_process.py says why)
+    engine_start_timeout: float = 600.0  # seconds the engine process may take to build
 
     def __post_init__(self) -> None:
         if self.engine_runs not in ENGINE_RUNS:
@@ -82,6 +83,9 @@ class WorkerConfig:
         if self.cpu_thread_wait not in CPU_THREAD_WAITS:
             raise ValueError(f"cpu_thread_wait must be one of {CPU_THREAD_WAITS}, "
                              f"not {self.cpu_thread_wait!r}")
+        if not self.engine_start_timeout > 0:
+            raise ValueError(f"engine_start_timeout must be positive, "
+                             f"not {self.engine_start_timeout!r}")
 
     def kv_budget(self, device: torch.device) -> KVCacheBudget:
         """Bytes or a fraction when given; else the device's default (see kv_cache.py)."""

@@ -39,7 +39,7 @@ from lorafleet.dataplane.server.engine_messages import (
     News,
     Op,
 )
-from lorafleet.startup import freeze_startup_heap
+from lorafleet.startup import StartupError, freeze_startup_heap
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,9 @@ _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [engine]: %(message)s"
 
 class ProcessLink:
     """Starts the engine process for `config` and waits until it is built (blocking:
-    call off the event loop). Raises the child's start-up error, with its type."""
+    call off the event loop). Raises the child's start-up error, with its type, or a
+    StartupError when it is not built within `config.engine_start_timeout` seconds (the
+    child is then killed)."""
 
     def __init__(self, config: Any, *, name: str = "lorafleet-engine"):
         context = multiprocessing.get_context("spawn")
@@ -69,7 +71,7 @@ class ProcessLink:
         self._writer = threading.Thread(target=self._write, name="lorafleet-engine-commands",
                                         daemon=True)
         try:
-            self.facts = self._handshake()
+            self.facts = self._handshake(config.engine_start_timeout)
         except BaseException:
             self._kill()
             raise
@@ -119,7 +121,14 @@ class ProcessLink:
                 self._is_broken = True
                 return
 
-    def _handshake(self) -> EngineFacts:
+    def _handshake(self, timeout: float) -> EngineFacts:
+        # The child may hang while building (weights on a stuck network mount, say): its
+        # pipe then neither answers nor closes, and start-up would wait for ever.
+        if not self._conn.poll(timeout):
+            raise StartupError(
+                f"the engine process did not finish starting in {timeout:g} s (loading "
+                "the model and placing it); it was stopped. Raise --engine-start-timeout "
+                "if the model is that slow to load")
         try:
             message = self._conn.recv()
         except EOFError:

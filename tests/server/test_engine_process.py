@@ -5,8 +5,10 @@ what happens when the engine process or the server process dies."""
 from __future__ import annotations
 
 import concurrent.futures
+import multiprocessing
 import os
 import pathlib
+import shutil
 import signal
 import time
 import urllib.request
@@ -205,3 +207,30 @@ def test_a_busy_engine_process_never_freezes_the_server(lora_suite):
             assert len([m for m in call if m.HasField("delta")]) == 1  # nothing was lost
     finally:
         worker.stop()
+
+
+def test_an_engine_process_that_never_finishes_building_is_stopped_at_the_timeout(
+        lora_suite, tmp_path):
+    # A weights file that blocks on open (a FIFO nobody writes; in life a hung network
+    # mount) used to hold `lorafleet serve` at start for ever. Now start-up gives up
+    # after --engine-start-timeout with one clear line, and the child is gone.
+    from lorafleet.dataplane.server.engine_process import ProcessLink
+    from lorafleet.startup import StartupError
+
+    base = tmp_path / "base"
+    shutil.copytree(lora_suite[0], base)
+    for weights in base.glob("*.safetensors"):
+        weights.unlink()
+        os.mkfifo(weights)
+    config = worker_config(base, engine_runs="process", engine_start_timeout=3.0)
+    started = time.monotonic()
+    children_before = set(multiprocessing.active_children())
+    with pytest.raises(StartupError, match="did not finish starting in 3 s"):
+        ProcessLink(config)
+    assert time.monotonic() - started < 30
+    assert not set(multiprocessing.active_children()) - children_before
+
+
+def test_engine_start_timeout_must_be_positive(lora_suite):
+    with pytest.raises(ValueError, match="engine_start_timeout"):
+        worker_config(lora_suite[0], engine_start_timeout=0)
