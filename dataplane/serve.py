@@ -157,7 +157,7 @@ async def serve(args: argparse.Namespace, stopper: Stopper, on_ready=None) -> in
                                      admin_port=args.admin_port,
                                      security=ServerSecurity(tls.server_credentials(),
                                                              interceptors),
-                                     tls=tls, **fleet)
+                                     tls=tls, stop=stopper.threaded, **fleet)
     freeze_startup_heap()
     print(f"lorafleet worker {running.worker.options.worker_id} serving on {running.address}", flush=True)
     print(f"  {running.sizes.describe()}", flush=True)

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import socket
+import threading
 
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -105,14 +106,16 @@ async def start_worker(config: WorkerConfig, *, host: str = "127.0.0.1", port: i
                        security: ServerSecurity = PLAINTEXT,
                        tls: TlsConfig = PLAINTEXT_TLS,
                        api_key: str | None = None,
-                       admin_port: int | None = None) -> RunningWorker:
+                       admin_port: int | None = None,
+                       stop: threading.Event | None = None) -> RunningWorker:
     """Binds the port, builds the worker, loads the start-up adapters, and starts
     serving; with `controlplanes`, also registers and heartbeats (advertising
     `advertise_address`, default the bound address). The gRPC server meets callers with
     `security` (TLS credentials and interceptors) and calls the control plane with `tls`.
     With `admin_port`, WorkerService listens there alone and the gRPC port serves only
     InferenceService. A busy port fails (PortInUse) before the model is loaded; any
-    start-up failure releases what was taken."""
+    start-up failure releases what was taken. Setting `stop` while an engine process
+    builds ends start-up at once with StartupStopped."""
     bounds = await _bind(host, port, admin_port, security)
     bound = bounds[0]
     config = dataclasses.replace(
@@ -123,7 +126,7 @@ async def start_worker(config: WorkerConfig, *, host: str = "127.0.0.1", port: i
     try:
         worker, _ = await asyncio.to_thread(
             build_serving_worker, config, tracer=tracer_of(tracer_provider),
-            on_fatal=lambda exc: loop.call_soon_threadsafe(fatal.set))
+            on_fatal=lambda exc: loop.call_soon_threadsafe(fatal.set), stop=stop)
     except BaseException:
         await _release(bounds)
         raise

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import pathlib
+import threading
 from collections.abc import Callable
 
 import torch
@@ -160,15 +161,17 @@ def build_worker(config: WorkerConfig, *, tracer: trace.Tracer | None = None,
 
 def build_process_worker(config: WorkerConfig, *, tracer: trace.Tracer | None = None,
                          on_fatal: Callable[[BaseException], None] = lambda exc: None,
+                         stop: threading.Event | None = None,
                          ) -> tuple[Worker, WorkerSizes]:
     """A worker whose engine runs in its own process (started and built here; blocking).
     Raises the engine process's start-up error with its type. `on_fatal(exc)` is called
-    on a reader thread if that process ever dies."""
+    on a reader thread if that process ever dies. Setting `stop` while the engine
+    process builds kills it and raises StartupStopped."""
     from lorafleet.dataplane.server.engine_process import ProcessLink
 
     ModelConfig.from_dir(config.model_dir)  # a wrong directory fails before any spawn
     tokenizer = Tokenizer.from_dir(config.model_dir)
-    link = ProcessLink(config)
+    link = ProcessLink(config, stop=stop)
     try:
         return _assemble(config, link, tokenizer, WorkerMetrics(config.worker_id), tracer,
                          on_fatal)
@@ -177,11 +180,13 @@ def build_process_worker(config: WorkerConfig, *, tracer: trace.Tracer | None = 
         raise
 
 
-def build_serving_worker(config: WorkerConfig, **options) -> tuple[Worker, WorkerSizes]:
-    """The worker `lorafleet serve` runs: its engine where `config.engine_runs` says."""
+def build_serving_worker(config: WorkerConfig, *, stop: threading.Event | None = None,
+                         **options) -> tuple[Worker, WorkerSizes]:
+    """The worker `lorafleet serve` runs: its engine where `config.engine_runs` says.
+    `stop` cuts an engine process's start short (an engine on a thread builds to the end)."""
     if config.engine_runs == "thread":
         return build_worker(config, **options)
-    return build_process_worker(config, **options)
+    return build_process_worker(config, stop=stop, **options)
 
 
 def _assemble(config: WorkerConfig, link: EngineLink, tokenizer: Tokenizer,

@@ -13,7 +13,9 @@ the model's weights.
 
 Lifetimes: the server stops the child with STOP (and kills it if it does not stop in
 time); if the child dies, the reader thread sees the pipe close and reports it; if the
-server dies, the child sees its pipe close and exits, so no orphan holds the device. The
+server dies, the child sees its pipe close and exits, so no orphan holds the device (while
+it builds, the kernel kills it instead: `_engine_main`). A build that takes longer than
+`engine_start_timeout`, or a stop asked for meanwhile, kills the child too. The
 child ignores SIGINT and leaves the server's process group: a Ctrl-C or a SIGTERM to the
 group is the server's to handle (it drains its streams, then stops the child).
 """
@@ -21,6 +23,7 @@ group is the server's to handle (it drains its streams, then stops the child).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -28,6 +31,7 @@ import queue
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -39,25 +43,29 @@ from lorafleet.dataplane.server.engine_messages import (
     News,
     Op,
 )
-from lorafleet.startup import StartupError, freeze_startup_heap
+from lorafleet.startup import StartupError, StartupStopped, freeze_startup_heap
 
 log = logging.getLogger(__name__)
 
+_STOP_POLL_SECONDS = 0.2  # how often a start-up wait looks at its stop event
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [engine]: %(message)s"
 
 
 class ProcessLink:
     """Starts the engine process for `config` and waits until it is built (blocking:
     call off the event loop). Raises the child's start-up error, with its type, or a
-    StartupError when it is not built within `config.engine_start_timeout` seconds (the
-    child is then killed)."""
+    StartupError when it is not built within `config.engine_start_timeout` seconds, or
+    StartupStopped as soon as `stop` is set (a SIGTERM while starting); either way the
+    child is killed."""
 
-    def __init__(self, config: Any, *, name: str = "lorafleet-engine"):
+    def __init__(self, config: Any, *, name: str = "lorafleet-engine",
+                 stop: threading.Event | None = None):
         context = multiprocessing.get_context("spawn")
         self._conn, child_conn = context.Pipe()
         self._process = context.Process(
             target=run_engine_process, name=name, daemon=True,
-            args=(config, child_conn, logging.getLogger().getEffectiveLevel()))
+            args=(config, child_conn, logging.getLogger().getEffectiveLevel(), os.getpid()))
         with _child_environment(config.cpu_thread_wait):
             self._process.start()
         child_conn.close()  # the child's end lives in the child only: its exit closes it
@@ -71,7 +79,7 @@ class ProcessLink:
         self._writer = threading.Thread(target=self._write, name="lorafleet-engine-commands",
                                         daemon=True)
         try:
-            self.facts = self._handshake(config.engine_start_timeout)
+            self.facts = self._handshake(config.engine_start_timeout, stop)
         except BaseException:
             self._kill()
             raise
@@ -121,10 +129,16 @@ class ProcessLink:
                 self._is_broken = True
                 return
 
-    def _handshake(self, timeout: float) -> EngineFacts:
+    def _handshake(self, timeout: float, stop: threading.Event | None) -> EngineFacts:
         # The child may hang while building (weights on a stuck network mount, say): its
-        # pipe then neither answers nor closes, and start-up would wait for ever.
-        if not self._conn.poll(timeout):
+        # pipe then neither answers nor closes, and start-up would wait for ever. A big
+        # model may take minutes, and a stop asked for meanwhile ends the wait at once.
+        deadline = time.monotonic() + timeout
+        while not self._conn.poll(min(_STOP_POLL_SECONDS, max(0.0, deadline - time.monotonic()))):
+            if stop is not None and stop.is_set():
+                raise StartupStopped("stopped while the engine process was starting")
+            if time.monotonic() < deadline:
+                continue
             raise StartupError(
                 f"the engine process did not finish starting in {timeout:g} s (loading "
                 "the model and placing it); it was stopped. Raise --engine-start-timeout "
@@ -192,27 +206,39 @@ def _child_environment(wait: str):
         os.environ.pop("OMP_WAIT_POLICY", None)
 
 
-def run_engine_process(config: Any, conn: Any, log_level: int) -> None:
+def run_engine_process(config: Any, conn: Any, log_level: int, server_pid: int) -> None:
     """The child's main: runs the engine on a thread that is not the main thread.
 
     Why: on a busy machine torch ops issued from a process's main thread were measured
     5-9x slower than from another thread (OpenMP's spinning wait in the main thread's
     team; docs/benchmarks.md), and the engine was built to run on a thread of its own.
+    `server_pid` is the server's process id, which the engine watches while it builds.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)  # signals to the server's process group are the server's
     logging.basicConfig(level=log_level, format=_LOG_FORMAT)
     exit_code: list[int] = [0]
-    engine = threading.Thread(target=_engine_main, args=(config, conn, exit_code),
+    engine = threading.Thread(target=_engine_main, args=(config, conn, exit_code, server_pid),
                               name="lorafleet-engine")
     engine.start()
     engine.join()
     sys.exit(exit_code[0])
 
 
-def _engine_main(config: Any, conn: Any, exit_code: list[int]) -> None:
-    """Build the engine, answer the handshake, run the loop until STOP or the end."""
+def _engine_main(config: Any, conn: Any, exit_code: list[int], server_pid: int) -> None:
+    """Build the engine, answer the handshake, run the loop until STOP or the end.
+
+    While it builds, the engine reads no pipe, so it could not see the server die: a
+    server killed then (SIGKILL, the OOM killer) would leave it running, holding the
+    device, for as long as the build takes, for ever if it hangs on a stuck mount (and a
+    watching thread would not help: a read that blocks in a native library can hold the
+    GIL). So the kernel kills it if the server's waiting thread ends, until the build is
+    done; from then on the pipe's closing tells.
+    """
+    _set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != server_pid:
+        os._exit(0)  # the server ended before the signal was armed
     try:
         loop, host = _build(config, conn)
         freeze_startup_heap()  # the engine loop's steps never wait for a full collection
@@ -241,8 +267,21 @@ def _build(config: Any, conn: Any):
     parts = build_engine(config, events)
     loop = EngineLoop(parts.engine, parts.host, events,
                       take_snapshot=parts.take_snapshot, send=conn.send)
-    conn.send(parts.facts(loop.first_snapshot()))
+    facts = parts.facts(loop.first_snapshot())
+    # Disarmed before the answer: the server's thread that waited for it may then end.
+    _set_parent_death_signal(0)
+    conn.send(facts)
     return loop, parts.host
+
+
+def _set_parent_death_signal(signum: int) -> None:
+    """Linux's PR_SET_PDEATHSIG for the calling thread: `signum` is sent to this process
+    when the thread that started it ends (0 disarms). Elsewhere, nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno()))
 
 
 def _receive(conn: Any, timeout: float) -> list[Command]:

@@ -6,7 +6,8 @@ installed before the coroutine runs, so a SIGTERM that arrives during start-up (
 after "serving on" is printed) ends the process gracefully instead of killing it. A
 `StartupError` (start-up work wrapped in `starting()` turns a missing file, a busy port
 or a bad value into one), or a missing extra, prints one line and exits 2;
-`--log-level debug` shows the traceback as well.
+`--log-level debug` shows the traceback as well. A stop asked for while start-up work
+that can be cut short is running (StartupStopped) exits 0 with one line.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import gc
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 
 EXIT_OK = 0
@@ -30,11 +32,26 @@ class StartupError(Exception):
     """A mistake in how a server was started, said in one line for the operator."""
 
 
+class StartupStopped(Exception):
+    """A stop was asked for (SIGTERM, Ctrl-C) before start-up finished; what start-up had
+    taken is released."""
+
+
 class Stopper:
-    """Set by SIGTERM or SIGINT: the server should stop gracefully."""
+    """Set by SIGTERM or SIGINT: the server should stop gracefully.
+
+    `event` is for the event loop; `threaded` is the same news for start-up work running
+    on a thread (waiting for an engine process to build), which checks it to give up
+    early instead of holding the stop until it is done."""
 
     def __init__(self) -> None:
         self.event = asyncio.Event()
+        self.threaded = threading.Event()
+
+    def set(self) -> None:
+        """Asks for a stop (on the event loop's thread)."""
+        self.threaded.set()
+        self.event.set()
 
     @property
     def is_set(self) -> bool:
@@ -78,6 +95,9 @@ def run(prog: str, main: Callable[[Stopper], Awaitable[int | None]], *,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return asyncio.run(_with_signals(main)) or EXIT_OK
+    except StartupStopped as exc:
+        print(f"{prog}: {exc}", flush=True)
+        return EXIT_OK
     except (StartupError, ImportError) as exc:
         if log_level == "debug":
             logging.getLogger(prog).exception("start-up failed")
@@ -89,7 +109,7 @@ async def _with_signals(main: Callable[[Stopper], Awaitable[int | None]]) -> int
     stopper = Stopper()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopper.event.set)
+        loop.add_signal_handler(sig, stopper.set)
     return await main(stopper)
 
 
