@@ -12,13 +12,14 @@ read from its source once per wait, never again while its requests wait.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import dataclasses
 import logging
 import threading
 import time
 from collections.abc import Callable, Collection, Hashable
 from typing import Any
+
+from lorafleet.dataplane.lora.load_threads import LoadThreads
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class HostCache:
         self._load = load
         self._on_load = on_load or (lambda tier, seconds, is_ok: None)
         self._on_evict = on_evict or (lambda tier: None)
-        self._pool = concurrent.futures.ThreadPoolExecutor(num_load_threads, "adapter-load")
+        self._pool = LoadThreads(num_load_threads, "adapter-load")
 
     def add_source(self, source: AdapterSource) -> None:
         """Makes a version loadable by digest (loaded on first use)."""

@@ -14,7 +14,6 @@ STOP) ends `run`, which then raises (or returns).
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import queue
 import threading
@@ -23,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lorafleet.dataplane.lora.host_cache import AdapterSource
+from lorafleet.dataplane.lora.load_threads import LoadThreads
 from lorafleet.dataplane.server.engine_messages import (
     AdapterInfo,
     Answer,
@@ -86,7 +86,7 @@ class EngineLoop:
         self._live: set[str] = set()  # requests added and not yet finished
         self._snapshot_key: Any = None
         self._snapshot_at = 0.0
-        self._loads = concurrent.futures.ThreadPoolExecutor(2, "adapter-load-rpc")
+        self._loads = LoadThreads(2, "adapter-load-rpc")
         self._num_loading = 0
         self._loaded: queue.SimpleQueue[Answer] = queue.SimpleQueue()  # from load threads
         self._is_stopping = False
