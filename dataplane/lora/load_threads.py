@@ -1,15 +1,15 @@
 """Threads for adapter loads beside the engine: they end as soon as they are idle.
 
-Why not a ThreadPoolExecutor: its threads live for ever, and a thread that ran a parallel
-torch op (a load converts and copies weights) keeps its own OpenMP team of workers for as
-long as it lives. OpenMP (libgomp, which torch's CPU wheels use) counts every team's
-threads in the process, and once they outnumber the CPUs it cuts the spin of idle
-workers to a few iterations before they sleep: every parallel op of the engine's step
-then waits for its workers to wake. Measured on the 2-core machine (small model, one request at a time, 64-token
-prompt, 20 requests, median; docs/benchmarks.md): with the idle load threads of
-start-up alive in the engine process, the first token took 138-150 ms through `lorafleet
-serve` (four runs); with load threads that end, 108 ms (two runs), where the in-process
-engine took 118-121.
+Why not a ThreadPoolExecutor: its threads live for ever, and a thread that ran a
+parallel torch op (a load converts and copies weights) keeps its own OpenMP team of
+workers for as long as it lives. OpenMP (libgomp, which torch's CPU wheels use) counts
+every team's threads in the process, and once they outnumber the CPUs it cuts the spin
+of idle workers to a few iterations before they sleep: every parallel op of the engine's
+step then waits for its workers to wake. Measured on the 2-core machine (small model,
+one request at a time, 64-token prompt, 20 requests, median; docs/benchmarks.md): with
+the idle load threads of start-up alive in the engine process, the first token took
+138-150 ms through `lorafleet serve` (four runs); with load threads that end, 108 ms
+(two runs), where the in-process engine took 118-121.
 """
 
 from __future__ import annotations
