@@ -1,4 +1,4 @@
-"""Threads for adapter loads beside the engine: they end as soon as they are idle.
+"""Threads for torch work beside the engine (adapter loads, a build): they end when idle.
 
 Why not a ThreadPoolExecutor: its threads live for ever, and a thread that ran a
 parallel torch op (a load converts and copies weights) keeps its own OpenMP team of

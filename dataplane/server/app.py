@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import socket
 import threading
 
 from opentelemetry.sdk.trace import TracerProvider
 
+from lorafleet.dataplane.lora.load_threads import LoadThreads
 from lorafleet.dataplane.openai_http import RunningHttp, start_worker_http
 from lorafleet.dataplane.server.build import WorkerConfig, build_serving_worker
 from lorafleet.dataplane.server.heartbeat import Heartbeat
@@ -124,9 +126,14 @@ async def start_worker(config: WorkerConfig, *, host: str = "127.0.0.1", port: i
     loop = asyncio.get_running_loop()
     tracer_provider = make_tracer_provider(otlp_endpoint, config.worker_id)
     try:
-        worker, _ = await asyncio.to_thread(
-            build_serving_worker, config, tracer=tracer_of(tracer_provider),
-            on_fatal=lambda exc: loop.call_soon_threadsafe(fatal.set), stop=stop)
+        # On a thread that ends with the build: an engine built on a thread (the engine
+        # on a thread) runs torch ops there, and a thread kept alive would keep their
+        # OpenMP team and slow every step (load_threads.py says how).
+        build = functools.partial(build_serving_worker, config,
+                                  tracer=tracer_of(tracer_provider),
+                                  on_fatal=lambda exc: loop.call_soon_threadsafe(fatal.set),
+                                  stop=stop)
+        worker, _ = await asyncio.wrap_future(LoadThreads(1, "worker-build").submit(build))
     except BaseException:
         await _release(bounds)
         raise

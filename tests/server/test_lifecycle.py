@@ -87,3 +87,28 @@ def test_each_request_is_a_span_at_the_otlp_collector(lora_suite):
     assert attributes["lorafleet.adapter"].string_value == "acme/qv8@1"
     assert attributes["lorafleet.completion_tokens"].int_value == 3
     assert attributes["lorafleet.finish_reason"].string_value == "length"
+
+
+def test_the_thread_that_built_an_engine_on_a_thread_is_gone_once_serving(lora_suite,
+                                                                          monkeypatch):
+    # A thread that ran the build's torch ops keeps their OpenMP team while it lives; with
+    # the engine's own team that is more OpenMP threads than CPUs, and every parallel op
+    # of a step then waits for a worker to wake (first token +17 ms on the small model).
+    from lorafleet.dataplane.server import app
+
+    builders: list[threading.Thread] = []
+    real_build = app.build_serving_worker
+
+    def recording_build(*args, **kwargs):
+        builders.append(threading.current_thread())
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(app, "build_serving_worker", recording_build)
+    worker = WorkerThread(worker_config(lora_suite[0]))
+    try:
+        assert len(builders) == 1
+        builders[0].join(10)
+        assert not builders[0].is_alive()
+        assert worker.generate("", prompts(1)[0], max_tokens=2, timeout=30)
+    finally:
+        worker.stop()
