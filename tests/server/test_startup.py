@@ -4,16 +4,12 @@ signals are handled from the first "serving on" line."""
 from __future__ import annotations
 
 import json
-import os
-import pathlib
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
@@ -95,85 +91,6 @@ def test_sigterm_right_after_serving_on_is_a_graceful_exit(lora_suite):
         assert process.wait(60) == 0
     finally:
         process.kill()
-
-
-def _serve_stuck_in_build(lora_suite, tmp_path) -> tuple[subprocess.Popen, list[int]]:
-    """`lorafleet serve` whose engine process hangs while building, reading weights that
-    block on open (a FIFO; in life a hung mount, or a big model on slow storage), once
-    its signal handlers are installed; and the ids of its child processes."""
-    base = tmp_path / "base"
-    shutil.copytree(lora_suite[0], base)
-    for weights in base.glob("*.safetensors"):
-        weights.unlink()
-        os.mkfifo(weights)
-    process = subprocess.Popen([*SERVE, "--model", str(base), "--port", "0", *COMMON,
-                                "--engine-start-timeout", "300"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in process.stdout:  # the auth warning: signal handlers are installed
-        if "AUTH IS OFF" in line:
-            break
-    return process, _children_after(process.pid, 1, timeout=60)
-
-
-def _assert_all_end(pids: list[int], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while (alive := [pid for pid in pids if _is_running(pid)]):
-        assert time.monotonic() < deadline, f"processes {alive} outlived the server"
-        time.sleep(0.1)
-
-
-def test_sigterm_while_the_engine_process_builds_stops_at_once(lora_suite, tmp_path):
-    # Before, SIGTERM waited for the build to end (for ever here). Now the server kills
-    # the engine process and exits 0 with one line, leaving no process behind.
-    process, children = _serve_stuck_in_build(lora_suite, tmp_path)
-    try:
-        process.send_signal(signal.SIGTERM)
-        out, _ = process.communicate(timeout=30)
-        assert process.returncode == 0, out
-        assert "stopped while the engine process was starting" in out
-        _assert_all_end(children, timeout=10)
-    finally:
-        process.kill()
-
-
-def test_an_engine_process_outlives_no_killed_server_even_while_building(lora_suite,
-                                                                          tmp_path):
-    # SIGKILL (the OOM killer) gives the server no chance to stop its engine process, and
-    # one stuck building reads no pipe to notice: it used to stay for ever, holding the
-    # device. It now sees itself adopted and exits.
-    process, children = _serve_stuck_in_build(lora_suite, tmp_path)
-    try:
-        process.kill()
-        process.wait(30)
-        _assert_all_end(children, timeout=10)
-    finally:
-        process.kill()
-
-
-def _children_after(pid: int, count: int, *, timeout: float) -> list[int]:
-    """Ids of `pid`'s child processes (started from any of its threads), once there are
-    `count` of them."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        children = [int(c) for task in pathlib.Path(f"/proc/{pid}/task").glob("*")
-                    for c in _read(task / "children").split()]
-        if len(children) >= count:
-            return children
-        time.sleep(0.1)
-    raise AssertionError(f"process {pid} started no child in {timeout} s")
-
-
-def _is_running(pid: int) -> bool:
-    """Whether `pid` exists and is not a zombie (an ended child nobody reaped yet)."""
-    stat = _read(pathlib.Path(f"/proc/{pid}/stat"))
-    return bool(stat) and stat.rpartition(")")[2].split()[0] != "Z"
-
-
-def _read(path: pathlib.Path) -> str:
-    try:
-        return path.read_text()
-    except OSError:  # the thread ended
-        return ""
 
 
 def test_a_full_collection_after_start_up_skips_the_start_up_heap():
