@@ -31,9 +31,9 @@ from lorafleet.dataplane.lora.loading import AdapterFiles
 from lorafleet.dataplane.model.config import ModelConfig
 from lorafleet.dataplane.runner.factory import DTYPES, create_engine
 from lorafleet.dataplane.runner.kv_cache import KVCacheBudget
+from lorafleet.dataplane.sizing import lora_slot_bytes
 
 CAP_S = 200.0
-SLOT_TABLE_MARGIN = 16 << 20
 TARGET_RATIO = 0.85
 RANK = 16
 CUDA_PLAN = {"shape": model_shape.LLAMA_8B, "distinct": (0, 1, 8, 32), "tokens": 32,
@@ -59,7 +59,7 @@ def run(device: torch.device, clock, *, is_dry_run: bool) -> dict:
         model_dir = model_shape.write_config(root / "model", shape)
         adapter_dirs = [write_adapter(root / f"a{i}", model_dir, rank=RANK, alpha=2 * RANK,
                                       target_modules="all-linear", seed=i) for i in range(num_seqs)]
-        holder, digests = _build(model_dir, adapter_dirs, device, plan, shape)
+        holder, digests = _build(model_dir, adapter_dirs, device, plan)
         try:
             rows = _measure(holder, digests, plan, clock, num_seqs)
         finally:
@@ -105,24 +105,23 @@ def _fitted_shape(plan: dict, device: torch.device, num_seqs: int, element_size:
     return shape, notes
 
 
-def _build(model_dir, adapter_dirs, device: torch.device, plan: dict, shape: dict):
+def _build(model_dir, adapter_dirs, device: torch.device, plan: dict):
     """The engine on `device` with random weights, every adapter loaded and placed, behind
     the `worker.bridge.engine` attribute path that `decode_tokens_per_second` reads.
 
     A KV budget in bytes also pays for the adapter slots (factory.py), so the budget is
-    the plan's KV bytes plus the slots' bytes and a margin for their rank and scale tables.
+    the plan's KV bytes plus the slots' bytes.
     """
     num_seqs, dtype = len(adapter_dirs), DTYPES[plan["dtype"]]
-    element_size = torch.empty((), dtype=dtype).element_size()
-    slot_bytes = num_seqs * model_shape.num_adapter_bytes(shape, RANK, element_size)
     model_config = ModelConfig.from_dir(model_dir)
     files = AdapterFiles(model_config, RANK, dtype, pin_memory=device.type == "cuda")
     host = HostCache(max_host=num_seqs, load=lambda source: files.load(source.source_uri))
     adapters = DeviceAdapters(model_config, host, max_loras=num_seqs, max_lora_rank=RANK)
+    element_size = torch.empty((), dtype=dtype).element_size()
+    slot_bytes = adapters.num_slots * lora_slot_bytes(model_config, RANK, element_size)
     with model_shape.random_weights_instead():
         engine = create_engine(model_dir, device=device, dtype=dtype,
-                               kv_cache=KVCacheBudget(num_bytes=plan["kv_bytes"] + slot_bytes
-                                                      + SLOT_TABLE_MARGIN),
+                               kv_cache=KVCacheBudget(num_bytes=plan["kv_bytes"] + slot_bytes),
                                scheduler_config=SchedulerConfig(max_num_seqs=num_seqs),
                                adapters=adapters)
     digests, num_pinned = [], 0

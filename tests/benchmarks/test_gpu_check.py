@@ -156,7 +156,7 @@ def test_decode_kv_budget_is_on_top_of_the_adapter_slots(tmp_path):
                                   alpha=2 * decode.RANK, target_modules="all-linear", seed=i)
                     for i in range(4)]
     assert 4 * num_adapter_bytes(TINY, decode.RANK, 4) > plan["kv_bytes"]
-    holder, digests = decode._build(model_dir, adapter_dirs, torch.device("cpu"), plan, TINY)
+    holder, digests = decode._build(model_dir, adapter_dirs, torch.device("cpu"), plan)
     try:
         allocator = holder.bridge.engine.scheduler.allocator
         block_bytes = bytes_per_block(ModelConfig.from_dir(model_dir), allocator.block_size,
