@@ -1,8 +1,11 @@
 """Maps the top-level component folders into one `lorafleet` import package.
 
-The root package is protos/lorafleet (it holds the generated stubs); each component
-folder becomes lorafleet.<component>, so nothing installs a generic top-level name
-such as `kernels` or `clients`.
+protos/lorafleet (the generated stubs) and each component folder become lorafleet.<component>.
+`lorafleet` and the component folders themselves carry no __init__.py (PEP 420 namespace
+packages): a folder with one, such as kernels/, is importable under its bare name by any
+Python started in the checkout, and would shadow a PyPI package of that name (Hugging
+Face's `kernels`, which transformers imports) for everything else too.
+tests/test_import_paths.py keeps it so.
 """
 
 from setuptools import find_namespace_packages, find_packages, setup

@@ -36,8 +36,9 @@ import time
 import torch
 
 from benchmarks.serving.checkpoint import SHAPES, ModelShape
-from lorafleet.kernels import LoraBatch, LoraBuffers
+from lorafleet.kernels.batch import LoraBatch
 from lorafleet.kernels.blocked import blocked_torch
+from lorafleet.kernels.buffers import LoraBuffers
 from lorafleet.kernels.dispatch import prefers_slot_blocks
 from lorafleet.kernels.sgmv import sgmv_torch
 

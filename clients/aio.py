@@ -1,6 +1,6 @@
 """The asyncio client (grpc.aio): the same calls as Client, awaited.
 
-    from lorafleet.clients import AsyncClient
+    from lorafleet.clients.aio import AsyncClient
 
     async with AsyncClient("127.0.0.1:50051") as client:
         async for event in client.generate_stream("Hello", adapter="acme/support"):

@@ -60,9 +60,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    import lorafleet
+    from importlib.metadata import version
 
-    return f"lorafleet {lorafleet.__version__}"
+    return f"lorafleet {version('lorafleet')}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

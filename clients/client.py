@@ -1,6 +1,6 @@
 """The blocking client: Generate (streamed or whole) and the admin calls.
 
-    from lorafleet.clients import Client
+    from lorafleet.clients.client import Client
 
     with Client("127.0.0.1:50051") as client:
         for event in client.generate_stream("Hello", adapter="acme/support", max_tokens=20):

@@ -1,4 +1,12 @@
-"""`add_lora`: the one entry point the model calls for LoRA on a mixed batch."""
+"""`add_lora`: the one entry point the model calls for LoRA on a mixed batch.
+
+    y[t, c_i] += scale[s, i] * (x[t] @ A_i[s]^T) @ B_i[s]^T   for each row t whose adapter slot is s
+
+and each slice i (one projection of a fused group such as q|k|v; c_i its columns of y).
+Build a `LoraBatch` (kernels/batch.py) once per step from the per-row slots, keep each
+(layer, projection group)'s adapters in `LoraBuffers` (kernels/buffers.py), and call
+`add_lora`. SGMV/BGMV run in Triton on CUDA, in torch elsewhere.
+"""
 
 from __future__ import annotations
 

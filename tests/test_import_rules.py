@@ -162,4 +162,4 @@ def test_the_walker_sees_a_violation(tmp_path, monkeypatch):
 
 def test_every_component_has_modules():
     for package in COMPONENT_DIRS:
-        assert package in MODULES
+        assert any(module.startswith(f"{package}.") for module in MODULES)

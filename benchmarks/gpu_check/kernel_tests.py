@@ -14,7 +14,10 @@ import os
 import torch
 
 from benchmarks.gpu_check.report import outcome
-from lorafleet.kernels import LoraBatch, LoraBuffers, add_lora, bgmv, sgmv
+from lorafleet.kernels import bgmv, sgmv
+from lorafleet.kernels.batch import LoraBatch
+from lorafleet.kernels.buffers import LoraBuffers
+from lorafleet.kernels.dispatch import add_lora
 from lorafleet.kernels.triton_support import is_triton_available
 from tests.kernels.cases import filled_buffers, reference_lora, request_slots, token_slots
 from tests.kernels.test_triton_interpreter import (

@@ -25,7 +25,9 @@ from benchmarks.gpu_check.timing import (
     roofline_ms,
 )
 from benchmarks.lora_kernels import naive_per_adapter
-from lorafleet.kernels import LoraBatch, LoraBuffers, add_lora
+from lorafleet.kernels.batch import LoraBatch
+from lorafleet.kernels.buffers import LoraBuffers
+from lorafleet.kernels.dispatch import add_lora
 
 CAP_S = 120.0
 TARGET_VS_ROOFLINE = 1.5

@@ -9,6 +9,8 @@ lacks is named with the way to bring it (docs/gpu.md, "Missing packages").
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import os
 import pathlib
@@ -32,20 +34,34 @@ CARRY_HINT = ("bring them as wheels: docs/gpu.md, 'Missing packages' (pip downlo
               "machine with network into .whl/, carry .whl, pip install --target there)")
 
 
+# The component folders and where setup.py maps them: lorafleet.<folder>.
+COMPONENTS = ("clients", "controlplane", "dataplane", "kernels")
+
+
+class _CheckoutFinder(importlib.abc.MetaPathFinder):
+    """Finds `lorafleet` (protos/lorafleet) and its component folders in this checkout, as
+    namespace packages the way setup.py maps them; deeper modules follow their __path__."""
+
+    def find_spec(self, name, path, target=None):
+        folders = {"lorafleet": ROOT / "protos" / "lorafleet"}
+        folders.update({f"lorafleet.{c}": ROOT / c for c in COMPONENTS})
+        if name not in folders:
+            return None
+        spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
+        spec.submodule_search_locations = [str(folders[name])]
+        return spec
+
+
 def ensure_lorafleet_importable() -> str:
-    """Imports `lorafleet` from the install, or else straight from this checkout (the root
-    package is protos/lorafleet; the component folders are its subpackages, as setup.py
-    maps them). Returns where it came from."""
+    """Imports `lorafleet` from the install, or else straight from this checkout.
+    Returns where it came from."""
     try:
-        importlib.import_module("lorafleet.kernels")
-        return "installed"
-    except ModuleNotFoundError as error:
-        if not (error.name or "").startswith("lorafleet"):
-            raise
+        if importlib.util.find_spec("lorafleet.kernels.dispatch") is not None:
+            return "installed"
+    except ModuleNotFoundError:  # no `lorafleet` at all
+        pass
     sys.modules.pop("lorafleet", None)
-    sys.path.insert(0, str(ROOT / "protos"))
-    package = importlib.import_module("lorafleet")
-    package.__path__.append(str(ROOT))
+    sys.meta_path.insert(0, _CheckoutFinder())
     return "checkout"
 
 

@@ -95,7 +95,9 @@ class ClientTransport:
     every refusal is counted)."""
 
     def __init__(self, address: str, timeout: float, api_key: str | None = None):
-        from lorafleet.clients import AsyncClient, RetryPolicy, TokenEvent
+        from lorafleet.clients.aio import AsyncClient
+        from lorafleet.clients.events import TokenEvent
+        from lorafleet.clients.retry import RetryPolicy
 
         self._client = AsyncClient(address, timeout=timeout, api_key=api_key,
                                    retry=RetryPolicy(max_attempts=1))
@@ -103,7 +105,7 @@ class ClientTransport:
 
     async def send(self, result: Result) -> None:
         """Streams one request into `result`."""
-        from lorafleet.clients import LorafleetError
+        from lorafleet.clients.errors import LorafleetError
 
         spec = result.spec
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
 import json
@@ -12,6 +13,7 @@ import sys
 import pytest
 import torch
 
+from benchmarks.gpu_check import preflight
 from benchmarks.gpu_check.__main__ import PARTS, main
 from benchmarks.gpu_check.kernel_timing import DRY_SHAPE
 from benchmarks.gpu_check.model_shape import (
@@ -129,16 +131,25 @@ def test_lorafleet_imports_from_the_checkout_where_it_is_not_installed():
     # The GPU machine's python has no lorafleet installed; the check must import it anyway.
     code = ("import sys; sys.meta_path[:] = [f for f in sys.meta_path "
             "if 'editable' not in repr(f).lower()]\n"
+            "sys.path[:] = [p for p in sys.path if '__editable__' not in p]\n"
+            "sys.path_importer_cache.clear()\n"
             "from benchmarks.gpu_check import preflight\n"
             "print(preflight.ensure_lorafleet_importable())\n"
-            "import lorafleet.kernels.dispatch, lorafleet.inference\n"
-            "print(lorafleet.kernels.__file__)")
+            "import lorafleet.kernels.dispatch, lorafleet.inference.v1.inference_service_pb2\n"
+            "print(lorafleet.kernels.dispatch.__file__)")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     origin, kernels_file = done.stdout.split()
     assert origin == "checkout"
-    assert pathlib.Path(kernels_file) == ROOT / "kernels" / "__init__.py"
+    assert pathlib.Path(kernels_file) == ROOT / "kernels" / "dispatch.py"
+
+
+def test_the_checkout_finder_maps_the_folders_setup_py_maps():
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    mapped = next(ast.literal_eval(node.value) for node in tree.body
+                  if isinstance(node, ast.Assign) and node.targets[0].id == "COMPONENTS")
+    assert mapped == preflight.COMPONENTS
 
 
 def test_decode_kv_budget_is_on_top_of_the_adapter_slots(tmp_path):

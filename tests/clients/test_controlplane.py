@@ -5,7 +5,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from lorafleet.clients import AlreadyExists, AsyncClient, NotFound
+from lorafleet.clients.aio import AsyncClient
+from lorafleet.clients.errors import AlreadyExists, NotFound
 from tests.controlplane.conftest import eventually
 
 

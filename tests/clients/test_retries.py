@@ -7,15 +7,12 @@ import pathlib
 import grpc
 import pytest
 
-from lorafleet.clients import (
-    AsyncClient,
-    Client,
-    ResourceExhausted,
-    RetryPolicy,
-    TokenEvent,
-    Unavailable,
-    cli,
-)
+from lorafleet.clients import cli
+from lorafleet.clients.aio import AsyncClient
+from lorafleet.clients.client import Client
+from lorafleet.clients.errors import ResourceExhausted, Unavailable
+from lorafleet.clients.events import TokenEvent
+from lorafleet.clients.retry import RetryPolicy
 from tests.clients.fakes import RecordingWorkerService, ScriptedInference, serving
 
 FAST_RETRY = RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.02)

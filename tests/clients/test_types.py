@@ -8,23 +8,25 @@ import sys
 import grpc
 import pytest
 
-from lorafleet.clients import (
+from lorafleet.clients.errors import (
     ERRORS,
-    FinishReason,
     Internal,
     InvalidArgument,
     LorafleetError,
     NotFound,
-    RetryPolicy,
+    error_for,
+)
+from lorafleet.clients.events import (
+    CompletionBuilder,
+    FinishReason,
     Summary,
     TokenEvent,
     TokenLogprob,
     TopLogprob,
+    event_of,
 )
-from lorafleet.clients.errors import error_for
-from lorafleet.clients.events import CompletionBuilder, event_of
 from lorafleet.clients.requests import generate_request
-from lorafleet.clients.retry import Deadline
+from lorafleet.clients.retry import Deadline, RetryPolicy
 from lorafleet.inference.v1 import inference_service_pb2 as pb
 
 

@@ -7,17 +7,11 @@ import json
 import grpc
 import pytest
 
-from lorafleet.clients import (
-    AsyncClient,
-    Client,
-    DeadlineExceeded,
-    FinishReason,
-    InvalidArgument,
-    NotFound,
-    Summary,
-    TokenEvent,
-    cli,
-)
+from lorafleet.clients import cli
+from lorafleet.clients.aio import AsyncClient
+from lorafleet.clients.client import Client
+from lorafleet.clients.errors import DeadlineExceeded, InvalidArgument, NotFound
+from lorafleet.clients.events import FinishReason, Summary, TokenEvent
 from tests.clients.conftest import ADAPTER
 
 PROMPT = "the quick brown fox"

@@ -6,7 +6,7 @@ import random
 
 import torch
 
-from lorafleet.kernels import LoraBuffers
+from lorafleet.kernels.buffers import LoraBuffers
 
 # Punica's adapter-popularity patterns.
 PATTERNS = ("distinct", "uniform", "zipf", "identical", "skewed")

@@ -21,8 +21,9 @@ def main(cases_path: str, results_path: str) -> None:
     """Applies each case's kernel to its y and saves {case name: y}."""
     if os.environ.get("TRITON_INTERPRET") != "1":
         raise SystemExit("run with TRITON_INTERPRET=1")
-    from lorafleet.kernels import LoraBatch, LoraBuffers
+    from lorafleet.kernels.batch import LoraBatch
     from lorafleet.kernels.bgmv import bgmv_triton
+    from lorafleet.kernels.buffers import LoraBuffers
     from lorafleet.kernels.sgmv import sgmv_triton
 
     kernels = {"sgmv": sgmv_triton, "bgmv": bgmv_triton}

@@ -7,7 +7,9 @@ import dataclasses
 import pytest
 import torch
 
-from lorafleet.kernels import LoraBatch, LoraBuffers, add_lora
+from lorafleet.kernels.batch import LoraBatch
+from lorafleet.kernels.buffers import LoraBuffers
+from lorafleet.kernels.dispatch import add_lora
 
 
 def test_batch_from_list_groups_rows_by_slot():

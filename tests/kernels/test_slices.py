@@ -9,8 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lorafleet.kernels import LoraBatch, LoraBuffers, add_lora
+from lorafleet.kernels.batch import LoraBatch
 from lorafleet.kernels.blocked import blocked_torch
+from lorafleet.kernels.buffers import LoraBuffers
+from lorafleet.kernels.dispatch import add_lora
 from lorafleet.kernels.sgmv import sgmv_torch
 
 IN_FEATURES = 96

@@ -7,9 +7,10 @@ import random
 import pytest
 import torch
 
-from lorafleet.kernels import LoraBatch, LoraBuffers, add_lora
+from lorafleet.kernels.batch import LoraBatch
 from lorafleet.kernels.blocked import blocked_torch
-from lorafleet.kernels.dispatch import prefers_slot_blocks
+from lorafleet.kernels.buffers import LoraBuffers
+from lorafleet.kernels.dispatch import add_lora, prefers_slot_blocks
 from lorafleet.kernels.sgmv import sgmv_torch
 from tests.kernels.cases import PATTERNS, filled_buffers, reference_lora, request_slots, token_slots
 

@@ -102,7 +102,7 @@ def test_triton_kernel_matches_fp32_reference(cases, triton_results, name):
 
 
 def test_cases_cover_both_kernel_kinds():
-    from lorafleet.kernels import LoraBatch
+    from lorafleet.kernels.batch import LoraBatch
 
     sgmv, bgmv = LoraBatch.from_slots(_slots("sgmv")), LoraBatch.from_slots(_slots("bgmv"))
     assert bgmv.is_bgmv and not sgmv.is_bgmv

@@ -14,7 +14,9 @@ import sys
 sys.modules["triton"] = None
 sys.modules["triton.language"] = None
 import torch
-from lorafleet.kernels import LoraBatch, LoraBuffers, add_lora
+from lorafleet.kernels.batch import LoraBatch
+from lorafleet.kernels.buffers import LoraBuffers
+from lorafleet.kernels.dispatch import add_lora
 from lorafleet.kernels.sgmv import sgmv_triton
 from lorafleet.kernels.triton_support import is_triton_available
 assert not is_triton_available()

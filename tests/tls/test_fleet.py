@@ -12,7 +12,7 @@ import sys
 import aiohttp
 import pytest
 
-from lorafleet.clients import AsyncClient
+from lorafleet.clients.aio import AsyncClient
 from lorafleet.controlplane.server import ControlPlane
 from lorafleet.dataplane.gateway.app import GatewayConfig, start_gateway
 from lorafleet.dataplane.server.app import start_worker
