@@ -9,10 +9,14 @@ Two kinds of CPU linear, chosen per model at load:
   "reference" plain [in, out] tensors and torch.mm, the path that predates this module.
 The environment variable LORAFLEET_CPU_LINEAR picks one when the caller does not; on
 CUDA, and for dtypes oneDNN cannot pack on this CPU, weights stay plain tensors.
+Which dtypes oneDNN packs depends on the CPU's instructions (bfloat16 needs AVX-512, which
+many AVX2-only CPUs lack), so it is asked once per dtype with a tiny weight, not assumed.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 
 import torch
@@ -20,6 +24,13 @@ import torch
 CPU_LINEAR_KINDS = ("fast", "reference")
 DEFAULT_CPU_LINEAR = "fast"
 ENV_VAR = "LORAFLEET_CPU_LINEAR"
+
+log = logging.getLogger(__name__)
+
+
+def _reorder(weight_out_in: torch.Tensor) -> torch.Tensor:
+    """oneDNN's blocked copy of an [out, in] weight; raises RuntimeError where the CPU cannot."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight_out_in)
 
 
 class PackedWeight:
@@ -35,7 +46,7 @@ class PackedWeight:
         self.device = weight.device
         # oneDNN wants [out, in]; without a batch-size hint it picks a layout that serves
         # every row count well (a hint of 1 or 512 made the other row counts slower).
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.t().contiguous())
+        self.packed = _reorder(weight.t().contiguous())
 
     @property
     def shape(self) -> torch.Size:
@@ -71,8 +82,22 @@ def can_pack(kind: str, device: torch.device, dtype: torch.dtype) -> bool:
     """True when projections on `device` in `dtype` should be packed for oneDNN."""
     if kind != "fast" or device.type != "cpu" or not torch.backends.mkldnn.is_available():
         return False
-    # float16 needs AVX512-FP16 or AVX-NE-CONVERT, which oneDNN checks when packing.
-    return dtype in (torch.float32, torch.bfloat16)
+    # float16 needs AVX512-FP16 or AVX-NE-CONVERT; it was never measured faster, so it
+    # stays plain even where oneDNN could pack it.
+    return dtype in (torch.float32, torch.bfloat16) and _onednn_packs(dtype)
+
+
+@functools.cache
+def _onednn_packs(dtype: torch.dtype) -> bool:
+    """Whether oneDNN packs and multiplies `dtype` weights on this CPU; says so once if not."""
+    try:
+        weight = PackedWeight(torch.ones(8, 8, dtype=dtype))
+        linear(torch.ones(1, 8, dtype=dtype), weight, None)
+    except RuntimeError as error:
+        log.info("%s projections stay plain tensors (torch matmuls): oneDNN cannot pack them "
+                 "on this CPU (%s)", str(dtype).removeprefix("torch."), error)
+        return False
+    return True
 
 
 def pack(weight: torch.Tensor | None) -> Weight | None:

@@ -100,10 +100,57 @@ def test_half_dtypes_pack_only_where_onednn_can(checkpoints, monkeypatch):
     monkeypatch.delenv(cpu_linear.ENV_VAR, raising=False)
     directory = checkpoints("llama-gqa")
     bf16 = DecoderModel.from_dir(directory, "cpu", torch.bfloat16)
-    assert isinstance(bf16.weights.layers[0].qkv, PackedWeight)
+    # bfloat16 packs on CPUs with AVX-512 (this one is asked, not assumed).
+    is_packed = isinstance(bf16.weights.layers[0].qkv, PackedWeight)
+    assert is_packed == _onednn_takes(torch.bfloat16)
     fp16 = DecoderModel.from_dir(directory, "cpu", torch.float16)
     assert type(fp16.weights.layers[0].qkv) is torch.Tensor
     assert _prefill_logits(bf16, [5, 6, 7]).isfinite().all()
+
+
+def _onednn_takes(dtype: torch.dtype) -> bool:
+    try:
+        torch.ops.mkldnn._reorder_linear_weight(torch.ones(8, 8, dtype=dtype))
+    except RuntimeError:
+        return False
+    return True
+
+
+@pytest.fixture
+def avx2_only(monkeypatch):
+    """oneDNN as on a CPU without AVX-512: it refuses to pack bfloat16 weights."""
+    original = torch.ops.mkldnn._reorder_linear_weight
+
+    def refuse_bf16(weight, *args, **kwargs):
+        if weight.dtype == torch.bfloat16:
+            raise RuntimeError("mkldnn_reorder_linear_weight: bf16 path needs the cpu support "
+                               "avx512bw, avx512vl and avx512dq")
+        return original(weight, *args, **kwargs)
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", refuse_bf16)
+    monkeypatch.delenv(cpu_linear.ENV_VAR, raising=False)
+    clear = getattr(cpu_linear, "_onednn_packs", None)
+    if clear:
+        clear.cache_clear()
+    yield
+    if clear:
+        clear.cache_clear()
+
+
+def test_bf16_on_a_cpu_onednn_refuses_runs_on_plain_tensors(avx2_only, checkpoints, caplog):
+    directory = checkpoints("qwen2-bias", **WIDE)
+    with caplog.at_level("INFO", logger=cpu_linear.__name__):
+        bf16 = DecoderModel.from_dir(directory, "cpu", torch.bfloat16)
+        DecoderModel.from_dir(directory, "cpu", torch.bfloat16)
+    assert all(type(getattr(layer, p)) is torch.Tensor
+               for layer in bf16.weights.layers for p in PROJECTIONS)
+    said = [r.getMessage() for r in caplog.records if r.name == cpu_linear.__name__]
+    assert len(said) == 1 and "bfloat16" in said[0] and "avx512bw" in said[0]
+    # float32 still packs: only the refused dtype falls back.
+    fp32 = DecoderModel.from_dir(directory, "cpu", torch.float32)
+    assert isinstance(fp32.weights.layers[0].qkv, PackedWeight)
+    ids = make_prompts((12,))[0]
+    assert torch.equal(_prefill_logits(bf16, ids)[-1].argmax(), _prefill_logits(fp32, ids)[-1].argmax())
 
 
 def test_unknown_kind_is_refused_naming_the_choices(checkpoints, monkeypatch):
