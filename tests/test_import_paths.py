@@ -64,6 +64,7 @@ def test_bare_names_in_the_checkout_are_the_installed_packages(tmp_path):
     assert done.stdout.strip() == "ok"
 
 
+@pytest.mark.slow
 def test_transformers_imports_in_the_checkout():
     """transformers imports Hugging Face's `kernels`; from the root it must get that one."""
     done = _run(sys.executable, "-c",

@@ -66,16 +66,16 @@ class Stubs:
             request, metadata=self.metadata, **kwargs)
 
 
-def auth_config(etcd_url: str, keys: Keys, **overrides):
+def auth_config(etcd, keys: Keys, **overrides):
     """A replica config with test timings and auth on (bootstrap file = `keys.path`)."""
     auth = AuthConfig(is_on=True, keys_file=str(keys.path), api_key=keys.admin)
-    return fast_config(etcd_url, auth=auth, **overrides)
+    return fast_config(etcd, auth=auth, **overrides)
 
 
 @pytest.fixture
 async def secured(etcd, keys):
     """A replica that checks keys."""
-    replica = ControlPlane(auth_config(etcd.url, keys))
+    replica = ControlPlane(auth_config(etcd, keys))
     await replica.start()
     yield replica
     await replica.stop()

@@ -10,7 +10,6 @@ import pytest
 from lorafleet.auth.interceptor import AuthInterceptor, certified_principal
 from lorafleet.auth.principals import Role, current_principal
 from lorafleet.rpcserver import ServerSecurity, ServiceBinding, start_server
-from tests.tls.conftest import other_pki, pki  # noqa: F401 - fixtures
 
 METHOD = "/test.Fleet/Heartbeat"
 

@@ -46,7 +46,8 @@ def test_a_malformed_key_file_is_one_line(tmp_path):
 
 def test_insecure_no_auth_starts_and_says_so_loudly(etcd):
     process = subprocess.Popen(
-        [*LORAFLEET, "controlplane", "--etcd", etcd.url, "--port", "0", "--insecure-no-auth"],
+        [*LORAFLEET, "controlplane", "--etcd", etcd.url, "--root", etcd.root, "--port", "0",
+         "--insecure-no-auth"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert "listening on" in process.stdout.readline()

@@ -102,9 +102,10 @@ async def test_a_tenant_creates_versions_only_when_its_key_allows(connect, keys)
     assert reply.version.version == 1
 
 
+@pytest.mark.slow
 async def test_a_revoked_key_stops_working_within_one_second_on_every_replica(
         etcd, connect, keys):
-    other = ControlPlane(auth_config(etcd.url, keys))
+    other = ControlPlane(auth_config(etcd, keys))
     await other.start()
     try:
         admin = connect(keys.admin)

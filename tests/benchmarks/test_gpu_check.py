@@ -44,6 +44,7 @@ def dry_run(tmp_path_factory):
     return status, printed, json.loads((folder / "report.json").read_text()), (folder / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_dry_run_runs_every_part_and_passes(dry_run):
     status, printed, report, markdown = dry_run
     assert status == 0, printed
@@ -90,6 +91,7 @@ def test_a_spent_budget_skips_parts_and_their_targets(tmp_path):
     assert {t["status"] for t in report["targets"]} == {SKIPPED}
 
 
+@pytest.mark.slow
 def test_make_gpu_check_without_cuda_says_so_and_exits_0(tmp_path):
     done = subprocess.run(["make", "-s", "gpu-check",
                            f"GPU_CHECK_ARGS=--budget-s 0 --out {tmp_path}"],
@@ -127,6 +129,7 @@ def test_targets_are_met_missed_or_skipped():
     assert target("t", None, 0.85, is_upper_bound=False, note="no GPU")["status"] == SKIPPED
 
 
+@pytest.mark.slow
 def test_lorafleet_imports_from_the_checkout_where_it_is_not_installed():
     # The GPU machine's python has no lorafleet installed; the check must import it anyway.
     code = ("import sys; sys.meta_path[:] = [f for f in sys.meta_path "

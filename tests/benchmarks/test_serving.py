@@ -63,6 +63,7 @@ def _assert_consistent(row: dict, *, num_output: int | None = None) -> None:
     assert info["num_cores"] >= 1 and info["python"] and info["cpu_model"]
 
 
+@pytest.mark.slow
 def test_closed_loop_report_adds_up(worker, tmp_path):
     metrics_url = f"http://127.0.0.1:{worker.running.metrics_port}/metrics"
     status = main(["--addr", worker.address, "--metrics-url", metrics_url,
@@ -83,6 +84,7 @@ def test_closed_loop_report_adds_up(worker, tmp_path):
     assert row["client_cpu_s"] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("transport", ["client", "http"])
 def test_open_loop_over_each_transport(worker, tmp_path, transport):
     http_url = f"http://127.0.0.1:{worker.running.http.port}/v1"
@@ -98,6 +100,7 @@ def test_open_loop_over_each_transport(worker, tmp_path, transport):
     assert (tmp_path / "serving_latency_vs_rate.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_cold_preset_starts_its_own_worker(checkpoint, tmp_path):
     model, _ = checkpoint
     status = main(["--preset", "cold", "--quick", "--model", str(model),

@@ -78,6 +78,7 @@ def _assert_lorafleet_filled(row: dict) -> None:
     assert {"engine", "server"} <= set(row["load_1m"])  # the load while each was measured
 
 
+@pytest.mark.slow
 def test_without_vllm_the_recorded_numbers_are_shown_and_labelled(tmp_path, small_tiny, capsys):
     rows = _run(tmp_path, "--no-vllm")
     out = capsys.readouterr().out
@@ -101,6 +102,7 @@ def test_without_vllm_the_recorded_numbers_are_shown_and_labelled(tmp_path, smal
     assert verdict["vllm_source"] == "none" and verdict["is_met"] is False
 
 
+@pytest.mark.slow
 def test_with_a_side_interpreter_its_times_and_tokens_are_used(tmp_path, small_tiny,
                                                                 fake_python, capsys):
     rows = _run(tmp_path, "--vllm-python", str(fake_python), "--no-peft")
@@ -123,6 +125,7 @@ def test_with_a_side_interpreter_its_times_and_tokens_are_used(tmp_path, small_t
     assert verdict["ratio"] == pytest.approx(rows[2]["server_tok_s"] / 8.0)
 
 
+@pytest.mark.slow
 def test_a_failing_side_falls_back_to_recorded_numbers_and_says_why(tmp_path, small_tiny,
                                                                     capsys):
     # lorafleet's own interpreter has no vllm: the real run_vllm.py reports the import error.
@@ -142,6 +145,7 @@ def test_run_job_reads_cells_and_versions(fake_python):
     assert cell.tok_s(6) == pytest.approx(12.0)  # median 0.5 s
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("mode", "timeout", "expected"), [
     ("error", 60, "ValueError: no such model"),
     ("crash", 60, "exited with status 3"),

@@ -32,9 +32,9 @@ async def eventually(check, timeout: float = 10.0, interval: float = 0.1):
     raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
 
 
-def fast_config(etcd_url: str, **overrides) -> ControlPlaneConfig:
-    """A replica config with test timings."""
-    fields = dict(etcd_url=etcd_url, lease_ttl_seconds=LEASE_TTL, election_ttl_seconds=2,
+def fast_config(etcd, **overrides) -> ControlPlaneConfig:
+    """A replica config with test timings, on the test's etcd and key root."""
+    fields = dict(etcd_url=etcd.url, root=etcd.root, lease_ttl_seconds=LEASE_TTL, election_ttl_seconds=2,
                   resync_seconds=RESYNC, worker_timeout_seconds=2.0, etcd_give_up_seconds=20.0)
     return ControlPlaneConfig(**{**fields, **overrides})
 
@@ -51,7 +51,7 @@ class Stubs:
 @pytest.fixture
 async def plane(etcd):
     """One control-plane replica on a free port."""
-    replica = ControlPlane(fast_config(etcd.url))
+    replica = ControlPlane(fast_config(etcd))
     await replica.start()
     yield replica
     await replica.stop()

@@ -13,6 +13,7 @@ import sys
 import time
 
 import aetcd
+import pytest
 
 from lorafleet.control.v1 import adapter_service_pb2 as pb
 from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
@@ -20,13 +21,15 @@ from lorafleet.controlplane.server import ControlPlane
 from tests.controlplane.conftest import Stubs, eventually, fast_config
 from tests.support.fake_worker import FakeWorker
 
+pytestmark = pytest.mark.slow
+
 LORAFLEET = str(pathlib.Path(sys.executable).parent / "lorafleet")
 
 
-async def _start_replica(etcd_url: str, replica_id: str) -> tuple[subprocess.Popen, str]:
+async def _start_replica(etcd, replica_id: str) -> tuple[subprocess.Popen, str]:
     """A `lorafleet controlplane` process with test timings; returns it and its address."""
     process = subprocess.Popen(
-        [LORAFLEET, "controlplane", "--etcd", etcd_url, "--host", "127.0.0.1", "--port", "0",
+        [LORAFLEET, "controlplane", "--etcd", etcd.url, "--root", etcd.root, "--host", "127.0.0.1", "--port", "0",
          "--replica-id", replica_id, "--lease-ttl", "2", "--election-ttl", "2",
          "--resync", "0.5", "--log-level", "WARNING", "--insecure-no-auth"],
         stdout=subprocess.PIPE, text=True, env=dict(os.environ),
@@ -42,7 +45,7 @@ async def _start_replica(etcd_url: str, replica_id: str) -> tuple[subprocess.Pop
 async def _leader(etcd) -> str | None:
     host, port = etcd.endpoint.split(":")
     async with aetcd.Client(host=host, port=int(port)) as client:
-        found = await client.get(b"/lorafleet/leader")
+        found = await client.get(etcd.key("leader"))
     return found.value.decode() if found else None
 
 
@@ -65,7 +68,7 @@ def _held_anywhere(workers, key) -> bool:
 
 
 async def test_killing_the_leader_hands_over_and_loses_nothing(etcd):
-    replicas = {name: await _start_replica(etcd.url, name) for name in ("cp-a", "cp-b")}
+    replicas = {name: await _start_replica(etcd, name) for name in ("cp-a", "cp-b")}
     processes = [process for process, _ in replicas.values()]
     workers = [FakeWorker(f"w{i}", [a for _, a in replicas.values()]) for i in range(2)]
     try:
@@ -98,6 +101,7 @@ async def test_killing_the_leader_hands_over_and_loses_nothing(etcd):
             process.stdout.close()
 
 
+@pytest.mark.own_etcd
 async def test_etcd_restart_recovers_without_operator_action(etcd, plane, stubs, make_worker):
     workers = [await make_worker(f"w{i}") for i in range(2)]
     await eventually(_workers_listed(stubs, 2))
@@ -157,7 +161,7 @@ async def test_stop_never_waits_forever_on_leadership_work_that_ignores_cancel(e
                 await asyncio.sleep(3600)  # ignores the first cancel; a second one ends it
 
     monkeypatch.setattr("lorafleet.controlplane.server.Reconciler", Stubborn)
-    replica = ControlPlane(fast_config(etcd.url))
+    replica = ControlPlane(fast_config(etcd))
     await replica.start()
     await eventually(lambda: replica.is_leader, timeout=10)
     began = time.monotonic()

@@ -23,6 +23,8 @@ from tests.server.conftest import worker_config
 from tests.support.lora_suite import prompts
 from tests.support.tiny_adapters import make_adapter
 
+pytestmark = pytest.mark.slow
+
 BASE_MODEL = "tiny-llama"
 
 

@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import grpc
+import pytest
 
 from lorafleet.control.v1 import adapter_service_pb2 as pb
 from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
@@ -83,6 +84,7 @@ async def test_rollout_90_10_makes_both_versions_resident_and_routed(stubs, make
         assert list(entry.resident_worker_ids) == list(entry.desired_worker_ids)
 
 
+@pytest.mark.slow
 async def test_dead_worker_adapters_move_to_survivors(stubs, make_worker):
     workers = [await make_worker(f"w{i}") for i in range(3)]
     await _workers_up(stubs, 3)

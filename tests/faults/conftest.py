@@ -14,7 +14,7 @@ async def start_replica(etcd):
     started = []
 
     async def start(**overrides) -> ControlPlane:
-        replica = ControlPlane(fast_config(etcd.url, **overrides))
+        replica = ControlPlane(fast_config(etcd, **overrides))
         await replica.start()
         started.append(replica)
         return replica

@@ -16,6 +16,8 @@ import pytest
 from lorafleet.control.v1 import adapter_service_pb2 as adapter_api
 from lorafleet.control.v1 import fleet_service_pb2 as fleet_api
 
+pytestmark = pytest.mark.slow
+
 # Generous for a loaded 2-core machine; the drill's hang was the caller's whole deadline.
 FAIL_FAST_SECONDS = 5.0
 CALLER_DEADLINE = 15.0
@@ -44,6 +46,7 @@ async def seconds_to_status(call) -> tuple[float, grpc.StatusCode]:
     return time.monotonic() - started, refused.value.code()
 
 
+@pytest.mark.own_etcd
 async def test_admin_rpcs_answer_unavailable_within_seconds_while_etcd_is_down(
         etcd, start_replica, connect):
     stubs = connect(await start_replica())

@@ -14,7 +14,11 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from tests.controlplane.conftest import eventually
+
+pytestmark = pytest.mark.slow
 
 ELECTION_TTL = 10  # the production default: today's delay after a restart is one TTL
 MAX_SECONDS_TO_RECONCILE = 5.0  # generous for a loaded 2-core machine
@@ -27,6 +31,7 @@ def num_passes(replica) -> float:
     return value or 0.0
 
 
+@pytest.mark.own_etcd
 async def test_leader_steps_down_during_an_outage_and_one_leads_soon_after_restart(
         etcd, start_replica):
     replicas = [await start_replica(election_ttl_seconds=ELECTION_TTL) for _ in range(2)]

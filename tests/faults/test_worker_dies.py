@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 
 import grpc
+import pytest
 
 from lorafleet.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from tests.faults.frozen import WorkerProcess
@@ -65,6 +66,7 @@ async def test_killed_single_holder_is_failed_over_to_an_on_demand_load_at_once(
     assert outage < MAX_OUTAGE_SECONDS
 
 
+@pytest.mark.slow
 async def test_frozen_single_holder_is_failed_over_within_seconds(
         plane, stubs, serving_workers, gateways):  # noqa: F811
     address = f"127.0.0.1:{plane.port}"

@@ -22,7 +22,7 @@ from lorafleet.controlplane.server import ControlPlane
 from tests.controlplane.conftest import fast_config
 from tests.fuzz.calls import PROPER, LoopThread, call, fuzz_settings, is_serving
 from tests.fuzz.messages import authorization, messages, raw_bodies
-from tests.support.etcd import EtcdServer
+from tests.support.etcd import EtcdRoot, next_test_root
 
 SERVICES = [cpb.DESCRIPTOR.services_by_name["AdapterService"],
             fpb.DESCRIPTOR.services_by_name["FleetService"],
@@ -39,20 +39,17 @@ HINTS = {"name": NAMES, "adapter": NAMES, "worker_id": ("127.0.0.1:1", "w-1"),
 
 
 @pytest.fixture(scope="module", params=["open", "guarded"])
-def plane(tmp_path_factory, request):
-    """A control-plane replica (leader once elected) on its own etcd and event loop;
-    "guarded" checks keys."""
-    root = tmp_path_factory.mktemp("fuzz-plane")
-    etcd = EtcdServer(root / "etcd")
-    etcd.data_dir.mkdir()
-    etcd.start()
+def plane(shared_etcd, request):
+    """A control-plane replica (leader once elected) on a key root of its own and its own
+    event loop; "guarded" checks keys."""
+    etcd = EtcdRoot(shared_etcd, next_test_root(), is_own=False)
     loop = LoopThread()
     auth = {}
     if request.param == "guarded":
-        (root / "keys.jsonl").write_text(f"{ADMIN.to_json()}\n{TENANT.to_json()}\n")
-        auth["auth"] = AuthConfig(is_on=True, keys_file=str(root / "keys.jsonl"),
-                                  api_key=ADMIN_KEY)
-    replica = ControlPlane(fast_config(etcd.url, **auth))
+        keys = request.getfixturevalue("tmp_path_factory").mktemp("fuzz-keys") / "keys.jsonl"
+        keys.write_text(f"{ADMIN.to_json()}\n{TENANT.to_json()}\n")
+        auth["auth"] = AuthConfig(is_on=True, keys_file=str(keys), api_key=ADMIN_KEY)
+    replica = ControlPlane(fast_config(etcd, **auth))
     port = loop.run(replica.start())
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     channel.is_guarded = bool(auth)
@@ -60,7 +57,6 @@ def plane(tmp_path_factory, request):
     channel.close()
     loop.run(replica.stop())
     loop.close()
-    etcd.stop()
 
 
 def _run(channel, method, strategy, num_examples):
@@ -79,6 +75,7 @@ def _run(channel, method, strategy, num_examples):
     return codes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: f"{m.containing_service.name}."
                                                           f"{m.name}")
 def test_every_request_message_gets_a_proper_status(plane, method):
@@ -89,6 +86,7 @@ def test_every_request_message_gets_a_proper_status(plane, method):
         assert set(codes) != {grpc.StatusCode.UNAUTHENTICATED}
 
 
+@pytest.mark.slow
 def test_garbage_bytes_on_every_method_get_a_proper_status(plane):
     for method in METHODS:
         codes = _run(plane, method, raw_bodies(), NUM_RAW)

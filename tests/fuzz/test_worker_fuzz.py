@@ -75,6 +75,7 @@ def _run(worker, method, body_strategy, num_examples):
     return codes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", [*INFERENCE.methods, *WORKER.methods],
                          ids=lambda m: m.name)
 def test_every_request_message_gets_a_proper_status(fuzzed, method):

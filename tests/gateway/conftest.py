@@ -23,7 +23,6 @@ from tests.controlplane.conftest import (  # noqa: F401 (plane, stubs: fixtures)
 from tests.gateway.fakes import ServingFakeWorker
 
 BASE_MODEL = "tiny-llama"
-LEADER_KEY = b"/lorafleet/leader"
 
 
 def etcd_client(etcd) -> aetcd.Client:
@@ -35,7 +34,7 @@ def etcd_client(etcd) -> aetcd.Client:
 async def release_leader(etcd) -> None:
     """Lets go of the leader key `leaderless_plane` holds: its replica leads and places."""
     async with etcd_client(etcd) as client:
-        await client.delete(LEADER_KEY)
+        await client.delete(etcd.key("leader"))
 
 
 @pytest.fixture
@@ -43,8 +42,8 @@ async def leaderless_plane(etcd):
     """A replica that cannot lead while the test holds the leader key, so nothing is
     placed or loaded by the control plane until `release_leader(etcd)`."""
     async with etcd_client(etcd) as client:
-        await client.put(LEADER_KEY, b"held-by-the-test")
-    replica = ControlPlane(fast_config(etcd.url))
+        await client.put(etcd.key("leader"), b"held-by-the-test")
+    replica = ControlPlane(fast_config(etcd))
     await replica.start()
     yield replica
     await replica.stop()

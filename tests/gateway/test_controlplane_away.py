@@ -14,17 +14,19 @@ from lorafleet.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from tests.controlplane.conftest import Stubs, eventually, fast_config
 from tests.gateway.conftest import add_adapter, generate, holders, metric, set_rollout, table_shows
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 async def replicas(etcd):
     """Two replicas, A and B, on one etcd; `restart_a()` brings A back on its old port."""
-    started = {"a": ControlPlane(fast_config(etcd.url)), "b": ControlPlane(fast_config(etcd.url))}
+    started = {"a": ControlPlane(fast_config(etcd)), "b": ControlPlane(fast_config(etcd))}
     for replica in started.values():
         await replica.start()
     addresses = {name: f"127.0.0.1:{r.port}" for name, r in started.items()}
 
     async def restart_a() -> None:
-        started["a"] = ControlPlane(fast_config(etcd.url, address=addresses["a"]))
+        started["a"] = ControlPlane(fast_config(etcd, address=addresses["a"]))
         await started["a"].start()
 
     yield started, addresses, restart_a

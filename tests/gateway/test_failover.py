@@ -21,6 +21,8 @@ from lorafleet.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from tests.controlplane.conftest import eventually
 from tests.gateway.conftest import BASE_MODEL, add_adapter, holders, metric, table_shows
 
+pytestmark = pytest.mark.slow
+
 NUM_TOKENS = 200
 
 

@@ -33,6 +33,7 @@ async def plane(leaderless_plane):
     return leaderless_plane
 
 
+@pytest.mark.slow
 async def test_first_requests_load_once_then_placement_keeps_the_copy(
         etcd, plane, stubs, serving_workers, gateways):
     worker_b = await serving_workers("w-b")
@@ -91,7 +92,7 @@ async def test_a_failed_load_is_unavailable_with_its_reason_or_retried_elsewhere
         placement = fleet_pb.VersionPlacement(adapter="acme/flaky", version=1,
                                               desired_worker_ids=["w-0"])
         async with etcd_client(etcd) as client:
-            await client.put(b"/lorafleet/placement/acme/flaky/0000000001",
+            await client.put(etcd.key("placement/acme/flaky/0000000001"),
                              placement.SerializeToString())
         await table_shows(gateway, lambda t: "w-1" in t.workers and "acme/flaky" in t.routes
                           and list(t.routes["acme/flaky"].versions[0].placed_worker_ids) == ["w-0"])

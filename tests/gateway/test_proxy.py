@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -61,6 +62,7 @@ async def test_base_model_requests_and_authorization_reach_a_worker(plane, stubs
     assert metric(gateway, "lorafleet_gateway_picks_total", tier="base") == 1
 
 
+@pytest.mark.slow
 async def test_deadline_and_cancel_end_the_workers_stream(plane, stubs, serving_workers,
                                                           gateways):
     worker, gateway = await _fleet(plane, stubs, serving_workers, gateways)

@@ -23,6 +23,8 @@ from tests.gateway.conftest import (
 )
 from tests.support.lora_suite import prompts
 
+pytestmark = pytest.mark.slow
+
 SPLIT = "acme/split"
 
 

@@ -11,6 +11,7 @@ import asyncio
 import collections
 
 import grpc
+import pytest
 
 from lorafleet.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from tests.gateway.conftest import (
@@ -22,6 +23,8 @@ from tests.gateway.conftest import (
     table_shows,
 )
 from tests.support.fake_worker import fake_digest
+
+pytestmark = pytest.mark.slow
 
 ADAPTER = "acme/support"
 

@@ -83,6 +83,7 @@ def triton_results(cases, tmp_path_factory):
     return torch.load(results_path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CASE_NAMES)
 def test_triton_kernel_matches_fp32_reference(cases, triton_results, name):
     case, y = cases[name], triton_results[name]

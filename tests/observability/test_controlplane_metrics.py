@@ -26,7 +26,7 @@ from tests.observability.scrape import Scrape, scrape
 @pytest.fixture
 async def plane(etcd):
     """One replica serving /metrics on a free port."""
-    replica = ControlPlane(fast_config(etcd.url, metrics_port=0))
+    replica = ControlPlane(fast_config(etcd, metrics_port=0))
     await replica.start()
     yield replica
     await replica.stop()
@@ -75,6 +75,7 @@ async def test_every_series_exists_from_the_start(plane):
     assert found.values("lorafleet_controlplane_reconcile_duration_seconds_count")
 
 
+@pytest.mark.slow
 async def test_leader_reports_passes_actions_and_the_fleet(etcd, plane, stubs, make_worker):  # noqa: F811
     worker = await make_worker("w0")
     worker.load_failures["/flaky"] = (grpc.StatusCode.UNAVAILABLE, "source unreachable")
@@ -97,7 +98,7 @@ async def test_leader_reports_passes_actions_and_the_fleet(etcd, plane, stubs, m
         count = "lorafleet_controlplane_etcd_request_duration_seconds_count"
         assert found.value(count, op=op) >= 1, op
 
-    follower = ControlPlane(fast_config(etcd.url, metrics_port=0))
+    follower = ControlPlane(fast_config(etcd, metrics_port=0))
     await follower.start()
     try:
         assert _metrics(follower).value("lorafleet_controlplane_is_leader") == 0
@@ -138,7 +139,7 @@ async def test_metrics_port_flag_and_a_busy_port(etcd):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        replica = ControlPlane(fast_config(etcd.url, metrics_port=busy.getsockname()[1]))
+        replica = ControlPlane(fast_config(etcd, metrics_port=busy.getsockname()[1]))
         with pytest.raises(StartupError, match="--metrics-port"):
             await replica.start()
         await replica.stop()

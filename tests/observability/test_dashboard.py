@@ -9,6 +9,7 @@ import pathlib
 import re
 
 import grpc
+import pytest
 
 from lorafleet.controlplane.server import ControlPlane
 from lorafleet.dataplane.gateway.app import GatewayConfig, start_gateway
@@ -79,7 +80,7 @@ def test_the_parser_finds_names_matchers_and_groupings():
 
 async def _live_labels(etcd, checkpoint) -> dict[str, set[str]]:
     """sample name -> label names, over a live control plane, worker and gateway."""
-    plane = ControlPlane(fast_config(etcd.url, metrics_port=0))
+    plane = ControlPlane(fast_config(etcd, metrics_port=0))
     await plane.start()
     address = f"127.0.0.1:{plane.port}"
     worker = await start_worker(worker_config(checkpoint, worker_id="w0", model_name="tiny"),
@@ -104,6 +105,7 @@ async def _live_labels(etcd, checkpoint) -> dict[str, set[str]]:
     return labels
 
 
+@pytest.mark.slow
 async def test_every_queried_series_and_label_exists_on_a_live_fleet(etcd, base_checkpoint):
     dashboard = json.loads(DASHBOARD.read_text())
     live = await _live_labels(etcd, base_checkpoint)

@@ -249,6 +249,7 @@ async def test_server_cancelled_summary_is_503(scripted):
     assert info.value.status_code == 503
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("is_stream", [True, False])
 async def test_client_disconnect_cancels_the_grpc_call(scripted, is_stream):
     url = scripted.url + "/completions"

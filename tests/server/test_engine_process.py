@@ -54,6 +54,7 @@ def _counter(text: str, series: str) -> float:
     raise AssertionError(f"{series} not in /metrics")
 
 
+@pytest.mark.slow
 def test_the_engine_runs_in_another_process(in_process):
     link = in_process.running.worker.bridge.link
     assert link.pid is not None and link.pid != os.getpid()
@@ -133,6 +134,7 @@ def test_a_storm_of_early_cancels_never_stops_the_engine_process(in_process):
     assert _health(in_process) == health_pb2.HealthCheckResponse.SERVING
 
 
+@pytest.mark.slow
 def test_a_killed_engine_process_fails_streams_and_says_not_serving(lora_suite):
     worker = WorkerThread(worker_config(lora_suite[0], engine_runs="process"))
     try:
@@ -184,6 +186,7 @@ def test_cpu_thread_wait_sets_the_engine_process_environment(wait, preset, expec
     assert os.environ.get("OMP_WAIT_POLICY") == preset  # the server's own is left as it was
 
 
+@pytest.mark.slow
 def test_a_busy_engine_process_never_freezes_the_server(lora_suite):
     # While the engine process is in a step it reads no commands. Commands beyond the
     # pipe's buffer (64 KiB) used to block the server's event loop in the write until the
@@ -209,6 +212,7 @@ def test_a_busy_engine_process_never_freezes_the_server(lora_suite):
         worker.stop()
 
 
+@pytest.mark.slow
 def test_an_engine_process_that_never_finishes_building_is_stopped_at_the_timeout(
         lora_suite, tmp_path):
     # A weights file that blocks on open (a FIFO nobody writes; in life a hung network

@@ -17,10 +17,13 @@ import threading
 import time
 
 import grpc
+import pytest
 
 from lorafleet.inference.v1 import inference_service_pb2 as pb
 from lorafleet.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from tests.support.lora_suite import prompts
+
+pytestmark = pytest.mark.slow
 
 SERVE = [sys.executable, "-m", "lorafleet.clients.cli", "serve", "--insecure-no-auth",
          "--device", "cpu", "--metrics-port", "-1", "--port", "0"]

@@ -10,6 +10,7 @@ import sys
 import threading
 
 import grpc
+import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from lorafleet.inference.v1 import inference_service_pb2 as pb
@@ -34,6 +35,7 @@ def _start_serve(base, adapter_path) -> tuple[subprocess.Popen, str]:
     raise AssertionError(f"serve exited early with {process.wait()}")
 
 
+@pytest.mark.slow
 def test_sigterm_lets_in_flight_streams_finish_and_refuses_new_ones(lora_suite):
     base, adapters = lora_suite
     process, address = _start_serve(base, adapters["acme/qv8"])

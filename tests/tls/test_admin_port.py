@@ -63,7 +63,7 @@ async def test_the_inference_port_serves_no_worker_service(lora_suite):
 
 @pytest.fixture
 async def plane(etcd):
-    replica = ControlPlane(fast_config(etcd.url))
+    replica = ControlPlane(fast_config(etcd))
     await replica.start()
     yield replica
     await replica.stop()

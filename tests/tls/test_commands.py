@@ -38,6 +38,7 @@ def test_a_server_refuses_a_ca_without_its_own_certificate(pki):
         gateway_config(args)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options, message", [
     (["--adapter-root", "/no/such/root"], "--adapter-root /no/such/root: not a directory"),
     (["--tls-cert", "/no/cert.pem", "--tls-key", "/no/key.pem"], "--tls-cert /no/cert.pem"),

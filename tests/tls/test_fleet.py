@@ -33,7 +33,7 @@ def _client(address: str, tls: TlsConfig) -> AsyncClient:
 async def fleet(etcd, pki, lora_suite):
     """(control-plane address, worker, gateway), every one serving mTLS."""
     cp_tls = pki.component("controlplane:cp-1")
-    plane = ControlPlane(fast_config(etcd.url, security=ServerSecurity(
+    plane = ControlPlane(fast_config(etcd, security=ServerSecurity(
         cp_tls.server_credentials()), tls=cp_tls))
     cp_port = await plane.start()
     controlplane = f"127.0.0.1:{cp_port}"

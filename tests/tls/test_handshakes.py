@@ -8,7 +8,7 @@ import pytest
 
 from lorafleet.rpcserver import ServerSecurity, ServiceBinding, start_server
 from lorafleet.tls import PLAINTEXT_TLS, TlsConfig, TlsFileError, peer_identity
-from tests.tls.conftest import expired
+from tests.support.pki import expired
 
 NOBODY = b"<no certificate>"
 

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from lorafleet.dataplane.up.certs import make_up_certs
 from lorafleet.tls import TlsConfig
 from tests.tls.test_handshakes import _ask, _refused, serve  # noqa: F401 (serve: fixture)
@@ -29,6 +31,7 @@ async def test_up_certificates_give_each_part_its_identity(tmp_path, serve):  # 
     assert (await _refused(address, stranger.client())).name == "UNAVAILABLE"
 
 
+@pytest.mark.slow
 def test_up_tls_serves_over_tls_and_its_printed_commands_work(tmp_path, marked):  # noqa: F811
     env, mark = marked
     up = Up([*UP, *SMALL, "--tls", "--data-dir", str(tmp_path / "data")], env, mark)

@@ -90,6 +90,7 @@ def _paste(command: str, timeout: float = 60) -> subprocess.CompletedProcess:
                           timeout=timeout, check=False)
 
 
+@pytest.mark.slow
 def test_up_serves_through_the_gateway_and_leaves_nothing_after_sigterm(up):
     up.wait_for(READY_LINE, timeout=150)
     started = marked_pids(up.mark)
@@ -142,6 +143,7 @@ def test_up_serves_through_the_gateway_and_leaves_nothing_after_sigterm(up):
     assert not is_listening(base_url.split("//")[1].split("/")[0])
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_start_up_stops_what_was_started(up):
     up.wait_for("control plane ready", timeout=60)
     assert marked_pids(up.mark)
@@ -166,6 +168,7 @@ def test_a_busy_gateway_port_is_one_line_and_starts_nothing(tmp_path, marked):
     assert "ready" not in done.stdout and marked_pids(mark) == set()
 
 
+@pytest.mark.slow
 def test_a_worker_that_dies_at_start_stops_what_was_started(tmp_path, marked):
     env, mark = marked
     empty = tmp_path / "not-a-model"
