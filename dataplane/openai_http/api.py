@@ -13,6 +13,7 @@ from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lorafleet.auth.interceptor import AuthInterceptor, VerifierUnavailable
+from lorafleet.auth.principals import Principal
 from lorafleet.dataplane.openai_http.answers import REQUEST_ID_HEADER, answer_once, answer_stream
 from lorafleet.dataplane.openai_http.errors import ApiError, from_rpc_error
 from lorafleet.dataplane.openai_http.models import ModelCard, ModelLister
@@ -55,6 +56,9 @@ class OpenAIApi:
 
     async def _generate(self, request: web.Request, parsed: ParsedRequest,
                         shape_class: type[Shape], *, is_chat: bool) -> web.StreamResponse:
+        # The call below leaves this process with its own TLS identity; only the caller's
+        # key may speak for the caller, so a caller without one never gets that far.
+        await self._authenticate(request)
         parsed.generate.request_id = request_id_of(request)
         shape = shape_class(parsed.model, parsed.generate.request_id,
                             has_logprobs=parsed.generate.sampling.HasField("logprobs"),
@@ -86,23 +90,28 @@ class OpenAIApi:
         raise ApiError(404, f"model {wanted!r} is neither the base model nor a servable "
                             "adapter", type_="not_found_error", param="model", code="not_found")
 
+    async def _authenticate(self, request: web.Request) -> Principal | None:
+        """The caller's principal from its own API key (None: auth is off). With auth on,
+        no key or a bad one is 401 here, before any call leaves this process."""
+        if self._auth is None:
+            return None
+        try:
+            principal = await self._auth.principal_of(metadata_of(request))
+        except VerifierUnavailable as exc:
+            raise ApiError(503, f"cannot check the API key: {exc}",
+                           type_="service_unavailable_error", code="unavailable") from exc
+        if principal is None:
+            raise ApiError(401, "invalid or missing API key: send 'Authorization: "
+                                "Bearer <key>'", type_="authentication_error",
+                           code="invalid_api_key")
+        return principal
+
     async def _visible_cards(self, request: web.Request) -> list[ModelCard]:
         """The models the caller may see: with auth on, a valid key is required and a
         tenant sees the base models and its own adapters only."""
-        metadata = metadata_of(request)
-        principal = None
-        if self._auth is not None:
-            try:
-                principal = await self._auth.principal_of(metadata)
-            except VerifierUnavailable as exc:
-                raise ApiError(503, f"cannot check the API key: {exc}",
-                               type_="service_unavailable_error", code="unavailable") from exc
-            if principal is None:
-                raise ApiError(401, "invalid or missing API key: send 'Authorization: "
-                                    "Bearer <key>'", type_="authentication_error",
-                               code="invalid_api_key")
+        principal = await self._authenticate(request)
         try:
-            cards = await self._models.list_models(metadata)
+            cards = await self._models.list_models(metadata_of(request))
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc) from exc
         return [c for c in cards if principal is None or c.parent is None or principal.owns(c.id)]
