@@ -12,7 +12,8 @@ from lorafleet.clients.errors import InvalidArgument
 from lorafleet.control.v1 import access_service_pb2 as access_pb
 
 ROLES = {"admin": access_pb.ROLE_ADMIN, "tenant": access_pb.ROLE_TENANT,
-         "worker": access_pb.ROLE_WORKER, "gateway": access_pb.ROLE_GATEWAY}
+         "worker": access_pb.ROLE_WORKER, "gateway": access_pb.ROLE_GATEWAY,
+         "controlplane": access_pb.ROLE_CONTROLPLANE}
 
 
 class AccessCalls:

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 
+from lorafleet.clients.access_calls import ROLES
 from lorafleet.clients.console import add_common_arguments, call, print_json, print_table, timestamp
 from lorafleet.control.v1 import access_service_pb2 as access_pb
 
 HELP = "create, list and revoke API keys"
-ROLE_NAMES = ("admin", "tenant", "worker", "gateway")
+ROLE_NAMES = tuple(ROLES)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

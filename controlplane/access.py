@@ -1,8 +1,10 @@
 """How a control-plane replica checks its callers and identifies itself to workers.
 
 Keys come from etcd (`lorafleet key create`) and, optionally, a bootstrap file of key
-records (the first admin key, before any is in etcd). The replica calls workers with its
-own key (`api_key`, an admin key), so workers that check keys accept its LoadAdapter.
+records (the first admin key, before any is in etcd). The replica calls workers as
+itself: with its TLS client certificate when it has one (no key leaves it), else with its
+own key (`api_key`, of role controlplane: never an admin key, which any worker could
+replay), so workers that check keys accept its LoadAdapter.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ class AuthConfig:
 
     is_on: bool = False  # tests start replicas without auth; the command line turns it on
     keys_file: str | None = None
-    api_key: str | None = None  # sent to workers (LoadAdapter, ValidateAdapter, ...)
+    api_key: str | None = None  # a controlplane key, sent to workers without mTLS
 
 
 class ControlPlaneAuth:
@@ -78,7 +80,7 @@ def auth_config_from_args(args) -> AuthConfig:
         raise StartupError(
             "no key configuration: give --auth-keys FILE (key records, e.g. the first admin "
             "key from 'lorafleet key hash --role admin') and/or --api-key KEY (this "
-            "replica's admin key, sent to workers), or --insecure-no-auth to serve without "
+            "replica's controlplane key, sent to workers), or --insecure-no-auth to serve without "
             "checking callers (see docs/security.md)")
     if args.auth_keys:
         try:

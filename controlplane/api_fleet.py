@@ -9,6 +9,7 @@ from lorafleet.control.v1 import fleet_service_pb2_grpc as fleet_grpc
 from lorafleet.controlplane.api_status import grpc_errors
 from lorafleet.controlplane.audit import audited
 from lorafleet.controlplane.fleet import FleetRegistry
+from lorafleet.controlplane.on_demand import OnDemandPlacer
 from lorafleet.controlplane.routing import diff, holders, live_workers, routing_table
 from lorafleet.controlplane.schema import Snapshot
 from lorafleet.controlplane.store import EtcdStore
@@ -31,9 +32,11 @@ def placement_view(snapshot: Snapshot, adapter: str = "") -> list[fleet_pb.Versi
 class FleetServicer(fleet_grpc.FleetServiceServicer):
     """Serves the fleet view over gRPC."""
 
-    def __init__(self, store: EtcdStore, fleet: FleetRegistry, bindings=None):
+    def __init__(self, store: EtcdStore, fleet: FleetRegistry, placer: OnDemandPlacer,
+                 bindings=None):
         self.store = store
         self.fleet = fleet
+        self.placer = placer
         self.bindings = bindings  # WorkerBindings: a worker id belongs to one key
 
 
@@ -66,6 +69,13 @@ class FleetServicer(fleet_grpc.FleetServiceServicer):
         """Marks a worker as draining."""
         worker = await self.fleet.drain(request.worker_id)
         return fleet_pb.DrainWorkerResponse(worker=worker)
+
+    @grpc_errors
+    @audited("PlaceAdapterVersion", lambda r: f"{r.adapter}@{r.version} on {r.worker_id}")
+    async def PlaceAdapterVersion(self, request, context):
+        """Adds a worker to a routed version's placement and loads it there."""
+        placement = await self.placer.place(request.adapter, request.version, request.worker_id)
+        return fleet_pb.PlaceAdapterVersionResponse(placement=placement)
 
     async def WatchRoutingTable(self, request, context):
         """A full routing table, then one message per change, each with its revision."""

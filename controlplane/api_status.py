@@ -14,6 +14,7 @@ from lorafleet.controlplane.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    Unavailable,
 )
 from lorafleet.controlplane.store import StoreUnavailable
 
@@ -27,6 +28,7 @@ STATUS_BY_ERROR = {
     Conflict: grpc.StatusCode.ABORTED,
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
 

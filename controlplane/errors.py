@@ -33,3 +33,7 @@ class NotLeader(ControlPlaneError):
 
 class PermissionDenied(ControlPlaneError):
     """The caller's key does not allow this (PERMISSION_DENIED)."""
+
+
+class Unavailable(ControlPlaneError):
+    """A worker the request needs could not do its part now; a retry may work (UNAVAILABLE)."""

@@ -114,7 +114,8 @@ class AccessServicer(access_grpc.AccessServiceServicer):
         """Makes and stores a key; its secret is in this reply only."""
         role = ROLE_OF.get(request.role)
         if role is None:
-            raise InvalidArgument("role: give ROLE_ADMIN, ROLE_TENANT, ROLE_WORKER or ROLE_GATEWAY")
+            raise InvalidArgument("role: give ROLE_ADMIN, ROLE_TENANT, ROLE_WORKER, ROLE_GATEWAY or "
+                                  "ROLE_CONTROLPLANE")
         try:
             key, record = await asyncio.to_thread(make_key, role.value, request.tenant,
                                                   request.can_create_versions)

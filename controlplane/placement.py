@@ -16,7 +16,8 @@ Properties (each covered by a table test):
 - coverage first: when capacity is scarce, every version gets its minimum before any
   version gets demand-driven extras (hottest versions first within each round);
 - sticky: versions keep the workers they have before any new worker is chosen, so a
-  small change in inputs moves few;
+  small change in inputs moves few; a worker with traffic on a version keeps it even
+  beyond the replicas wanted (busy workers first);
 - replicas spread: a new replica goes to the least-filled eligible worker;
 - deterministic: ties break on version key and worker id, never on input order.
 """
@@ -42,6 +43,8 @@ class VersionDemand:
     max_replicas: int | None = None
     demand: float = 0.0
     excluded_worker_ids: frozenset[str] = frozenset()
+    # Workers holding it with traffic now: kept whatever the replica count says.
+    busy_worker_ids: frozenset[str] = frozenset()
 
     @property
     def key(self) -> VersionKey:
@@ -127,8 +130,9 @@ def _keep_current(
     chosen: dict[VersionKey, list[str]],
 ) -> None:
     kept = chosen[version.key]
-    for worker_id in sorted(set(current_ids)):
-        if len(kept) >= limits[version.key]:
+    busy = version.busy_worker_ids
+    for worker_id in sorted(set(current_ids), key=lambda w: (w not in busy, w)):
+        if len(kept) >= limits[version.key] and worker_id not in busy:
             return
         if worker_id not in kept and state.can_hold(version, worker_id):
             state.assign(worker_id)

@@ -1,11 +1,13 @@
 """From a snapshot to decisions: the desired placement, then the loads and evictions.
 
 Pure functions of their inputs, so the reconciler's choices can be tested without etcd
-or workers. Evictions are planned only where they are safe: a routed version is evicted
-from a worker only once another worker it is placed on reports it READY, so a routed
-version never drops to zero replicas. A routed version that no placed worker serves yet
-keeps the workers already serving it (e.g. a gateway's on-demand load) instead of being
-loaded afresh elsewhere.
+or workers. The stored placement is the authority on who holds what: a copy a worker
+reports outside it is not believed (and is evicted), and a gateway's on-demand load is
+recorded in it first (controlplane/on_demand.py). A placed worker with traffic on a
+version keeps it, whatever demand says, so an on-demand copy is never evicted under its
+requests. Evictions are planned only where they are safe: a routed version is evicted from
+a worker only once another worker it is placed on reports it READY, so a routed version
+never drops to zero replicas.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from collections.abc import Mapping
 
 from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
 from lorafleet.controlplane.placement import PlacementPolicy, VersionDemand, WorkerCapacity, place
-from lorafleet.controlplane.routing import SERVING_TIERS, holders
+from lorafleet.controlplane.routing import SERVING_TIERS
 from lorafleet.controlplane.schema import Snapshot, VersionKey
 from lorafleet.controlplane.worker_client import admin_address
 from lorafleet.worker.v1 import worker_service_pb2 as worker_pb
 
 Residency = Mapping[str, Mapping[VersionKey, worker_pb.AdapterResidency]]
+# A copy used this recently (before its worker's last heartbeat) still has traffic.
+TRAFFIC_GRACE_SECONDS = 30.0
 
 
 def capacity(worker: fleet_pb.Worker) -> int:
@@ -52,6 +56,7 @@ def desired_placement(snapshot: Snapshot, policy: PlacementPolicy) -> dict[Versi
             min_replicas=adapter.min_replicas, max_replicas=adapter.max_replicas or None,
             demand=demand.get(key, 0.0),
             excluded_worker_ids=frozenset(stored.failures) if stored else frozenset(),
+            busy_worker_ids=busy_workers(snapshot, key),
         ))
     workers = [
         WorkerCapacity(w.worker_id, w.base_model.name, capacity(w), w.is_draining)
@@ -61,17 +66,39 @@ def desired_placement(snapshot: Snapshot, policy: PlacementPolicy) -> dict[Versi
 
 
 def current_placement(snapshot: Snapshot) -> dict[VersionKey, tuple[str, ...]]:
-    """The stored placement, except for a routed version that none of its stored workers
-    serves (none stored yet, gone, draining, or still loading) while other live workers do:
-    those count instead. So a copy a gateway loaded on demand, already taking traffic,
-    becomes the placement rather than being evicted for a fresh load elsewhere."""
-    current = {key: tuple(p.desired_worker_ids) for key, p in snapshot.placements.items()}
-    held = holders(snapshot)
-    for key in snapshot.routed_weights():
-        serving = sorted(w.worker_id for w, _ in held.get(key, []) if not w.is_draining)
-        if serving and not set(serving) & set(current.get(key, ())):
-            current[key] = tuple(serving)
-    return current
+    """The stored placement: what workers report holding beyond it does not count."""
+    return {key: tuple(p.desired_worker_ids) for key, p in snapshot.placements.items()}
+
+
+def busy_workers(snapshot: Snapshot, key: VersionKey) -> frozenset[str]:
+    """Placed workers with traffic on the version as their last heartbeat shows it
+    (requests in flight or pinned, a use within TRAFFIC_GRACE_SECONDS), or placed there on
+    demand less than that before it (the traffic that asked for it is on its way)."""
+    placement = snapshot.placements.get(key)
+    label = f"{key[0]}@{key[1]}"
+    busy = set()
+    for worker_id in placement.desired_worker_ids if placement else ():
+        worker = snapshot.workers.get(worker_id)
+        if worker is None:
+            continue
+        residency = next((r for r in worker.adapters
+                          if (r.adapter, r.version) == key), None)
+        used = residency.last_used if residency is not None and residency.HasField(
+            "last_used") else None
+        if (worker.load.requests_per_adapter.get(label)
+                or (residency is not None and residency.num_pinned_requests)
+                or _is_recent(worker, used)
+                or _is_recent(worker, placement.placed_on_demand.get(worker_id))):
+            busy.add(worker_id)
+    return frozenset(busy)
+
+
+def _is_recent(worker: fleet_pb.Worker, moment) -> bool:
+    """Whether `moment` is at most TRAFFIC_GRACE_SECONDS before the worker's last heartbeat."""
+    if moment is None or not worker.HasField("last_heartbeat_time"):
+        return False
+    age = worker.last_heartbeat_time.ToNanoseconds() - moment.ToNanoseconds()
+    return age <= TRAFFIC_GRACE_SECONDS * 1e9
 
 
 @dataclasses.dataclass(frozen=True)

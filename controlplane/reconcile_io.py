@@ -85,6 +85,9 @@ def placement_changes(snapshot: Snapshot, desired) -> tuple[dict[VersionKey, fle
             for worker_id, reason in stored.failures.items():
                 if worker_id in snapshot.workers:
                     placement.failures[worker_id] = reason
+            for worker_id, since in stored.placed_on_demand.items():
+                if worker_id in worker_ids:
+                    placement.placed_on_demand[worker_id].CopyFrom(since)
         if placement != stored:
             to_write[key] = placement
     to_delete = sorted(set(snapshot.placements) - set(desired))
@@ -92,13 +95,22 @@ def placement_changes(snapshot: Snapshot, desired) -> tuple[dict[VersionKey, fle
 
 
 async def write_placement(store: EtcdStore, fence, snapshot: Snapshot, desired) -> bool:
-    """Stores the desired placement (changed keys only), fenced; returns whether it wrote."""
+    """Stores the desired placement (changed keys only), fenced, and only over keys nobody
+    changed since `snapshot` (a gateway's on-demand placement, controlplane/on_demand.py);
+    returns whether it wrote or found such a change (either way, worth another pass)."""
     to_write, to_delete = placement_changes(snapshot, desired)
-    ops = [
-        store.ops.put(store.keys.placement(*key).encode(), placement.SerializeToString())
-        for key, placement in sorted(to_write.items())
-    ] + [store.ops.delete(store.keys.placement(*key).encode()) for key in to_delete]
-    for start in range(0, len(ops), MAX_OPS_PER_TXN):
-        if not await store.commit([fence], ops[start:start + MAX_OPS_PER_TXN]):
+    changes = [
+        (key, store.ops.put(key, placement.SerializeToString()))
+        for key, placement in ((store.keys.placement(*k).encode(), p)
+                               for k, p in sorted(to_write.items()))
+    ] + [(key, store.ops.delete(key))
+         for key in (store.keys.placement(*k).encode() for k in to_delete)]
+    for start in range(0, len(changes), MAX_OPS_PER_TXN):
+        batch = changes[start:start + MAX_OPS_PER_TXN]
+        unchanged = [store.ops.mod(key) < snapshot.revision + 1 for key, _ in batch]
+        if await store.commit([fence, *unchanged], [op for _, op in batch]):
+            continue
+        if not await store.commit([fence], []):
             raise NotLeader("no longer the leader: placement not written")
-    return bool(ops)
+        return True  # another writer changed a placement first: the next pass redoes it
+    return bool(changes)

@@ -3,8 +3,10 @@ plus the live workers (so a version no worker holds yet can be loaded on demand)
 
 Built from a snapshot of etcd (rollouts, versions, placements, workers' reported
 residency), so it is exactly as fresh as the snapshot's revision. A worker is listed for a
-version only when it reports the version READY in its device or host tier; device holders
-come first, and draining workers last (they still finish what they run).
+version only when the version's placement has it (the control plane put it there, or a
+gateway's on-demand request did) and it reports the version's weights (by digest) READY in
+its device or host tier: what a worker claims beyond its placement is not believed. Device
+holders come first, and draining workers last (they still finish what they run).
 """
 
 from __future__ import annotations
@@ -20,15 +22,18 @@ Message = TypeVar("Message", fleet_pb.AdapterRoute, fleet_pb.WorkerRoute)
 
 
 def holders(snapshot: Snapshot) -> dict[VersionKey, list[tuple[fleet_pb.Worker, int]]]:
-    """(worker, tier) pairs per version, for workers that report its weights (by digest)
-    READY in a serving tier."""
+    """(worker, tier) pairs per version, for workers placed to hold it that report its
+    weights (by digest) READY in a serving tier."""
     found: dict[VersionKey, list[tuple[fleet_pb.Worker, int]]] = {}
     for worker in snapshot.workers.values():
         for residency in worker.adapters:
             key = (residency.adapter, residency.version)
             version = snapshot.versions.get(key)
+            placement = snapshot.placements.get(key)
             if (
                 version is not None
+                and placement is not None
+                and worker.worker_id in placement.desired_worker_ids
                 and residency.digest == version.digest  # not older weights under the name
                 and residency.state == worker_pb.LOAD_STATE_READY
                 and residency.tier in SERVING_TIERS

@@ -17,7 +17,7 @@ import logging
 import uuid
 
 from lorafleet import rpcserver
-from lorafleet.auth import bearer
+from lorafleet.auth import Role, own_metadata
 from lorafleet.control.v1 import adapter_service_pb2, fleet_service_pb2
 from lorafleet.control.v1 import adapter_service_pb2_grpc as adapter_grpc
 from lorafleet.control.v1 import fleet_service_pb2_grpc as fleet_grpc
@@ -27,6 +27,7 @@ from lorafleet.controlplane.api_fleet import FleetServicer
 from lorafleet.controlplane.election import LeaderElection
 from lorafleet.controlplane.fleet import FleetRegistry
 from lorafleet.controlplane.metrics import ControlPlaneMetrics
+from lorafleet.controlplane.on_demand import OnDemandPlacer
 from lorafleet.controlplane.placement import PlacementPolicy
 from lorafleet.controlplane.reconciler import Reconciler, ReconcilerConfig
 from lorafleet.controlplane.registry import AdapterRegistry
@@ -78,7 +79,7 @@ class ControlPlane:
                                self.metrics)
         self.clients = WorkerClients(CallPolicy(timeout_seconds=config.worker_timeout_seconds),
                                      config.tls)
-        self.clients.metadata = bearer(config.auth.api_key)
+        self.clients.metadata = own_metadata(config.tls, config.auth.api_key)
         self.auth = ControlPlaneAuth(self.store, config.auth)
         self.validator = VersionValidator(self.store, self.clients)
         # RPCs read and write through a view that gives up quickly: while etcd is down a
@@ -103,18 +104,35 @@ class ControlPlane:
             ),
             rpcserver.ServiceBinding(
                 fleet_grpc.add_FleetServiceServicer_to_server,
-                FleetServicer(self.request_store, self.fleet, self.auth.bindings),
+                FleetServicer(self.request_store, self.fleet,
+                              OnDemandPlacer(self.request_store, self.clients), self.auth.bindings),
                 rpcserver.full_name(fleet_service_pb2, "FleetService"),
             ),
             self.auth.binding(),
         ]
         await self.auth.start()
+        await self._refuse_admin_key()
         self._server = await rpcserver.start_server(
             bindings, self.config.address, self.auth.security(self.config.security))
         if self.config.metrics_port is not None:
             await self._start_metrics(self.config.metrics_port)
         self._leading = asyncio.create_task(self._lead_forever())
         return self._server.port
+
+    async def _refuse_admin_key(self) -> None:
+        """StartupError when the key this replica would send to workers is an admin key:
+        any worker could replay it (with a TLS client certificate no key is sent)."""
+        key = self.config.auth.api_key
+        if not (self.config.auth.is_on and key and self.clients.metadata):
+            return
+        principal = await self.auth.verifier.verify(key)
+        if principal is not None and principal.role is Role.ADMIN:
+            await self.auth.stop()
+            raise StartupError(
+                "--api-key is an admin key: a control plane sends its key to every worker, "
+                "and any worker could replay it; give it a key of role controlplane "
+                "('lorafleet key hash --role controlplane'), or a TLS client certificate "
+                "(docs/security.md)")
 
     async def _start_metrics(self, port: int) -> None:
         host = self.config.address.rpartition(":")[0]

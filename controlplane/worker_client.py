@@ -54,10 +54,12 @@ class WorkerClients:
             self._channels[address] = channel
         return worker_grpc.WorkerServiceStub(channel)
 
-    async def call(self, address: str, method: str, request, timeout: float | None = None):
-        """Calls `method` on the worker at `address`, retrying transient failures."""
+    async def call(self, address: str, method: str, request, timeout: float | None = None,
+                   num_attempts: int | None = None):
+        """Calls `method` on the worker at `address`, retrying transient failures (up to
+        `num_attempts` tries, the policy's by default)."""
         delay = self.policy.first_delay
-        num_left = self.policy.num_attempts
+        num_left = num_attempts or self.policy.num_attempts
         while True:
             num_left -= 1
             try:

@@ -14,7 +14,7 @@ import dataclasses
 import random
 from typing import Any
 
-from lorafleet.auth import bearer
+from lorafleet.auth import bearer, own_metadata
 from lorafleet.auth.interceptor import auth_of
 from lorafleet.dataplane.gateway.follower import Backoff, TableFollower
 from lorafleet.dataplane.gateway.metrics import GatewayMetrics
@@ -93,7 +93,6 @@ async def start_gateway(config: GatewayConfig) -> RunningGateway:
     """Starts following the routing table and serving; returns without waiting for the
     first table (requests get UNAVAILABLE until it arrives)."""
     channels = WorkerChannels(config.tls)
-    loads = OnDemandLoads(channels, config.load_timeout_seconds)
 
     def on_change(table: RoutingTable) -> None:
         channels.retain(table.addresses())
@@ -104,7 +103,10 @@ async def start_gateway(config: GatewayConfig) -> RunningGateway:
         config.controlplanes, base_model=config.base_model, on_change=on_change,
         backoff=Backoff(config.backoff_first_seconds, config.backoff_cap_seconds, rng),
         tls=config.tls)
-    channels.metadata = follower.metadata = bearer(config.api_key)
+    follower.metadata = bearer(config.api_key)
+    channels.metadata = own_metadata(config.tls, config.api_key)
+    channels.is_auth_on = auth_of(config.security.interceptors) is not None
+    loads = OnDemandLoads(follower.place, config.load_timeout_seconds)
     metrics = GatewayMetrics(follower.age_seconds, lambda: follower.is_connected,
                              otlp_endpoint=config.otlp_endpoint)
     router = Router(lambda: follower.table, base_model=config.base_model, rng=rng)

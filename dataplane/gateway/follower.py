@@ -24,6 +24,10 @@ from lorafleet.tls import PLAINTEXT_TLS, TlsConfig
 log = logging.getLogger(__name__)
 
 
+class NoControlPlane(Exception):
+    """No control-plane replica is followed now, so none can be asked anything."""
+
+
 class Backoff:
     """Exponential delays from `first` up to `cap` seconds, each drawn from [d/2, d] so
     gateways that lost the same replica do not all come back at once."""
@@ -60,6 +64,7 @@ class TableFollower:
         self.metadata: tuple[tuple[str, str], ...] = ()  # the gateway's own key, if any
         self.table: RoutingTable | None = None
         self.is_connected = False
+        self._channel: grpc.aio.Channel | None = None  # of the replica followed now
         self._on_change = on_change
         self._backoff = backoff or Backoff()
         self._stale_since = time.monotonic()
@@ -97,21 +102,39 @@ class TableFollower:
     async def _follow(self, address: str) -> None:
         request = fleet_pb.WatchRoutingTableRequest(base_model=self.base_model)
         async with self._tls.aio_channel(address) as channel:
-            stream = fleet_grpc.FleetServiceStub(channel).WatchRoutingTable(
-                request, metadata=self.metadata)
-            has_snapshot = False
-            async for message in stream:
-                if not has_snapshot and not message.is_snapshot:
-                    raise ValueError(f"{address} sent a change before its snapshot")
-                base = RoutingTable() if message.is_snapshot else self.table
-                self._set(base.apply(message))
-                if not has_snapshot:
-                    has_snapshot = True
-                    self.is_connected = True
-                    self._backoff.reset()
-                    log.info("following the routing table of %s (revision %d, %d adapters, "
-                             "%d workers)", address, message.revision, len(self.table.routes),
-                             len(self.table.workers))
+            self._channel = channel
+            try:
+                await self._read(channel, address, request)
+            finally:
+                self._channel = None
+
+    async def _read(self, channel: grpc.aio.Channel, address: str,
+                    request: fleet_pb.WatchRoutingTableRequest) -> None:
+        stream = fleet_grpc.FleetServiceStub(channel).WatchRoutingTable(
+            request, metadata=self.metadata)
+        has_snapshot = False
+        async for message in stream:
+            if not has_snapshot and not message.is_snapshot:
+                raise ValueError(f"{address} sent a change before its snapshot")
+            base = RoutingTable() if message.is_snapshot else self.table
+            self._set(base.apply(message))
+            if not has_snapshot:
+                has_snapshot = True
+                self.is_connected = True
+                self._backoff.reset()
+                log.info("following the routing table of %s (revision %d, %d adapters, "
+                         "%d workers)", address, message.revision, len(self.table.routes),
+                         len(self.table.workers))
+
+    async def place(self, request: fleet_pb.PlaceAdapterVersionRequest, timeout: float | None
+                    ) -> fleet_pb.PlaceAdapterVersionResponse:
+        """Asks the replica this follower follows to place a version on a worker
+        (FleetService.PlaceAdapterVersion); UNAVAILABLE while no replica is followed."""
+        channel = self._channel
+        if channel is None:
+            raise NoControlPlane("no control plane is reachable to place the version")
+        return await fleet_grpc.FleetServiceStub(channel).PlaceAdapterVersion(
+            request, timeout=timeout, metadata=self.metadata)
 
     def _set(self, table: RoutingTable) -> None:
         self.table = table

@@ -20,6 +20,7 @@ import logging
 import time
 
 import grpc
+from grpc_health.v1 import health_pb2
 from opentelemetry import trace
 
 from lorafleet.auth.interceptor import on_behalf_of_caller
@@ -30,7 +31,6 @@ from lorafleet.dataplane.gateway.upstream import OnDemandLoads, UpstreamError, W
 from lorafleet.dataplane.server.tracing import context_from_metadata, trace_metadata
 from lorafleet.inference.v1 import inference_service_pb2 as pb
 from lorafleet.inference.v1 import inference_service_pb2_grpc as pb_grpc
-from lorafleet.worker.v1 import worker_service_pb2 as worker_pb
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +142,7 @@ class GatewayServicer(pb_grpc.InferenceServiceServicer):
         num_sent, has_summary = 0, False
         try:
             if target.needs_load:
-                await self._loads.ensure(target.worker_id,
-                                         target.admin_address or target.address,
-                                         resolved.adapter,
+                await self._loads.ensure(target.worker_id, resolved.adapter,
                                          resolved.version, _remaining(context))
             forwarded = pb.GenerateRequest()
             forwarded.CopyFrom(request)
@@ -152,18 +150,17 @@ class GatewayServicer(pb_grpc.InferenceServiceServicer):
             upstream.call = self._channels.inference(target.address).Generate(
                 forwarded, timeout=_remaining(context),
                 metadata=on_behalf_of_caller(context.invocation_metadata(),
-                                             self._channels.metadata)
+                                             self._channels.metadata,
+                                             is_auth_on=self._channels.is_auth_on)
                 + trace_metadata(upstream.span))
             async for message in self._messages(upstream.call, target):
                 num_sent += 1
                 has_summary = message.HasField("summary")
                 yield message
         except grpc.aio.AioRpcError as error:
-            code = error.code()
-            upstream.outcome = Outcome(
-                code, error.details() or f"worker {target.worker_id}: {code.name}",
-                is_retryable=num_sent == 0 and code == grpc.StatusCode.UNAVAILABLE,
-                trailing=_status_details(error))
+            upstream.outcome = self._failed(target, resolved, error, has_sent=num_sent > 0)
+            if upstream.outcome.is_retryable and not await self._is_answering(target):
+                self._skip(target)
         except UpstreamError as error:
             upstream.outcome = Outcome(error.code, error.details,
                                        is_retryable=num_sent == 0 and error.is_retryable)
@@ -177,6 +174,19 @@ class GatewayServicer(pb_grpc.InferenceServiceServicer):
             self._channels.release(target.address)
 
 
+    def _failed(self, target: Candidate, resolved: Resolved, error: grpc.aio.AioRpcError, *,
+                has_sent: bool) -> Outcome:
+        """How an attempt that the worker ended with `error` counts. Before any token,
+        UNAVAILABLE (a dead or stopping worker) and NOT_FOUND for a routed version (the
+        worker no longer holds it: an eviction, a restart) are tried on another worker; a
+        version that exists is never NOT_FOUND to the caller."""
+        code, details = error.code(), error.details() or f"worker {target.worker_id}"
+        if code == grpc.StatusCode.NOT_FOUND and resolved.version is not None:
+            code = grpc.StatusCode.UNAVAILABLE
+            details = f"{resolved.reference} is not on {target.worker_id} now: {details}"
+        return Outcome(code, details, is_retryable=not has_sent and code == grpc.StatusCode.UNAVAILABLE,
+                       trailing=_status_details(error))
+
     async def _messages(self, call: grpc.aio.UnaryStreamCall, target: Candidate):
         """The call's messages; UpstreamError (retryable) when none has come yet and the
         worker no longer answers a probe."""
@@ -185,8 +195,7 @@ class GatewayServicer(pb_grpc.InferenceServiceServicer):
         try:
             while not (await asyncio.wait({first}, timeout=PROBE_AFTER_SECONDS))[0]:
                 if not await self._is_answering(target):
-                    self._unresponsive[target.worker_id] = \
-                        time.monotonic() + UNRESPONSIVE_SKIP_SECONDS
+                    self._skip(target)
                     raise UpstreamError(grpc.StatusCode.UNAVAILABLE,
                                         f"worker {target.worker_id} does not answer",
                                         is_retryable=True)
@@ -199,13 +208,16 @@ class GatewayServicer(pb_grpc.InferenceServiceServicer):
         async for message in stream:
             yield message
 
+    def _skip(self, target: Candidate) -> None:
+        """Leaves a worker that does not answer out of this gateway's picks for a while."""
+        self._unresponsive[target.worker_id] = time.monotonic() + UNRESPONSIVE_SKIP_SECONDS
+
     async def _is_answering(self, target: Candidate) -> bool:
-        """Whether the worker answers a status call in time (any status but UNAVAILABLE
+        """Whether the worker answers a health check in time (any status but UNAVAILABLE
         or DEADLINE_EXCEEDED counts: a worker that refuses it is still there)."""
         try:
-            await self._channels.worker(target.address).GetWorkerStatus(
-                worker_pb.GetWorkerStatusRequest(), timeout=PROBE_TIMEOUT_SECONDS,
-                metadata=self._channels.metadata)
+            await self._channels.health(target.address).Check(
+                health_pb2.HealthCheckRequest(), timeout=PROBE_TIMEOUT_SECONDS)
         except grpc.aio.AioRpcError as error:
             return error.code() not in _DOWN
         return True

@@ -1,5 +1,5 @@
 """The gateway's side of its workers: one reused channel per worker address, the requests
-outstanding on each, and on-demand loads.
+outstanding on each, and on-demand placements.
 
 A channel is closed when its worker leaves the routing table, but only once this gateway
 has no request outstanding on it: a worker that stops gracefully leaves the table (its
@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 
 import grpc
+from grpc_health.v1 import health_pb2_grpc
 
 from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
+from lorafleet.dataplane.gateway.follower import NoControlPlane
 from lorafleet.dataplane.gateway.picking import find_version
 from lorafleet.inference.v1 import inference_service_pb2_grpc as inference_grpc
 from lorafleet.tls import PLAINTEXT_TLS, TlsConfig
-from lorafleet.worker.v1 import worker_service_pb2 as worker_pb
-from lorafleet.worker.v1 import worker_service_pb2_grpc as worker_grpc
 
 log = logging.getLogger(__name__)
+# FleetService.PlaceAdapterVersion on the control plane the gateway follows (follower.place).
+Place = Callable[[fleet_pb.PlaceAdapterVersionRequest, float | None],
+                 Awaitable[fleet_pb.PlaceAdapterVersionResponse]]
 
 
 class UpstreamError(Exception):
@@ -40,7 +43,10 @@ class WorkerChannels:
     def __init__(self, tls: TlsConfig = PLAINTEXT_TLS) -> None:
         self._tls = tls  # how to reach workers: plaintext, TLS or mTLS
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self.metadata: tuple[tuple[str, str], ...] = ()  # the gateway's own key, if any
+        # What the gateway sends workers as itself (auth.own_metadata: nothing under mTLS)
+        # and whether it vouches for its callers (auth on) or passes their keys (auth off).
+        self.metadata: tuple[tuple[str, str], ...] = ()
+        self.is_auth_on = False
         self.outstanding: dict[str, int] = {}
         self._live: set[str] = set()
         self._closing: set[asyncio.Task] = set()
@@ -56,9 +62,9 @@ class WorkerChannels:
         """An InferenceService stub on the worker's channel."""
         return inference_grpc.InferenceServiceStub(self._channel(address))
 
-    def worker(self, address: str) -> worker_grpc.WorkerServiceStub:
-        """A WorkerService stub on the worker's channel."""
-        return worker_grpc.WorkerServiceStub(self._channel(address))
+    def health(self, address: str) -> health_pb2_grpc.HealthStub:
+        """A health-checking stub on the worker's channel (answers without credentials)."""
+        return health_pb2_grpc.HealthStub(self._channel(address))
 
     def open_addresses(self) -> set[str]:
         """Addresses that have an open channel."""
@@ -100,27 +106,29 @@ class WorkerChannels:
 
 
 class OnDemandLoads:
-    """LoadAdapter calls for versions no worker holds yet: at most one at a time per
-    (worker, version), shared by every request that waits for it, and remembered until
-    the routing table lists a holder of the version."""
+    """Versions no reachable worker holds, placed on one by the control plane
+    (FleetService.PlaceAdapterVersion: it records the placement, then loads the version):
+    at most one request at a time per (worker, version), shared by every request that
+    waits for it, and remembered until the routing table lists a holder of the version."""
 
-    def __init__(self, channels: WorkerChannels, timeout_seconds: float = 120.0):
-        self._channels = channels
+    def __init__(self, place: Place, timeout_seconds: float = 120.0):
+        self._place = place
         self._timeout = timeout_seconds
         self._loads: dict[tuple[str, str, int], asyncio.Task] = {}
 
     def loaded_on(self, adapter: str, version: int) -> set[str]:
-        """Ids of workers this gateway loaded (or is loading) the version on."""
+        """Ids of workers this gateway had the version placed (or placing) on."""
         return {w for (w, name, number) in self._loads if (name, number) == (adapter, version)}
 
-    async def ensure(self, worker_id: str, address: str, adapter: str,
-                     version: fleet_pb.VersionRoute, timeout: float | None) -> None:
+    async def ensure(self, worker_id: str, adapter: str, version: fleet_pb.VersionRoute,
+                     timeout: float | None) -> None:
         """Returns once the worker holds the version; raises UpstreamError. A caller that
-        gives up (deadline, cancel) leaves the load running for the others."""
+        gives up (deadline, cancel) leaves the placement running for the others."""
         key = (worker_id, adapter, version.version)
         task = self._loads.get(key)
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._load(address, adapter, version))
+            task = asyncio.get_running_loop().create_task(
+                self._load(worker_id, adapter, version.version))
             task.add_done_callback(lambda done: self._forget_failed(key, done))
             self._loads[key] = task
         try:
@@ -130,23 +138,24 @@ class OnDemandLoads:
                                 f"deadline passed while {worker_id} loaded "
                                 f"{adapter}@{version.version}") from None
 
-    async def _load(self, address: str, adapter: str, version: fleet_pb.VersionRoute) -> None:
-        request = worker_pb.LoadAdapterRequest(
-            adapter=adapter, version=version.version, source_uri=version.source_uri,
-            digest=version.digest, tier=worker_pb.TIER_HOST)
-        label = f"{adapter}@{version.version}"
+    async def _load(self, worker_id: str, adapter: str, version: int) -> None:
+        request = fleet_pb.PlaceAdapterVersionRequest(adapter=adapter, version=version,
+                                                      worker_id=worker_id)
+        label = f"{adapter}@{version}"
         try:
-            await self._channels.worker(address).LoadAdapter(
-                request, timeout=self._timeout, metadata=self._channels.metadata)
+            await self._place(request, self._timeout)
+        except NoControlPlane as error:
+            raise UpstreamError(grpc.StatusCode.UNAVAILABLE, f"{label} has no reachable "
+                                f"holder and {error}", is_retryable=False) from None
         except grpc.aio.AioRpcError as error:
             code = error.code()
-            details = f"loading {label} on demand at {address} failed: {code.name}: {error.details()}"
+            details = f"placing {label} on {worker_id} failed: {code.name}: {error.details()}"
             # FAILED_PRECONDITION (another base model) is the caller's to know as such; any
-            # other refusal means no worker can serve the version now.
+            # other refusal means this worker cannot serve the version now: another may.
             shown = code if code == grpc.StatusCode.FAILED_PRECONDITION else grpc.StatusCode.UNAVAILABLE
             raise UpstreamError(shown, details,
-                                is_retryable=code == grpc.StatusCode.UNAVAILABLE) from None
-        log.info("loaded %s on demand at %s", label, address)
+                                is_retryable=code != grpc.StatusCode.FAILED_PRECONDITION) from None
+        log.info("placed %s on demand on %s", label, worker_id)
 
     def _forget_failed(self, key: tuple[str, str, int], task: asyncio.Task) -> None:
         # Reading the exception also marks it retrieved (the waiters got it already).

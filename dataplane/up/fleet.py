@@ -117,7 +117,7 @@ async def start_controlplane(children: Children, ports: Ports, etcd_url: str,
         *LORAFLEET, "controlplane", "--etcd", etcd_url, "--host", ports.host,
         "--port", str(ports.controlplane), "--replica-id", "controlplane-0",
         "--auth-keys", str(keys.path), "--log-level", log_level,
-        *tls.server_args("controlplane")], env=keys.env(keys.admin))
+        *tls.server_args("controlplane")], env=keys.env(keys.controlplane))
     address = ports.address(ports.controlplane)
     await wait_ready(child, address, CONTROLPLANE_TIMEOUT, label="control plane",
                      tls=tls.client())

@@ -1,5 +1,6 @@
 """The API keys of one `lorafleet up` session: an admin key, a key for tenant `demo`
-(whose adapters up registers), and the worker and gateway keys the children run with.
+(whose adapters up registers), and the controlplane, worker and gateway keys the
+children run with.
 
 Their records go to DATA_DIR/keys.jsonl (readable by this user only), which the control
 plane reads with --auth-keys; the children get their own key in $LORAFLEET_API_KEY, not
@@ -24,6 +25,7 @@ class UpKeys:
 
     admin: str
     demo: str
+    controlplane: str
     worker: str
     gateway: str
     path: pathlib.Path
@@ -38,7 +40,8 @@ def make_up_keys(data_dir: pathlib.Path) -> UpKeys:
     """Makes the keys and writes their records to DATA_DIR/keys.jsonl (mode 0600)."""
     made = {"admin": make_key("admin"),
             "demo": make_key("tenant", DEMO_TENANT, can_create_versions=True),
-            "worker": make_key("worker"), "gateway": make_key("gateway")}
+            "controlplane": make_key("controlplane"), "worker": make_key("worker"),
+            "gateway": make_key("gateway")}
     path = data_dir / "keys.jsonl"
     data_dir.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

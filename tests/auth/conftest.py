@@ -30,6 +30,7 @@ class Keys:
     worker: str
     worker2: str
     gateway: str
+    controlplane: str
     path: pathlib.Path
 
 
@@ -44,6 +45,7 @@ def keys(tmp_path_factory) -> Keys:
         "worker": make_key("worker"),
         "worker2": make_key("worker"),
         "gateway": make_key("gateway"),
+        "controlplane": make_key("controlplane"),
     }
     path = tmp_path_factory.mktemp("keys") / "keys.jsonl"
     path.write_text("".join(record.to_json() + "\n" for _, record in made.values()))
@@ -68,7 +70,7 @@ class Stubs:
 
 def auth_config(etcd, keys: Keys, **overrides):
     """A replica config with test timings and auth on (bootstrap file = `keys.path`)."""
-    auth = AuthConfig(is_on=True, keys_file=str(keys.path), api_key=keys.admin)
+    auth = AuthConfig(is_on=True, keys_file=str(keys.path), api_key=keys.controlplane)
     return fast_config(etcd, auth=auth, **overrides)
 
 

@@ -59,6 +59,6 @@ async def test_other_certificates_get_no_worker_rights(fleet_port, pki, name, co
 
 
 def test_certificate_names_map_to_roles():
-    assert certified_principal("controlplane:cp-1").role is Role.ADMIN
+    assert certified_principal("controlplane:cp-1").role is Role.CONTROLPLANE
     assert certified_principal("admin").role is Role.ADMIN
     assert certified_principal("worker:") is None and certified_principal(None) is None

@@ -11,8 +11,11 @@ import pytest
 from lorafleet.control.v1 import access_service_pb2 as access_pb
 from lorafleet.control.v1 import adapter_service_pb2 as adapter_pb
 from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
+from lorafleet.controlplane.access import AuthConfig
 from lorafleet.controlplane.server import ControlPlane
+from lorafleet.startup import StartupError
 from tests.auth.conftest import auth_config, code_and_details, create_adapter
+from tests.controlplane.conftest import fast_config
 
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 
@@ -208,3 +211,20 @@ async def test_every_admin_change_is_audited_with_principal_and_result(connect, 
     ]
     assert all(e.principal.startswith("admin (key ") for e in reply.entries)
     assert all(e.time.seconds > 0 for e in reply.entries)
+
+
+async def test_a_control_plane_refuses_to_send_workers_an_admin_key(etcd, keys, pki):
+    """Issue 21 #2: the control plane called every worker with the admin key, which any
+    worker (or anyone holding a worker key) could then replay as admin."""
+    with pytest.raises(StartupError, match="admin key.*role controlplane"):
+        await ControlPlane(_with_key(etcd, keys, keys.admin)).start()
+    # With a TLS client certificate the control plane sends workers no key at all.
+    tls = pki.component("controlplane:cp-1")
+    plane = ControlPlane(_with_key(etcd, keys, keys.admin, tls=tls))
+    await plane.start()
+    await plane.stop()
+
+
+def _with_key(etcd, keys, api_key: str, **overrides):
+    auth = AuthConfig(is_on=True, keys_file=str(keys.path), api_key=api_key)
+    return fast_config(etcd, auth=auth, **overrides)

@@ -12,16 +12,23 @@ import ssl
 import urllib.error
 import urllib.request
 
+import grpc
 import pytest
 
-from lorafleet.auth import AuthInterceptor
+from lorafleet.auth import TENANT_HEADER, AuthInterceptor
 from lorafleet.auth.policy import GATEWAY_METHODS, WORKER_METHODS
 from lorafleet.auth.remote import RemoteVerifier
+from lorafleet.clients.aio import AsyncClient
 from lorafleet.control.v1 import adapter_service_pb2 as apb
+from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
+from lorafleet.control.v1 import fleet_service_pb2_grpc as fleet_grpc
 from lorafleet.controlplane.server import ControlPlane
 from lorafleet.dataplane.gateway.app import GatewayConfig, start_gateway
 from lorafleet.dataplane.server.app import start_worker
+from lorafleet.inference.v1 import inference_service_pb2 as inference_pb
+from lorafleet.inference.v1 import inference_service_pb2_grpc as inference_grpc
 from lorafleet.rpcserver import ServerSecurity
+from lorafleet.worker.v1 import worker_service_pb2 as worker_pb
 from tests.auth.conftest import Keys, auth_config
 from tests.controlplane.conftest import eventually
 from tests.server.conftest import worker_config
@@ -57,7 +64,8 @@ async def fleet(etcd, keys: Keys, pki, lora_suite):
         security=_security(gateway_tls, controlplane, keys.gateway, GATEWAY_METHODS)))
     await _register(plane, keys, pki, suite)
     await eventually(lambda: gateway.follower.table is not None
-                     and ADAPTER in gateway.follower.table.routes)
+                     and ADAPTER in gateway.follower.table.routes
+                     and gateway.follower.table.routes[ADAPTER].versions[0].workers)
     yield worker, gateway
     await gateway.stop(0.5)
     await worker.stop(0.5)
@@ -65,8 +73,6 @@ async def fleet(etcd, keys: Keys, pki, lora_suite):
 
 
 async def _register(plane: ControlPlane, keys: Keys, pki, suite) -> None:
-    from lorafleet.clients.aio import AsyncClient
-
     tls = pki.client("admin")
     async with AsyncClient(f"127.0.0.1:{plane.port}", api_key=keys.admin, timeout=30,
                            root_certificates=tls.root_certificates,
@@ -109,3 +115,98 @@ async def test_anonymous_https_is_401_not_the_server_itself(fleet, pki, keys):
     url = f"https://127.0.0.1:{gateway.http.port}/v1/completions"
     status, body = await asyncio.to_thread(_post, url, pki.ca_file, COMPLETION, keys.acme)
     assert status == 200 and body["choices"][0]["text"]
+
+
+class _Rogue(grpc.GenericRpcHandler):
+    """A process with a CA-signed worker certificate posing as a worker: it answers Generate
+    with its own text, refuses everything else, and keeps the metadata each call brought."""
+
+    def __init__(self):
+        self.seen: list[tuple[str, tuple]] = []
+
+    def service(self, handler_call_details):
+        self.seen.append((handler_call_details.method,
+                          tuple(handler_call_details.invocation_metadata)))
+        if handler_call_details.method.endswith("/Generate"):
+            return grpc.unary_stream_rpc_method_handler(
+                self._generate, inference_pb.GenerateRequest.FromString,
+                inference_pb.GenerateResponse.SerializeToString)
+
+        async def refuse(request, context):
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "rogue")
+
+        return grpc.unary_unary_rpc_method_handler(refuse, lambda raw: raw, lambda raw: raw)
+
+    async def _generate(self, request, context):
+        yield inference_pb.GenerateResponse(delta=inference_pb.TokenDelta(token_ids=[1],
+                                                                          text="pwned"))
+        yield inference_pb.GenerateResponse(summary=inference_pb.GenerateSummary(
+            finish_reason=inference_pb.FINISH_REASON_LENGTH, worker_id="rogue",
+            adapter_version=request.adapter))
+
+
+async def _heartbeat_as_rogue(tls, controlplane: str, address: str, version) -> None:
+    """Registers worker "rogue" at `address`, claiming the routed `version` of ADAPTER
+    READY with its digest."""
+    claim = worker_pb.AdapterResidency(
+        adapter=ADAPTER, version=version.version, digest=version.digest,
+        tier=worker_pb.TIER_DEVICE, state=worker_pb.LOAD_STATE_READY)
+    worker = fleet_pb.Worker(
+        worker_id="rogue", address=address, adapters=[claim],
+        base_model=worker_pb.BaseModel(name="tiny-llama", architecture="LlamaForCausalLM"),
+        capacities=worker_pb.Capacities(max_loras=4, max_lora_rank=16, max_cpu_loras=8))
+    async with tls.aio_channel(controlplane) as channel:
+        await fleet_grpc.FleetServiceStub(channel).SendHeartbeat(
+            fleet_pb.SendHeartbeatRequest(worker=worker), timeout=10)
+
+
+@pytest.mark.slow
+async def test_a_rogue_worker_is_not_routed_to_and_receives_no_credential(fleet, pki, keys):
+    """Issue 21 #2: with a worker certificate, a process heartbeated a new worker id that
+    claimed a tenant's version READY; it was routed tenants' requests carrying the gateway
+    key, and called by the control plane with the admin key: both replayable. (A worker
+    credential still makes a worker, which placement may give new versions to; what it
+    claims beyond that is not believed, and nothing it receives can be replayed.)"""
+    worker, gateway = fleet
+    rogue_tls = pki.component("worker:rogue")
+    handler = _Rogue()
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_secure_port("127.0.0.1:0", rogue_tls.server_credentials())
+    await server.start()
+    try:
+        version = gateway.follower.table.routes[ADAPTER].versions[0]
+        controlplane = gateway.follower.controlplanes[0]
+        for _ in range(3):
+            await _heartbeat_as_rogue(rogue_tls, controlplane, f"127.0.0.1:{port}", version)
+            await asyncio.sleep(0.5)  # reconcile passes and routing updates see the claim
+        assert "rogue" in gateway.follower.table.workers  # registered, as any worker is
+        served_by = []
+        async with _tenant_client(gateway.address, pki, keys.acme) as client:
+            for _ in range(11):
+                completion = await client.generate("Hello", adapter=ADAPTER, max_tokens=2)
+                served_by.append(completion.summary.worker_id)
+        assert served_by == ["w-0"] * 11, gateway.follower.table.routes[ADAPTER]
+        sent = [value for _, metadata in handler.seen for name, value in metadata
+                if name == "authorization"]
+        assert sent == []  # whatever reached it carried no bearer credential
+        # What a rogue can do with its own certificate at a real worker: not generate, and
+        # naming a tenant does not make it one.
+        request = inference_pb.GenerateRequest(
+            adapter=ADAPTER, text="Hello", sampling=inference_pb.SamplingParams(max_tokens=2))
+        async with rogue_tls.aio_channel(worker.address) as channel:
+            stream = inference_grpc.InferenceServiceStub(channel).Generate(
+                request, metadata=((TENANT_HEADER, "acme"),), timeout=30)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                [message async for message in stream]
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        await server.stop(None)
+
+
+def _tenant_client(address: str, pki, key: str) -> AsyncClient:
+    """A tenant's client: its key, and a certificate that names no component (the gateway
+    requires one from every caller)."""
+    tls = pki.client("acme-app")
+    return AsyncClient(address, api_key=key, timeout=60, root_certificates=tls.root_certificates,
+                       private_key=tls.private_key, certificate_chain=tls.certificate_chain)

@@ -41,6 +41,14 @@ def _snapshot(rollout_weights, workers) -> Snapshot:
     return snapshot
 
 
+def _placed(snapshot, placements):
+    """`snapshot` with stored placements {(adapter, version): worker ids}."""
+    for (adapter, version), worker_ids in placements.items():
+        snapshot.placements[(adapter, version)] = fleet_pb.VersionPlacement(
+            adapter=adapter, version=version, desired_worker_ids=worker_ids)
+    return snapshot
+
+
 def _residency_map(snapshot):
     return {w.worker_id: {(r.adapter, r.version): r for r in w.adapters}
             for w in snapshot.workers.values()}
@@ -96,11 +104,11 @@ def test_desired_placement_excludes_failed_workers_and_reads_demand():
 
 
 def test_routing_table_lists_serving_holders_device_first():
-    snapshot = _snapshot([(1, 90), (2, 10)], {
+    snapshot = _placed(_snapshot([(1, 90), (2, 10)], {
         "a": [_residency("acme/a", 1, tier=worker_pb.TIER_HOST)],
         "b": [_residency("acme/a", 1, tier=worker_pb.TIER_DEVICE),
               _residency("acme/a", 2, state=worker_pb.LOAD_STATE_FAILED)],
-    })
+    }), {("acme/a", 1): ["a", "b"], ("acme/a", 2): ["b"]})
     route = routing_table(snapshot)["acme/a"]
     assert [(v.version, v.digest, v.weight) for v in route.versions] == [(1, "d1", 90),
                                                                         (2, "d2", 10)]
@@ -109,13 +117,26 @@ def test_routing_table_lists_serving_holders_device_first():
     assert routing_table(snapshot, base_model="other") == {}
 
 
+def test_a_worker_claiming_a_version_it_was_not_placed_on_is_not_listed():
+    """Issue 21 #2: a worker (or anyone with a worker key) heartbeating a claim to hold
+    another tenant's version was believed and routed to."""
+    snapshot = _placed(_snapshot([(1, 1)], {
+        "honest": [_residency("acme/a", 1)], "rogue": [_residency("acme/a", 1)]}),
+        {("acme/a", 1): ["honest"]})
+    route = routing_table(snapshot)["acme/a"]
+    assert [w.worker_id for w in route.versions[0].workers] == ["honest"]
+    unplaced = routing_table(_snapshot([(1, 1)], {"rogue": [_residency("acme/a", 1)]}))
+    assert list(unplaced["acme/a"].versions[0].workers) == []
+
+
 def test_routing_diff_reports_changes_and_removals():
-    before = routing_table(_snapshot([(1, 1)], {"a": [_residency("acme/a", 1)]}))
-    moved = routing_table(_snapshot([(1, 1)], {"b": [_residency("acme/a", 1)]}))
+    on = {("acme/a", 1): ["a", "b"]}
+    before = routing_table(_placed(_snapshot([(1, 1)], {"a": [_residency("acme/a", 1)]}), on))
+    moved = routing_table(_placed(_snapshot([(1, 1)], {"b": [_residency("acme/a", 1)]}), on))
     changed, removed = diff(before, moved)
     assert [r.versions[0].workers[0].worker_id for r in changed] == ["b"] and removed == []
     assert diff(moved, moved) == ([], [])
-    stopped = routing_table(_snapshot([], {"b": [_residency("acme/a", 1)]}))
+    stopped = routing_table(_placed(_snapshot([], {"b": [_residency("acme/a", 1)]}), on))
     assert diff(moved, stopped) == ([], ["acme/a"])
 
 

@@ -32,6 +32,7 @@ NUM_EXAMPLES = 80  # per method (18) and replica (2)
 NUM_RAW = 10
 ADMIN_KEY, ADMIN = make_key("admin")
 TENANT_KEY, TENANT = make_key("tenant", "acme", can_create_versions=True)
+CONTROLPLANE_KEY, CONTROLPLANE = make_key("controlplane")
 NAMES = ("acme/support", "acme/support@1", "beta/chat", "acme/new", "acme/support@2")
 HINTS = {"name": NAMES, "adapter": NAMES, "worker_id": ("127.0.0.1:1", "w-1"),
          "address": ("127.0.0.1:1",), "base_model": ("base",), "tenant": ("acme", "beta"),
@@ -47,8 +48,8 @@ def plane(shared_etcd, request):
     auth = {}
     if request.param == "guarded":
         keys = request.getfixturevalue("tmp_path_factory").mktemp("fuzz-keys") / "keys.jsonl"
-        keys.write_text(f"{ADMIN.to_json()}\n{TENANT.to_json()}\n")
-        auth["auth"] = AuthConfig(is_on=True, keys_file=str(keys), api_key=ADMIN_KEY)
+        keys.write_text("".join(f"{r.to_json()}\n" for r in (ADMIN, TENANT, CONTROLPLANE)))
+        auth["auth"] = AuthConfig(is_on=True, keys_file=str(keys), api_key=CONTROLPLANE_KEY)
     replica = ControlPlane(fast_config(etcd, **auth))
     port = loop.run(replica.start())
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")

@@ -63,6 +63,7 @@ class FakeInference(pb_grpc.InferenceServiceServicer):
         held = self.worker.residency.get((name, int(number or 0)))
         if held is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"{adapter} is not on {self.worker.worker_id}")
+        held.last_used.GetCurrentTime()  # reported in heartbeats, as a real worker does
         return f"{name}@{held.version}", held.digest
 
 

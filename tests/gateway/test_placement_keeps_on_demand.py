@@ -1,6 +1,7 @@
-"""Placement after a gateway's on-demand load (tests/controlplane/test_planning.py style:
-hand-built snapshots, no etcd): a routed version that no placed worker serves keeps the
-workers already serving it, so the copy is not evicted and loaded again elsewhere."""
+"""Placement after a gateway's on-demand placement (tests/controlplane/test_planning.py
+style: hand-built snapshots, no etcd). The stored placement is the authority: an on-demand
+copy is in it (FleetService.PlaceAdapterVersion wrote it), so it is kept, and kept first
+while it has traffic; a copy a worker merely claims is not believed."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ from lorafleet.worker.v1 import worker_service_pb2 as worker_pb
 KEY = ("acme/a", 1)
 
 
-def _snapshot(held_by, stored, draining=()) -> Snapshot:
-    """acme/a@1 routed; workers w-a, w-b, w-c (w-a least filled by id); `held_by` serve it;
-    `stored` is its stored placement (None: none yet)."""
+def _snapshot(held_by, stored, draining=(), busy=()) -> Snapshot:
+    """acme/a@1 routed; workers w-a, w-b, w-c (w-a least filled by id); `held_by` serve it,
+    `busy` with a request in flight; `stored` is its stored placement (None: none yet)."""
     snapshot = Snapshot(revision=1)
     snapshot.adapters["acme/a"] = apb.Adapter(name="acme/a", base_model="m")
     snapshot.versions[KEY] = apb.AdapterVersion(adapter="acme/a", version=1, digest="d1",
@@ -33,34 +34,39 @@ def _snapshot(held_by, stored, draining=()) -> Snapshot:
                                            tier=worker_pb.TIER_HOST,
                                            state=worker_pb.LOAD_STATE_READY)
                 ] if worker_id in held_by else []
+        load = worker_pb.WorkerLoad(requests_per_adapter={"acme/a@1": 1} if worker_id in busy
+                                    else {})
         snapshot.workers[worker_id] = fleet_pb.Worker(
             worker_id=worker_id, address=f"{worker_id}:1", base_model=worker_pb.BaseModel(name="m"),
             capacities=worker_pb.Capacities(max_loras=1, max_cpu_loras=4), adapters=held,
-            is_draining=worker_id in draining)
+            is_draining=worker_id in draining, load=load)
     return snapshot
 
 
-@pytest.mark.parametrize(("held_by", "stored", "draining", "expected"), [
-    # A gateway loaded it on w-b before the leader ever placed it: w-b keeps it.
-    (("w-b",), None, (), ("w-b",)),
-    # Its placed worker died (gone from the snapshot): the on-demand copy on w-c counts.
-    (("w-c",), ["w-dead"], (), ("w-c",)),
-    # Its placed worker is draining: the serving copy on w-b counts.
-    (("w-b",), ["w-a"], ("w-a",), ("w-b",)),
-    # Placed on w-a, which has not loaded it yet, while w-b already serves it: w-b.
-    (("w-b",), ["w-a"], (), ("w-b",)),
-    # A placed worker that serves it wins over an extra on-demand copy: sticky.
-    (("w-b", "w-c"), ["w-c"], (), ("w-c",)),
+@pytest.mark.parametrize(("held_by", "stored", "draining", "busy", "expected", "evicted"), [
+    # A gateway had it placed on w-b before the leader ever placed it: w-b keeps it.
+    (("w-b",), ["w-b"], (), (), ("w-b",), set()),
+    # Its placed worker died (gone from the snapshot); the on-demand copy on w-c stays.
+    (("w-c",), ["w-dead", "w-c"], (), (), ("w-c",), set()),
+    # Its placed worker is draining: the on-demand copy on w-b stays.
+    (("w-b",), ["w-a", "w-b"], ("w-a",), (), ("w-b",), set()),
+    # The placed holder still claims it (its lease has not run out) while the gateway's
+    # requests go to the on-demand copy on w-c: the copy with traffic is kept.
+    (("w-b", "w-c"), ["w-b", "w-c"], (), ("w-c",), ("w-c",), {"w-b"}),
+    # Both copies have traffic: both stay, whatever one replica would do.
+    (("w-b", "w-c"), ["w-b", "w-c"], (), ("w-b", "w-c"), ("w-b", "w-c"), set()),
+    # A copy w-b claims without a placement is not believed: placement picks the least
+    # filled worker, and w-b's copy goes only once w-a serves it.
+    (("w-b",), None, (), (), ("w-a",), set()),
     # Nobody holds it: the least filled worker, as before.
-    ((), None, (), ("w-a",)),
+    ((), None, (), (), ("w-a",), set()),
 ])
-def test_placement_after_on_demand_load(held_by, stored, draining, expected):
-    snapshot = _snapshot(held_by, stored, draining)
+def test_placement_after_on_demand_placement(held_by, stored, draining, busy, expected, evicted):
+    snapshot = _snapshot(held_by, stored, draining, busy)
     desired = desired_placement(snapshot, PlacementPolicy())
     assert desired[KEY] == expected
     residency = {w.worker_id: {(r.adapter, r.version): r for r in w.adapters}
                  for w in snapshot.workers.values()}
     if set(held_by) >= set(expected):  # already served where placed: nothing to load
         assert plan_loads(snapshot, desired, residency) == []
-    evicted = {e.worker_id for e in plan_evictions(snapshot, desired, residency)}
-    assert evicted == set(held_by) - set(expected)
+    assert {e.worker_id for e in plan_evictions(snapshot, desired, residency)} == evicted

@@ -105,8 +105,8 @@ async def test_a_worker_failing_mid_stream_ends_the_callers_stream_with_its_stat
 async def test_channels_are_reused_and_closed_once_their_worker_left_and_is_idle():
     channels = WorkerChannels()
     channels.inference("w0:1")
-    channels.worker("w0:1")
-    channels.worker("w1:1")
+    channels.health("w0:1")
+    channels.health("w1:1")
     assert channels.open_addresses() == {"w0:1", "w1:1"}  # one per address, both services
     channels.acquire("w0:1")
     channels.retain({"w2:1"})  # w0 and w1 left the table

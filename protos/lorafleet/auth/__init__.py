@@ -4,7 +4,13 @@ the one interceptor every lorafleet server runs (docs/security.md).
 Imports grpc, the stubs and argon2 only: no torch, no etcd (the control plane keeps its
 etcd key store in lorafleet.controlplane.keys)."""
 
-from lorafleet.auth.interceptor import TENANT_HEADER, AuthInterceptor, bearer, key_of
+from lorafleet.auth.interceptor import (
+    TENANT_HEADER,
+    AuthInterceptor,
+    bearer,
+    key_of,
+    own_metadata,
+)
 from lorafleet.auth.keys import KeyRecord, make_key
 from lorafleet.auth.principals import (
     Principal,
@@ -19,5 +25,5 @@ from lorafleet.auth.verify import KeyVerifier
 __all__ = [
     "TENANT_HEADER", "AuthInterceptor", "FileKeyStore", "KeyRecord", "KeyVerifier",
     "MemoryKeyStore", "Principal", "Role", "bearer", "can_see", "current_principal",
-    "key_of", "make_key", "tenant_scope",
+    "key_of", "make_key", "own_metadata", "tenant_scope",
 ]

@@ -17,7 +17,7 @@ import grpc
 
 from lorafleet.auth.policy import Table, is_public
 from lorafleet.auth.principals import Principal, Role, current_principal, set_principal
-from lorafleet.tls import peer_identity
+from lorafleet.tls import TlsConfig, peer_identity
 
 TENANT_HEADER = "x-lorafleet-tenant"
 _VOUCHERS = (Role.GATEWAY, Role.ADMIN)
@@ -124,9 +124,9 @@ class _Admission:
 
 
 # A client certificate (verified by the server's --tls-ca) names its component's role first:
-# "worker:ID", "gateway:ID", "controlplane:ID" (it commands workers: admin), "admin".
+# "worker:ID", "gateway:ID", "controlplane:ID" (it commands workers, nothing more), "admin".
 _CERTIFIED_ROLES = {"worker": Role.WORKER, "gateway": Role.GATEWAY,
-                    "controlplane": Role.ADMIN, "admin": Role.ADMIN}
+                    "controlplane": Role.CONTROLPLANE, "admin": Role.ADMIN}
 
 
 def certified_principal(identity: str | None) -> Principal | None:
@@ -164,15 +164,23 @@ def _guard_stream(admit: _Admission, behavior):
     return guarded
 
 
-def on_behalf_of_caller(caller_metadata, own_metadata: tuple[tuple[str, str], ...]
-                        ) -> tuple[tuple[str, str], ...]:
-    """Metadata for a call a gateway makes for its caller. With its own key
-    (`own_metadata`), the gateway sends that key and, for a tenant caller, the tenant it
-    vouches for; the worker then applies the tenant's rules itself. Without one (auth
-    off), the caller's own authorization goes through unchanged."""
-    if not own_metadata:
+def own_metadata(tls: TlsConfig, key: str | None) -> tuple[tuple[str, str], ...]:
+    """What a component sends with its calls to another component: nothing when it
+    presents a TLS client certificate (the peer verifies it, and a receiver cannot replay
+    a certificate), else its own key. Over plaintext a key is a bearer credential that the
+    receiving peer could replay: run components over mTLS (docs/security.md)."""
+    return () if tls.certificate_chain else bearer(key)
+
+
+def on_behalf_of_caller(caller_metadata, own: tuple[tuple[str, str], ...], *,
+                        is_auth_on: bool) -> tuple[tuple[str, str], ...]:
+    """Metadata for a call a gateway makes for its caller: its own identity (`own`, see
+    own_metadata) and, for a tenant caller, the tenant it vouches for; the worker then
+    applies the tenant's rules itself. The caller's key never goes further. With auth off,
+    the caller's own authorization goes through unchanged."""
+    if not is_auth_on:
         return tuple((k, v) for k, v in caller_metadata or () if k == "authorization")
     principal = current_principal()
     if principal is not None and principal.role is Role.TENANT:
-        return (*own_metadata, (TENANT_HEADER, principal.tenant))
-    return own_metadata
+        return (*own, (TENANT_HEADER, principal.tenant))
+    return own

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from lorafleet.auth.principals import Role
 
 ADMIN, TENANT, WORKER, GATEWAY = Role.ADMIN, Role.TENANT, Role.WORKER, Role.GATEWAY
+CONTROLPLANE = Role.CONTROLPLANE
 Table = Mapping[str, frozenset[Role]]
 
 
@@ -24,14 +25,14 @@ INFERENCE = _service("lorafleet.inference.v1.InferenceService", {
     "Generate": {ADMIN, TENANT, GATEWAY},
 })
 
-# Adapter loading is the worker's admin surface; the gateway may load a routed version on
-# demand (it names versions from the control plane's routing table, never a caller's URI).
+# Adapter loading is the worker's admin surface: the control plane alone commands it (a
+# gateway asks the control plane for an on-demand load, FleetService.PlaceAdapterVersion).
 WORKER_ADMIN = _service("lorafleet.worker.v1.WorkerService", {
-    "LoadAdapter": {ADMIN, GATEWAY},
-    "EvictAdapter": {ADMIN},
-    "ListAdapters": {ADMIN},
-    "ValidateAdapter": {ADMIN},
-    "GetWorkerStatus": {ADMIN},
+    "LoadAdapter": {ADMIN, CONTROLPLANE},
+    "EvictAdapter": {ADMIN, CONTROLPLANE},
+    "ListAdapters": {ADMIN, CONTROLPLANE},
+    "ValidateAdapter": {ADMIN, CONTROLPLANE},
+    "GetWorkerStatus": {ADMIN, CONTROLPLANE},
 })
 
 ADAPTERS = _service("lorafleet.control.v1.AdapterService", {
@@ -49,8 +50,9 @@ FLEET = _service("lorafleet.control.v1.FleetService", {
     "SendHeartbeat": {WORKER},
     "ListWorkers": {ADMIN},
     "GetPlacement": {ADMIN},
-    "WatchRoutingTable": {ADMIN, WORKER, GATEWAY},
+    "WatchRoutingTable": {ADMIN, GATEWAY},
     "DrainWorker": {ADMIN},
+    "PlaceAdapterVersion": {ADMIN, GATEWAY},
 })
 
 ACCESS = _service("lorafleet.control.v1.AccessService", {

@@ -18,8 +18,9 @@ class Role(enum.Enum):
 
     ADMIN = "admin"  # every RPC
     TENANT = "tenant"  # its own adapters and the base model
-    WORKER = "worker"  # heartbeats, routing table
-    GATEWAY = "gateway"  # routing table, proxying on behalf of callers
+    WORKER = "worker"  # heartbeats, checking its callers' keys
+    GATEWAY = "gateway"  # routing table, proxying on behalf of callers, on-demand placement
+    CONTROLPLANE = "controlplane"  # commands to workers: the control plane towards workers
 
 
 ROLE_NAMES = tuple(role.value for role in Role)

@@ -21,7 +21,8 @@ from lorafleet.control.v1 import access_service_pb2 as access_pb
 from lorafleet.control.v1 import access_service_pb2_grpc as access_grpc
 
 ROLE_OF = {access_pb.ROLE_ADMIN: Role.ADMIN, access_pb.ROLE_TENANT: Role.TENANT,
-           access_pb.ROLE_WORKER: Role.WORKER, access_pb.ROLE_GATEWAY: Role.GATEWAY}
+           access_pb.ROLE_WORKER: Role.WORKER, access_pb.ROLE_GATEWAY: Role.GATEWAY,
+           access_pb.ROLE_CONTROLPLANE: Role.CONTROLPLANE}
 PROTO_ROLE = {role: number for number, role in ROLE_OF.items()}
 
 

@@ -17,11 +17,13 @@ class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROLE_TENANT: _ClassVar[Role]
     ROLE_WORKER: _ClassVar[Role]
     ROLE_GATEWAY: _ClassVar[Role]
+    ROLE_CONTROLPLANE: _ClassVar[Role]
 ROLE_UNSPECIFIED: Role
 ROLE_ADMIN: Role
 ROLE_TENANT: Role
 ROLE_WORKER: Role
 ROLE_GATEWAY: Role
+ROLE_CONTROLPLANE: Role
 
 class ApiKey(_message.Message):
     __slots__ = ("key_id", "role", "tenant", "can_create_versions", "create_time")

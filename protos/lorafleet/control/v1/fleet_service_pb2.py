@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from lorafleet.worker.v1 import worker_service_pb2 as lorafleet_dot_worker_dot_v1_dot_worker__service__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(lorafleet/control/v1/fleet_service.proto\x12\x14lorafleet.control.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a(lorafleet/worker/v1/worker_service.proto\"\xe2\x02\n\x06Worker\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x32\n\nbase_model\x18\x03 \x01(\x0b\x32\x1e.lorafleet.worker.v1.BaseModel\x12\x33\n\ncapacities\x18\x04 \x01(\x0b\x32\x1f.lorafleet.worker.v1.Capacities\x12-\n\x04load\x18\x05 \x01(\x0b\x32\x1f.lorafleet.worker.v1.WorkerLoad\x12\x37\n\x08\x61\x64\x61pters\x18\x06 \x03(\x0b\x32%.lorafleet.worker.v1.AdapterResidency\x12\x13\n\x0bis_draining\x18\x07 \x01(\x08\x12\x37\n\x13last_heartbeat_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\radmin_address\x18\t \x01(\t\"D\n\x14SendHeartbeatRequest\x12,\n\x06worker\x18\x01 \x01(\x0b\x32\x1c.lorafleet.control.v1.Worker\"P\n\x15SendHeartbeatResponse\x12\"\n\x1aheartbeat_interval_seconds\x18\x01 \x01(\r\x12\x13\n\x0bis_draining\x18\x02 \x01(\x08\"(\n\x12ListWorkersRequest\x12\x12\n\nbase_model\x18\x01 \x01(\t\"D\n\x13ListWorkersResponse\x12-\n\x07workers\x18\x01 \x03(\x0b\x32\x1c.lorafleet.control.v1.Worker\"&\n\x13GetPlacementRequest\x12\x0f\n\x07\x61\x64\x61pter\x18\x01 \x01(\t\"R\n\x14GetPlacementResponse\x12:\n\nplacements\x18\x01 \x03(\x0b\x32&.lorafleet.control.v1.VersionPlacement\"\xf6\x01\n\x10VersionPlacement\x12\x0f\n\x07\x61\x64\x61pter\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x1a\n\x12\x64\x65sired_worker_ids\x18\x04 \x03(\t\x12\x1b\n\x13resident_worker_ids\x18\x05 \x03(\t\x12\x46\n\x08\x66\x61ilures\x18\x06 \x03(\x0b\x32\x34.lorafleet.control.v1.VersionPlacement.FailuresEntry\x1a/\n\rFailuresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\".\n\x18WatchRoutingTableRequest\x12\x12\n\nbase_model\x18\x01 \x01(\t\"\xe0\x01\n\x19WatchRoutingTableResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x13\n\x0bis_snapshot\x18\x02 \x01(\x08\x12\x32\n\x06routes\x18\x03 \x03(\x0b\x32\".lorafleet.control.v1.AdapterRoute\x12\x18\n\x10removed_adapters\x18\x04 \x03(\t\x12\x32\n\x07workers\x18\x05 \x03(\x0b\x32!.lorafleet.control.v1.WorkerRoute\x12\x1a\n\x12removed_worker_ids\x18\x06 \x03(\t\"i\n\x0c\x41\x64\x61pterRoute\x12\x0f\n\x07\x61\x64\x61pter\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12\x34\n\x08versions\x18\x03 \x03(\x0b\x32\".lorafleet.control.v1.VersionRoute\"\xa5\x01\n\x0cVersionRoute\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0e\n\x06weight\x18\x03 \x01(\r\x12\x35\n\x07workers\x18\x04 \x03(\x0b\x32$.lorafleet.control.v1.WorkerEndpoint\x12\x12\n\nsource_uri\x18\x05 \x01(\t\x12\x19\n\x11placed_worker_ids\x18\x06 \x03(\t\"]\n\x0eWorkerEndpoint\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\'\n\x04tier\x18\x03 \x01(\x0e\x32\x19.lorafleet.worker.v1.Tier\"q\n\x0bWorkerRoute\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x12\n\nbase_model\x18\x03 \x01(\t\x12\x13\n\x0bis_draining\x18\x04 \x01(\x08\x12\x15\n\radmin_address\x18\x05 \x01(\t\"\'\n\x12\x44rainWorkerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\"C\n\x13\x44rainWorkerResponse\x12,\n\x06worker\x18\x01 \x01(\x0b\x32\x1c.lorafleet.control.v1.Worker2\x9f\x04\n\x0c\x46leetService\x12h\n\rSendHeartbeat\x12*.lorafleet.control.v1.SendHeartbeatRequest\x1a+.lorafleet.control.v1.SendHeartbeatResponse\x12\x62\n\x0bListWorkers\x12(.lorafleet.control.v1.ListWorkersRequest\x1a).lorafleet.control.v1.ListWorkersResponse\x12\x65\n\x0cGetPlacement\x12).lorafleet.control.v1.GetPlacementRequest\x1a*.lorafleet.control.v1.GetPlacementResponse\x12v\n\x11WatchRoutingTable\x12..lorafleet.control.v1.WatchRoutingTableRequest\x1a/.lorafleet.control.v1.WatchRoutingTableResponse0\x01\x12\x62\n\x0b\x44rainWorker\x12(.lorafleet.control.v1.DrainWorkerRequest\x1a).lorafleet.control.v1.DrainWorkerResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(lorafleet/control/v1/fleet_service.proto\x12\x14lorafleet.control.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a(lorafleet/worker/v1/worker_service.proto\"\xe2\x02\n\x06Worker\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x32\n\nbase_model\x18\x03 \x01(\x0b\x32\x1e.lorafleet.worker.v1.BaseModel\x12\x33\n\ncapacities\x18\x04 \x01(\x0b\x32\x1f.lorafleet.worker.v1.Capacities\x12-\n\x04load\x18\x05 \x01(\x0b\x32\x1f.lorafleet.worker.v1.WorkerLoad\x12\x37\n\x08\x61\x64\x61pters\x18\x06 \x03(\x0b\x32%.lorafleet.worker.v1.AdapterResidency\x12\x13\n\x0bis_draining\x18\x07 \x01(\x08\x12\x37\n\x13last_heartbeat_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\radmin_address\x18\t \x01(\t\"D\n\x14SendHeartbeatRequest\x12,\n\x06worker\x18\x01 \x01(\x0b\x32\x1c.lorafleet.control.v1.Worker\"P\n\x15SendHeartbeatResponse\x12\"\n\x1aheartbeat_interval_seconds\x18\x01 \x01(\r\x12\x13\n\x0bis_draining\x18\x02 \x01(\x08\"(\n\x12ListWorkersRequest\x12\x12\n\nbase_model\x18\x01 \x01(\t\"D\n\x13ListWorkersResponse\x12-\n\x07workers\x18\x01 \x03(\x0b\x32\x1c.lorafleet.control.v1.Worker\"&\n\x13GetPlacementRequest\x12\x0f\n\x07\x61\x64\x61pter\x18\x01 \x01(\t\"R\n\x14GetPlacementResponse\x12:\n\nplacements\x18\x01 \x03(\x0b\x32&.lorafleet.control.v1.VersionPlacement\"\x9f\x03\n\x10VersionPlacement\x12\x0f\n\x07\x61\x64\x61pter\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x1a\n\x12\x64\x65sired_worker_ids\x18\x04 \x03(\t\x12\x1b\n\x13resident_worker_ids\x18\x05 \x03(\t\x12\x46\n\x08\x66\x61ilures\x18\x06 \x03(\x0b\x32\x34.lorafleet.control.v1.VersionPlacement.FailuresEntry\x12T\n\x10placed_on_demand\x18\x07 \x03(\x0b\x32:.lorafleet.control.v1.VersionPlacement.PlacedOnDemandEntry\x1a/\n\rFailuresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1aQ\n\x13PlacedOnDemandEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp:\x02\x38\x01\".\n\x18WatchRoutingTableRequest\x12\x12\n\nbase_model\x18\x01 \x01(\t\"\xe0\x01\n\x19WatchRoutingTableResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x13\n\x0bis_snapshot\x18\x02 \x01(\x08\x12\x32\n\x06routes\x18\x03 \x03(\x0b\x32\".lorafleet.control.v1.AdapterRoute\x12\x18\n\x10removed_adapters\x18\x04 \x03(\t\x12\x32\n\x07workers\x18\x05 \x03(\x0b\x32!.lorafleet.control.v1.WorkerRoute\x12\x1a\n\x12removed_worker_ids\x18\x06 \x03(\t\"i\n\x0c\x41\x64\x61pterRoute\x12\x0f\n\x07\x61\x64\x61pter\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12\x34\n\x08versions\x18\x03 \x03(\x0b\x32\".lorafleet.control.v1.VersionRoute\"\xa5\x01\n\x0cVersionRoute\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0e\n\x06weight\x18\x03 \x01(\r\x12\x35\n\x07workers\x18\x04 \x03(\x0b\x32$.lorafleet.control.v1.WorkerEndpoint\x12\x12\n\nsource_uri\x18\x05 \x01(\t\x12\x19\n\x11placed_worker_ids\x18\x06 \x03(\t\"]\n\x0eWorkerEndpoint\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\'\n\x04tier\x18\x03 \x01(\x0e\x32\x19.lorafleet.worker.v1.Tier\"q\n\x0bWorkerRoute\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x12\n\nbase_model\x18\x03 \x01(\t\x12\x13\n\x0bis_draining\x18\x04 \x01(\x08\x12\x15\n\radmin_address\x18\x05 \x01(\t\"\'\n\x12\x44rainWorkerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\"C\n\x13\x44rainWorkerResponse\x12,\n\x06worker\x18\x01 \x01(\x0b\x32\x1c.lorafleet.control.v1.Worker\"Q\n\x1aPlaceAdapterVersionRequest\x12\x0f\n\x07\x61\x64\x61pter\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x11\n\tworker_id\x18\x03 \x01(\t\"X\n\x1bPlaceAdapterVersionResponse\x12\x39\n\tplacement\x18\x01 \x01(\x0b\x32&.lorafleet.control.v1.VersionPlacement2\x9b\x05\n\x0c\x46leetService\x12h\n\rSendHeartbeat\x12*.lorafleet.control.v1.SendHeartbeatRequest\x1a+.lorafleet.control.v1.SendHeartbeatResponse\x12\x62\n\x0bListWorkers\x12(.lorafleet.control.v1.ListWorkersRequest\x1a).lorafleet.control.v1.ListWorkersResponse\x12\x65\n\x0cGetPlacement\x12).lorafleet.control.v1.GetPlacementRequest\x1a*.lorafleet.control.v1.GetPlacementResponse\x12v\n\x11WatchRoutingTable\x12..lorafleet.control.v1.WatchRoutingTableRequest\x1a/.lorafleet.control.v1.WatchRoutingTableResponse0\x01\x12\x62\n\x0b\x44rainWorker\x12(.lorafleet.control.v1.DrainWorkerRequest\x1a).lorafleet.control.v1.DrainWorkerResponse\x12z\n\x13PlaceAdapterVersion\x12\x30.lorafleet.control.v1.PlaceAdapterVersionRequest\x1a\x31.lorafleet.control.v1.PlaceAdapterVersionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,6 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_VERSIONPLACEMENT_FAILURESENTRY']._loaded_options = None
   _globals['_VERSIONPLACEMENT_FAILURESENTRY']._serialized_options = b'8\001'
+  _globals['_VERSIONPLACEMENT_PLACEDONDEMANDENTRY']._loaded_options = None
+  _globals['_VERSIONPLACEMENT_PLACEDONDEMANDENTRY']._serialized_options = b'8\001'
   _globals['_WORKER']._serialized_start=142
   _globals['_WORKER']._serialized_end=496
   _globals['_SENDHEARTBEATREQUEST']._serialized_start=498
@@ -50,25 +52,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETPLACEMENTRESPONSE']._serialized_start=802
   _globals['_GETPLACEMENTRESPONSE']._serialized_end=884
   _globals['_VERSIONPLACEMENT']._serialized_start=887
-  _globals['_VERSIONPLACEMENT']._serialized_end=1133
-  _globals['_VERSIONPLACEMENT_FAILURESENTRY']._serialized_start=1086
-  _globals['_VERSIONPLACEMENT_FAILURESENTRY']._serialized_end=1133
-  _globals['_WATCHROUTINGTABLEREQUEST']._serialized_start=1135
-  _globals['_WATCHROUTINGTABLEREQUEST']._serialized_end=1181
-  _globals['_WATCHROUTINGTABLERESPONSE']._serialized_start=1184
-  _globals['_WATCHROUTINGTABLERESPONSE']._serialized_end=1408
-  _globals['_ADAPTERROUTE']._serialized_start=1410
-  _globals['_ADAPTERROUTE']._serialized_end=1515
-  _globals['_VERSIONROUTE']._serialized_start=1518
-  _globals['_VERSIONROUTE']._serialized_end=1683
-  _globals['_WORKERENDPOINT']._serialized_start=1685
-  _globals['_WORKERENDPOINT']._serialized_end=1778
-  _globals['_WORKERROUTE']._serialized_start=1780
-  _globals['_WORKERROUTE']._serialized_end=1893
-  _globals['_DRAINWORKERREQUEST']._serialized_start=1895
-  _globals['_DRAINWORKERREQUEST']._serialized_end=1934
-  _globals['_DRAINWORKERRESPONSE']._serialized_start=1936
-  _globals['_DRAINWORKERRESPONSE']._serialized_end=2003
-  _globals['_FLEETSERVICE']._serialized_start=2006
-  _globals['_FLEETSERVICE']._serialized_end=2549
+  _globals['_VERSIONPLACEMENT']._serialized_end=1302
+  _globals['_VERSIONPLACEMENT_FAILURESENTRY']._serialized_start=1172
+  _globals['_VERSIONPLACEMENT_FAILURESENTRY']._serialized_end=1219
+  _globals['_VERSIONPLACEMENT_PLACEDONDEMANDENTRY']._serialized_start=1221
+  _globals['_VERSIONPLACEMENT_PLACEDONDEMANDENTRY']._serialized_end=1302
+  _globals['_WATCHROUTINGTABLEREQUEST']._serialized_start=1304
+  _globals['_WATCHROUTINGTABLEREQUEST']._serialized_end=1350
+  _globals['_WATCHROUTINGTABLERESPONSE']._serialized_start=1353
+  _globals['_WATCHROUTINGTABLERESPONSE']._serialized_end=1577
+  _globals['_ADAPTERROUTE']._serialized_start=1579
+  _globals['_ADAPTERROUTE']._serialized_end=1684
+  _globals['_VERSIONROUTE']._serialized_start=1687
+  _globals['_VERSIONROUTE']._serialized_end=1852
+  _globals['_WORKERENDPOINT']._serialized_start=1854
+  _globals['_WORKERENDPOINT']._serialized_end=1947
+  _globals['_WORKERROUTE']._serialized_start=1949
+  _globals['_WORKERROUTE']._serialized_end=2062
+  _globals['_DRAINWORKERREQUEST']._serialized_start=2064
+  _globals['_DRAINWORKERREQUEST']._serialized_end=2103
+  _globals['_DRAINWORKERRESPONSE']._serialized_start=2105
+  _globals['_DRAINWORKERRESPONSE']._serialized_end=2172
+  _globals['_PLACEADAPTERVERSIONREQUEST']._serialized_start=2174
+  _globals['_PLACEADAPTERVERSIONREQUEST']._serialized_end=2255
+  _globals['_PLACEADAPTERVERSIONRESPONSE']._serialized_start=2257
+  _globals['_PLACEADAPTERVERSIONRESPONSE']._serialized_end=2345
+  _globals['_FLEETSERVICE']._serialized_start=2348
+  _globals['_FLEETSERVICE']._serialized_end=3015
 # @@protoc_insertion_point(module_scope)

@@ -71,7 +71,7 @@ class GetPlacementResponse(_message.Message):
     def __init__(self, placements: _Optional[_Iterable[_Union[VersionPlacement, _Mapping]]] = ...) -> None: ...
 
 class VersionPlacement(_message.Message):
-    __slots__ = ("adapter", "version", "digest", "desired_worker_ids", "resident_worker_ids", "failures")
+    __slots__ = ("adapter", "version", "digest", "desired_worker_ids", "resident_worker_ids", "failures", "placed_on_demand")
     class FailuresEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -79,19 +79,28 @@ class VersionPlacement(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class PlacedOnDemandEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _timestamp_pb2.Timestamp
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     DESIRED_WORKER_IDS_FIELD_NUMBER: _ClassVar[int]
     RESIDENT_WORKER_IDS_FIELD_NUMBER: _ClassVar[int]
     FAILURES_FIELD_NUMBER: _ClassVar[int]
+    PLACED_ON_DEMAND_FIELD_NUMBER: _ClassVar[int]
     adapter: str
     version: int
     digest: str
     desired_worker_ids: _containers.RepeatedScalarFieldContainer[str]
     resident_worker_ids: _containers.RepeatedScalarFieldContainer[str]
     failures: _containers.ScalarMap[str, str]
-    def __init__(self, adapter: _Optional[str] = ..., version: _Optional[int] = ..., digest: _Optional[str] = ..., desired_worker_ids: _Optional[_Iterable[str]] = ..., resident_worker_ids: _Optional[_Iterable[str]] = ..., failures: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    placed_on_demand: _containers.MessageMap[str, _timestamp_pb2.Timestamp]
+    def __init__(self, adapter: _Optional[str] = ..., version: _Optional[int] = ..., digest: _Optional[str] = ..., desired_worker_ids: _Optional[_Iterable[str]] = ..., resident_worker_ids: _Optional[_Iterable[str]] = ..., failures: _Optional[_Mapping[str, str]] = ..., placed_on_demand: _Optional[_Mapping[str, _timestamp_pb2.Timestamp]] = ...) -> None: ...
 
 class WatchRoutingTableRequest(_message.Message):
     __slots__ = ("base_model",)
@@ -176,3 +185,19 @@ class DrainWorkerResponse(_message.Message):
     WORKER_FIELD_NUMBER: _ClassVar[int]
     worker: Worker
     def __init__(self, worker: _Optional[_Union[Worker, _Mapping]] = ...) -> None: ...
+
+class PlaceAdapterVersionRequest(_message.Message):
+    __slots__ = ("adapter", "version", "worker_id")
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    adapter: str
+    version: int
+    worker_id: str
+    def __init__(self, adapter: _Optional[str] = ..., version: _Optional[int] = ..., worker_id: _Optional[str] = ...) -> None: ...
+
+class PlaceAdapterVersionResponse(_message.Message):
+    __slots__ = ("placement",)
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    placement: VersionPlacement
+    def __init__(self, placement: _Optional[_Union[VersionPlacement, _Mapping]] = ...) -> None: ...

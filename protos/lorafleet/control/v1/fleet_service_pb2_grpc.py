@@ -61,6 +61,11 @@ class FleetServiceStub:
                 request_serializer=lorafleet_dot_control_dot_v1_dot_fleet__service__pb2.DrainWorkerRequest.SerializeToString,
                 response_deserializer=lorafleet_dot_control_dot_v1_dot_fleet__service__pb2.DrainWorkerResponse.FromString,
                 _registered_method=True)
+        self.PlaceAdapterVersion = channel.unary_unary(
+                '/lorafleet.control.v1.FleetService/PlaceAdapterVersion',
+                request_serializer=lorafleet_dot_control_dot_v1_dot_fleet__service__pb2.PlaceAdapterVersionRequest.SerializeToString,
+                response_deserializer=lorafleet_dot_control_dot_v1_dot_fleet__service__pb2.PlaceAdapterVersionResponse.FromString,
+                _registered_method=True)
 
 
 class FleetServiceServicer:
@@ -110,6 +115,20 @@ class FleetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PlaceAdapterVersion(self, request, context):
+        """PlaceAdapterVersion adds a live worker to a routed version's placement and loads the
+        version there: what a gateway asks when no worker it can reach serves the version
+        (none holds it yet, or its holder died). Returns once the worker reports it loaded.
+        The control plane is the only one that loads adapters on workers.
+
+        Status codes: NOT_FOUND (no such routed version, or no such live worker),
+        FAILED_PRECONDITION (the worker serves another base model, or is draining),
+        UNAVAILABLE (the worker could not load it now).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -137,6 +156,11 @@ def add_FleetServiceServicer_to_server(servicer, server):
                     servicer.DrainWorker,
                     request_deserializer=lorafleet_dot_control_dot_v1_dot_fleet__service__pb2.DrainWorkerRequest.FromString,
                     response_serializer=lorafleet_dot_control_dot_v1_dot_fleet__service__pb2.DrainWorkerResponse.SerializeToString,
+            ),
+            'PlaceAdapterVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.PlaceAdapterVersion,
+                    request_deserializer=lorafleet_dot_control_dot_v1_dot_fleet__service__pb2.PlaceAdapterVersionRequest.FromString,
+                    response_serializer=lorafleet_dot_control_dot_v1_dot_fleet__service__pb2.PlaceAdapterVersionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -276,6 +300,33 @@ class FleetService:
             '/lorafleet.control.v1.FleetService/DrainWorker',
             lorafleet_dot_control_dot_v1_dot_fleet__service__pb2.DrainWorkerRequest.SerializeToString,
             lorafleet_dot_control_dot_v1_dot_fleet__service__pb2.DrainWorkerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlaceAdapterVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lorafleet.control.v1.FleetService/PlaceAdapterVersion',
+            lorafleet_dot_control_dot_v1_dot_fleet__service__pb2.PlaceAdapterVersionRequest.SerializeToString,
+            lorafleet_dot_control_dot_v1_dot_fleet__service__pb2.PlaceAdapterVersionResponse.FromString,
             options,
             channel_credentials,
             insecure,
