@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import urllib.parse
 
-from lorafleet.auth import can_see, tenant_scope
+from lorafleet.auth import Role, can_see, current_principal, tenant_scope
 from lorafleet.control.v1 import adapter_service_pb2 as adapter_pb
 from lorafleet.controlplane.errors import (
     AlreadyExists,
@@ -24,6 +24,8 @@ from lorafleet.controlplane.validation import VersionValidator
 from lorafleet.names import SOURCE_SCHEMES, InvalidName, check_adapter_name
 
 NUM_TXN_ATTEMPTS = 5
+# Refused versions an adapter keeps (newest first); older ones go when a version is added.
+MAX_REJECTED_KEPT = 3
 
 
 def checked_name(name: str) -> str:
@@ -132,19 +134,26 @@ class AdapterRegistry:
         return validated or version
 
     async def _store_pending(self, name: str, source_uri: str) -> adapter_pb.AdapterVersion:
+        """Stores the next version as PENDING, dropping refused versions beyond the newest
+        MAX_REJECTED_KEPT in the same transaction (so refusals cannot pile up)."""
         ops = self.store.ops
+        principal = current_principal()
         for _ in range(NUM_TXN_ATTEMPTS):
             existing = await self.list_versions(name)
             number = max((v.version for v in existing), default=0) + 1
             version = adapter_pb.AdapterVersion(
                 adapter=name, version=number, source_uri=source_uri,
                 state=adapter_pb.VERSION_STATE_PENDING, create_time=now(),
+                created_by_tenant=principal is not None and principal.role is Role.TENANT,
             )
             key = self.keys.version(name, number).encode()
             adapter_key = self.keys.adapter(name).encode()
+            rejected = [v for v in existing if v.state == adapter_pb.VERSION_STATE_REJECTED]
+            dropped = [ops.delete(self.keys.version(name, v.version).encode())
+                       for v in rejected[:-MAX_REJECTED_KEPT]]
             stored = await self.store.commit(
                 [ops.create(key) == 0, ops.version(adapter_key) > 0],
-                [ops.put(key, version.SerializeToString())],
+                [ops.put(key, version.SerializeToString()), *dropped],
             )
             if stored:
                 return version

@@ -20,6 +20,8 @@ from lorafleet.controlplane.worker_client import TRANSIENT_CODES, WorkerClients,
 from lorafleet.worker.v1 import worker_service_pb2 as worker_pb
 
 log = logging.getLogger(__name__)
+OTHER_TENANTS_WEIGHTS = ("refused: these weights are registered by another tenant; a tenant may "
+                         "register only its own weights (an admin can register shared ones)")
 
 
 def candidate_workers(workers, base_model: str) -> list[fleet_pb.Worker]:
@@ -82,12 +84,28 @@ class VersionValidator:
         if stored.state != adapter_pb.VERSION_STATE_PENDING:
             return stored  # another replica recorded a verdict first
         _apply_verdict(stored, verdict)
+        if stored.created_by_tenant and stored.state == adapter_pb.VERSION_STATE_READY:
+            await self._refuse_others_weights(stored)
         ops = self.store.ops
         guard = ops.mod(key.encode()) == found[1].mod_revision
         if await self.store.commit([guard], [ops.put(key.encode(), stored.SerializeToString())]):
             return stored
         latest = await self.store.get(key)
         return None if latest is None else adapter_pb.AdapterVersion.FromString(latest[0])
+
+
+    async def _refuse_others_weights(self, version: adapter_pb.AdapterVersion) -> None:
+        """Rejects a tenant's version whose weights another tenant registered: a source
+        inside a worker's adapter roots can reach any tenant's folder, the digest cannot
+        lie about whose weights they are."""
+        tenant = version.adapter.split("/", 1)[0]
+        items, _ = await self.store.get_prefix(f"{self.store.keys.root}versions/")
+        for raw in items.values():
+            other = adapter_pb.AdapterVersion.FromString(raw)
+            if other.digest == version.digest and other.adapter.split("/", 1)[0] != tenant:
+                version.state = adapter_pb.VERSION_STATE_REJECTED
+                version.reasons[:] = [OTHER_TENANTS_WEIGHTS]
+                return
 
 
 def _apply_verdict(version: adapter_pb.AdapterVersion, verdict) -> None:

@@ -12,10 +12,12 @@ from lorafleet.control.v1 import access_service_pb2 as access_pb
 from lorafleet.control.v1 import adapter_service_pb2 as adapter_pb
 from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
 from lorafleet.controlplane.access import AuthConfig
+from lorafleet.controlplane.registry import MAX_REJECTED_KEPT
 from lorafleet.controlplane.server import ControlPlane
 from lorafleet.startup import StartupError
 from tests.auth.conftest import auth_config, code_and_details, create_adapter
-from tests.controlplane.conftest import fast_config
+from tests.controlplane.conftest import eventually, fast_config
+from tests.support.fake_worker import FakeWorker
 
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 
@@ -228,3 +230,68 @@ async def test_a_control_plane_refuses_to_send_workers_an_admin_key(etcd, keys, 
 def _with_key(etcd, keys, api_key: str, **overrides):
     auth = AuthConfig(is_on=True, keys_file=str(keys.path), api_key=api_key)
     return fast_config(etcd, auth=auth, **overrides)
+
+
+async def test_a_tenant_cannot_register_another_tenants_weights(secured, connect, keys):
+    """Issue 21 #4: a tenant allowed to create versions pointed source_uri at another
+    tenant's folder inside a worker's adapter root and got a READY version of its weights."""
+    worker = await _fake_worker(secured, connect, keys)
+    try:
+        admin, acme = connect(keys.admin), connect(keys.acme)
+        for name in ("globex/secret", "acme/mine", "acme/copy"):
+            await create_adapter(admin, name)
+        theirs = "/srv/adapters/globex/secret"
+        made = await admin.call("adapters", "CreateAdapterVersion",
+                                adapter_pb.CreateAdapterVersionRequest(adapter="globex/secret",
+                                                                       source_uri=theirs))
+        assert made.version.state == adapter_pb.VERSION_STATE_READY
+        stolen = await acme.call("adapters", "CreateAdapterVersion",
+                                 adapter_pb.CreateAdapterVersionRequest(adapter="acme/mine",
+                                                                        source_uri=theirs))
+        assert stolen.version.state == adapter_pb.VERSION_STATE_REJECTED
+        assert "another tenant" in stolen.version.reasons[0]
+        # Its own weights are fine; an admin may still register shared weights for anyone.
+        own = await acme.call("adapters", "CreateAdapterVersion",
+                              adapter_pb.CreateAdapterVersionRequest(
+                                  adapter="acme/mine", source_uri="/srv/adapters/acme/mine"))
+        assert own.version.state == adapter_pb.VERSION_STATE_READY
+        shared = await admin.call("adapters", "CreateAdapterVersion",
+                                  adapter_pb.CreateAdapterVersionRequest(adapter="acme/copy",
+                                                                         source_uri=theirs))
+        assert shared.version.state == adapter_pb.VERSION_STATE_READY
+    finally:
+        await worker.kill()
+
+
+async def test_refused_versions_do_not_pile_up(secured, connect, keys):
+    """Issue 21 #4: every refused CreateAdapterVersion left a REJECTED version (10 refusals
+    made v2..v11)."""
+    worker = await _fake_worker(secured, connect, keys)
+    worker.invalid_sources["/bad"] = ["rank 99 exceeds max_lora_rank 16"]
+    try:
+        admin = connect(keys.admin)
+        await create_adapter(admin, "acme/support")
+        request = adapter_pb.CreateAdapterVersionRequest(adapter="acme/support",
+                                                         source_uri="/bad")
+        for _ in range(10):
+            reply = await admin.call("adapters", "CreateAdapterVersion", request)
+            assert reply.version.state == adapter_pb.VERSION_STATE_REJECTED
+        listed = await admin.call("adapters", "ListAdapterVersions",
+                                  adapter_pb.ListAdapterVersionsRequest(adapter="acme/support"))
+        assert len(listed.versions) <= MAX_REJECTED_KEPT + 1
+    finally:
+        await worker.kill()
+
+
+async def _fake_worker(secured, connect, keys) -> FakeWorker:
+    """A fake worker heartbeating with its worker key, once the control plane lists it."""
+    worker = FakeWorker("w-0", [f"127.0.0.1:{secured.port}"], api_key=keys.worker)
+    await worker.start()
+
+    async def is_listed():
+        reply = await connect(keys.admin).call("fleet", "ListWorkers",
+                                               fleet_pb.ListWorkersRequest())
+        return [w.worker_id for w in reply.workers] == ["w-0"]
+
+    await eventually(is_listed)
+    return worker

@@ -15,6 +15,7 @@ import time
 import grpc
 
 from lorafleet import rpcserver
+from lorafleet.auth import bearer
 from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
 from lorafleet.control.v1 import fleet_service_pb2_grpc as fleet_grpc
 from lorafleet.worker.v1 import worker_service_pb2 as worker_pb
@@ -93,8 +94,10 @@ class FakeWorker:
     """A fake worker; `start()` serves and heartbeats, `kill()` stops both at once."""
 
     def __init__(self, worker_id: str, controlplanes: list[str], base_model: str = "tiny-llama",
-                 max_cpu_loras: int = 8, heartbeat_seconds: float = 0.3):
+                 max_cpu_loras: int = 8, heartbeat_seconds: float = 0.3,
+                 api_key: str | None = None):
         self.worker_id = worker_id
+        self.api_key = api_key  # its worker key, for a control plane that checks keys
         self.controlplanes = list(controlplanes)
         self.base_model = base_model
         self.max_cpu_loras = max_cpu_loras
@@ -141,8 +144,8 @@ class FakeWorker:
                 try:
                     async with grpc.aio.insecure_channel(address) as channel:
                         reply = await fleet_grpc.FleetServiceStub(channel).SendHeartbeat(
-                            fleet_pb.SendHeartbeatRequest(worker=self.describe()), timeout=2.0
-                        )
+                            fleet_pb.SendHeartbeatRequest(worker=self.describe()), timeout=2.0,
+                            metadata=bearer(self.api_key))
                     self.is_draining = reply.is_draining
                     break
                 except grpc.aio.AioRpcError:

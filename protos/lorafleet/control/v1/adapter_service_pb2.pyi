@@ -38,7 +38,7 @@ class Adapter(_message.Message):
     def __init__(self, name: _Optional[str] = ..., base_model: _Optional[str] = ..., description: _Optional[str] = ..., min_replicas: _Optional[int] = ..., max_replicas: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class AdapterVersion(_message.Message):
-    __slots__ = ("adapter", "version", "source_uri", "digest", "rank", "target_modules", "state", "reasons", "create_time", "size_bytes")
+    __slots__ = ("adapter", "version", "source_uri", "digest", "rank", "target_modules", "state", "reasons", "create_time", "size_bytes", "created_by_tenant")
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SOURCE_URI_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +49,7 @@ class AdapterVersion(_message.Message):
     REASONS_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_TENANT_FIELD_NUMBER: _ClassVar[int]
     adapter: str
     version: int
     source_uri: str
@@ -59,7 +60,8 @@ class AdapterVersion(_message.Message):
     reasons: _containers.RepeatedScalarFieldContainer[str]
     create_time: _timestamp_pb2.Timestamp
     size_bytes: int
-    def __init__(self, adapter: _Optional[str] = ..., version: _Optional[int] = ..., source_uri: _Optional[str] = ..., digest: _Optional[str] = ..., rank: _Optional[int] = ..., target_modules: _Optional[_Iterable[str]] = ..., state: _Optional[_Union[VersionState, str]] = ..., reasons: _Optional[_Iterable[str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+    created_by_tenant: bool
+    def __init__(self, adapter: _Optional[str] = ..., version: _Optional[int] = ..., source_uri: _Optional[str] = ..., digest: _Optional[str] = ..., rank: _Optional[int] = ..., target_modules: _Optional[_Iterable[str]] = ..., state: _Optional[_Union[VersionState, str]] = ..., reasons: _Optional[_Iterable[str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., size_bytes: _Optional[int] = ..., created_by_tenant: _Optional[bool] = ...) -> None: ...
 
 class VersionWeight(_message.Message):
     __slots__ = ("version", "weight")
