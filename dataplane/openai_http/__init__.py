@@ -4,9 +4,9 @@ One implementation for workers and the gateway: it translates each HTTP request 
 `GenerateRequest` for the gRPC server of the same process. Imports no torch.
 """
 
+from lorafleet.dataplane.openai_http.limits import MAX_BODY_BYTES
 from lorafleet.dataplane.openai_http.models import ModelCard, ModelLister, WorkerModels
 from lorafleet.dataplane.openai_http.server import (
-    MAX_BODY_BYTES,
     RunningHttp,
     start_http_server,
     start_worker_http,

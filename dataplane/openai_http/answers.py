@@ -8,12 +8,14 @@ and no `[DONE]`, so a client never mistakes it for a complete answer.
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import grpc
 from aiohttp import web
 
 from lorafleet.dataplane.openai_http.errors import ApiError, from_rpc_error
+from lorafleet.dataplane.openai_http.limits import STALL_SECONDS
 from lorafleet.dataplane.openai_http.shapes import FINISH_REASONS, Shape
 from lorafleet.inference.v1 import inference_service_pb2 as pb
 
@@ -52,9 +54,24 @@ async def answer_stream(request: web.Request, call, shape: Shape, *,
     try:
         await _send_all(response, shape, message, messages, is_chat=is_chat)
         await response.write_eof()
+    except ClientStalled:
+        if request.transport is not None:
+            request.transport.abort()  # it reads nothing: nothing more is sent
     except ConnectionResetError:
         pass  # the client left; the caller cancels the Generate call
     return response
+
+
+class ClientStalled(Exception):
+    """The client read nothing for STALL_SECONDS while its stream had more to send."""
+
+
+async def _write(response: web.StreamResponse, data: bytes) -> None:
+    """Writes one chunk; ClientStalled when the client has not made room for it in time."""
+    try:
+        await asyncio.wait_for(response.write(data), STALL_SECONDS)
+    except asyncio.TimeoutError:
+        raise ClientStalled() from None
 
 
 async def _send_all(response: web.StreamResponse, shape: Shape, message, messages, *,
@@ -68,7 +85,7 @@ async def _send_all(response: web.StreamResponse, shape: Shape, message, message
             summary = await _send_message(response, shape, message) or summary
             message = await anext(messages, None)
         check_finished(summary)  # a stream cut short without its summary is an error
-        await response.write(DONE)
+        await _write(response, DONE)
     except grpc.aio.AioRpcError as exc:
         await _send(response, from_rpc_error(exc, is_chat=is_chat).body())
     except ApiError as exc:
@@ -107,4 +124,4 @@ async def _send_message(response: web.StreamResponse, shape: Shape,
 
 
 async def _send(response: web.StreamResponse, chunk: dict) -> None:
-    await response.write(b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n")
+    await _write(response, b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n")

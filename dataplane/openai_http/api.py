@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -16,6 +17,7 @@ from lorafleet.auth.interceptor import AuthInterceptor, VerifierUnavailable
 from lorafleet.auth.principals import Principal
 from lorafleet.dataplane.openai_http.answers import REQUEST_ID_HEADER, answer_once, answer_stream
 from lorafleet.dataplane.openai_http.errors import ApiError, from_rpc_error
+from lorafleet.dataplane.openai_http.limits import BODY_SECONDS, MAX_BODY_BYTES
 from lorafleet.dataplane.openai_http.models import ModelCard, ModelLister
 from lorafleet.dataplane.openai_http.parse import ParsedRequest, parse_chat, parse_completion
 from lorafleet.dataplane.openai_http.shapes import ChatShape, CompletionShape, Shape
@@ -134,10 +136,21 @@ class OpenAIApi:
 
 
 async def read_body(request: web.Request) -> dict:
-    """The request's JSON object; 400 when it is not one, 413 past the size limit."""
-    raw = await request.read()  # raises HTTPRequestEntityTooLarge past client_max_size
+    """The request's JSON object; 400 when it is not one (nested too deeply included), 413
+    past the size limit (announced or sent), 408 when it does not arrive in time."""
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        raise ApiError(413, f"the body announces {request.content_length} bytes; the limit "
+                            f"is {MAX_BODY_BYTES}", code="request_too_large")
+    try:  # raises HTTPRequestEntityTooLarge past client_max_size
+        raw = await asyncio.wait_for(request.read(), BODY_SECONDS)
+    except asyncio.TimeoutError:
+        raise ApiError(408, f"the body did not arrive within {BODY_SECONDS:.0f} s",
+                       code="request_timeout") from None
     try:
         body = json.loads(raw, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ApiError(400, "the body is not valid JSON: nested too deeply",
+                       code="invalid_json") from None
     except ValueError as exc:
         raise ApiError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from exc
     if not isinstance(body, dict):

@@ -16,18 +16,37 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from lorafleet.auth.interceptor import AuthInterceptor
 from lorafleet.dataplane.openai_http.api import OpenAIApi
 from lorafleet.dataplane.openai_http.errors import ApiError, from_rpc_error
+from lorafleet.dataplane.openai_http.limits import MAX_BODY_BYTES
 from lorafleet.dataplane.openai_http.models import ModelLister, WorkerModels
 from lorafleet.tls import PLAINTEXT_TLS, TlsConfig
 
 log = logging.getLogger(__name__)
 
-# Prompts are at most a million characters (see dataplane/server/requests.py); a JSON
-# body beyond this is refused with 413 before it is parsed.
-MAX_BODY_BYTES = 4 * 1024 * 1024
+
+class _OneLineForMalformed(logging.Filter):
+    """aiohttp logs every malformed request (a header line too long, broken framing) as an
+    error with its traceback: a log amplifier in a caller's hands. One INFO line is enough;
+    the caller already got its 400."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            first_line = str(error).strip().splitlines()[0][:200]
+            record.msg, record.args = "refused a malformed HTTP request: %s", (first_line,)
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+# The logger of aiohttp's connection handlers (RequestHandler's `logger`).
+_protocol_log = logging.getLogger(f"{__name__}.protocol")
+_protocol_log.addFilter(_OneLineForMalformed())
+
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
@@ -97,8 +116,10 @@ async def _start(api: OpenAIApi, host: str, port: int, *,
                           middlewares=[_tracking(in_flight), _errors])
     api.add_routes(app)
     # shutdown_timeout is short: RunningHttp.stop has already waited out the grace period.
+    # lingering_time: after an answer that left a body unread (408, 413), how long the
+    # rest is read and dropped before the connection closes (aiohttp's default is 10 s).
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
-                           shutdown_timeout=0.5)
+                           shutdown_timeout=0.5, logger=_protocol_log, lingering_time=1.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     await site.start()
@@ -138,7 +159,10 @@ async def _errors(request: web.Request, handler):
     try:
         return await handler(request)
     except ApiError as exc:
-        return exc.response()
+        response = exc.response()
+        if exc.status in (408, 413):  # the body was not read: the connection cannot go on
+            response.force_close()
+        return response
     except grpc.aio.AioRpcError as exc:
         return from_rpc_error(exc).response()
     except web.HTTPException as exc:

@@ -4,6 +4,7 @@ The prompt text picks the script:
   "abort:CODE:message"   abort with that gRPC status before any token
   "fail-after-tokens"    two deltas, then INTERNAL
   "hang"                 one delta, then wait until cancelled
+  "flood"                4 KB deltas without end, until cancelled
   "slow"                 the echo of "slow answer", 0.3 s between deltas
   "summary:REASON"       no tokens, a summary with that finish reason
   anything else          one delta per word, then STOP with usage
@@ -43,6 +44,10 @@ class ScriptedInference(pb_grpc.InferenceServiceServicer):
             reason = pb.FinishReason.Value(text.split(":", 1)[1])
             yield pb.GenerateResponse(summary=pb.GenerateSummary(finish_reason=reason))
             return
+        if text == "flood":
+            async for message in self._flood():
+                yield message
+            return
         if text in ("fail-after-tokens", "hang"):
             async for message in self._failing(text, context):
                 yield message
@@ -51,6 +56,14 @@ class ScriptedInference(pb_grpc.InferenceServiceServicer):
             yield message
             if text == "slow":
                 await asyncio.sleep(0.3)
+
+    async def _flood(self):
+        try:
+            while True:
+                yield pb.GenerateResponse(delta=pb.TokenDelta(token_ids=[5], text="x" * 4096))
+                await asyncio.sleep(0)
+        finally:  # it never ends by itself: cancelled, or closed at a yield (GeneratorExit)
+            self.cancelled.set()
 
     async def _failing(self, text, context):
         yield pb.GenerateResponse(delta=pb.TokenDelta(token_ids=[5], text="partial "))
