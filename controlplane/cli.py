@@ -9,6 +9,7 @@ from lorafleet import startup
 from lorafleet.auth.startup import add_auth_arguments
 from lorafleet.controlplane.access import auth_config_from_args
 from lorafleet.controlplane.server import ControlPlane, ControlPlaneConfig
+from lorafleet.metrics_http import OFF, add_metrics_port_argument, metrics_port_of
 from lorafleet.rpcserver import ServerSecurity
 from lorafleet.startup import StartupError, Stopper, add_log_level_argument, run, starting
 from lorafleet.tls import TlsConfig, TlsFileError, add_server_tls_arguments
@@ -44,13 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds between full reconcile passes (default %(default)s)")
     parser.add_argument("--demand-per-replica", type=float, default=4.0, metavar="N",
                         help="in-flight requests per replica before another is placed (default %(default)s)")
-    parser.add_argument("--metrics-port", type=int, default=None, metavar="N",
-                        help="serve Prometheus /metrics on this port (leadership, reconcile "
-                             "passes, workers and versions by state, etcd latency); 0 picks "
-                             "a free one (default: off)")
+    add_metrics_port_argument(parser, OFF, "leadership, reconcile passes, workers and "
+                                           "versions by state, etcd latency")
     add_log_level_argument(parser)
     add_server_tls_arguments(parser)
-    add_auth_arguments(parser, own_key="an admin key it sends to workers (LoadAdapter, ValidateAdapter, ...)")
+    add_auth_arguments(parser, own_key="its controlplane key, sent to workers (LoadAdapter, "
+                                         "ValidateAdapter, ...) when it has no TLS client "
+                                         "certificate; never an admin key")
     return parser
 
 
@@ -70,7 +71,7 @@ def config_from_args(args: argparse.Namespace) -> ControlPlaneConfig:
         election_ttl_seconds=args.election_ttl,
         resync_seconds=args.resync,
         demand_per_replica=args.demand_per_replica,
-        metrics_port=args.metrics_port,
+        metrics_port=metrics_port_of(args),
         security=security,
         tls=tls,
         auth=auth_config_from_args(args),

@@ -11,6 +11,7 @@ from lorafleet.auth.policy import WORKER_METHODS
 from lorafleet.auth.startup import add_auth_arguments, auth_interceptors
 from lorafleet.dataplane.adapters.confinement import add_source_arguments, policy_from_args
 from lorafleet.dataplane.server.quotas import add_tenant_arguments, quota_config_of
+from lorafleet.metrics_http import add_metrics_port_argument, metrics_port_of
 from lorafleet.rpcserver import ServerSecurity
 from lorafleet.startup import (
     EXIT_FATAL,
@@ -45,8 +46,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser, *, model_required: bool
                         help="load a PEFT adapter at start as tenant/name (repeatable)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
     parser.add_argument("--port", type=int, default=50051, help="gRPC port; 0 picks a free one (default %(default)s)")
-    parser.add_argument("--metrics-port", type=int, default=9400,
-                        help="Prometheus /metrics port; 0 picks a free one, -1 disables (default %(default)s)")
+    add_metrics_port_argument(parser, 9400, "vLLM-compatible series, per-adapter metrics")
     parser.add_argument("--admin-port", type=int, metavar="N",
                         help="serve WorkerService (load/evict/validate/list adapters, status) "
                              "on this port alone, so the gRPC port exposes only inference; "
@@ -138,7 +138,7 @@ def worker_config(args: argparse.Namespace):
 async def serve(args: argparse.Namespace, stopper: Stopper, on_ready=None) -> int:
     """Runs a worker until a stop is asked for (then shuts it down gracefully) or its
     engine dies (then exits with EXIT_FATAL for a supervisor to restart it)."""
-    metrics_port = None if args.metrics_port < 0 else args.metrics_port
+    metrics_port = metrics_port_of(args)
     fleet = {}
     if getattr(args, "controlplane", None):
         fleet = dict(controlplanes=tuple(a.strip() for a in args.controlplane.split(",")),

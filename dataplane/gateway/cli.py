@@ -8,6 +8,7 @@ from lorafleet import startup
 from lorafleet.auth.policy import GATEWAY_METHODS
 from lorafleet.auth.startup import add_auth_arguments, auth_interceptors
 from lorafleet.dataplane.gateway.app import GatewayConfig, start_gateway
+from lorafleet.metrics_http import add_metrics_port_argument, metrics_port_of
 from lorafleet.rpcserver import ServerSecurity
 from lorafleet.startup import StartupError, Stopper, add_log_level_argument, run, starting
 from lorafleet.tls import TlsConfig, TlsFileError, add_server_tls_arguments
@@ -33,9 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--http-port", type=int, default=None, metavar="N",
                         help="also serve the OpenAI-compatible HTTP API (completions, chat, "
                              "models) on this port; 0 picks a free one (default: off)")
-    parser.add_argument("--metrics-port", type=int, default=9401, metavar="N",
-                        help="Prometheus /metrics port; 0 picks a free one, -1 disables "
-                             "(default %(default)s)")
+    add_metrics_port_argument(parser, 9401, "requests, retries, picks, routing-table age")
     parser.add_argument("--base-model", default="", metavar="NAME",
                         help="route only adapters and workers of this base model; requests "
                              "without an adapter go to it (default: every base model; "
@@ -68,7 +67,7 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         raise StartupError(str(exc)) from exc
     return GatewayConfig(
         controlplanes=controlplanes, host=args.host, port=args.port,
-        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        metrics_port=metrics_port_of(args),
         http_port=args.http_port, base_model=args.base_model,
         load_timeout_seconds=args.load_timeout, otlp_endpoint=args.otlp_endpoint,
         security=security, tls=tls, api_key=args.api_key)

@@ -3,7 +3,26 @@
 
 from __future__ import annotations
 
+import argparse
+
 from prometheus_client import CollectorRegistry, start_http_server
+
+# --metrics-port: a port, 0 for a free one, -1 (any negative) for none; one rule for every
+# server's command line.
+OFF = -1
+
+
+def add_metrics_port_argument(parser: argparse.ArgumentParser, default: int, what: str) -> None:
+    """Adds --metrics-port to a server's parser; `what` says what its /metrics shows."""
+    shown = "off" if default < 0 else str(default)
+    parser.add_argument("--metrics-port", type=int, default=default, metavar="N",
+                        help=f"Prometheus /metrics port ({what}); 0 picks a free one, -1 "
+                             f"turns it off (default: {shown})")
+
+
+def metrics_port_of(args: argparse.Namespace) -> int | None:
+    """The --metrics-port to listen on, or None when it is off."""
+    return None if args.metrics_port < 0 else args.metrics_port
 
 
 class MetricsEndpoint:

@@ -136,6 +136,9 @@ async def test_metrics_port_flag_and_a_busy_port(etcd):
     args = build_parser().parse_args([*common, "--metrics-port", "9402"])
     assert config_from_args(args).metrics_port == 9402
     assert config_from_args(build_parser().parse_args(common)).metrics_port is None
+    # -1 is "off", as on every other server (issue 21 #8: it was exit status 2 here).
+    off = build_parser().parse_args([*common, "--metrics-port", "-1"])
+    assert config_from_args(off).metrics_port is None
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
