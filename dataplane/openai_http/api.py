@@ -72,8 +72,10 @@ class OpenAIApi:
             return await answer_once(call, shape)
         except grpc.aio.AioRpcError as exc:
             error = from_rpc_error(exc, is_chat=is_chat)
-            if error.param == "model" and error.status == 400:
-                error.message += f", or the base model's name {self._base_model()!r}"
+            if error.param == "model" and error.status == 400:  # not a model name at all
+                error = ApiError(404, f"The model {parsed.model!r} does not exist: give the base "
+                                      f"model's name {self._base_model()!r} or an adapter "
+                                      "'tenant/name[@N]'", param="model", code="model_not_found")
             raise error from exc
         finally:
             call.cancel()  # a no-op once the stream has ended; frees the sequence otherwise

@@ -1,18 +1,17 @@
 """What GET /v1/models lists: the `ModelLister` interface and the worker's lister.
 
-The gateway lists from its routing table; a worker lists from its own WorkerService
-(ListAdapters and GetWorkerStatus) over gRPC, like any other client of it.
+The gateway lists from its routing table; a worker from the versions its server holds,
+read in process (as ListAdapters reports them). Who sees which is decided by the caller's
+principal in the HTTP layer, not by a call that needs an admin's key.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
-import grpc
-
 from lorafleet.worker.v1 import worker_service_pb2 as wpb
-from lorafleet.worker.v1 import worker_service_pb2_grpc as wpb_grpc
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,18 +36,14 @@ class WorkerModels:
     """Lists a worker's base model and its READY adapter versions: `tenant/name` for
     each name that has a default version, and `tenant/name@N` for every version."""
 
-    def __init__(self, channel: grpc.aio.Channel):
-        self._stub = wpb_grpc.WorkerServiceStub(channel)
+    def __init__(self, base_model: str, residency: Callable[[], Iterable[wpb.AdapterResidency]]):
+        self._base_model = base_model
+        self._residency = residency  # what ListAdapters reports, read now
 
     async def list_models(self, metadata=()) -> list[ModelCard]:
-        """Asks the worker now, so a load or eviction shows at once. With auth on, only
-        an admin's key may list a worker's adapters (WorkerService is the admin surface)."""
-        status = await self._stub.GetWorkerStatus(wpb.GetWorkerStatusRequest(), timeout=10,
-                                                  metadata=metadata)
-        listed = await self._stub.ListAdapters(wpb.ListAdaptersRequest(), timeout=10,
-                                               metadata=metadata)
-        base = status.base_model.name
-        ready = [a for a in listed.adapters if a.state == wpb.LOAD_STATE_READY]
+        """Reads the worker's versions now, so a load or eviction shows at once."""
+        base = self._base_model
+        ready = [a for a in self._residency() if a.state == wpb.LOAD_STATE_READY]
         names = sorted({a.adapter for a in ready if a.is_default})
         versions = [f"{a.adapter}@{a.version}"
                     for a in sorted(ready, key=lambda a: (a.adapter, a.version))]

@@ -93,19 +93,16 @@ async def start_http_server(*, inference_address: str, models: ModelLister,
                         closers=[channel.close], ssl_context=tls.http_ssl_context())
 
 
-async def start_worker_http(*, worker_address: str, base_model: str,
+async def start_worker_http(*, worker_address: str, models: WorkerModels, base_model: str,
                             host: str = "127.0.0.1", port: int = 0,
                             tls: TlsConfig = PLAINTEXT_TLS,
-                            admin_address: str | None = None,
                             auth: AuthInterceptor | None = None) -> RunningHttp:
-    """The HTTP server of a worker: models from its own WorkerService (at
-    `admin_address` when it listens apart, `lorafleet serve --admin-port`); `auth` (the
-    gRPC server's) authenticates each HTTP caller."""
+    """The HTTP server of a worker, generating through its gRPC port at `worker_address`;
+    `auth` (the gRPC server's) authenticates each HTTP caller."""
     channel = _channel(_reachable(worker_address), tls)
-    admin = _channel(_reachable(admin_address), tls) if admin_address else channel
-    api = OpenAIApi(channel, WorkerModels(admin), base_model, auth)
-    closers = [channel.close] + ([admin.close] if admin is not channel else [])
-    return await _start(api, host, port, closers=closers, ssl_context=tls.http_ssl_context())
+    api = OpenAIApi(channel, models, base_model, auth)
+    return await _start(api, host, port, closers=[channel.close],
+                        ssl_context=tls.http_ssl_context())
 
 
 async def _start(api: OpenAIApi, host: str, port: int, *,

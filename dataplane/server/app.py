@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from lorafleet.auth.interceptor import auth_of
 from lorafleet.dataplane.lora.load_threads import LoadThreads
-from lorafleet.dataplane.openai_http import RunningHttp, start_worker_http
+from lorafleet.dataplane.openai_http import RunningHttp, WorkerModels, start_worker_http
 from lorafleet.dataplane.server.build import WorkerConfig, build_serving_worker
 from lorafleet.dataplane.server.heartbeat import Heartbeat
 from lorafleet.dataplane.server.inference import InferenceServicer
@@ -161,10 +161,11 @@ async def start_worker(config: WorkerConfig, *, host: str = "127.0.0.1", port: i
         heartbeat.start()
     http = None
     if http_port is not None:  # after the gRPC server is bound: HTTP calls into it
+        models = WorkerModels(worker.base_model.name, lambda: map(
+            worker_servicer.residency, worker.versions.entries()))
         http = await start_worker_http(
-            worker_address=address, base_model=worker.base_model.name, host=host,
-            port=http_port, tls=tls, auth=auth_of(security.interceptors),
-            admin_address=None if admin_port_bound is None else f"{host}:{admin_port_bound}")
+            worker_address=address, models=models, base_model=worker.base_model.name,
+            host=host, port=http_port, tls=tls, auth=auth_of(security.interceptors))
     return RunningWorker(worker, server, address, metrics, worker_servicer, fatal,
                          fatal_watch, tracer_provider, heartbeat, http, admin_server)
 

@@ -113,9 +113,10 @@ def commands(gateway: str, http_url: str, controlplane: str, base_model: str,
     cacert = f" --cacert {shlex.quote(str(tls.ca))}" if tls.is_on else ""
     lines.append(f"  curl -s{cacert} {http_url}/chat/completions -H {header} "
                  f"-H 'Content-Type: application/json' -d {shlex.quote(json.dumps(request))}")
-    lines += ["", f"  OpenAI SDK ({tool('python')}; any adapter, or {base_model!r}, as model):",
-              *("    " + line for line in sdk_snippet(http_url, example or base_model,
-                                                        keys.demo, tls))]
+    # Not indented: the lines are pasted into python as they are.
+    lines += ["", f"  OpenAI SDK (paste into {tool('python')}; any adapter, or {base_model!r}, "
+                  "as model):",
+              *sdk_snippet(http_url, example or base_model, keys.demo, tls)]
     if rollout_adapter:
         lines += ["", f"  {rollout_adapter} splits its traffic 90/10 over two versions; "
                       "change the split, then ask it again:",

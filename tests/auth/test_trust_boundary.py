@@ -210,3 +210,28 @@ def _tenant_client(address: str, pki, key: str) -> AsyncClient:
     tls = pki.client("acme-app")
     return AsyncClient(address, api_key=key, timeout=60, root_certificates=tls.root_certificates,
                        private_key=tls.private_key, certificate_chain=tls.certificate_chain)
+
+
+def _get_models(url: str, ca_file, key: str | None) -> tuple[int, list[str]]:
+    context = ssl.create_default_context(cafile=str(ca_file))
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30,
+                                    context=context) as reply:
+            return reply.status, [card["id"] for card in json.load(reply)["data"]]
+    except urllib.error.HTTPError as error:
+        return error.code, []
+
+
+@pytest.mark.slow
+async def test_a_tenant_lists_its_own_models_on_a_worker(fleet, pki, keys):
+    """Issue 22 #7: a tenant key's models.list() on a single worker was 403 (the list read
+    WorkerService, the admin surface); it shows the tenant its own adapters, as the gateway
+    does, and nothing of other tenants'."""
+    worker, _ = fleet
+    url = f"https://127.0.0.1:{worker.http.port}/v1/models"
+    assert await asyncio.to_thread(_get_models, url, pki.ca_file, keys.acme) == (
+        200, ["tiny-llama", ADAPTER, f"{ADAPTER}@1"])
+    assert await asyncio.to_thread(_get_models, url, pki.ca_file, keys.globex) == (
+        200, ["tiny-llama"])
+    assert (await asyncio.to_thread(_get_models, url, pki.ca_file, None))[0] == 401

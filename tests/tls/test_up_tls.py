@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
@@ -56,7 +55,7 @@ def test_up_tls_serves_over_tls_and_its_printed_commands_work(tmp_path, marked):
         curl = _paste(up.printed(r"curl -s --cacert \S+ https://")[0])  # HTTPS, same CA
         assert curl.returncode == 0 and '"completion_tokens"' in curl.stdout, curl.stderr
         start = next(i for i, line in enumerate(up.lines) if "from openai import" in line)
-        snippet = textwrap.dedent("\n".join(up.lines[start:start + 5]))
+        snippet = "\n".join(up.lines[start:start + 5])  # pasted as printed
         sdk = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True,
                              timeout=60, check=False)
         assert sdk.returncode == 0 and sdk.stdout.strip(), sdk.stderr

@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 
@@ -116,7 +115,7 @@ def test_up_serves_through_the_gateway_and_leaves_nothing_after_sigterm(up):
 
     base_url = re.search(r'base_url="([^"]+)"', "\n".join(up.lines)).group(1)
     start = next(i for i, line in enumerate(up.lines) if "from openai import OpenAI" in line)
-    snippet = textwrap.dedent("\n".join(up.lines[start:start + 5]))
+    snippet = "\n".join(up.lines[start:start + 5])  # pasted as printed (issue 22 #7)
     sdk = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True,
                          timeout=60, check=False)
     assert sdk.returncode == 0 and sdk.stdout.strip(), sdk.stderr
