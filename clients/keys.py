@@ -66,7 +66,7 @@ def _print(args, api_keys) -> None:
     if args.json:
         print_json(api_keys)
         return
-    print_table(["ID", "ROLE", "TENANT", "CAN CREATE VERSIONS", "CREATED"],
+    print_table(["ID", "ROLE", "TENANT", "CAN CREATE VERSIONS", "CREATED", "SOURCE"],
                 [[k.key_id, access_pb.Role.Name(k.role).removeprefix("ROLE_").lower(),
-                  k.tenant, "yes" if k.can_create_versions else "", timestamp(k.create_time)]
-                 for k in api_keys])
+                  k.tenant, "yes" if k.can_create_versions else "", timestamp(k.create_time),
+                  k.source] for k in api_keys])

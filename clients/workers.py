@@ -45,11 +45,13 @@ def _print(args, workers) -> None:
          "HEARTBEAT"],
         [[w.worker_id, w.address, w.base_model.name, "draining" if w.is_draining else "serving",
           f"{_count(w, worker_pb.TIER_DEVICE)}/{w.capacities.max_loras}",
-          f"{_count(w, worker_pb.TIER_HOST)}/{w.capacities.max_cpu_loras}",
+          f"{_count(w, worker_pb.TIER_HOST, worker_pb.TIER_DEVICE)}/{w.capacities.max_cpu_loras}",
           w.load.num_running, w.load.num_waiting, timestamp(w.last_heartbeat_time)]
          for w in workers],
     )
 
 
-def _count(worker, tier) -> int:
-    return sum(1 for residency in worker.adapters if residency.tier == tier)
+def _count(worker, *tiers) -> int:
+    """Versions whose highest tier is one of `tiers` (a version in a device slot is also
+    in host memory, so HOST counts both)."""
+    return sum(1 for residency in worker.adapters if residency.tier in tiers)

@@ -43,9 +43,9 @@ class ControlPlaneAuth:
     def __init__(self, store: EtcdStore, config: AuthConfig):
         self.config = config
         self.keys = EtcdKeyStore(store)
-        stores = (FileKeyStore(config.keys_file), self.keys) if config.keys_file else (self.keys,)
-        self.verifier = KeyVerifier(ChainKeyStore(*stores))
-        self.servicer = AccessServicer(store, self.keys, self.verifier)
+        file_keys = FileKeyStore(config.keys_file) if config.keys_file else None
+        self.verifier = KeyVerifier(ChainKeyStore(*filter(None, (file_keys, self.keys))))
+        self.servicer = AccessServicer(store, self.keys, self.verifier, file_keys)
         self.bindings = WorkerBindings(store, self.verifier.store)
 
     def binding(self) -> rpcserver.ServiceBinding:

@@ -17,13 +17,19 @@ from google.protobuf import timestamp_pb2
 from lorafleet.auth import KeyRecord, MemoryKeyStore, Principal, current_principal
 from lorafleet.auth.keys import InvalidKeyRecord, make_key
 from lorafleet.auth.remote import PROTO_ROLE, ROLE_OF
-from lorafleet.auth.stores import KeyStore
+from lorafleet.auth.stores import FileKeyStore, KeyStore
 from lorafleet.auth.verify import KeyVerifier
 from lorafleet.control.v1 import access_service_pb2 as access_pb
 from lorafleet.control.v1 import access_service_pb2_grpc as access_grpc
 from lorafleet.controlplane.api_status import grpc_errors
 from lorafleet.controlplane.audit import audited, list_entries, name_target
-from lorafleet.controlplane.errors import Conflict, InvalidArgument, NotFound, PermissionDenied
+from lorafleet.controlplane.errors import (
+    Conflict,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
 from lorafleet.controlplane.store import EtcdStore
 from lorafleet.names import InvalidName, check_worker_id
 
@@ -91,22 +97,24 @@ class EtcdKeyStore(MemoryKeyStore):
         self.remove(key_id)
 
 
-def api_key_of(record: KeyRecord) -> access_pb.ApiKey:
-    """The public description of a record."""
+def api_key_of(record: KeyRecord, source: str = "") -> access_pb.ApiKey:
+    """The public description of a record, and where it is kept ("etcd", "file")."""
     stamp = timestamp_pb2.Timestamp()
     stamp.FromNanoseconds(int(record.create_time * 1e9))
     return access_pb.ApiKey(key_id=record.key_id, role=PROTO_ROLE[record.role],
-                            tenant=record.tenant,
-                            can_create_versions=record.can_create_versions, create_time=stamp)
+                            tenant=record.tenant, can_create_versions=record.can_create_versions,
+                            create_time=stamp, source=source)
 
 
 class AccessServicer(access_grpc.AccessServiceServicer):
     """Serves AccessService: keys in etcd and the audit trail."""
 
-    def __init__(self, store: EtcdStore, keys: EtcdKeyStore, verifier: KeyVerifier):
+    def __init__(self, store: EtcdStore, keys: EtcdKeyStore, verifier: KeyVerifier,
+                 file_keys: FileKeyStore | None = None):
         self.store = store
         self.keys = keys
         self.verifier = verifier
+        self.file_keys = file_keys  # the --auth-keys file, if any
 
     @grpc_errors
     @audited("CreateKey", lambda r: _role_name(r.role) + (f" {r.tenant}" if r.tenant else ""))
@@ -127,15 +135,21 @@ class AccessServicer(access_grpc.AccessServiceServicer):
 
     @grpc_errors
     async def ListKeys(self, request, context):
-        """Stored keys in id order, without secrets."""
+        """Every key this replica accepts, in id order, without secrets: those in etcd and
+        those in its --auth-keys file."""
         await self.keys.refresh()
-        records = sorted(self.keys.records.values(), key=lambda r: r.key_id)
-        return access_pb.ListKeysResponse(api_keys=[api_key_of(r) for r in records])
+        listed = [api_key_of(r, "etcd") for r in self.keys.records.values()]
+        if self.file_keys is not None:
+            listed += [api_key_of(r, "file") for r in self.file_keys.records().values()]
+        return access_pb.ListKeysResponse(api_keys=sorted(listed, key=lambda k: k.key_id))
 
     @grpc_errors
     @audited("RevokeKey", lambda r: r.key_id)
     async def RevokeKey(self, request, context):
-        """Deletes a key."""
+        """Deletes a key; a key of the --auth-keys file is removed from that file instead."""
+        if self.file_keys is not None and self.file_keys.record(request.key_id) is not None:
+            raise FailedPrecondition(f"key {request.key_id} is in the --auth-keys file "
+                                     f"{self.file_keys.path}: remove its line there")
         await self.keys.revoke(request.key_id)
         return access_pb.RevokeKeyResponse()
 

@@ -105,7 +105,10 @@ async def start_gateway(config: GatewayConfig) -> RunningGateway:
         tls=config.tls)
     follower.metadata = bearer(config.api_key)
     channels.metadata = own_metadata(config.tls, config.api_key)
-    channels.is_auth_on = auth_of(config.security.interceptors) is not None
+    auth = auth_of(config.security.interceptors)
+    channels.is_auth_on = auth is not None
+    if auth is not None:  # Generate calls refused before the servicer count too
+        auth.refusal_observers.append(lambda method, code: metrics.count_refused(method, code))
     loads = OnDemandLoads(follower.place, config.load_timeout_seconds)
     metrics = GatewayMetrics(follower.age_seconds, lambda: follower.is_connected,
                              otlp_endpoint=config.otlp_endpoint)

@@ -53,6 +53,11 @@ class GatewayMetrics:
             self.picks.labels(pick)
         self._http = MetricsEndpoint(self.registry)
 
+    def count_refused(self, method: str, code: grpc.StatusCode) -> None:
+        """Counts a Generate call the auth interceptor refused (its servicer never ran)."""
+        if method.endswith("/Generate"):
+            self.requests.labels(code.name).inc()
+
     def start_http(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Serves /metrics on host:port (0 picks a free port); returns the bound port."""
         return self._http.start(host, port)

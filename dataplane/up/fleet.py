@@ -53,9 +53,18 @@ class Ports:
     controlplane: int
     gateway: int
     http: int
+    controlplane_metrics: int
     gateway_metrics: int
     workers: tuple[int, ...]
     worker_metrics: tuple[int, ...]
+
+    def metrics_urls(self) -> list[tuple[str, str]]:
+        """(part, /metrics URL) of every part that serves metrics, control plane first."""
+        parts = [("control plane", self.controlplane_metrics),
+                 ("gateway", self.gateway_metrics),
+                 *((name, port) for name, port in zip(worker_names(len(self.workers)),
+                                                      self.worker_metrics, strict=True))]
+        return [(part, f"http://{self.address(port)}/metrics") for part, port in parts]
 
     def address(self, port: int) -> str:
         """host:port to dial `port` on (loopback when bound to every interface)."""
@@ -71,7 +80,7 @@ def plan_ports(args: argparse.Namespace) -> Ports:
         if port:
             check_port_free(args.host, port, option)
     fixed = {port for port in named.values() if port}
-    num_needed = 3 + len(named) + 2 * args.workers
+    num_needed = 4 + len(named) + 2 * args.workers
     picked = iter([p for p in free_ports(args.host, num_needed + len(fixed)) if p not in fixed])
 
     def take(port: int = 0) -> int:
@@ -79,7 +88,7 @@ def plan_ports(args: argparse.Namespace) -> Ports:
 
     return Ports(host=args.host, etcd_client=take(), etcd_peer=take(),
                  controlplane=take(args.controlplane_port), gateway=take(args.gateway_port),
-                 http=take(args.http_port), gateway_metrics=take(),
+                 http=take(args.http_port), controlplane_metrics=take(), gateway_metrics=take(),
                  workers=tuple(take() for _ in range(args.workers)),
                  worker_metrics=tuple(take() for _ in range(args.workers)))
 
@@ -112,10 +121,11 @@ async def start_etcd(children: Children, ports: Ports, data_dir: pathlib.Path) -
 async def start_controlplane(children: Children, ports: Ports, etcd_url: str,
                              log_level: str, keys: UpKeys, tls: UpTls = PLAINTEXT_UP) -> str:
     """One control-plane replica over `etcd_url`, checking keys against the session's
-    key file and calling workers with the admin key; returns its address."""
+    key file and calling workers as controlplane; returns its address."""
     child = await children.spawn("controlplane", [
         *LORAFLEET, "controlplane", "--etcd", etcd_url, "--host", ports.host,
         "--port", str(ports.controlplane), "--replica-id", "controlplane-0",
+        "--metrics-port", str(ports.controlplane_metrics),
         "--auth-keys", str(keys.path), "--log-level", log_level,
         *tls.server_args("controlplane")], env=keys.env(keys.controlplane))
     address = ports.address(ports.controlplane)

@@ -98,6 +98,9 @@ async def start(args: argparse.Namespace, children: Children) -> None:
     for line in showcase.commands(gateway_address, http_url, controlplane, base_model, names,
                                   rollout, keys, tls):
         print(line)
+    print("\nPrometheus metrics:", flush=True)
+    for part, url in ports.metrics_urls():
+        print(f"  {part + ':':<15} {url}", flush=True)
     print(f"\nlorafleet is up: gateway {gateway_address}, OpenAI HTTP {http_url}, control "
           f"plane {controlplane}, {args.workers} worker(s) of {base_model}; logs in "
           f"{children.log_dir}/. Ctrl-C stops everything.", flush=True)

@@ -78,12 +78,19 @@ async def test_key_and_audit_commands_against_the_control_plane(secured, keys, c
     assert status == 0 and "initech" in out and "shown once" in out
     key_id = out.split()[out.split().index("tenant") - 1]
     status, out = await run("key", "list", "--json")
-    listed = [json.loads(line) for line in out.splitlines()]
-    assert key_id in [k["key_id"] for k in listed] and all("lf_" not in line for line in out)
+    listed = {k["key_id"]: k["source"] for k in map(json.loads, out.splitlines())}
+    assert listed[key_id] == "etcd" and all("lf_" not in line for line in out)
+    # Issue 22 #8: right after `up` the list looked empty, its keys being in the bootstrap
+    # file; those are listed too, and revoking one says where to remove it.
+    file_key = keys.acme.split("_")[1]
+    assert listed[file_key] == "file"
+    assert await asyncio.to_thread(lorafleet, ["key", "revoke", file_key, *common]) == 1
+    assert "--auth-keys file" in capsys.readouterr().err
     assert (await run("key", "revoke", key_id))[0] == 0
     status, out = await run("audit", "--since", "5m", "--json")
     actions = [(e["action"], e["result"]) for e in map(json.loads, out.splitlines())]
-    assert actions == [("CreateKey", "ok"), ("RevokeKey", "ok")]
+    assert [a for a, _ in actions] == ["CreateKey", "RevokeKey", "RevokeKey"]
+    assert actions[1][1].startswith("refused: FailedPrecondition") and actions[2][1] == "ok"
     assert (await run("audit", "--since", "2999-01-01T00:00:00Z"))[1].count("\n") == 1  # header
     tenant = await asyncio.to_thread(lorafleet, ["audit", *common[:2], "--api-key", keys.acme])
     assert tenant == 1 and "PERMISSION_DENIED" in capsys.readouterr().err

@@ -235,3 +235,19 @@ async def test_a_tenant_lists_its_own_models_on_a_worker(fleet, pki, keys):
     assert await asyncio.to_thread(_get_models, url, pki.ca_file, keys.globex) == (
         200, ["tiny-llama"])
     assert (await asyncio.to_thread(_get_models, url, pki.ca_file, None))[0] == 401
+
+
+async def test_refused_generate_calls_are_counted_by_the_gateway(fleet, pki):
+    """Issue 22 #8: the gateway's requests counter missed the calls its auth refused."""
+    _, gateway = fleet
+    counted = gateway.metrics.registry.get_sample_value(
+        "lorafleet_gateway_requests_total", {"code": "UNAUTHENTICATED"})
+    tls = pki.client("acme-app")
+    request = inference_pb.GenerateRequest(adapter=ADAPTER, text="Hello")
+    async with tls.aio_channel(gateway.address) as channel:
+        stream = inference_grpc.InferenceServiceStub(channel).Generate(request, timeout=30)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            [message async for message in stream]
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert gateway.metrics.registry.get_sample_value(
+        "lorafleet_gateway_requests_total", {"code": "UNAUTHENTICATED"}) == counted + 1

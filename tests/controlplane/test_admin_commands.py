@@ -10,6 +10,7 @@ import pytest
 
 from lorafleet.clients import cli
 from lorafleet.clients.admin import parse_weights
+from lorafleet.worker.v1 import worker_service_pb2 as worker_pb
 from tests.controlplane.conftest import eventually
 from tests.support.fake_worker import fake_digest
 
@@ -61,6 +62,18 @@ async def test_workers_and_placement_tables(plane, make_worker, capsys):
                                     "FAILURES"] and lines[1].split()[3:5] == ["w1", "w1"]
 
     await eventually(resident_in_table)
+
+    # Issue 22 #8: a version promoted to a device slot (as a real worker does) is still in
+    # host memory, but HOST showed 0.
+    worker.residency[("acme/a", 1)].tier = worker_pb.TIER_DEVICE
+
+    async def counted_in_host_memory():
+        _, out, _ = await _run(capsys, "workers", *addr)
+        header, row = out.splitlines()[:2]
+        columns = {name: row[header.index(name):].split()[0] for name in ("DEVICE", "HOST")}
+        return columns == {"DEVICE": "1/2", "HOST": "1/8"}
+
+    await eventually(counted_in_host_memory)
     status, out, _ = await _run(capsys, "workers", "--json", *addr)
     [listed] = [json.loads(line) for line in out.splitlines()]
     assert listed["worker_id"] == "w1" and listed["address"] == worker.address

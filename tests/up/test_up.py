@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 import pytest
 from openai import OpenAI
@@ -103,6 +104,13 @@ def test_up_serves_through_the_gateway_and_leaves_nothing_after_sigterm(up):
     addresses = [m.group(1) for line in up.lines
                  if (m := re.search(r" ready on (\S+) \(pid", line))]
     assert len(addresses) == 4 and all(is_listening(a) for a in addresses)
+
+    # Issue 22 #8: every part's /metrics is printed, the control plane's included.
+    urls = [line.split()[-1] for line in up.lines if line.strip().endswith("/metrics")]
+    assert len(urls) == 3  # control plane, gateway, one worker
+    for url in urls:
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            assert b"# HELP lorafleet_" in reply.read()
 
     pirate = _paste(up.printed(r"generate .*--adapter demo/pirate ")[0])
     assert pirate.returncode == 0, pirate.stderr

@@ -11,6 +11,7 @@ it authenticated); from anyone else the header is ignored.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Protocol
 
 import grpc
@@ -65,6 +66,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, verifier: Verifier, policy: Table):
         self.verifier = verifier
         self.policy = policy
+        # Told of every call refused here, (method, status code): a server's request
+        # metrics count these calls, which its servicer never sees.
+        self.refusal_observers: list[Callable[[str, grpc.StatusCode], None]] = []
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -106,21 +110,28 @@ class _Admission:
         if key is None:
             principal = certified_principal(peer_identity(context))
             if principal is None:
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                    "no API key: send metadata 'authorization: Bearer <key>'")
+                await self._refuse(context, grpc.StatusCode.UNAUTHENTICATED,
+                                   "no API key: send metadata 'authorization: Bearer <key>'")
         else:
             try:
                 principal = await self.interceptor.verifier.verify(key)
             except VerifierUnavailable as error:
-                await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                    f"cannot check the API key: {error}")
+                await self._refuse(context, grpc.StatusCode.UNAVAILABLE,
+                                   f"cannot check the API key: {error}")
             if principal is None:
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid or revoked API key")
+                await self._refuse(context, grpc.StatusCode.UNAUTHENTICATED,
+                                   "invalid or revoked API key")
         principal = vouched_for(principal, self.metadata)
         if principal.role not in self.interceptor.policy.get(self.method, ()):
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                f"role {principal.role.value} may not call {self.method}")
+            await self._refuse(context, grpc.StatusCode.PERMISSION_DENIED,
+                               f"role {principal.role.value} may not call {self.method}")
         set_principal(principal)  # each RPC runs in its own task: no reset needed
+
+    async def _refuse(self, context: grpc.aio.ServicerContext, code: grpc.StatusCode,
+                      details: str) -> None:
+        for observe in self.interceptor.refusal_observers:
+            observe(self.method, code)
+        await context.abort(code, details)
 
 
 # A client certificate (verified by the server's --tls-ca) names its component's role first:

@@ -89,11 +89,15 @@ class FileKeyStore:
 
     def record(self, key_id: str) -> KeyRecord | None:
         """The record of `key_id` as the file says now, or None."""
+        return self.records().get(key_id)
+
+    def records(self) -> dict[str, KeyRecord]:
+        """Every record as the file says now, by key id."""
         now = time.monotonic()
         if now - self._checked_at >= _STAT_INTERVAL_SECONDS:
             self._checked_at = now
             self._reload_if_changed()
-        return self._records.get(key_id)
+        return self._records
 
     def _stat(self) -> tuple[int, int] | None:
         try:

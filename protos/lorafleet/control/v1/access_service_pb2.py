@@ -25,39 +25,39 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)lorafleet/control/v1/access_service.proto\x12\x14lorafleet.control.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa0\x01\n\x06\x41piKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12(\n\x04role\x18\x02 \x01(\x0e\x32\x1a.lorafleet.control.v1.Role\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x1b\n\x13\x63\x61n_create_versions\x18\x04 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"i\n\x10\x43reateKeyRequest\x12(\n\x04role\x18\x01 \x01(\x0e\x32\x1a.lorafleet.control.v1.Role\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x1b\n\x13\x63\x61n_create_versions\x18\x03 \x01(\x08\"O\n\x11\x43reateKeyResponse\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x07\x61pi_key\x18\x02 \x01(\x0b\x32\x1c.lorafleet.control.v1.ApiKey\"\x11\n\x0fListKeysRequest\"B\n\x10ListKeysResponse\x12.\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x1c.lorafleet.control.v1.ApiKey\"\"\n\x10RevokeKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"\x13\n\x11RevokeKeyResponse\"\x1f\n\x10VerifyKeyRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"T\n\x11VerifyKeyResponse\x12\x10\n\x08is_valid\x18\x01 \x01(\x08\x12-\n\x07\x61pi_key\x18\x02 \x01(\x0b\x32\x1c.lorafleet.control.v1.ApiKey\"y\n\nAuditEntry\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tprincipal\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x0e\n\x06target\x18\x04 \x01(\t\x12\x0e\n\x06result\x18\x05 \x01(\t\"D\n\x17ListAuditEntriesRequest\x12)\n\x05since\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"M\n\x18ListAuditEntriesResponse\x12\x31\n\x07\x65ntries\x18\x01 \x03(\x0b\x32 .lorafleet.control.v1.AuditEntry*w\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0e\n\nROLE_ADMIN\x10\x01\x12\x0f\n\x0bROLE_TENANT\x10\x02\x12\x0f\n\x0bROLE_WORKER\x10\x03\x12\x10\n\x0cROLE_GATEWAY\x10\x04\x12\x15\n\x11ROLE_CONTROLPLANE\x10\x05\x32\xf7\x03\n\rAccessService\x12\\\n\tCreateKey\x12&.lorafleet.control.v1.CreateKeyRequest\x1a\'.lorafleet.control.v1.CreateKeyResponse\x12Y\n\x08ListKeys\x12%.lorafleet.control.v1.ListKeysRequest\x1a&.lorafleet.control.v1.ListKeysResponse\x12\\\n\tRevokeKey\x12&.lorafleet.control.v1.RevokeKeyRequest\x1a\'.lorafleet.control.v1.RevokeKeyResponse\x12\\\n\tVerifyKey\x12&.lorafleet.control.v1.VerifyKeyRequest\x1a\'.lorafleet.control.v1.VerifyKeyResponse\x12q\n\x10ListAuditEntries\x12-.lorafleet.control.v1.ListAuditEntriesRequest\x1a..lorafleet.control.v1.ListAuditEntriesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)lorafleet/control/v1/access_service.proto\x12\x14lorafleet.control.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb0\x01\n\x06\x41piKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12(\n\x04role\x18\x02 \x01(\x0e\x32\x1a.lorafleet.control.v1.Role\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x1b\n\x13\x63\x61n_create_versions\x18\x04 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\x06 \x01(\t\"i\n\x10\x43reateKeyRequest\x12(\n\x04role\x18\x01 \x01(\x0e\x32\x1a.lorafleet.control.v1.Role\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x1b\n\x13\x63\x61n_create_versions\x18\x03 \x01(\x08\"O\n\x11\x43reateKeyResponse\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x07\x61pi_key\x18\x02 \x01(\x0b\x32\x1c.lorafleet.control.v1.ApiKey\"\x11\n\x0fListKeysRequest\"B\n\x10ListKeysResponse\x12.\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x1c.lorafleet.control.v1.ApiKey\"\"\n\x10RevokeKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"\x13\n\x11RevokeKeyResponse\"\x1f\n\x10VerifyKeyRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"T\n\x11VerifyKeyResponse\x12\x10\n\x08is_valid\x18\x01 \x01(\x08\x12-\n\x07\x61pi_key\x18\x02 \x01(\x0b\x32\x1c.lorafleet.control.v1.ApiKey\"y\n\nAuditEntry\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tprincipal\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x0e\n\x06target\x18\x04 \x01(\t\x12\x0e\n\x06result\x18\x05 \x01(\t\"D\n\x17ListAuditEntriesRequest\x12)\n\x05since\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"M\n\x18ListAuditEntriesResponse\x12\x31\n\x07\x65ntries\x18\x01 \x03(\x0b\x32 .lorafleet.control.v1.AuditEntry*w\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0e\n\nROLE_ADMIN\x10\x01\x12\x0f\n\x0bROLE_TENANT\x10\x02\x12\x0f\n\x0bROLE_WORKER\x10\x03\x12\x10\n\x0cROLE_GATEWAY\x10\x04\x12\x15\n\x11ROLE_CONTROLPLANE\x10\x05\x32\xf7\x03\n\rAccessService\x12\\\n\tCreateKey\x12&.lorafleet.control.v1.CreateKeyRequest\x1a\'.lorafleet.control.v1.CreateKeyResponse\x12Y\n\x08ListKeys\x12%.lorafleet.control.v1.ListKeysRequest\x1a&.lorafleet.control.v1.ListKeysResponse\x12\\\n\tRevokeKey\x12&.lorafleet.control.v1.RevokeKeyRequest\x1a\'.lorafleet.control.v1.RevokeKeyResponse\x12\\\n\tVerifyKey\x12&.lorafleet.control.v1.VerifyKeyRequest\x1a\'.lorafleet.control.v1.VerifyKeyResponse\x12q\n\x10ListAuditEntries\x12-.lorafleet.control.v1.ListAuditEntriesRequest\x1a..lorafleet.control.v1.ListAuditEntriesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lorafleet.control.v1.access_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=986
-  _globals['_ROLE']._serialized_end=1105
+  _globals['_ROLE']._serialized_start=1002
+  _globals['_ROLE']._serialized_end=1121
   _globals['_APIKEY']._serialized_start=101
-  _globals['_APIKEY']._serialized_end=261
-  _globals['_CREATEKEYREQUEST']._serialized_start=263
-  _globals['_CREATEKEYREQUEST']._serialized_end=368
-  _globals['_CREATEKEYRESPONSE']._serialized_start=370
-  _globals['_CREATEKEYRESPONSE']._serialized_end=449
-  _globals['_LISTKEYSREQUEST']._serialized_start=451
-  _globals['_LISTKEYSREQUEST']._serialized_end=468
-  _globals['_LISTKEYSRESPONSE']._serialized_start=470
-  _globals['_LISTKEYSRESPONSE']._serialized_end=536
-  _globals['_REVOKEKEYREQUEST']._serialized_start=538
-  _globals['_REVOKEKEYREQUEST']._serialized_end=572
-  _globals['_REVOKEKEYRESPONSE']._serialized_start=574
-  _globals['_REVOKEKEYRESPONSE']._serialized_end=593
-  _globals['_VERIFYKEYREQUEST']._serialized_start=595
-  _globals['_VERIFYKEYREQUEST']._serialized_end=626
-  _globals['_VERIFYKEYRESPONSE']._serialized_start=628
-  _globals['_VERIFYKEYRESPONSE']._serialized_end=712
-  _globals['_AUDITENTRY']._serialized_start=714
-  _globals['_AUDITENTRY']._serialized_end=835
-  _globals['_LISTAUDITENTRIESREQUEST']._serialized_start=837
-  _globals['_LISTAUDITENTRIESREQUEST']._serialized_end=905
-  _globals['_LISTAUDITENTRIESRESPONSE']._serialized_start=907
-  _globals['_LISTAUDITENTRIESRESPONSE']._serialized_end=984
-  _globals['_ACCESSSERVICE']._serialized_start=1108
-  _globals['_ACCESSSERVICE']._serialized_end=1611
+  _globals['_APIKEY']._serialized_end=277
+  _globals['_CREATEKEYREQUEST']._serialized_start=279
+  _globals['_CREATEKEYREQUEST']._serialized_end=384
+  _globals['_CREATEKEYRESPONSE']._serialized_start=386
+  _globals['_CREATEKEYRESPONSE']._serialized_end=465
+  _globals['_LISTKEYSREQUEST']._serialized_start=467
+  _globals['_LISTKEYSREQUEST']._serialized_end=484
+  _globals['_LISTKEYSRESPONSE']._serialized_start=486
+  _globals['_LISTKEYSRESPONSE']._serialized_end=552
+  _globals['_REVOKEKEYREQUEST']._serialized_start=554
+  _globals['_REVOKEKEYREQUEST']._serialized_end=588
+  _globals['_REVOKEKEYRESPONSE']._serialized_start=590
+  _globals['_REVOKEKEYRESPONSE']._serialized_end=609
+  _globals['_VERIFYKEYREQUEST']._serialized_start=611
+  _globals['_VERIFYKEYREQUEST']._serialized_end=642
+  _globals['_VERIFYKEYRESPONSE']._serialized_start=644
+  _globals['_VERIFYKEYRESPONSE']._serialized_end=728
+  _globals['_AUDITENTRY']._serialized_start=730
+  _globals['_AUDITENTRY']._serialized_end=851
+  _globals['_LISTAUDITENTRIESREQUEST']._serialized_start=853
+  _globals['_LISTAUDITENTRIESREQUEST']._serialized_end=921
+  _globals['_LISTAUDITENTRIESRESPONSE']._serialized_start=923
+  _globals['_LISTAUDITENTRIESRESPONSE']._serialized_end=1000
+  _globals['_ACCESSSERVICE']._serialized_start=1124
+  _globals['_ACCESSSERVICE']._serialized_end=1627
 # @@protoc_insertion_point(module_scope)

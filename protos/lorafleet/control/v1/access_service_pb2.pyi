@@ -26,18 +26,20 @@ ROLE_GATEWAY: Role
 ROLE_CONTROLPLANE: Role
 
 class ApiKey(_message.Message):
-    __slots__ = ("key_id", "role", "tenant", "can_create_versions", "create_time")
+    __slots__ = ("key_id", "role", "tenant", "can_create_versions", "create_time", "source")
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     CAN_CREATE_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     role: Role
     tenant: str
     can_create_versions: bool
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, key_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., tenant: _Optional[str] = ..., can_create_versions: _Optional[bool] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    source: str
+    def __init__(self, key_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., tenant: _Optional[str] = ..., can_create_versions: _Optional[bool] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ...) -> None: ...
 
 class CreateKeyRequest(_message.Message):
     __slots__ = ("role", "tenant", "can_create_versions")
