@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import pathlib
 import sys
 
@@ -12,6 +13,7 @@ from lorafleet.auth.startup import add_auth_arguments, auth_interceptors
 from lorafleet.dataplane.adapters.confinement import add_source_arguments, policy_from_args
 from lorafleet.dataplane.server.quotas import add_tenant_arguments, quota_config_of
 from lorafleet.metrics_http import add_metrics_port_argument, metrics_port_of
+from lorafleet.names import InvalidName, check_adapter_name
 from lorafleet.rpcserver import ServerSecurity
 from lorafleet.startup import (
     EXIT_FATAL,
@@ -19,6 +21,7 @@ from lorafleet.startup import (
     StartupError,
     Stopper,
     add_log_level_argument,
+    check_port_free,
     freeze_startup_heap,
     run,
     starting,
@@ -34,7 +37,27 @@ def _adapter_arg(text: str) -> tuple[str, str]:
     name, sep, path = text.partition("=")
     if not sep or not name or not path:
         raise argparse.ArgumentTypeError(f"expected NAME=PATH (e.g. acme/support=/adapters/s), got {text!r}")
+    try:
+        check_adapter_name(name)
+    except InvalidName as exc:  # e.g. no tenant: it would be refused on every request
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
     return name, path
+
+
+def check_before_loading(args: argparse.Namespace) -> None:
+    """What can be refused before the model loads (which takes seconds to minutes): every
+    --adapter directory exists, and every port asked for is free and asked for once."""
+    for name, path in args.adapter:
+        if "://" not in path and not os.path.isdir(path):
+            raise StartupError(f"--adapter {name}={path}: not found (no such directory)")
+    ports = {option: port for option, port in (
+        ("--port", args.port), ("--admin-port", args.admin_port),
+        ("--http-port", args.http_port), ("--metrics-port", metrics_port_of(args))) if port}
+    for option, port in ports.items():
+        same = [other for other, taken in ports.items() if taken == port and other != option]
+        if same:
+            raise StartupError(f"{option} {port}: also given as {same[0]}")
+        check_port_free(args.host, port, option)
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser, *, model_required: bool) -> None:
@@ -147,6 +170,7 @@ async def serve(args: argparse.Namespace, stopper: Stopper, on_ready=None) -> in
     with starting():
         tls = tls_of(args)
         # Checked before the worker stack (torch) is imported: a refusal is immediate.
+        check_before_loading(args)
         interceptors = auth_interceptors(args, WORKER_METHODS, tls=tls,
                                          controlplanes=fleet.get("controlplanes", ()))
         from lorafleet.dataplane.server.app import start_worker

@@ -18,6 +18,7 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from lorafleet import startup
 from lorafleet.startup import StartupError
 from lorafleet.tls import PLAINTEXT_TLS, TlsConfig
 
@@ -174,12 +175,5 @@ def free_ports(host: str, count: int) -> list[int]:
 
 def check_port_free(host: str, port: int, option: str) -> None:
     """Raises a StartupError naming `option` when another process listens on `port`."""
-    with socket.socket() as sock:
-        # As the servers do, so a port left in TIME_WAIT by the last run counts as free.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            raise StartupError(f"{option} {port}: cannot listen on {host}:{port} "
-                               f"({exc.strerror}); is another `lorafleet up` running? "
-                               f"Stop it or pass another {option}") from exc
+    startup.check_port_free(host, port, option, hint=f"; is another `lorafleet up` running? "
+                                                     f"Stop it or pass another {option}")

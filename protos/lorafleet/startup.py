@@ -17,6 +17,7 @@ import contextlib
 import gc
 import logging
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Awaitable, Callable
@@ -131,3 +132,16 @@ def _one_line(exc: BaseException) -> str:
         return (f"a module is missing ({exc.name or exc}); the worker needs the worker "
                 "extra: pip install 'lorafleet[worker]'")
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def check_port_free(host: str, port: int, option: str, hint: str = "") -> None:
+    """StartupError naming `option` when another process listens on host:port (checked
+    before a slow start, so a busy port is said at once, not after the model loads)."""
+    with socket.socket() as sock:
+        # As the servers do, so a port left in TIME_WAIT by the last run counts as free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise StartupError(f"{option} {port}: cannot listen on {host}:{port} "
+                               f"({exc.strerror}){hint}") from exc

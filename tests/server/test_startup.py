@@ -4,7 +4,9 @@ signals are handled from the first "serving on" line."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -114,3 +116,39 @@ def test_a_full_collection_after_start_up_skips_the_start_up_heap():
     frozen, scanned = map(int, result.stdout.split())
     assert frozen > 50_000
     assert scanned < 1_000
+
+
+def _unloadable_model(lora_suite, tmp_path) -> str:
+    """A checkpoint whose weights never open (FIFOs nobody writes): any check that comes
+    only after the model loads is never reached."""
+    base = tmp_path / "hangs"
+    shutil.copytree(lora_suite[0], base)
+    for weights in base.glob("*.safetensors"):
+        weights.unlink()
+        os.mkfifo(weights)
+    return str(base)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("option", ["--http-port", "--metrics-port", "--admin-port"])
+def test_a_busy_port_is_refused_before_the_model_loads(lora_suite, tmp_path, held_port, option):
+    """Issue 22 #5: a busy --http-port or --metrics-port was reported only after the model
+    loaded (31-51 s), the HTTP one with a traceback."""
+    args = ["--model", _unloadable_model(lora_suite, tmp_path), "--port", "0", "--device",
+            "cpu", "--kv-cache-bytes", str(16 << 20), "--metrics-port", "-1",
+            "--engine-start-timeout", "60", option, str(held_port)]
+    _assert_one_line_error(_serve(*args, timeout=40), f"{option} {held_port}")
+
+
+@pytest.mark.slow
+def test_adapter_mistakes_are_refused_before_the_model_loads(lora_suite, tmp_path):
+    """Issue 22 #5: a mistyped --adapter path said "outside the directories this worker may
+    read" after the model loaded; a name without a tenant was accepted, then refused on
+    every request."""
+    model = _unloadable_model(lora_suite, tmp_path)
+    common = ["--model", model, "--port", "0", *COMMON, "--engine-start-timeout", "60"]
+    missing = _serve(*common, "--adapter", f"acme/x={tmp_path}/typo", timeout=40)
+    _assert_one_line_error(missing, f"--adapter acme/x={tmp_path}/typo", "not found")
+    no_tenant = _serve(*common, "--adapter", f"pirate={lora_suite[1]['acme/qv8']}", timeout=40)
+    assert no_tenant.returncode == 2 and "pirate" in no_tenant.stderr
+    assert "Traceback" not in no_tenant.stderr
