@@ -109,12 +109,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser, *, model_required: bool
                              "server's Python never competes with it for the GIL; 'thread', "
                              "a thread of the server's process, for debugging (slower under "
                              "load; see docs/worker.md) (default %(default)s)")
-    parser.add_argument("--cpu-thread-wait", choices=["spin", "sleep"], default="spin",
-                        help="how the engine process's CPU threads wait between ops: 'spin' "
-                             "briefly before sleeping (OpenMP's default; fastest when the "
-                             "worker has its cores to itself), or 'sleep' at once (for a "
-                             "machine shared with other busy processes, where spinning takes "
-                             "their CPU); an OMP_WAIT_POLICY you set wins (default %(default)s)")
+    parser.add_argument("--cpu-thread-wait", choices=["spin", "sleep"], default="sleep",
+                        help="how the engine process's CPU threads wait between ops: 'sleep' "
+                             "at once (right for a machine that does anything else: spinning "
+                             "threads take CPU from it, and a 20-token answer took 27-43 s "
+                             "spinning against 3-5 s sleeping at load 8-11), or 'spin' "
+                             "briefly before sleeping (OpenMP's default: 15-35%% more tokens/s "
+                             "when the worker has its cores to itself); an OMP_WAIT_POLICY "
+                             "you set wins (default %(default)s)")
     parser.add_argument("--engine-start-timeout", type=float, default=600.0, metavar="SECONDS",
                         help="how long the engine process may take to load the model and "
                              "start; past it, it is stopped and the server exits with one "

@@ -56,8 +56,10 @@ def serve_command(model_dir: pathlib.Path, adapters: list[tuple[str, pathlib.Pat
                   options: list[str], *, http: bool) -> list[str]:
     """The `lorafleet serve` arguments (after the program name): loopback, free ports, and
     no auth unless `options` configure keys (the benchmark is the only caller)."""
+    # The benchmark's worker has the machine to itself: the dedicated-box setting.
+    wait = [] if "--cpu-thread-wait" in options else ["--cpu-thread-wait", "spin"]
     args = ["serve", "--model", str(model_dir), "--model-name", BASE_MODEL_NAME,
-            "--port", "0", "--metrics-port", "0", "--grace-seconds", "1", *options]
+            "--port", "0", "--metrics-port", "0", "--grace-seconds", "1", *wait, *options]
     if "--auth-keys" not in options:
         args.append("--insecure-no-auth")
     for name, path in adapters:

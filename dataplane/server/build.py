@@ -74,7 +74,7 @@ class WorkerConfig:
     worker_id: str = ""  # empty: derived at start from the host name and the bound port
     sources: SourcePolicy = UNCONFINED  # adapter roots, S3 allow-list, size limit
     engine_runs: str = "process"  # one of ENGINE_RUNS
-    cpu_thread_wait: str = "spin"  # one of CPU_THREAD_WAITS (engine_process.py says why)
+    cpu_thread_wait: str = "sleep"  # one of CPU_THREAD_WAITS (engine_process.py says why)
     engine_start_timeout: float = 600.0  # seconds the engine process may take to build
 
     def __post_init__(self) -> None:

@@ -181,8 +181,8 @@ class ProcessLink:
 @contextlib.contextmanager
 def _child_environment(wait: str):
     """The environment the child starts with (spawn copies this process's): with `wait`
-    "sleep", OpenMP threads that sleep as soon as they are idle; with "spin" (the
-    default), OpenMP's own default, a short spin before sleeping. An OMP_WAIT_POLICY or
+    "sleep" (the default), OpenMP threads that sleep as soon as they are idle; with
+    "spin", OpenMP's own default, a short spin before sleeping. An OMP_WAIT_POLICY or
     GOMP_SPINCOUNT the operator set wins over both.
 
     Why both: between two ops of a step a spinning thread is already awake, a sleeping
@@ -193,8 +193,8 @@ def _child_environment(wait: str):
     0.94-1.14x). But on a machine whose cores are busy with other work the spinning
     threads take the CPU from those who have work: measured at load average 6 (3 x 32
     streams), the engine process burned 8.7 s of CPU for 116-668 tok/s spinning, 0.55 s
-    for 1,685-2,351 tok/s sleeping. So: spin on a worker with its cores to itself, sleep
-    on a shared machine (`lorafleet serve --cpu-thread-wait`).
+    for 1,685-2,351 tok/s sleeping. So: sleep by default (most machines do other work
+    too), spin on a worker with its cores to itself (`lorafleet serve --cpu-thread-wait`).
     """
     if wait == "spin" or "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
         yield

@@ -238,3 +238,19 @@ def test_an_engine_process_that_never_finishes_building_is_stopped_at_the_timeou
 def test_engine_start_timeout_must_be_positive(lora_suite):
     with pytest.raises(ValueError, match="engine_start_timeout"):
         worker_config(lora_suite[0], engine_start_timeout=0)
+
+
+def test_engine_threads_sleep_by_default_and_spin_when_asked():
+    """Issue 22 #2: spinning by default made `serve` ~10x slower on a machine doing
+    anything else; spinning is the setting for a worker with its cores to itself."""
+    import argparse
+
+    from lorafleet.dataplane.serve import add_serve_arguments
+    from lorafleet.dataplane.server.build import WorkerConfig
+
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser, model_required=True)
+    assert parser.parse_args(["--model", "m"]).cpu_thread_wait == "sleep"
+    spin = parser.parse_args(["--model", "m", "--cpu-thread-wait", "spin"])
+    assert spin.cpu_thread_wait == "spin"
+    assert WorkerConfig("m").cpu_thread_wait == "sleep"
