@@ -8,6 +8,8 @@ A drain mark is a separate key on the same lease, so it ends with the worker.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import aetcd.exceptions
 
 from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
@@ -29,16 +31,24 @@ async def read_workers(store: EtcdStore) -> dict[str, fleet_pb.Worker]:
     return workers
 
 
-class FleetRegistry:
-    """Heartbeats, worker listing and draining."""
+async def _never_answers(address: str) -> bool:
+    return False
 
-    def __init__(self, store: EtcdStore, lease_ttl_seconds: int):
+
+class FleetRegistry:
+    """Heartbeats, worker listing and draining. `is_answering(address)` tells whether a
+    worker answers there (a health check): a worker id whose holder stopped answering may
+    be taken over before its lease runs out."""
+
+    def __init__(self, store: EtcdStore, lease_ttl_seconds: int,
+                 is_answering: Callable[[str], Awaitable[bool]] = _never_answers):
         if lease_ttl_seconds < 2:
             raise ValueError(f"lease_ttl_seconds must be >= 2 (etcd's minimum), got "
                              f"{lease_ttl_seconds}")
         self.store = store
         self.keys = store.keys
         self.lease_ttl_seconds = lease_ttl_seconds
+        self.is_answering = is_answering
 
     @property
     def heartbeat_interval_seconds(self) -> int:
@@ -70,14 +80,18 @@ class FleetRegistry:
 
     async def _renewed_lease(self, key: str, worker: fleet_pb.Worker) -> int:
         """The lease of `worker`'s record, renewed; a new one when it has none. Refuses
-        an id held by a live worker at another address: ids are unique per worker."""
+        an id held by a live worker at another address: ids are unique per worker. One
+        whose holder no longer answers (it stopped or died; its lease has not run out
+        yet) is taken over at once, so a worker restarted on another port rejoins now."""
         found = await self.store.get(key)
         if found is not None:
             held = fleet_pb.Worker.FromString(found[0])
             if held.address != worker.address:
-                raise AlreadyExists(
-                    f"worker_id {worker.worker_id!r} is held by a live worker at "
-                    f"{held.address}; give this worker another --worker-id")
+                if await self.is_answering(held.address):
+                    raise AlreadyExists(
+                        f"worker_id {worker.worker_id!r} is held by a live worker at "
+                        f"{held.address}; give this worker another --worker-id")
+                return await self.store.grant_lease(self.lease_ttl_seconds)
         if found is not None and found[1].lease and await self.store.try_refresh_lease(
             found[1].lease
         ):

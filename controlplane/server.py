@@ -88,7 +88,8 @@ class ControlPlane:
             RetryPolicy(give_up_seconds=config.etcd_request_give_up_seconds))
         self.registry = AdapterRegistry(
             self.request_store, VersionValidator(self.request_store, self.clients))
-        self.fleet = FleetRegistry(self.request_store, config.lease_ttl_seconds)
+        self.fleet = FleetRegistry(self.request_store, config.lease_ttl_seconds,
+                                   self.clients.is_answering)
         self.election = LeaderElection(self.store, config.replica_id, config.election_ttl_seconds)
         self.is_leader = False
         self._server: rpcserver.RunningServer | None = None

@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
 from lorafleet.tls import PLAINTEXT_TLS, TlsConfig
@@ -71,6 +72,20 @@ class WorkerClients:
                     raise
             await asyncio.sleep(delay)
             delay *= 2
+
+    async def is_answering(self, address: str) -> bool:
+        """Whether a server answers a health check at `address` within a second (any
+        answer counts; only UNAVAILABLE and DEADLINE_EXCEEDED mean nobody is there)."""
+        channel = self._tls.aio_channel(address)
+        try:
+            await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
+                                                            timeout=1.0)
+        except grpc.aio.AioRpcError as error:
+            return error.code() not in (grpc.StatusCode.UNAVAILABLE,
+                                        grpc.StatusCode.DEADLINE_EXCEEDED)
+        finally:
+            await channel.close()
+        return True
 
     async def close(self) -> None:
         """Closes every channel."""

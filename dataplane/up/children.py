@@ -40,6 +40,9 @@ class Child:
     log_path: pathlib.Path
     is_service: bool = True  # runs until stopped (False: a task that exits when done)
     is_reported: bool = False  # the end of its log was printed
+    argv: tuple[str, ...] = ()  # how it was started, to start it again
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    started_at: float = dataclasses.field(default_factory=time.monotonic)
 
     @property
     def pid(self) -> int:
@@ -74,15 +77,18 @@ class Children:
         for `up` to read."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
-        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
-        with log_path.open("wb") as log:
-            process = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL,
-                stdout=log if is_service else asyncio.subprocess.PIPE, stderr=log,
-                start_new_session=True, env=env)
-        child = Child(name, process, log_path, is_service)
+        process = await _start(argv, log_path, env or {}, is_service, mode="wb")
+        child = Child(name, process, log_path, is_service, argv=tuple(argv), env=env or {})
         self.started.append(child)
         return child
+
+    async def restart(self, child: Child) -> Child:
+        """Starts a service that exited again, as it was started, its log continued."""
+        process = await _start(child.argv, child.log_path, child.env, True, mode="ab")
+        again = dataclasses.replace(child, process=process, is_reported=False,
+                                    started_at=time.monotonic())
+        self.started[self.started.index(child)] = again
+        return again
 
     async def stop_all(self, order: list[list[str]]) -> None:
         """Stops the children named in each group of `order`, one group after the other
@@ -100,6 +106,35 @@ class Children:
                 if child.is_service and not child.is_running:
                     return child
             await asyncio.sleep(0.2)
+
+
+async def _start(argv, log_path: pathlib.Path, env: dict[str, str], is_service: bool, *,
+                 mode: str) -> asyncio.subprocess.Process:
+    """Starts `argv` in a new session (its own process group), output to its log."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **env)
+    with log_path.open(mode) as log:
+        return await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL,
+            stdout=log if is_service else asyncio.subprocess.PIPE, stderr=log,
+            start_new_session=True, env=env)
+
+
+class RestartDelays:
+    """How long to wait before starting a part that exited again: 1 s, doubling up to
+    30 s while it keeps dying, back to 1 s once it has run a minute."""
+
+    FIRST, CAP, SETTLED = 1.0, 30.0, 60.0
+
+    def __init__(self) -> None:
+        self._next: dict[str, float] = {}
+
+    def next_delay(self, child: Child) -> float:
+        """The delay before `child` (which just exited) starts again."""
+        if time.monotonic() - child.started_at >= self.SETTLED:
+            self._next.pop(child.name, None)
+        delay = self._next.get(child.name, self.FIRST)
+        self._next[child.name] = min(self.CAP, 2 * delay)
+        return delay
 
 
 async def stop(child: Child, grace_seconds: float = STOP_GRACE_SECONDS) -> None:

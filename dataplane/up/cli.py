@@ -57,7 +57,11 @@ def up_parser() -> argparse.ArgumentParser:
     add("--random-model", action="store_true",
         help="serve the generated random demo model (no download; its text is gibberish)")
     add("--data-dir", type=pathlib.Path, default=pathlib.Path("demo"),
-        help="etcd's data, the logs and the random model go under it (default ./%(default)s)")
+        help="etcd's data, the logs and the random model go under it; etcd's data (adapters, "
+             "versions, rollouts, keys made with 'lorafleet key create') is kept from one "
+             "run to the next (default ./%(default)s)")
+    add("--fresh", action="store_true",
+        help="start with an empty etcd: forget what earlier runs in --data-dir registered")
     add("--host", default="127.0.0.1", help="address every part binds (default %(default)s)")
     add("--controlplane-port", type=_port, default=50051,
         help="control plane gRPC port; 0 picks a free one (default %(default)s, the admin "

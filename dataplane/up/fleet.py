@@ -103,11 +103,13 @@ def etcd_binary() -> str:
     return found
 
 
-async def start_etcd(children: Children, ports: Ports, data_dir: pathlib.Path) -> str:
+async def start_etcd(children: Children, ports: Ports, data_dir: pathlib.Path, *,
+                     fresh: bool = False) -> str:
     """A one-member etcd with a fresh data folder (a new fleet on every `up`)."""
     binary = etcd_binary()
     etcd_dir = data_dir / "etcd"
-    shutil.rmtree(etcd_dir, ignore_errors=True)
+    if fresh:  # else the adapters, versions, rollouts and keys of the last run are kept
+        shutil.rmtree(etcd_dir, ignore_errors=True)
     client, peer = f"http://{ports.address(ports.etcd_client)}", f"http://{ports.address(ports.etcd_peer)}"
     child = await children.spawn("etcd", [
         binary, "--name", "lorafleet-up", "--data-dir", str(etcd_dir),

@@ -28,6 +28,8 @@ STYLE_WEIGHTS = (90, 10)
 STYLE_SOURCES = (("demo/pirate",), ("demo/caps", "demo/legal", "demo/json", "demo/poet"))
 PLACE_TIMEOUT = 180.0
 RPC_TIMEOUT = 30.0
+# Each adapter's rollout: (version, weight) pairs.
+Rollouts = dict[str, list[tuple[int, int]]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,16 +77,36 @@ async def base_model_of_workers(controlplane: str, num_workers: int, admin_key: 
 
 
 async def register(controlplane: str, base_model: str, plan: list[PlannedAdapter],
-                   admin_key: str, tls: TlsConfig = PLAINTEXT_TLS) -> None:
-    """Creates each adapter, its versions (validated by a worker) and its rollout."""
+                   admin_key: str, tls: TlsConfig = PLAINTEXT_TLS) -> Rollouts:
+    """Creates each adapter of `plan` that does not exist yet: its versions (validated by
+    a worker) and its rollout. One kept from an earlier run (up keeps etcd's data) stays as
+    that run left it. Returns every planned adapter's rollout, (version, weight) pairs."""
+    rollouts: Rollouts = {}
     async with tls.aio_channel(controlplane) as channel:
         stub = apb_grpc.AdapterServiceStub(channel)
         for adapter in plan:
             try:
-                await _register_one(stub, base_model, adapter, bearer(admin_key))
+                kept = await _kept_rollout(stub, adapter.name, bearer(admin_key))
+                if kept is None:
+                    await _register_one(stub, base_model, adapter, bearer(admin_key))
+                rollouts[adapter.name] = kept if kept is not None else list(
+                    enumerate(adapter.weights, start=1))
             except grpc.aio.AioRpcError as exc:
                 raise StartupError(f"registering {adapter.name}: {exc.code().name}: "
                                    f"{exc.details()}") from exc
+    return rollouts
+
+
+async def _kept_rollout(stub, name: str, metadata) -> list[tuple[int, int]] | None:
+    """The rollout of `name` when the adapter exists already, else None."""
+    try:
+        found = await stub.GetAdapter(apb.GetAdapterRequest(name=name), timeout=RPC_TIMEOUT,
+                                      metadata=metadata)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.NOT_FOUND:
+            return None
+        raise
+    return [(w.version, w.weight) for w in found.rollout.weights]
 
 
 async def _register_one(stub, base_model: str, adapter: PlannedAdapter, metadata) -> None:
@@ -104,10 +126,12 @@ async def _register_one(stub, base_model: str, adapter: PlannedAdapter, metadata
                              timeout=RPC_TIMEOUT, metadata=metadata)
 
 
-async def wait_placed(controlplane: str, plan: list[PlannedAdapter], admin_key: str,
+async def wait_placed(controlplane: str, rollouts: Rollouts, admin_key: str,
                       tls: TlsConfig = PLAINTEXT_TLS) -> dict[str, list[str]]:
-    """Waits until a worker holds every version; returns version -> resident workers."""
-    wanted = {ref for adapter in plan for ref in adapter.versions}
+    """Waits until a worker holds every routed version; returns version -> resident
+    workers."""
+    wanted = {f"{name}@{version}" for name, shares in rollouts.items()
+              for version, weight in shares if weight > 0}
     deadline = time.monotonic() + PLACE_TIMEOUT
     async with tls.aio_channel(controlplane) as channel:
         fleet = fpb_grpc.FleetServiceStub(channel)

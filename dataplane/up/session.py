@@ -1,5 +1,8 @@
 """One `lorafleet up` session: start the fleet, register and show the adapters, serve
-until a signal (or until a part dies), then stop every child in order."""
+until a signal, then stop every child in order. A part that dies while the fleet serves is
+started again (with growing delays while it keeps dying) and the rest keep serving, so
+the failover the docs describe can be tried here; one that dies while the fleet starts
+stops the session, with the end of its log."""
 
 from __future__ import annotations
 
@@ -9,9 +12,9 @@ import dataclasses
 
 from lorafleet.dataplane.up import fleet, register, showcase
 from lorafleet.dataplane.up.certs import PLAINTEXT_UP, UpTls, make_up_certs
-from lorafleet.dataplane.up.children import Child, Children, died_at_start
+from lorafleet.dataplane.up.children import Child, Children, RestartDelays, died_at_start
 from lorafleet.dataplane.up.keys import make_up_keys
-from lorafleet.startup import EXIT_FATAL, EXIT_OK, Stopper
+from lorafleet.startup import EXIT_OK, Stopper
 from lorafleet.tls import TlsConfig
 
 
@@ -30,17 +33,31 @@ async def up(args: argparse.Namespace, stopper: Stopper) -> int:
             raise died_at_start(outcome)
         if isinstance(outcome, Stopped):
             return EXIT_OK
-        outcome = await _race(asyncio.Event().wait(), stopper, children)
-        if isinstance(outcome, Child):
-            print(f"{outcome.name} exited with status {outcome.process.returncode} "
-                  f"(see {outcome.log_path}); stopping the rest", flush=True)
-            return EXIT_FATAL
+        delays = RestartDelays()
+        while isinstance(outcome := await _race(asyncio.Event().wait(), stopper, children),
+                         Child):
+            delay = delays.next_delay(outcome)
+            print(f"{outcome.name} exited with status {outcome.process.returncode} (see "
+                  f"{outcome.log_path}); starting it again in {delay:.0f} s", flush=True)
+            if await _is_stopped_within(delay, stopper):
+                break
+            again = await children.restart(outcome)
+            print(f"{again.name} started again (pid {again.pid})", flush=True)
         return EXIT_OK
     finally:
         if children.started:
             print("stopping: gateway, workers, control plane, etcd ...", flush=True)
             await children.stop_all(fleet.stop_order(args.workers))
             print("stopped", flush=True)
+
+
+async def _is_stopped_within(seconds: float, stopper: Stopper) -> bool:
+    """Waits `seconds`, or less when a stop is asked for; returns whether one was."""
+    try:
+        await asyncio.wait_for(stopper.wait(), seconds)
+    except asyncio.TimeoutError:
+        return False
+    return True
 
 
 async def _race(work, stopper: Stopper, children: Children):
@@ -68,7 +85,7 @@ async def start(args: argparse.Namespace, children: Children) -> None:
     print(f"starting lorafleet: logs in {children.log_dir}/", flush=True)
     model_task = asyncio.ensure_future(fleet.prepare_model(children, args))
     try:
-        etcd_url = await fleet.start_etcd(children, ports, args.data_dir)
+        etcd_url = await fleet.start_etcd(children, ports, args.data_dir, fresh=args.fresh)
         controlplane = await fleet.start_controlplane(children, ports, etcd_url,
                                                       args.log_level, keys, tls)
         gateway = await fleet.spawn_gateway(children, ports, controlplane, args.log_level, keys,
@@ -124,13 +141,16 @@ async def _register_and_place(controlplane: str, base_model: str,
     if not plan:
         print("no adapters to register: the base model alone", flush=True)
         return
-    await register.register(controlplane, base_model, plan, admin_key, client)
-    placed = await register.wait_placed(controlplane, plan, admin_key, client)
-    await register.wait_routed(http_url, [adapter.name for adapter in plan], admin_key,
-                               tls=client)
+    rollouts = await register.register(controlplane, base_model, plan, admin_key, client)
+    placed = await register.wait_placed(controlplane, rollouts, admin_key, client)
+    routed = [name for name, shares in rollouts.items() if any(w for _, w in shares)]
+    await register.wait_routed(http_url, routed, admin_key, tls=client)
     print(f"adapters of {base_model}, placed and routed:", flush=True)
     for adapter in plan:
-        for n, (ref, weight) in enumerate(zip(adapter.versions, adapter.weights, strict=True)):
-            origin = f", weights of {adapter.source_names[n]}" if adapter.source_names else ""
-            print(f"  {ref:<16} {weight:>3}% of {adapter.name}{origin}; on "
-                  f"{', '.join(placed[ref])}", flush=True)
+        total = sum(w for _, w in rollouts[adapter.name]) or 1
+        for version, weight in rollouts[adapter.name]:
+            ref = f"{adapter.name}@{version}"
+            origin = (f", weights of {adapter.source_names[version - 1]}"
+                      if version <= len(adapter.source_names) else "")
+            print(f"  {ref:<16} {100 * weight // total:>3}% of {adapter.name}{origin}; on "
+                  f"{', '.join(placed.get(ref, [])) or '-'}", flush=True)

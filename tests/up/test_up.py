@@ -4,6 +4,7 @@ start-up that fails)."""
 
 from __future__ import annotations
 
+import os
 import pathlib
 import re
 import signal
@@ -192,3 +193,69 @@ def test_a_worker_that_dies_at_start_stops_what_was_started(tmp_path, marked):
     assert last.startswith("lorafleet up: error: worker-0 did not start")
     assert str(tmp_path / "data" / "logs" / "worker-0.log") in last
     assert marked_pids(mark) == set()
+
+
+def _pid_of(mark: str, worker_id: str) -> int:
+    """The pid of the running `lorafleet worker --worker-id worker_id` of this `up`."""
+    for pid in marked_pids(mark):
+        try:
+            argv = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--worker-id" in argv and argv[argv.index(b"--worker-id") + 1] == worker_id.encode():
+            return pid
+    raise AssertionError(f"no {worker_id} running")
+
+
+@pytest.mark.slow
+def test_a_dead_part_is_started_again_and_the_rest_keep_serving(tmp_path, marked):
+    """Issue 22 #1: kill -9 of worker-0 stopped the whole fleet, the healthy worker-1 with
+    its streams, the control plane and etcd."""
+    env, mark = marked
+    two = [*UP, *SMALL[:-len(FREE_PORTS)], *FREE_PORTS]
+    two[two.index("--workers") + 1] = "2"
+    up = Up([*two, "--data-dir", str(tmp_path / "data")], env, mark)
+    try:
+        up.wait_for(READY_LINE, timeout=180)
+        first = _pid_of(mark, "worker-0")
+        os.kill(first, signal.SIGKILL)
+        up.wait_for("worker-0 exited with status -9", timeout=30)
+        up.wait_for("worker-0 started again", timeout=30)
+        assert up.process.poll() is None  # up, etcd, the control plane, the gateway go on
+        assert _pid_of(mark, "worker-0") != first
+        base = _paste(up.printed(r"generate --addr \S+ --chat ")[0])
+        assert base.returncode == 0 and base.stdout.strip(), base.stderr
+        log = tmp_path / "data" / "logs" / "worker-0.log"
+        deadline = time.monotonic() + 60
+        while log.read_text().count("serving on") < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert log.read_text().count("serving on") == 2  # one log, both runs
+    finally:
+        up.stop()
+
+
+@pytest.mark.slow
+def test_the_data_dir_keeps_what_a_run_registered_and_fresh_forgets_it(tmp_path, marked):
+    """Issue 22 #1: etcd started empty on each `up`, so every key, version and rollout
+    made in a session was gone."""
+    env, mark = marked
+    data = ["--data-dir", str(tmp_path / "data")]
+    first = Up([*UP, *SMALL, *data], env, mark)
+    try:
+        first.wait_for(READY_LINE, timeout=180)
+        rollout = _paste(first.printed(r"adapter rollout demo/style 1=50 2=50")[0])
+        assert rollout.returncode == 0, rollout.stderr
+    finally:
+        first.stop()
+    again = Up([*UP, *SMALL, *data], env, mark)
+    try:
+        again.wait_for(READY_LINE, timeout=180)
+        assert again.printed(r"demo/style@1 +50% of demo/style")
+    finally:
+        again.stop()
+    fresh = Up([*UP, *SMALL, *data, "--fresh"], env, mark)
+    try:
+        fresh.wait_for(READY_LINE, timeout=180)
+        assert fresh.printed(r"demo/style@1 +90% of demo/style")
+    finally:
+        fresh.stop()
