@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from lorafleet.clients.console import add_common_arguments, call, print_json, print_table, timestamp
@@ -78,9 +79,30 @@ def _create(client, args) -> None:
     _print_adapters(args, [reply.adapter])
 
 
-def _version(client, args) -> None:
-    reply = client.create_adapter_version(args.name, args.source_uri)
-    _print_versions(args, [reply.version])
+def _version(client, args) -> int:
+    """Adds a version; exit status 1 with the reasons when it was refused (REJECTED)."""
+    reply = client.create_adapter_version(args.name, _absolute(args.source_uri))
+    version = reply.version
+    _print_versions(args, [version])
+    if version.state == pb.VERSION_STATE_REJECTED:
+        print(f"error: {args.name}@{version.version} was refused: "
+              f"{'; '.join(version.reasons) or 'no reason given'}", file=sys.stderr)
+        return 1
+    same = [v for v in client.list_adapter_versions(args.name).versions
+            if v.digest == version.digest and v.version != version.version]
+    if version.digest and same:
+        print(f"note: {args.name}@{version.version} has the same weights as "
+              f"{', '.join(f'@{v.version}' for v in same)} (sha256 {version.digest[:12]}…)",
+              file=sys.stderr)
+    return 0
+
+
+def _absolute(source_uri: str) -> str:
+    """A relative local path as an absolute one: workers do not share this shell's
+    directory. URIs (file://, s3://) and absolute paths are left as they are."""
+    if "://" in source_uri or os.path.isabs(source_uri) or not os.path.exists(source_uri):
+        return source_uri
+    return os.path.abspath(source_uri)
 
 
 def _rollout(client, args) -> None:

@@ -60,19 +60,19 @@ def open_client(args: argparse.Namespace, address: str) -> Client | None:
     return Client(address, api_key=args.api_key, timeout=args.timeout, **options)
 
 
-def call(args: argparse.Namespace, action: Callable[[Client], None]) -> int:
+def call(args: argparse.Namespace, action: Callable[[Client], int | None]) -> int:
     """Runs `action(client)` against the control plane; turns an error status into a
-    message and exit status 1."""
+    message and exit status 1. An action that did not do what was asked, though every call
+    succeeded, returns its own non-zero status."""
     client = open_client(args, args.controlplane)
     if client is None:
         return 2
     with client:
         try:
-            action(client)
+            return action(client) or 0
         except LorafleetError as error:
             print(f"error: {error.code.name}: {error.message}", file=sys.stderr)
             return 1
-    return 0
 
 
 def print_json(messages: Iterable[Message]) -> None:

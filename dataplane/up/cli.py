@@ -88,6 +88,18 @@ def _add_worker_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-loras", type=_positive, help="device adapter slots per worker")
     group.add_argument("--max-cpu-loras", type=_positive, help="adapters kept in host memory")
     group.add_argument("--kv-cache-bytes", type=_positive, help="KV cache size in bytes")
+    group.add_argument("--adapter-root", type=_directory, action="append", default=[],
+                       metavar="DIR",
+                       help="workers may also read adapters under DIR (repeatable), so "
+                            "'lorafleet adapter version demo/x DIR/my-copy' works; without "
+                            "it they read only the session's own adapter directories")
+
+
+def _directory(text: str) -> str:
+    path = pathlib.Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: not a directory")
+    return str(path.resolve())
 
 
 def main(argv: list[str] | None = None) -> int:

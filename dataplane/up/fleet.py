@@ -163,15 +163,16 @@ async def spawn_workers(children: Children, ports: Ports, controlplane: str, mod
                 # The whole fleet shares this machine's cores: spinning engine threads
                 # would take them from the other workers (docs/worker.md).
                 "--cpu-thread-wait", "sleep",
-                *adapter_roots(model), *tls.server_args(name)]
+                *adapter_roots(model, args.adapter_root), *tls.server_args(name)]
         started.append(await children.spawn(name, argv, env=keys.env(keys.worker)))
     return started
 
 
-def adapter_roots(model: dict) -> list[str]:
-    """--adapter-root for each of the session's adapter directories: the workers read
-    adapters from those and from no other local path."""
-    return [arg for path in model["adapters"].values() for arg in ("--adapter-root", path)]
+def adapter_roots(model: dict, extra: list[str] = ()) -> list[str]:
+    """--adapter-root for each of the session's adapter directories and each `up
+    --adapter-root`: the workers read adapters from those and from no other local path."""
+    paths = [*model["adapters"].values(), *extra]
+    return [arg for path in paths for arg in ("--adapter-root", path)]
 
 
 def worker_passthrough(args: argparse.Namespace) -> list[str]:

@@ -31,8 +31,12 @@ async def test_adapter_lifecycle_from_the_command_line(plane, make_worker, capsy
     await eventually(lambda: _workers_listed(capsys, addr))
     status, out, _ = await _run(capsys, "adapter", "version", "acme/support", "/v1", *addr)
     assert status == 0 and "READY" in out and fake_digest("/v1")[:12] in out
-    status, out, _ = await _run(capsys, "adapter", "version", "acme/support", "/bad", *addr)
-    assert status == 0 and "REJECTED" in out and "rank 99 exceeds max_lora_rank 16" in out
+    # Issue 22 #4: a refused version exited 0; a command that did not do what was asked
+    # exits non-zero with the reason.
+    status, out, err = await _run(capsys, "adapter", "version", "acme/support", "/bad", *addr)
+    assert status == 1 and "REJECTED" in out and "rank 99 exceeds max_lora_rank 16" in err
+    status, out, err = await _run(capsys, "adapter", "version", "acme/support", "/v1", *addr)
+    assert status == 0 and "the same weights as @1" in err
     status, out, _ = await _run(capsys, "adapter", "rollout", "acme/support", "1=100", *addr)
     assert status == 0 and "generation 1" in out and "100%" in out
     status, out, err = await _run(capsys, "adapter", "rollout", "acme/support", "2=5", *addr)
@@ -41,7 +45,8 @@ async def test_adapter_lifecycle_from_the_command_line(plane, make_worker, capsy
     got = json.loads(out)
     assert got["adapter"]["name"] == "acme/support"
     assert [v["state"] for v in got["versions"]] == ["VERSION_STATE_READY",
-                                                     "VERSION_STATE_REJECTED"]
+                                                     "VERSION_STATE_REJECTED",
+                                                     "VERSION_STATE_READY"]
     status, _, err = await _run(capsys, "adapter", "delete", "acme/support", *addr)
     assert status == 1 and "FAILED_PRECONDITION" in err
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import pathlib
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -34,6 +35,7 @@ class Up:
 
     def __init__(self, argv: list[str], env: dict[str, str], mark: str):
         self.mark = mark
+        self.data_dir = pathlib.Path(argv[argv.index("--data-dir") + 1])
         self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         text=True, env=env)
         self.lines: list[str] = []
@@ -78,9 +80,12 @@ def marked():
 
 @pytest.fixture
 def up(tmp_path, marked):
-    """`lorafleet up` on the random model with one worker; stopped if a test leaves it."""
+    """`lorafleet up` on the random model with one worker, which may also read adapters
+    under tmp_path/mine; stopped if a test leaves it."""
     env, mark = marked
-    running = Up([*UP, *SMALL, "--data-dir", str(tmp_path / "data")], env, mark)
+    (tmp_path / "mine").mkdir()
+    running = Up([*UP, *SMALL, "--data-dir", str(tmp_path / "data"),
+                  "--adapter-root", str(tmp_path / "mine")], env, mark)
     yield running
     running.stop()
 
@@ -140,6 +145,18 @@ def test_up_serves_through_the_gateway_and_leaves_nothing_after_sigterm(up):
 
     rollout = _paste(up.printed(r"adapter rollout demo/style 1=50 2=50")[0])
     assert rollout.returncode == 0 and "50" in rollout.stdout, rollout.stderr
+
+    # Issue 22 #4: a version from your own folder (up --adapter-root), named relative to
+    # the shell's directory; the same weights as an existing version say so.
+    pirate_dir = up.data_dir / "random-model" / "adapters" / "demo__pirate"
+    shutil.copytree(pirate_dir, up.data_dir.parent / "mine" / "my-copy")
+    mine = up.printed(r"adapter rollout demo/style 1=50 2=50")[0].replace(
+        "adapter rollout demo/style 1=50 2=50", "adapter version demo/pirate ./my-copy"
+    ).replace(".venv/bin/lorafleet", str(pathlib.Path(sys.executable).parent / "lorafleet"))
+    added = subprocess.run(mine, shell=True, capture_output=True, text=True, timeout=60,
+                           cwd=up.data_dir.parent / "mine", check=False)
+    assert added.returncode == 0 and "READY" in added.stdout, added.stderr
+    assert "the same weights as @1" in added.stderr
 
     stopping = time.monotonic()
     up.process.send_signal(signal.SIGTERM)
