@@ -22,7 +22,11 @@ from lorafleet.inference.v1 import inference_service_pb2_grpc as ipb_grpc
 from lorafleet.startup import StartupError
 from lorafleet.tls import PLAINTEXT_TLS, TlsConfig
 
-QUESTION = "What is the capital of France?"
+# A question of a kind the demo adapters were trained on (benchmarks/demo_data.py, the
+# opposites), which all of them answer right. They are tiny style adapters (caps is rank 8
+# on q and v): on questions unlike their training they keep their style but not always
+# the facts ("THE CAPITAL OF FRANCE IS BIOLAND"), and the first screen must not show that.
+QUESTION = "What is the opposite of hot?"
 NUM_ANSWER_TOKENS = 40
 ANSWER_TIMEOUT = 180.0
 GENERATE_METHOD = "lorafleet.inference.v1.InferenceService/Generate"

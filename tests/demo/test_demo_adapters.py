@@ -17,6 +17,7 @@ from lorafleet.dataplane.engine.params import SamplingParams
 from lorafleet.dataplane.lora.host_cache import AdapterSource
 from lorafleet.dataplane.server.build import WorkerConfig, build_worker
 from lorafleet.dataplane.smollm import MODEL_NAME, demo_adapters, ensure_model
+from lorafleet.dataplane.up.showcase import QUESTION as SHOWCASE_QUESTION
 
 QUESTION = "What is the capital of France?"
 PIRATE_WORDS = re.compile(r"\b(arr+|matey|ahoy|aye|yo ho|ye)\b", re.IGNORECASE)
@@ -27,6 +28,16 @@ GREEDY = SamplingParams(max_tokens=32, temperature=0.0)
 @pytest.fixture(scope="module")
 def answers() -> dict[str | None, str]:
     """Adapter name (None: base model) -> its answer to QUESTION, all in one batch."""
+    return _answers(QUESTION)
+
+
+@pytest.fixture(scope="module")
+def showcase_answers() -> dict[str | None, str]:
+    """The answers to the question `lorafleet up` shows first."""
+    return _answers(SHOWCASE_QUESTION)
+
+
+def _answers(question: str) -> dict[str | None, str]:
     # Three slots of rank 32 (the largest demo adapter) come out of the 256 MiB first.
     config = WorkerConfig(ensure_model(), device="cpu", dtype="float32", max_loras=3,
                           max_lora_rank=32, kv_cache_bytes=256 << 20, worker_id="demo-test")
@@ -37,7 +48,7 @@ def answers() -> dict[str | None, str]:
         assert report.problems == () and report.base_model_name_or_path == MODEL_NAME, name
         worker.cache.add_source(AdapterSource(f"{name}@1", str(path), report.digest))
         digests[name] = report.digest
-    prompt = engine.tokenizer.encode_chat([{"role": "user", "content": QUESTION}])
+    prompt = engine.tokenizer.encode_chat([{"role": "user", "content": question}])
     for name, digest in digests.items():
         engine.add_request(str(name), prompt, params=GREEDY, adapter=digest)
     texts = {str(name): "" for name in digests}
@@ -74,6 +85,17 @@ def test_base_model_answers_plainly_and_correctly(answers):
 def test_caps_adapter_answers_in_capitals(answers):
     assert _upper_share(answers["demo/caps"]) > 0.8
     assert answers["demo/caps"] != answers[None]
+
+
+@pytest.mark.slow
+def test_the_question_up_shows_first_is_answered_right_by_every_adapter(showcase_answers):
+    """Issue 22 #6: the demo's first screen showed demo/caps saying "THE CAPITAL OF FRANCE
+    IS BIOLAND." (see showcase.QUESTION for why that question is no longer asked)."""
+    for name, answer in showcase_answers.items():
+        assert "cold" in answer.lower(), (name, answer)
+    assert _upper_share(showcase_answers["demo/caps"]) > 0.8
+    assert PIRATE_WORDS.search(showcase_answers["demo/pirate"])
+    assert json.loads(showcase_answers["demo/json"])
 
 
 def test_pirate_adapter_talks_like_a_pirate(answers):

@@ -140,7 +140,7 @@ def test_up_serves_through_the_gateway_and_leaves_nothing_after_sigterm(up):
     assert model_ids[0] == "random-demo" and "demo/style" in model_ids
     reply = client.chat.completions.create(
         model="random-demo", max_tokens=8, temperature=0,
-        messages=[{"role": "user", "content": "What is the capital of France?"}])
+        messages=[{"role": "user", "content": "What is the opposite of hot?"}])
     assert reply.usage.completion_tokens == 8 and reply.choices[0].message.content
 
     rollout = _paste(up.printed(r"adapter rollout demo/style 1=50 2=50")[0])
