@@ -33,8 +33,10 @@ def add_api_key_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """--controlplane, --json, --timeout, --api-key and the TLS options."""
-    parser.add_argument("--controlplane", default="127.0.0.1:50051", metavar="ADDR",
-                        help="host:port of a control-plane replica (default %(default)s)")
+    parser.add_argument("--controlplane", metavar="ADDR",
+                        default=os.environ.get("LORAFLEET_CONTROLPLANE", "127.0.0.1:50051"),
+                        help="host:port of a control-plane replica (default: "
+                             "$LORAFLEET_CONTROLPLANE, else 127.0.0.1:50051)")
     parser.add_argument("--json", action="store_true",
                         help="print JSON (one object per line) instead of a table")
     parser.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds")
