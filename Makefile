@@ -67,15 +67,18 @@ test-latest test-lowest: test-%:
 	$(VENV)-$*/bin/python -m pip install -q -r $(VENV)-$*/requirements.txt
 	$(VENV)-$*/bin/python -m pip install -q --no-deps -e .
 	$(VENV)-$*/bin/python -m pip freeze --exclude-editable > $(VENV)-$*/tested-with.txt
-	$(VENV)-$*/bin/python -m pytest -q $(PYTEST_ARGS)
+	$(VENV)-$*/bin/python -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
-# The whole suite; it ends with its duration and the 15 slowest tests.
+# The whole suite, one pytest worker per core (most tests wait on servers and processes
+# they start); it ends with its duration and the 15 slowest tests. TEST_WORKERS=0 runs it
+# in one process.
+TEST_WORKERS ?= auto
 test: setup
-	$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15 $(PYTEST_ARGS)
 
 # Everything but the tests marked slow (a model, a fleet, a subprocess): under 2 minutes.
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow" --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow" --durations=15 $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .
