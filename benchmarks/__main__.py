@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, str] = {
     "noisy_neighbour": "benchmarks.noisy_neighbour",
     "cpu_matmul": "benchmarks.cpu_matmul",
     "vllm_compare": "benchmarks.vllm_compare",
+    "soak": "benchmarks.soak",
 }
 # The options of each benchmark's short version (--quick), chosen so that all of them
 # together take a few minutes on the 2-core dev machine.
@@ -39,6 +40,7 @@ QUICK: dict[str, list[str]] = {
     "noisy_neighbour": ["--quick"],
     "cpu_matmul": ["--quick"],
     "vllm_compare": ["--quick", "--no-peft"],  # serving's adapters preset has peft
+    "soak": ["--quick"],
 }
 USAGE = "usage: python -m benchmarks [--quick] [NAME ...] | NAME [OPTION ...]"
 

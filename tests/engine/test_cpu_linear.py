@@ -160,3 +160,35 @@ def test_unknown_kind_is_refused_naming_the_choices(checkpoints, monkeypatch):
     monkeypatch.setenv(cpu_linear.ENV_VAR, "mkl")
     with pytest.raises(ValueError, match="LORAFLEET_CPU_LINEAR='mkl'"):
         DecoderModel.from_dir(checkpoints("llama-gqa"), "cpu", torch.float32)
+
+
+def test_a_serving_engine_meets_a_bounded_set_of_matmul_shapes(checkpoints, monkeypatch):
+    """Issue 21 #6: the engine process grew from 500 to 940 MB over 5,000 varied requests,
+    because oneDNN keeps a kernel per input shape and every row count from 1 to the token
+    budget came along. Row counts are padded to a few dozen shapes; the output is the same."""
+    monkeypatch.delenv(cpu_linear.ENV_VAR, raising=False)
+    seen: set[int] = set()
+    original = cpu_linear._onednn_linear
+
+    def counting(x, packed, bias):
+        seen.add(x.shape[0])
+        return original(x, packed, bias)
+
+    monkeypatch.setattr(cpu_linear, "_onednn_linear", counting)
+    engine = make_engine(checkpoints("llama-gqa"), num_blocks=2048)
+    lengths = list(range(1, 150, 1))  # a prompt of every length: 149 row counts at prefill
+    for i, n in enumerate(lengths):
+        engine.add_request(f"r{i}", make_prompts((n,))[0], params=GREEDY)
+    outputs = run_all(engine)
+    assert all(tokens_of(outputs[f"r{i}"]) for i in range(len(lengths)))
+    assert len(seen) <= 40 and max(seen) >= 149
+    assert all(rows == cpu_linear.padded_rows(rows) for rows in seen)
+
+
+@pytest.mark.parametrize("rows", [1, 7, 9, 63, 65, 200, 513, 1000])
+def test_padded_rows_leave_the_product_unchanged(rows):
+    weight = torch.randn(64, 48)
+    x = torch.randn(rows, 64)
+    packed = PackedWeight(weight)
+    assert torch.allclose(cpu_linear.linear(x, packed, None), x @ weight, atol=1e-4)
+    assert rows <= cpu_linear.padded_rows(rows) <= max(rows + 7, rows * 1.125)
