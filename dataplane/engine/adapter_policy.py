@@ -66,6 +66,16 @@ class AdapterScheduling:
         self._held_back = None
         return True
 
+    def could_join(self, key: Hashable, running: Collection[Hashable]) -> bool:
+        """Whether a request of adapter `key` could run next to the `running` adapters
+        without waiting for a load or for a slot to empty (nothing changes)."""
+        if key == self._held_back and key in running:
+            return False
+        if len(set(running) | {key}) > self.max_loras:
+            return False
+        return self.slots.slot_of(key) is not None or (
+            self.host.has(key) and self.slots.can_assign(key, pinned=running))
+
     def try_place(self, key: Hashable, running: Collection[Hashable]) -> int | None:
         """A slot for `key` outside any step (a load asked to reach the device), or None
         when `key` is not in host memory or every slot is pinned."""

@@ -53,6 +53,11 @@ class SlotAllocator:
         self.touch(key)
         return slot
 
+    def can_assign(self, key: Hashable, pinned: Collection[Hashable]) -> bool:
+        """Whether try_assign(key, pinned) would give `key` a slot (nothing changes)."""
+        return self.slot_of(key) is not None or any(k is None or k not in pinned
+                                                    for k in self._keys)
+
     def least_recent(self) -> Hashable | None:
         """The adapter whose slot was used longest ago (None when all slots are empty)."""
         held = [i for i, k in enumerate(self._keys) if k is not None]

@@ -8,13 +8,23 @@ order). A tenant that becomes active again (a request arrives while it has none 
 or running) is lifted to the smallest counter of the active tenants, so idle time banks
 no credit: a tenant cannot stay quiet for an hour and then own the worker for a minute.
 
-Preempted requests (recompute) still go back first, whatever their tenant: they already
-won their place once. With a single tenant the fair order is FIFO exactly.
+Counters order the queue, but a queue only moves when a sequence seat frees, and under a
+flood of long requests that can take a whole request's lifetime. So when every seat is
+taken and a tenant with nothing running waits, the tenant holding the most seats (two or
+more) gives one up: its newest running request, which has the least work to redo, goes
+back to the queue to be recomputed later — a seat yield. The waiting tenant starts in the
+next step instead of after the next finish. Counters tied (a tenant lifted on arrival
+has its floor's counter) go to the tenant with fewer requests in the scheduler.
+
+Preempted requests (out of KV blocks; recompute) still go back first, whatever their
+tenant: they already won their place once. With a single tenant the fair order is FIFO
+exactly, and no seat is ever yielded.
 """
 
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from lorafleet.dataplane.engine.request import Request
@@ -43,6 +53,12 @@ class WaitingOrder(Protocol):
         """Removes and returns the waiting request to try next (`waiting` is not empty)."""
         ...
 
+    def seat_to_yield(self, waiting: Sequence[Request], running: Sequence[Request],
+                      can_start: Callable[[Request], bool]) -> Request | None:
+        """With every seat taken: the running request that gives its seat to a waiting
+        tenant, or None. `can_start` says whether a waiting request could run now."""
+        ...
+
 
 class FifoOrder:
     """First come, first served (preempted requests are at the head of the queue)."""
@@ -59,6 +75,11 @@ class FifoOrder:
     def pick(self, waiting: collections.deque[Request]) -> Request:
         """The head of the queue."""
         return waiting.popleft()
+
+    def seat_to_yield(self, waiting: Sequence[Request], running: Sequence[Request],
+                      can_start: Callable[[Request], bool]) -> Request | None:
+        """Never: first come keeps its seat."""
+        return None
 
 
 class FairShare:
@@ -96,17 +117,35 @@ class FairShare:
 
     def pick(self, waiting: collections.deque[Request]) -> Request:
         """A preempted request if one waits (they are at the head), else the first waiting
-        request of the tenant with the smallest counter (ties: the earliest in the queue)."""
-        if waiting[0].num_preemptions:
+        request of the tenant with the smallest counter (ties: the tenant with fewer
+        requests in the scheduler, then the earliest in the queue)."""
+        if waiting[0].is_preempted:
             return waiting.popleft()
+        chosen = min(self._firsts(waiting).values(),
+                     key=lambda r: (self.counters.get(r.tenant, 0.0), self._num_active[r.tenant]))
+        waiting.remove(chosen)
+        return chosen
+
+    def seat_to_yield(self, waiting: Sequence[Request], running: Sequence[Request],
+                      can_start: Callable[[Request], bool]) -> Request | None:
+        """The newest running request of the tenant holding the most seats (at least
+        two), when a tenant with no seat has a request that could start now."""
+        seats = collections.Counter(r.tenant for r in running)
+        if not any(seats[t] == 0 and can_start(r) for t, r in self._firsts(waiting).items()):
+            return None
+        holder, num_seats = max(seats.items(), key=lambda item: item[1])
+        if num_seats < 2:
+            return None
+        return next(r for r in reversed(running) if r.tenant == holder)
+
+    def _firsts(self, waiting: Sequence[Request]) -> dict[str, Request]:
+        """Every waiting tenant's first request, in queue order."""
         firsts: dict[str, Request] = {}
         for request in waiting:
             firsts.setdefault(request.tenant, request)
             if len(firsts) >= len(self._num_active):
                 break  # every active tenant has its candidate
-        chosen = min(firsts.values(), key=lambda r: self.counters.get(r.tenant, 0.0))
-        waiting.remove(chosen)
-        return chosen
+        return firsts
 
 
 def waiting_order(policy: str) -> WaitingOrder:

@@ -58,6 +58,8 @@ class Request:
     block_table: list[int] = dataclasses.field(default_factory=list)
     status: RequestStatus = RequestStatus.WAITING
     num_preemptions: int = 0
+    # Out of KV blocks, taken off its seat; it goes back before any other waiting request.
+    is_preempted: bool = False
     timings: RequestTimings = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:

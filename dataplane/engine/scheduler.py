@@ -4,7 +4,8 @@ Each request's computed tokens catch up to its length under a per-step token bud
 prompt may be prefilled in chunks while other requests decode. Running requests go first,
 then waiting ones; when KV blocks run out, the newest running request is preempted and
 later recomputed from scratch. Which waiting request goes next is fairness.py's choice:
-fair share between tenants by default, FIFO when asked.
+fair share between tenants by default, FIFO when asked; under fair share, a tenant with
+no seat may also take one from the tenant holding the most (a seat yield, fairness.py).
 """
 
 from __future__ import annotations
@@ -138,6 +139,7 @@ class Scheduler:
         self.adapters.begin_step({r.adapter for r in self._requests.values()})
         scheduled: list[Request] = []
         preempted: list[Request] = []
+        yielded = self._yield_a_seat()
         for request in list(self.running):
             if budget.is_exhausted:
                 break
@@ -148,7 +150,22 @@ class Scheduler:
                 self._take(request, num_new, budget, scheduled)
         if not preempted:
             self._admit_waiting(budget, scheduled)
-        return self._plan(scheduled, preempted)
+        return self._plan(scheduled, yielded + preempted)
+
+    def _yield_a_seat(self) -> list[Request]:
+        """With every seat taken, the running request the waiting order says gives its
+        seat to a seatless tenant goes back to the queue (see fairness.py)."""
+        if len(self.running) < self.config.max_num_seqs or not self.waiting:
+            return []
+        running_adapters = {r.adapter for r in self.running if r.adapter is not None}
+        victim = self.order.seat_to_yield(
+            self.waiting, self.running,
+            lambda r: r.adapter is None or self.adapters.could_join(r.adapter, running_adapters))
+        if victim is None:
+            return []
+        self._requeue(victim)
+        self.waiting.appendleft(victim)  # first of its tenant; the fair order passes it
+        return [victim]
 
     def _admit_waiting(self, budget: _StepBudget, scheduled: list[Request]) -> None:
         """Moves waiting requests to running while blocks and budget last; skips, never
@@ -164,6 +181,7 @@ class Scheduler:
                 self.waiting.appendleft(request)
                 break
             request.status = RequestStatus.RUNNING
+            request.is_preempted = False
             self.running.append(request)
             self._take(request, num_new, budget, scheduled)
         self.waiting.extendleft(reversed(skipped))
@@ -214,14 +232,20 @@ class Scheduler:
         return self.running[-1]
 
     def _preempt(self, request: Request) -> None:
-        """Frees the request's blocks and queues it first, to be recomputed from scratch."""
+        """Frees the request's blocks and queues it first, to be recomputed from scratch
+        before any other waiting request."""
+        self._requeue(request)
+        request.num_preemptions += 1
+        request.is_preempted = True
+        self.waiting.appendleft(request)
+
+    def _requeue(self, request: Request) -> None:
+        """Takes a running request off its seat and its blocks; it will be recomputed."""
         self.running.remove(request)
         self.allocator.free(request.block_table)
         request.block_table = []
         request.num_computed_tokens = 0
-        request.num_preemptions += 1
         request.status = RequestStatus.WAITING
-        self.waiting.appendleft(request)
 
     def _plan(self, scheduled: list[Request], preempted: list[Request]) -> SchedulerOutput:
         """Freezes this step's decisions for the runner."""
