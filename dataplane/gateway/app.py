@@ -23,6 +23,7 @@ from lorafleet.dataplane.gateway.proxy import GatewayServicer
 from lorafleet.dataplane.gateway.router import Router
 from lorafleet.dataplane.gateway.table import RoutingTable
 from lorafleet.dataplane.gateway.upstream import OnDemandLoads, WorkerChannels
+from lorafleet.dataplane.server.quotas import QuotaConfig, TenantQuotas
 from lorafleet.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from lorafleet.rpcserver import (
     PLAINTEXT,
@@ -53,6 +54,7 @@ class GatewayConfig:
     security: ServerSecurity = PLAINTEXT  # how the gRPC server meets its callers
     tls: TlsConfig = PLAINTEXT_TLS  # how it calls the control plane, workers and itself
     api_key: str | None = None  # its gateway key: for the routing table and worker calls
+    quotas: QuotaConfig = QuotaConfig()  # fleet-wide tenant limits (its share of them)
 
 
 @dataclasses.dataclass
@@ -113,7 +115,7 @@ async def start_gateway(config: GatewayConfig) -> RunningGateway:
     metrics = GatewayMetrics(follower.age_seconds, lambda: follower.is_connected,
                              otlp_endpoint=config.otlp_endpoint)
     router = Router(lambda: follower.table, base_model=config.base_model, rng=rng)
-    servicer = GatewayServicer(router, channels, loads, metrics)
+    servicer = GatewayServicer(router, channels, loads, metrics, TenantQuotas(config.quotas))
     server = await start_server([
         ServiceBinding(inference_service_pb2_grpc.add_InferenceServiceServicer_to_server,
                        servicer, full_name(inference_service_pb2, "InferenceService")),

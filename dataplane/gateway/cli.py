@@ -8,6 +8,7 @@ from lorafleet import startup
 from lorafleet.auth.policy import GATEWAY_METHODS
 from lorafleet.auth.startup import add_auth_arguments, auth_interceptors
 from lorafleet.dataplane.gateway.app import GatewayConfig, start_gateway
+from lorafleet.dataplane.server.quotas import add_tenant_limit_arguments, quota_config_of
 from lorafleet.metrics_http import add_metrics_port_argument, metrics_port_of
 from lorafleet.rpcserver import ServerSecurity
 from lorafleet.startup import StartupError, Stopper, add_log_level_argument, run, starting
@@ -19,7 +20,8 @@ worker, so one client stub points at either) and routes every Generate to a work
 control plane's routing table: the version by the adapter's rollout weights (the same
 routing_key always gets the same version), the worker by tier and load; a version no
 worker holds yet is loaded on demand. It keeps serving from its last table while the
-control plane is away. Stateless: run as many as you like."""
+control plane is away. Stateless: run as many as you like. Tenant limits given here hold
+across the whole fleet (a worker's own limits count only what that worker serves)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="longest an on-demand adapter load may take (default %(default)s)")
     parser.add_argument("--grace-seconds", type=float, default=30.0,
                         help="on SIGTERM, how long in-flight streams may finish (default %(default)s)")
+    add_tenant_limit_arguments(parser, "across the fleet (every worker this gateway routes "
+                                       "to; its share when --gateway-replicas > 1)")
+    parser.add_argument("--gateway-replicas", type=int, default=1, metavar="N",
+                        help="how many gateways share the fleet's traffic: each enforces 1/N "
+                             "of every tenant limit (default %(default)s)")
     add_log_level_argument(parser)
     add_server_tls_arguments(parser)
     add_auth_arguments(parser, own_key="its gateway key: it follows the routing table, calls workers on behalf of callers, and has the control plane check callers' keys")
@@ -65,12 +72,15 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
                                                     controlplanes=controlplanes))
     except TlsFileError as exc:
         raise StartupError(str(exc)) from exc
+    if args.gateway_replicas < 1:
+        raise StartupError(f"--gateway-replicas must be >= 1, got {args.gateway_replicas}")
     return GatewayConfig(
         controlplanes=controlplanes, host=args.host, port=args.port,
         metrics_port=metrics_port_of(args),
         http_port=args.http_port, base_model=args.base_model,
         load_timeout_seconds=args.load_timeout, otlp_endpoint=args.otlp_endpoint,
-        security=security, tls=tls, api_key=args.api_key)
+        security=security, tls=tls, api_key=args.api_key,
+        quotas=quota_config_of(args).shared_by(args.gateway_replicas))
 
 
 async def serve(config: GatewayConfig, grace_seconds: float, stopper: Stopper) -> None:

@@ -10,6 +10,10 @@ elsewhere (another holder, or a live worker of the base model that loads the ver
 demand) and is skipped for a while, instead of holding requests until its lease expires. The worker's messages, summary included, are passed through untouched. Each
 request is one span that continues the caller's W3C trace context; the worker's span
 continues it in turn (see dataplane/server/tracing.py).
+
+Tenant limits here are fleet-wide: a tenant's requests in flight and streamed tokens are
+counted across every worker this gateway routes to (dataplane/server/quotas.py), and a
+request over a limit is refused before any worker sees it.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from lorafleet.dataplane.gateway.metrics import GatewayMetrics
 from lorafleet.dataplane.gateway.picking import Candidate
 from lorafleet.dataplane.gateway.router import Resolved, RouteError, Router
 from lorafleet.dataplane.gateway.upstream import OnDemandLoads, UpstreamError, WorkerChannels
+from lorafleet.dataplane.server.quotas import QuotaExceeded, TenantQuotas, tenant_of
+from lorafleet.dataplane.server.status import details_trailer
 from lorafleet.dataplane.server.tracing import context_from_metadata, trace_metadata
 from lorafleet.inference.v1 import inference_service_pb2 as pb
 from lorafleet.inference.v1 import inference_service_pb2_grpc as pb_grpc
@@ -61,11 +67,12 @@ class GatewayServicer(pb_grpc.InferenceServiceServicer):
     """Routes each Generate to a worker and streams its answer back."""
 
     def __init__(self, router: Router, channels: WorkerChannels, loads: OnDemandLoads,
-                 metrics: GatewayMetrics):
+                 metrics: GatewayMetrics, quotas: TenantQuotas):
         self._router = router
         self._channels = channels
         self._loads = loads
         self._metrics = metrics
+        self._quotas = quotas
         self._unresponsive: dict[str, float] = {}  # worker id -> skipped until (monotonic)
 
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
@@ -77,13 +84,25 @@ class GatewayServicer(pb_grpc.InferenceServiceServicer):
         # The RPC's end (the caller cancels, its deadline passes) cancels the worker's call
         # at once, even while this generator waits at a `yield` and never sees the cancel.
         context.add_done_callback(lambda _: upstream.cancel())
-        code = None
+        code, tenant = None, tenant_of(request.adapter)
         self._metrics.outstanding.inc()
         try:
-            async for message in self._serve(request, context, upstream):
-                yield message
+            self._quotas.try_admit(tenant)
+        except QuotaExceeded as refusal:
+            upstream.outcome = Outcome(grpc.StatusCode.RESOURCE_EXHAUSTED, str(refusal),
+                                       trailing=details_trailer(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                                                refusal))
+            tenant = None  # nothing was counted
+        try:
+            if tenant is not None:
+                async for message in self._serve(request, context, upstream):
+                    if message.HasField("delta"):
+                        self._quotas.charge(tenant, len(message.delta.token_ids))
+                    yield message
             code = upstream.outcome.code
         finally:
+            if tenant is not None:
+                self._quotas.release(tenant)
             code = code or _interrupted(context)
             self._metrics.outstanding.dec()
             self._metrics.requests.labels(code.name).inc()
@@ -254,3 +273,4 @@ def _status_details(error: grpc.aio.AioRpcError) -> tuple[tuple[str, bytes], ...
     """The worker's google.rpc status details (e.g. QuotaFailure), to pass on unchanged."""
     return tuple((key, value) for key, value in (error.trailing_metadata() or ())
                  if key == _DETAILS_KEY)
+

@@ -1,10 +1,12 @@
 """Per-tenant limits at admission: concurrent requests and output tokens per second.
 
-A tenant is the first part of an adapter name (`acme/support` -> "acme"); requests for
-the base model belong to tenant "" unless a caller's principal names one. Each worker
-enforces its own limits (they are not shared across a fleet). Beyond a limit, Generate
-is refused before any work with RESOURCE_EXHAUSTED and `google.rpc.QuotaFailure` details
-naming the tenant and the limit (HTTP: 429).
+A tenant is the calling tenant when auth names one, else the first part of an adapter
+name (`acme/support` -> "acme"); requests for the base model without a tenant caller
+belong to tenant "" (`tenant_of`). The same limits run in two places: a worker counts
+what it serves, and a gateway counts what it routes to every worker — the fleet-wide
+limit; with several gateways, each enforces its share (`QuotaConfig.shared_by`). Beyond
+a limit, Generate is refused before any work with RESOURCE_EXHAUSTED and
+`google.rpc.QuotaFailure` details naming the tenant and the limit (HTTP: 429).
 
 Tokens per second is a token bucket per tenant holding at most one second's worth:
 every output token streamed is taken from it, a request already running is never cut
@@ -23,6 +25,7 @@ from collections.abc import Callable, Mapping
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2
 
+from lorafleet.auth import current_principal
 from lorafleet.dataplane.engine.fairness import QUEUE_POLICIES
 
 
@@ -50,6 +53,30 @@ class QuotaConfig:
     def limits_for(self, tenant: str) -> TenantLimits:
         """The limits that apply to `tenant`."""
         return self.overrides.get(tenant, self.default)
+
+    def shared_by(self, num_enforcers: int) -> QuotaConfig:
+        """Each of `num_enforcers` (gateways sharing a fleet's traffic) enforces this
+        share of every limit: requests divided down (at least 1), tokens/s divided."""
+        if num_enforcers < 1:
+            raise ValueError(f"the number sharing the limits must be >= 1, got {num_enforcers}")
+
+        def share(limits: TenantLimits) -> TenantLimits:
+            requests, rate = limits.max_requests, limits.max_tokens_per_second
+            return TenantLimits(
+                None if requests is None else max(1, requests // num_enforcers),
+                None if rate is None else rate / num_enforcers)
+        return QuotaConfig(share(self.default),
+                           {t: share(limits) for t, limits in self.overrides.items()})
+
+
+def tenant_of(adapter_name: str) -> str:
+    """Whom a request counts for (limits, fair share): the calling tenant when auth names
+    one, else the tenant of `adapter_name` ("acme/support@2" -> "acme"), else "" (the base
+    model with no tenant caller)."""
+    principal = current_principal()
+    if principal is not None and principal.tenant:
+        return principal.tenant
+    return adapter_name.partition("/")[0] if adapter_name else ""
 
 
 _KEYS = {"requests": "max_requests", "tps": "max_tokens_per_second"}
@@ -90,10 +117,15 @@ def add_tenant_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queue-policy", choices=QUEUE_POLICIES, default="fair",
                         help="which waiting request runs next: fair share between tenants "
                              "(virtual token counters) or fifo (default %(default)s)")
+    add_tenant_limit_arguments(parser, "on this worker")
+
+
+def add_tenant_limit_arguments(parser: argparse.ArgumentParser, where: str) -> None:
+    """The per-tenant limit options; `where` says what they count ("on this worker")."""
     parser.add_argument("--tenant-max-requests", type=_checked(int), metavar="N",
-                        help="concurrent requests per tenant on this worker (default: unlimited)")
+                        help=f"concurrent requests per tenant {where} (default: unlimited)")
     parser.add_argument("--tenant-max-tokens-per-second", type=_checked(float), metavar="N",
-                        help="output tokens per second per tenant on this worker "
+                        help=f"output tokens per second per tenant {where} "
                              "(default: unlimited)")
     parser.add_argument("--tenant-limit", action="append", default=[], type=_tenant_limit,
                         metavar="TENANT=requests:N,tps:N",

@@ -104,10 +104,10 @@ async def abort_with(context: grpc.aio.ServicerContext, error: Exception,
     if code is None:
         log.exception("unexpected error in %s", type(error).__name__, exc_info=error)
         await context.abort(grpc.StatusCode.INTERNAL, "internal error (see the worker's log)")
-    await context.abort(code, caller_message(error), _details_trailer(code, error))
+    await context.abort(code, caller_message(error), details_trailer(code, error))
 
 
-def _details_trailer(code: grpc.StatusCode, error: BaseException) -> tuple:
+def details_trailer(code: grpc.StatusCode, error: BaseException) -> tuple:
     """The google.rpc.Status trailer carrying the error's details, if it has any."""
     details = getattr(error, "status_details", None)
     if details is None:

@@ -19,7 +19,6 @@ from typing import Any
 
 from opentelemetry import trace
 
-from lorafleet.auth import current_principal
 from lorafleet.dataplane.engine.outputs import ErrorKind, RequestOutput
 from lorafleet.dataplane.engine.params import SamplingParams
 from lorafleet.dataplane.lora.host_cache import AdapterSource
@@ -37,7 +36,7 @@ from lorafleet.dataplane.server.errors import (
 from lorafleet.dataplane.server.frontend import Frontend
 from lorafleet.dataplane.server.gauges import ServerLimits, model_names
 from lorafleet.dataplane.server.metrics import FinishedRequest, TokenClock, WorkerMetrics
-from lorafleet.dataplane.server.quotas import QuotaConfig, TenantQuotas
+from lorafleet.dataplane.server.quotas import QuotaConfig, TenantQuotas, tenant_of
 from lorafleet.dataplane.server.sizes import WorkerSizes
 from lorafleet.dataplane.server.snapshot import EngineSnapshot
 from lorafleet.dataplane.server.tracing import end_request_span, request_span
@@ -103,7 +102,7 @@ class Worker:
     def admit(self, caller_id: str, adapter_ref: str, *, tenant: str | None = None) -> Admitted:
         """Resolves the adapter version and pins it; raises when the request must wait
         elsewhere (queue full, shutting down, engine stopped), names nothing, or its
-        tenant (given, else the caller's or the adapter's, see _tenant_of) is over a limit."""
+        tenant (given, else the caller's or the adapter's: quotas.tenant_of) is over a limit."""
         if self.is_shutting_down:
             raise ShuttingDown("worker is shutting down")
         if not self.bridge.is_alive:
@@ -114,7 +113,7 @@ class Worker:
                 f"{self.options.max_waiting} waiting beyond {self.options.max_num_seqs} running")
         entry = self.versions.resolve(adapter_ref) if adapter_ref else None
         if tenant is None:
-            tenant = _tenant_of(entry)
+            tenant = tenant_of(entry.name if entry is not None else "")
         self.quotas.try_admit(tenant)
         if entry is not None:
             self.versions.acquire(entry)
@@ -250,12 +249,3 @@ class Worker:
     async def validate_adapter(self, source_uri: str):
         """A dry-run load of `source_uri` with this worker's rules (off the event loop)."""
         return await asyncio.to_thread(self.adapters.validate, source_uri)
-
-
-def _tenant_of(entry: VersionEntry | None) -> str:
-    """Whom a request counts for (limits, fair share): the calling tenant when auth names
-    one, else the adapter's tenant, else "" (the base model with no tenant caller)."""
-    principal = current_principal()
-    if principal is not None and principal.tenant:
-        return principal.tenant
-    return entry.name.partition("/")[0] if entry is not None else ""
