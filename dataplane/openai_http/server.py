@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import logging
 import ssl
+import weakref
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -19,6 +20,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from lorafleet.auth.interceptor import AuthInterceptor
+from lorafleet.dataplane.openai_http import limits
 from lorafleet.dataplane.openai_http.api import OpenAIApi
 from lorafleet.dataplane.openai_http.errors import ApiError, from_rpc_error
 from lorafleet.dataplane.openai_http.limits import MAX_BODY_BYTES
@@ -109,15 +111,19 @@ async def _start(api: OpenAIApi, host: str, port: int, *,
                  closers: list[Callable[[], Awaitable[None]]],
                  ssl_context: ssl.SSLContext | None = None) -> RunningHttp:
     in_flight: set[asyncio.Task] = set()
+    heads = _HeadDeadline()
     app = web.Application(client_max_size=MAX_BODY_BYTES,
-                          middlewares=[_tracking(in_flight), _errors])
+                          middlewares=[heads.middleware, _tracking(in_flight), _errors])
     api.add_routes(app)
     # shutdown_timeout is short: RunningHttp.stop has already waited out the grace period.
     # lingering_time: after an answer that left a body unread (408, 413), how long the
     # rest is read and dropped before the connection closes (aiohttp's default is 10 s).
+    # keepalive_timeout: an idle kept-alive connection closes after HEAD_SECONDS.
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
-                           shutdown_timeout=0.5, logger=_protocol_log, lingering_time=1.0)
+                           shutdown_timeout=0.5, logger=_protocol_log, lingering_time=1.0,
+                           keepalive_timeout=limits.HEAD_SECONDS)
     await runner.setup()
+    heads.watch(runner.server)
     site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     await site.start()
     bound = runner.addresses[0][1]
@@ -135,6 +141,36 @@ def _channel(address: str, tls: TlsConfig) -> grpc.aio.Channel:
     return tls.aio_channel(address, options=[
         ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES)])
+
+
+class _HeadDeadline:
+    """Closes a new connection that has not sent a whole request head within
+    limits.HEAD_SECONDS (aiohttp has no such deadline before the first request)."""
+
+    def __init__(self) -> None:
+        self._started: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
+
+    def watch(self, server: web.Server) -> None:
+        """Starts the deadline on each connection `server` accepts."""
+        accepted = server.connection_made
+
+        def connection_made(handler, transport: asyncio.BaseTransport) -> None:
+            accepted(handler, transport)
+            asyncio.get_running_loop().call_later(limits.HEAD_SECONDS, self._expire, transport)
+        server.connection_made = connection_made
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler):
+        """Marks the request's connection as past its first head."""
+        if request.transport is not None:
+            self._started.add(request.transport)
+        return await handler(request)
+
+    def _expire(self, transport: asyncio.BaseTransport) -> None:
+        if transport not in self._started and not transport.is_closing():
+            log.info("closed a connection that sent no whole request head in %.0f s",
+                     limits.HEAD_SECONDS)
+            transport.abort()
 
 
 def _tracking(in_flight: set[asyncio.Task]):
