@@ -58,12 +58,11 @@ def group_sizes(shape: ModelShape) -> dict[str, tuple[int, tuple[int, ...]]]:
 
 def naive_per_adapter(y, x, buffers: LoraBuffers, slots: list[int | None]) -> None:
     """PEFT's mixed-batch loop: for each adapter in the batch, index its rows and apply it."""
-    max_rank = buffers.max_rank
     for slot in sorted({s for s in slots if s is not None}):
         rows = [i for i, s in enumerate(slots) if s == slot]
         for index, columns in enumerate(buffers.slice_columns):  # one module per projection
             rank = int(buffers.ranks[slot, index])
-            a = buffers.lora_a[slot, index * max_rank:index * max_rank + rank]
+            a = buffers.slice_a(slot, index)[:rank]
             b = buffers.lora_b[slot, columns, :rank]
             y[rows, columns] += float(buffers.scale[slot, index]) * ((x[rows] @ a.T) @ b.T)
 

@@ -4,7 +4,7 @@
         y[t, c_i] += scale[s, i] * (x[t] @ A_i[s]^T) @ B_i[s]^T
 
 Shapes and slices (S = num_slots, R = max_rank, N = num_slices, T = num_tokens): as in
-`sgmv.py` — x [T, in], y [T, sum(out_i)], lora_a [S, N * R, in], lora_b [S, sum(out_i), R],
+`sgmv.py` — x [T, in], y [T, sum(out_i)], lora_a [S, R * N, in] (rank-major), lora_b [S, sum(out_i), R],
 scale [S, N] fp32, ranks [S, N] int32, slice_starts [N + 1] int32;
 `batch.token_slots` [T] int32 holds each row's slot, -1 for none.
 
@@ -48,14 +48,14 @@ def _bgmv_shrink_kernel(
         return
     r = tl.arange(0, BLOCK_R)
     r_mask = r < rank
-    a_base = a_ptr + slot * stride_as + (sl * max_rank) * stride_ar  # rank block of the slice
+    a_base = a_ptr + slot * stride_as + sl * stride_ar  # rank 0 of the slice (rank-major)
     # acc[r] = sum_k x[row, k] * A_sl[slot, r, k], in fp32.
     acc = tl.zeros((BLOCK_R,), dtype=tl.float32)
     for k0 in range(0, in_features, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         k_mask = k < in_features
         x = tl.load(x_ptr + row * stride_xm + k, mask=k_mask, other=0.0).to(tl.float32)
-        a = tl.load(a_base + r[:, None] * stride_ar + k[None, :],
+        a = tl.load(a_base + r[:, None] * (num_slices * stride_ar) + k[None, :],
                     mask=r_mask[:, None] & k_mask[None, :], other=0.0).to(tl.float32)
         acc += tl.sum(a * x[None, :], axis=1)
     acc *= tl.load(scale_ptr + slot * num_slices + sl)

@@ -12,9 +12,10 @@ number of adapters, where the grouped path (`sgmv_torch`) runs 1 + slices ops pe
 at 32 adapters in a decode step that is the difference between a handful of ops and a
 hundred per projection group. Its cost grows with the padded rows (blocks x rows per
 block), so batches with one long segment (a prefill) among single rows stay grouped
-(`dispatch.py` decides). It computes all max_rank columns of every slice and zeroes
-those past each rank with the gain, so padding must be finite (`LoraBuffers` keeps it
-zero).
+(`dispatch.py` decides). Every block computes the step's top rank (the largest among
+its slots: rank-major A makes that the first top x N rows) and the gain zeroes the
+columns past each slot's own rank, so padding must be finite (`LoraBuffers` keeps it
+zero). A worker sized for rank 64 serving rank-16 adapters computes rank 16.
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ import torch
 from lorafleet.kernels.batch import LoraBatch
 from lorafleet.kernels.buffers import LoraBuffers
 from lorafleet.kernels.checks import check_lora_args
+
+
+def step_rank(batch: LoraBatch, buffers: LoraBuffers) -> int:
+    """The largest slice rank among the adapters the step's rows use (0: none adds)."""
+    ranks = buffers.slot_ranks
+    return max((max(ranks[slot]) for _, _, slot in batch.segments), default=0)
 
 
 def blocked_torch(y: torch.Tensor, x: torch.Tensor, buffers: LoraBuffers, *,
@@ -42,15 +49,22 @@ def blocked_torch(y: torch.Tensor, x: torch.Tensor, buffers: LoraBuffers, *,
         slots = blocks.block_slots
         lora_a, lora_b = buffers.lora_a.index_select(0, slots), buffers.lora_b.index_select(0, slots)
         ranks, scale = buffers.ranks.index_select(0, slots), buffers.scale.index_select(0, slots)
-    max_rank = buffers.max_rank
+    # Every block computes the top rank of the step's slots (idle slots of a range are
+    # computed for nothing and never read back): rank-major A rows below it, all slices.
+    top = step_rank(batch, buffers)
+    if not top:
+        return
+    num_slices = buffers.num_slices
     x_blocks = x.index_select(0, blocks.source_rows).view(blocks.num_blocks, blocks.block_rows, -1)
-    shrunk = torch.bmm(x_blocks, lora_a.transpose(1, 2))
-    # gain[b, i*R + r] = scale[b, i] for r < rank[b, i], else 0: scales, drops padding.
-    is_live = torch.arange(max_rank, device=x.device) < ranks[:, :, None]
-    gain = torch.where(is_live, scale[:, :, None], 0.0).flatten(1).to(x.dtype)
-    shrunk.mul_(gain.unsqueeze(1))
-    deltas = [torch.bmm(shrunk[:, :, i * max_rank:(i + 1) * max_rank],
-                        lora_b[:, columns].transpose(1, 2))
+    shrunk = torch.bmm(x_blocks, lora_a[:, :top * num_slices].transpose(1, 2))
+    # Rank-major columns (r * N + i) to slice-major [blocks, rows, N, top], times the gain:
+    # gain[b, i, r] = scale[b, i] for r < rank[b, i], else 0 (scales, drops padding).
+    is_live = torch.arange(top, device=x.device)[None, None, :] < ranks[:, :, None]
+    gain = torch.where(is_live, scale[:, :, None], 0.0).to(x.dtype)
+    ranked = shrunk.view(blocks.num_blocks, blocks.block_rows, top, num_slices).transpose(2, 3)
+    shrunk = torch.empty_like(ranked, memory_format=torch.contiguous_format)
+    torch.mul(ranked, gain.unsqueeze(1), out=shrunk)
+    deltas = [torch.bmm(shrunk[:, :, i], lora_b[:, columns, :top].transpose(1, 2))
               for i, columns in enumerate(buffers.slice_columns)]
     delta = (deltas[0] if len(deltas) == 1 else torch.cat(deltas, dim=2)).flatten(0, 1)
     if not blocks.is_dense:

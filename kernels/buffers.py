@@ -2,8 +2,11 @@
 
 A projection group is one projection (o_proj) or several that share their input and are
 computed by one fused matmul (q|k|v, gate|up). Each projection of a group is a *slice*:
-slice i owns rank block i of the stacked A and output columns [start_i, start_i + out_i)
-of the fused output, so one shrink call and one expand call serve the whole group.
+slice i owns every N-th row of the stacked A (rank-major: row r * N + i is rank r of
+slice i) and output columns [start_i, start_i + out_i) of the fused output, so one shrink
+call and one expand call serve the whole group. Rank-major rows put every slice's ranks
+below r in the first r * N rows: the torch paths compute a step's adapters at the largest
+rank among them, not at max_rank (`slot_ranks`, kept on the host, says which that is).
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ class LoraBuffers:
     dtype and layout once, so the kernels only check the activations per call.
 
     Attributes (S = num_slots, R = max_rank, N = num_slices):
-        lora_a: [S, N * R, in_features], shrink weights; slice i in rows [i*R, i*R + R).
+        lora_a: [S, R * N, in_features], shrink weights, rank-major: rank r of slice i in
+            row r * N + i (`slice_a` gives a slice's rows).
         lora_b: [S, sum(out_i), R], expand weights; slice i in rows slice_starts[i]..[i+1].
         scale: fp32 [S, N], each slice's scale (alpha / r, or alpha / sqrt(r)).
         ranks: int32 [S, N], each slice's rank; 0 when the slot's adapter leaves that
@@ -45,6 +49,11 @@ class LoraBuffers:
 
     def __post_init__(self) -> None:
         _check_buffers(self)
+        # Host copies of ranks and scale, changed only with them (write_slot, clear_slot):
+        # the torch paths read them every call, where a tensor read costs an op.
+        is_meta = self.ranks.device.type == "meta"
+        object.__setattr__(self, "_host_ranks", [] if is_meta else self.ranks.tolist())
+        object.__setattr__(self, "_host_scales", [] if is_meta else self.scale.tolist())
 
     @classmethod
     def allocate(
@@ -110,6 +119,20 @@ class LoraBuffers:
         weights = (self.lora_a[0].numel() + self.lora_b[0].numel()) * self.lora_a.element_size()
         return weights + (self.scale.element_size() + self.ranks.element_size()) * self.num_slices
 
+    @property
+    def slot_ranks(self) -> list[list[int]]:
+        """Each slot's rank per slice, on the host (read-only; what `ranks` holds)."""
+        return self._host_ranks
+
+    @property
+    def slot_scales(self) -> list[list[float]]:
+        """Each slot's scale per slice, on the host (read-only; what `scale` holds)."""
+        return self._host_scales
+
+    def slice_a(self, slot: int, index: int) -> torch.Tensor:
+        """A view of slice `index`'s shrink rows of `slot`: [max_rank, in_features]."""
+        return self.lora_a[slot, index::self.num_slices]
+
     def write_slot(self, slot: int, slices: Sequence[SliceWeights | None]) -> None:
         """Copies one adapter into `slot`: per slice (A [r, in], B [out_i, r], scale) or None.
 
@@ -125,22 +148,28 @@ class LoraBuffers:
         self.clear_slot(slot)
         self.lora_a[slot].zero_()
         self.lora_b[slot].zero_()
-        rows, columns = self.max_rank, self.slice_columns
+        columns = self.slice_columns
+        ranks, scales = [0] * self.num_slices, [0.0] * self.num_slices
         for index, weights in enumerate(slices):
             if weights is None:
                 continue
             a, b, scale = weights
             rank = a.shape[0]
-            self.lora_a[slot, index * rows:index * rows + rank].copy_(a)
+            self.slice_a(slot, index)[:rank].copy_(a)
             self.lora_b[slot, columns[index], :rank].copy_(b)
-            self.scale[slot, index] = scale
-            self.ranks[slot, index] = rank
+            ranks[index], scales[index] = rank, scale
+        self.ranks[slot] = torch.tensor(ranks, dtype=torch.int32)
+        self.scale[slot] = torch.tensor(scales, dtype=torch.float32)
+        self._host_ranks[slot] = ranks
+        self._host_scales[slot] = self.scale[slot].tolist()  # rounded to fp32, as the kernels see it
 
     def clear_slot(self, slot: int) -> None:
         """Marks `slot` empty: rows that still point at it get nothing added."""
         self._check_slot(slot)
         self.ranks[slot] = 0
         self.scale[slot] = 0.0
+        self._host_ranks[slot] = [0] * self.num_slices
+        self._host_scales[slot] = [0.0] * self.num_slices
 
     def _check_slot(self, slot: int) -> None:
         if not 0 <= slot < self.num_slots:

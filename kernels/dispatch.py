@@ -14,8 +14,9 @@ import torch
 
 from lorafleet.kernels.batch import LoraBatch
 from lorafleet.kernels.bgmv import bgmv_triton
-from lorafleet.kernels.blocked import blocked_torch
+from lorafleet.kernels.blocked import blocked_torch, step_rank
 from lorafleet.kernels.buffers import LoraBuffers
+from lorafleet.kernels.checks import check_lora_args
 from lorafleet.kernels.sgmv import sgmv_torch, sgmv_triton
 from lorafleet.kernels.triton_support import is_triton_available
 
@@ -23,8 +24,9 @@ from lorafleet.kernels.triton_support import is_triton_available
 # relative error) to benchmarks/lora_kernels.py on this 2-core CPU: fp32, rank 16, one
 # thread (as `add_lora` runs them), the four projection groups the model calls (q|k|v, o,
 # gate|up, down) of the tiny (hidden 256) and small (hidden 1024) Llama shapes, 1-128
-# rows, 1-32 adapters, rows in adapter runs and shuffled; 400 cases. With R = max_rank,
-# N = slices, K = adapters in the step, n = rows with an adapter, in/out the group's sizes:
+# rows, 1-32 adapters, rows in adapter runs and shuffled; 400 cases. With R = the
+# step's top rank (the largest among its adapters, `step_rank`), N = slices, K = adapters
+# in the step, n = rows with an adapter, in/out the group's sizes:
 #   grouped (sgmv_torch) = 12.5 + 7.7 K (1 + N) + 0.37e-3 K R (N in + out)
 #                          + 1.05e-3 n (in + out)
 #       ~8 us per op: one shrink plus one expand per slice for each adapter, then the
@@ -78,18 +80,20 @@ def add_lora(
     the batch, for callers whose rows match the batch by construction (the model's forward
     pass): they cost more than a small kernel.
     """
+    if not is_checked:
+        check_lora_args(y, x, buffers, batch)
     if x.is_cuda and is_triton_available():
         kernel = bgmv_triton if batch.is_bgmv else sgmv_triton
-        kernel(y, x, buffers, batch=batch, is_checked=is_checked)
+        kernel(y, x, buffers, batch=batch, is_checked=True)
         return
     kernel = blocked_torch if prefers_slot_blocks(batch, buffers) else sgmv_torch
     num_threads = torch.get_num_threads()
     if x.is_cuda or num_threads == 1 or len(batch.token_order) > _ONE_THREAD_MAX_ROWS:
-        kernel(y, x, buffers, batch=batch, is_checked=is_checked)
+        kernel(y, x, buffers, batch=batch, is_checked=True)
         return
     torch.set_num_threads(1)
     try:
-        kernel(y, x, buffers, batch=batch, is_checked=is_checked)
+        kernel(y, x, buffers, batch=batch, is_checked=True)
     finally:
         torch.set_num_threads(num_threads)
 
@@ -99,8 +103,8 @@ def prefers_slot_blocks(batch: LoraBatch, buffers: LoraBuffers) -> bool:
     blocks = batch.slot_blocks
     if blocks is None:
         return False
-    per_slot = buffers.max_rank * (buffers.num_slices * buffers.in_features
-                                   + buffers.out_features)
+    per_slot = step_rank(batch, buffers) * (buffers.num_slices * buffers.in_features
+                                            + buffers.out_features)
     weights = blocks.num_blocks * per_slot
     if blocks.slot_range is None and weights > _GATHER_MAX_ELEMENTS:
         return False

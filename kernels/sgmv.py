@@ -10,7 +10,7 @@ own columns of y; neither reads the zeros a block-diagonal product would.
 Shapes (S = num_slots, R = max_rank, N = num_slices, T = num_tokens), all in `LoraBuffers`:
     x             [T, in_features]        activations (rows may be strided; columns contiguous)
     y             [T, sum(out_i)]         updated in place; rows in no segment are left alone
-    lora_a        [S, N * R, in_features] A_i = lora_a[:, i*R : i*R + R]
+    lora_a        [S, R * N, in_features] A_i = lora_a[:, i::N] (rank-major)
     lora_b        [S, sum(out_i), R]      B_i = lora_b[:, starts[i] : starts[i+1]]
     scale         [S, N] fp32             alpha / r (or the rsLoRA scale) per slot and slice
     ranks         [S, N] int32            rank per slot and slice; 0: the slice adds nothing
@@ -24,11 +24,11 @@ What it pays in compute depends on the path:
     memory traffic scales with the actual rank; the tile is still BLOCK_R =
     next_power_of_2(R) wide, so the arithmetic is that of rank R (LoRA is memory-bound,
     and traffic is what the masking saves).
-  - torch, grouped (`sgmv_torch`): one shrink over the slot's A rows up to the last live
-    slice (padding between slices included), expands sliced to each rank.
+  - torch, grouped (`sgmv_torch`): one shrink over the slot's rank-major A rows below
+    its largest slice rank, expands sliced to each rank.
   - torch, over slot blocks (`blocked_torch`, picked for steps with many adapters and
-    few rows each): computes all N * R columns and zeroes the padded ones, paying rank-R
-    work in exchange for a fixed number of ops.
+    few rows each): computes N x (the largest rank among the step's slots) columns and
+    zeroes those past each slot's rank, in exchange for a fixed number of ops.
 Padding contents never change a result, but must be finite for the torch paths
 (0 * inf is NaN); `LoraBuffers` keeps them zero.
 
@@ -82,7 +82,7 @@ def _sgmv_shrink_kernel(
     rows = tl.load(token_order_ptr + tl.load(seg_starts_ptr + seg) + m, mask=m_mask, other=0)
     r = tl.arange(0, BLOCK_R)
     r_mask = r < rank
-    a_base = a_ptr + slot * stride_as + (sl * max_rank) * stride_ar  # rank block of the slice
+    a_base = a_ptr + slot * stride_as + sl * stride_ar  # rank 0 of the slice (rank-major)
     # acc[m, r] = sum_k x[row m, k] * A_sl[slot, r, k], in fp32.
     acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
     for k0 in range(0, in_features, BLOCK_K):
@@ -90,7 +90,7 @@ def _sgmv_shrink_kernel(
         k_mask = k < in_features
         x = tl.load(x_ptr + rows[:, None] * stride_xm + k[None, :],
                     mask=m_mask[:, None] & k_mask[None, :], other=0.0).to(tl.float32)
-        a = tl.load(a_base + r[:, None] * stride_ar + k[None, :],
+        a = tl.load(a_base + r[:, None] * (num_slices * stride_ar) + k[None, :],
                     mask=r_mask[:, None] & k_mask[None, :], other=0.0).to(tl.float32)
         acc += tl.dot(x, tl.trans(a), input_precision=DOT_PRECISION)
     # Scale here so expand is a plain product.
@@ -195,8 +195,8 @@ def sgmv_torch(y, x, buffers: LoraBuffers, *, batch: LoraBatch,
         check_lora_args(y, x, buffers, batch)
     if not batch.segments:
         return
-    slot_ranks, slot_scales = buffers.ranks.tolist(), buffers.scale.tolist()
-    max_rank, columns = buffers.max_rank, buffers.slice_columns
+    slot_ranks, slot_scales = buffers.slot_ranks, buffers.slot_scales
+    num_slices, columns = buffers.num_slices, buffers.slice_columns
     num_rows = len(batch.token_order)
     first = batch.sorted_rows_start
     if first is not None:  # rows already grouped by slot: work on views of x and y
@@ -206,16 +206,20 @@ def sgmv_torch(y, x, buffers: LoraBuffers, *, batch: LoraBatch,
         ys = torch.zeros((num_rows, y.shape[1]), dtype=y.dtype, device=y.device)
     for start, length, slot in batch.segments:
         ranks, scales = slot_ranks[slot], slot_scales[slot]
-        live = [i for i, rank in enumerate(ranks) if rank]
-        if not live:
+        top = max(ranks)
+        if not top:
             continue
         rows = slice(start, start + length)
-        # One shrink for every slice: A rows up to the last live slice's rank.
-        shrunk = F.linear(xs[rows], buffers.lora_a[slot, :live[-1] * max_rank + ranks[live[-1]]])
-        for i in live:
-            low = i * max_rank
-            ys[rows, columns[i]].addmm_(shrunk[:, low:low + ranks[i]],
-                                        buffers.lora_b[slot, columns[i], :ranks[i]].t(),
-                                        alpha=scales[i])
+        # One shrink for every slice: the rank-major A rows below the slot's top rank,
+        # then slice-major [rows, N, top] so each slice's block is a plain matrix.
+        shrunk = F.linear(xs[rows], buffers.lora_a[slot, :top * num_slices])
+        if num_slices > 1:
+            shrunk = shrunk.view(length, top, num_slices).transpose(1, 2).contiguous()
+        shrunk = shrunk.view(length, num_slices, top)
+        for i, rank in enumerate(ranks):
+            if rank:
+                ys[rows, columns[i]].addmm_(shrunk[:, i, :rank],
+                                            buffers.lora_b[slot, columns[i], :rank].t(),
+                                            alpha=scales[i])
     if first is None:
         y.index_add_(0, batch.token_order, ys)

@@ -74,13 +74,12 @@ def reference_lora(
     """fp32 y + delta, one row and one slice at a time, using only each slice's first
     `rank` rows of A and columns of B."""
     out = y.float().clone()
-    max_rank = buffers.max_rank
     for row, slot in enumerate(slots):
         if slot is None:
             continue
         for index, columns in enumerate(buffers.slice_columns):
             rank = int(buffers.ranks[slot, index])
-            a = buffers.lora_a[slot, index * max_rank:index * max_rank + rank].float()
+            a = buffers.slice_a(slot, index)[:rank].float()
             b = buffers.lora_b[slot, columns, :rank].float()
             delta = (x[row].float() @ a.T) @ b.T
             out[row, columns] += float(buffers.scale[slot, index]) * delta

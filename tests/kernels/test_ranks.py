@@ -10,6 +10,7 @@ from lorafleet.kernels.blocked import blocked_torch
 from lorafleet.kernels.buffers import LoraBuffers
 from lorafleet.kernels.dispatch import add_lora
 from lorafleet.kernels.sgmv import sgmv_torch
+from tests.kernels.cases import filled_buffers, reference_lora
 
 
 def _adapters(gen):
@@ -76,3 +77,25 @@ def test_slot_memory_is_sized_for_max_rank():
                                    out_features=1024, dtype=torch.bfloat16)
     # A and B at rank 64 in bf16, plus an fp32 scale and an int32 rank.
     assert buffers.num_bytes_per_slot == 64 * (4096 + 1024) * 2 + 8
+
+
+@pytest.mark.parametrize("kernel", [sgmv_torch, blocked_torch], ids=["grouped", "blocked"])
+def test_a_worker_sized_for_rank_64_computes_rank_16_adapters_at_rank_16(kernel):
+    """Users size --max-lora-rank for their largest adapter and serve mostly small ones.
+    The torch paths compute only up to the largest rank among the step's adapters: the
+    slots' rows past it are never read (they hold NaN here, which any read would spread),
+    idle slots of higher rank included, and q|k|v come out exact."""
+    sizes = (192, 64, 64)
+    buffers = filled_buffers([16, 8, 64, 16], 64, 256, sizes, torch.float32, seed=4)
+    for slot in (0, 1, 3):  # the step's slots: rank 16 at most
+        for index, columns in enumerate(buffers.slice_columns):
+            buffers.slice_a(slot, index)[16:] = float("nan")
+            buffers.lora_b[slot, columns, 16:] = float("nan")
+    slots = [0, 1, 3, 0, 1, 3, None, 0]  # slot 2 (rank 64) sits idle inside their range
+    assert LoraBatch.from_slots(slots).slot_blocks.slot_range == (0, 4)
+    x = torch.randn(len(slots), 256, generator=torch.Generator().manual_seed(5))
+    y = torch.zeros(len(slots), sum(sizes))
+    kernel(y, x, buffers, batch=LoraBatch.from_slots(slots))
+    assert not y.isnan().any()
+    torch.testing.assert_close(y, reference_lora(torch.zeros_like(y), x, buffers, slots),
+                               atol=1e-5, rtol=1e-5)

@@ -46,7 +46,7 @@ def _case(kernel: str, dtype_name: str, slicing: str = "three") -> dict:
     for slot in range(buffers.num_slots):  # padding the kernels must never read
         for index, columns in enumerate(buffers.slice_columns):
             rank = int(buffers.ranks[slot, index])
-            buffers.lora_a[slot, index * MAX_RANK + rank:(index + 1) * MAX_RANK] = float("nan")
+            buffers.slice_a(slot, index)[rank:] = float("nan")
             buffers.lora_b[slot, columns, rank:] = float("nan")
     slots = _slots(kernel)
     gen = torch.Generator().manual_seed(3)
