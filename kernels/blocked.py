@@ -41,22 +41,23 @@ def blocked_torch(y: torch.Tensor, x: torch.Tensor, buffers: LoraBuffers, *,
     blocks = batch.slot_blocks
     if blocks is None:
         return
-    if blocks.slot_range is not None:
-        first, end = blocks.slot_range
-        lora_a, lora_b = buffers.lora_a[first:end], buffers.lora_b[first:end]
-        ranks, scale = buffers.ranks[first:end], buffers.scale[first:end]
-    else:
-        slots = blocks.block_slots
-        lora_a, lora_b = buffers.lora_a.index_select(0, slots), buffers.lora_b.index_select(0, slots)
-        ranks, scale = buffers.ranks.index_select(0, slots), buffers.scale.index_select(0, slots)
     # Every block computes the top rank of the step's slots (idle slots of a range are
     # computed for nothing and never read back): rank-major A rows below it, all slices.
     top = step_rank(batch, buffers)
     if not top:
         return
     num_slices = buffers.num_slices
+    lora_a, lora_b = buffers.lora_a[:, :top * num_slices], buffers.lora_b[:, :, :top]
+    if blocks.slot_range is not None:
+        first, end = blocks.slot_range
+        lora_a, lora_b = lora_a[first:end], lora_b[first:end]
+        ranks, scale = buffers.ranks[first:end], buffers.scale[first:end]
+    else:  # copies only the rows and columns below the top rank
+        slots = blocks.block_slots
+        lora_a, lora_b = lora_a.index_select(0, slots), lora_b.index_select(0, slots)
+        ranks, scale = buffers.ranks.index_select(0, slots), buffers.scale.index_select(0, slots)
     x_blocks = x.index_select(0, blocks.source_rows).view(blocks.num_blocks, blocks.block_rows, -1)
-    shrunk = torch.bmm(x_blocks, lora_a[:, :top * num_slices].transpose(1, 2))
+    shrunk = torch.bmm(x_blocks, lora_a.transpose(1, 2))
     # Rank-major columns (r * N + i) to slice-major [blocks, rows, N, top], times the gain:
     # gain[b, i, r] = scale[b, i] for r < rank[b, i], else 0 (scales, drops padding).
     is_live = torch.arange(top, device=x.device)[None, None, :] < ranks[:, :, None]
@@ -64,7 +65,7 @@ def blocked_torch(y: torch.Tensor, x: torch.Tensor, buffers: LoraBuffers, *,
     ranked = shrunk.view(blocks.num_blocks, blocks.block_rows, top, num_slices).transpose(2, 3)
     shrunk = torch.empty_like(ranked, memory_format=torch.contiguous_format)
     torch.mul(ranked, gain.unsqueeze(1), out=shrunk)
-    deltas = [torch.bmm(shrunk[:, :, i], lora_b[:, columns, :top].transpose(1, 2))
+    deltas = [torch.bmm(shrunk[:, :, i], lora_b[:, columns].transpose(1, 2))
               for i, columns in enumerate(buffers.slice_columns)]
     delta = (deltas[0] if len(deltas) == 1 else torch.cat(deltas, dim=2)).flatten(0, 1)
     if not blocks.is_dense:

@@ -80,19 +80,26 @@ def test_slot_memory_is_sized_for_max_rank():
 
 
 @pytest.mark.parametrize("kernel", [sgmv_torch, blocked_torch], ids=["grouped", "blocked"])
-def test_a_worker_sized_for_rank_64_computes_rank_16_adapters_at_rank_16(kernel):
+@pytest.mark.parametrize("used, slot_range", [((0, 1, 3), (0, 4)), ((0, 5, 11), None)],
+                         ids=["slot-range", "gathered"])
+def test_a_worker_sized_for_rank_64_computes_rank_16_adapters_at_rank_16(kernel, used,
+                                                                         slot_range):
     """Users size --max-lora-rank for their largest adapter and serve mostly small ones.
-    The torch paths compute only up to the largest rank among the step's adapters: the
-    slots' rows past it are never read (they hold NaN here, which any read would spread),
-    idle slots of higher rank included, and q|k|v come out exact."""
+    The torch paths compute (and copy) only up to the largest rank among the step's
+    adapters: the slots' rows past it are never read (they hold NaN here, which any read
+    would spread), idle slots of higher rank included, and q|k|v come out exact."""
     sizes = (192, 64, 64)
-    buffers = filled_buffers([16, 8, 64, 16], 64, 256, sizes, torch.float32, seed=4)
-    for slot in (0, 1, 3):  # the step's slots: rank 16 at most
+    ranks = [64] * 12
+    for slot, rank in zip(used, (16, 8, 16), strict=True):
+        ranks[slot] = rank
+    buffers = filled_buffers(ranks, 64, 256, sizes, torch.float32, seed=4)
+    for slot in used:  # the step's slots: rank 16 at most
         for index, columns in enumerate(buffers.slice_columns):
             buffers.slice_a(slot, index)[16:] = float("nan")
             buffers.lora_b[slot, columns, 16:] = float("nan")
-    slots = [0, 1, 3, 0, 1, 3, None, 0]  # slot 2 (rank 64) sits idle inside their range
-    assert LoraBatch.from_slots(slots).slot_blocks.slot_range == (0, 4)
+    a, b, c = used
+    slots = [a, b, c, a, b, c, None, a]  # the other slots (rank 64) sit idle
+    assert LoraBatch.from_slots(slots).slot_blocks.slot_range == slot_range
     x = torch.randn(len(slots), 256, generator=torch.Generator().manual_seed(5))
     y = torch.zeros(len(slots), sum(sizes))
     kernel(y, x, buffers, batch=LoraBatch.from_slots(slots))
