@@ -77,10 +77,6 @@ class Keys:
         prefix = f"{self.root}placement/{name}/"
         return prefix if version is None else f"{prefix}{version:010d}"
 
-    def all_placements(self) -> str:
-        """Prefix of every placement."""
-        return f"{self.root}placement/"
-
     def leader(self) -> str:
         """Key held by the reconciling control-plane replica."""
         return f"{self.root}leader"
@@ -99,10 +95,6 @@ class Snapshot:
         default_factory=dict
     )
     leader: str | None = None
-
-    def versions_of(self, name: str) -> list[adapter_pb.AdapterVersion]:
-        """An adapter's versions, oldest first."""
-        return [v for (adapter, _), v in sorted(self.versions.items()) if adapter == name]
 
     def routed_weights(self) -> dict[VersionKey, int]:
         """Versions with traffic (weight > 0 in their adapter's rollout) and their weight."""

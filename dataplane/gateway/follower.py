@@ -68,19 +68,10 @@ class TableFollower:
         self._on_change = on_change
         self._backoff = backoff or Backoff()
         self._stale_since = time.monotonic()
-        self._has_table = asyncio.Event()
 
     def age_seconds(self) -> float:
         """Seconds since the table was last known current: 0 while the stream is up."""
         return 0.0 if self.is_connected else time.monotonic() - self._stale_since
-
-    async def wait_for_table(self, timeout: float | None = None) -> bool:
-        """Waits until a first snapshot has arrived; False on timeout."""
-        try:
-            await asyncio.wait_for(self._has_table.wait(), timeout)
-        except asyncio.TimeoutError:
-            return False
-        return True
 
     async def run(self) -> None:
         """Follows the table until cancelled, rotating over the replicas."""
@@ -138,7 +129,6 @@ class TableFollower:
 
     def _set(self, table: RoutingTable) -> None:
         self.table = table
-        self._has_table.set()
         self._on_change(table)
 
 

@@ -64,11 +64,6 @@ def set_principal(principal: Principal | None) -> contextvars.Token:
     return _CURRENT.set(principal)
 
 
-def reset_principal(token: contextvars.Token) -> None:
-    """Undoes a `set_principal`."""
-    _CURRENT.reset(token)
-
-
 def can_see(adapter_name: str) -> bool:
     """Whether the current caller may see `adapter_name` (True without auth)."""
     principal = current_principal()
