@@ -5,6 +5,12 @@ head_dim]; token t of a sequence lives in block block_table[t // block_size] at 
 t % block_size. A step's tokens are ordered decodes first (one query each, attended in
 padded batches of similar context length), then prefill chunks (several queries each,
 attended per sequence).
+
+Two paths compute the same thing. On CUDA with Triton, the paged-attention kernels
+(kernels/paged_attention.py) read the blocks in place, described by the step's flat
+`PagedAttentionBatch`; elsewhere (the CPU worker, and as the kernels' test oracle) torch
+gathers each group's blocks and runs SDPA, described by decode groups and prefill spans.
+`BatchBuilder` builds the description of the path the step takes (both when asked).
 """
 
 from __future__ import annotations
@@ -13,6 +19,10 @@ import dataclasses
 
 import torch
 import torch.nn.functional as F
+
+from lorafleet.kernels.attention_batch import PagedAttentionBatch
+from lorafleet.kernels.paged_attention import paged_attention_triton
+from lorafleet.kernels.triton_support import is_triton_available
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,12 +59,20 @@ class AttentionMetadata:
     """Where this step's keys and values go and what each query attends to.
 
     kv_positions [num_tokens] is each token's position in the flattened KV cache; decode groups come first in
-    the batch, prefill spans after them.
+    the batch, prefill spans after them. `paged` describes the same step as flat tensors
+    for the paged-attention kernels (None when the step was built for the torch path
+    only); when the kernels run the step, `decodes` and `prefills` may be empty.
     """
 
     kv_positions: torch.Tensor
     decodes: tuple[DecodeGroup, ...]
     prefills: tuple[PrefillSpan, ...]
+    paged: PagedAttentionBatch | None = None
+
+
+def runs_paged_kernels(device: torch.device) -> bool:
+    """Whether `paged_attention` on `device` runs the Triton kernels (given `meta.paged`)."""
+    return device.type == "cuda" and is_triton_available()
 
 
 def paged_attention(
@@ -65,6 +83,8 @@ def paged_attention(
     num_kv_heads, head_dim = k.shape[1], k.shape[2]
     k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.kv_positions, k)
     v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.kv_positions, v)
+    if meta.paged is not None and runs_paged_kernels(q.device):
+        return paged_attention_triton(q, k_cache, v_cache, batch=meta.paged, is_checked=True)
     out = torch.empty_like(q)
     for group in meta.decodes:
         rows = slice(group.start, group.stop)

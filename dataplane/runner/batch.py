@@ -7,7 +7,13 @@ import dataclasses
 import torch
 
 from lorafleet.dataplane.engine.scheduler import ScheduledRequest, SchedulerOutput
-from lorafleet.dataplane.model.attention import AttentionMetadata, DecodeGroup, PrefillSpan
+from lorafleet.dataplane.model.attention import (
+    AttentionMetadata,
+    DecodeGroup,
+    PrefillSpan,
+    runs_paged_kernels,
+)
+from lorafleet.kernels.attention_batch import PagedAttentionBatch
 from lorafleet.kernels.batch import LoraBatch
 
 
@@ -30,12 +36,21 @@ class StepBatch:
 
 
 class BatchBuilder:
-    """Turns a SchedulerOutput into a StepBatch for a cache with `block_size` tokens per block."""
+    """Turns a SchedulerOutput into a StepBatch for a cache with `block_size` tokens per block.
 
-    def __init__(self, block_size: int, device: torch.device, sliding_window: int | None) -> None:
+    is_paged: also describe each step as a flat `PagedAttentionBatch` for the paged-attention
+    kernels; None (the default): on CUDA only, so the CPU worker's steps pay nothing for it.
+    The torch path's decode groups and prefill spans are built unless the kernels will run
+    the step (CUDA with Triton), so on CPU `is_paged=True` gives both descriptions.
+    """
+
+    def __init__(self, block_size: int, device: torch.device, sliding_window: int | None,
+                 *, is_paged: bool | None = None) -> None:
         self.block_size = block_size
-        self.device = device
+        self.device = torch.device(device)
         self.sliding_window = sliding_window
+        self.is_paged = self.device.type == "cuda" if is_paged is None else is_paged
+        self.is_torch_path = not (self.is_paged and runs_paged_kernels(self.device))
 
     def build(self, plan: SchedulerOutput) -> StepBatch:
         """Orders the step's requests (decodes by context length, then prefill chunks) and
@@ -51,9 +66,12 @@ class BatchBuilder:
             kv_positions.extend(self._kv_positions(entry.block_table, start, stop))
             if entry.is_sampling:
                 sample_rows.append(len(ids) - 1)
+        torch_path = self.is_torch_path
         meta = AttentionMetadata(
-            kv_positions=self._tensor(kv_positions), decodes=self._decode_groups(decodes),
-            prefills=self._prefill_spans(entries[len(decodes):], len(decodes)),
+            kv_positions=self._tensor(kv_positions),
+            decodes=self._decode_groups(decodes) if torch_path else (),
+            prefills=self._prefill_spans(entries[len(decodes):], len(decodes)) if torch_path else (),
+            paged=self._paged_batch(entries) if self.is_paged else None,
         )
         return StepBatch(
             input_ids=self._tensor(ids), positions=self._tensor(positions), attention=meta,
@@ -68,6 +86,15 @@ class BatchBuilder:
     def _kv_positions(self, block_table, start: int, stop: int) -> list[int]:
         size = self.block_size
         return [block_table[p // size] * size + p % size for p in range(start, stop)]
+
+    def _paged_batch(self, entries: list[ScheduledRequest]) -> PagedAttentionBatch:
+        """The step as flat tensors (rows in `entries` order: decodes first)."""
+        size = self.block_size
+        contexts = [e.start_position + len(e.token_ids) for e in entries]
+        return PagedAttentionBatch.from_sequences(
+            [e.block_table[:-(-c // size)] for e, c in zip(entries, contexts, strict=True)],
+            contexts, [len(e.token_ids) for e in entries],
+            sliding_window=self.sliding_window, device=self.device)
 
     def _decode_groups(self, decodes: list[ScheduledRequest]) -> tuple[DecodeGroup, ...]:
         """Splits decodes (sorted by context) so no group pads its keys to more than twice

@@ -22,6 +22,7 @@ def test_every_kernel_compiles_to_a_cubin_in_every_dtype(tmp_path):
                           capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     sizes = json.loads(done.stdout.strip().splitlines()[-1])
-    kernels = ("_sgmv_shrink_kernel", "_sgmv_expand_kernel", "_bgmv_shrink_kernel", "_bgmv_expand_kernel")
+    kernels = ("_sgmv_shrink_kernel", "_sgmv_expand_kernel", "_bgmv_shrink_kernel", "_bgmv_expand_kernel",
+               "_decode_kernel", "_decode_combine_kernel", "_prefill_kernel")
     assert sorted(sizes) == sorted(f"{d} {k}" for d in ("fp32", "fp16", "bf16") for k in kernels)
     assert all(size > 0 for size in sizes.values())
