@@ -6,9 +6,10 @@
 
 Parts in order, each under its own time cap and the whole run's budget (a step that would
 overrun is skipped and the report says so): kernels (compiled Triton against the fp32
-reference), parity (engine greedy decoding on the GPU against transformers), timings
-(SGMV/BGMV against the HBM roofline and a per-adapter loop), decode (Llama-8B-shaped
-model, 0/1/8/32 distinct adapters). The report goes to $OUT when set, else
+reference), attention (the paged-attention kernels against the torch path, and decode
+attention's time against reading the KV cache once), parity (engine greedy decoding on
+the GPU against transformers), timings (SGMV/BGMV against the HBM roofline and a
+per-adapter loop), decode (Llama-8B-shaped model, 0/1/8/32 distinct adapters). The report goes to $OUT when set, else
 benchmarks/results/gpu/ (report.json, report.md); the table is also printed. Without a
 CUDA device it prints one line saying so, runs the dry run, and exits 0 when that passes.
 Exit status: 0 when every part passed or finished (targets missed are findings, not
@@ -30,7 +31,8 @@ import traceback
 from benchmarks.gpu_check import preflight
 
 # name -> module with CAP_S and run(device, clock, *, is_dry_run) -> dict.
-PARTS = {"kernels": "benchmarks.gpu_check.kernel_tests", "parity": "benchmarks.gpu_check.parity",
+PARTS = {"kernels": "benchmarks.gpu_check.kernel_tests",
+         "attention": "benchmarks.gpu_check.attention", "parity": "benchmarks.gpu_check.parity",
          "timings": "benchmarks.gpu_check.kernel_timing", "decode": "benchmarks.gpu_check.decode"}
 DEFAULT_BUDGET_S = 450.0  # 7.5 minutes: the check must end inside 8 on one H100
 MIN_PART_S = 10.0

@@ -1,4 +1,4 @@
-"""Part 4: end-to-end decode with 0/1/8/32 distinct adapters on a Llama-8B-shaped model.
+"""Part 5: end-to-end decode with 0/1/8/32 distinct adapters on a Llama-8B-shaped model.
 
 32 sequences decode together through the worker's engine, wired as `build_worker` wires
 it (adapter files loaded into pinned host memory on CUDA, copied into device slots, the

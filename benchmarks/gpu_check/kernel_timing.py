@@ -1,4 +1,4 @@
-"""Part 3: SGMV/BGMV time against the HBM roofline and against a per-adapter loop.
+"""Part 4: SGMV/BGMV time against the HBM roofline and against a per-adapter loop.
 
 Shapes: hidden 4096 in and out, rank 16 and 64, 1/8/32/128 distinct adapters, bf16; a
 decode batch (128 rows, one per request, adapters shuffled: BGMV once every adapter has

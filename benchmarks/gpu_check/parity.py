@@ -1,4 +1,4 @@
-"""Part 2: the engine's greedy decoding on the device, token for token against transformers.
+"""Part 3: the engine's greedy decoding on the device, token for token against transformers.
 
 The cases of tests/engine/test_greedy_parity.py (tiny float32 checkpoints from
 tests/support/tiny_models.py; eight prompts decoding together, then with a KV cache small
