@@ -82,10 +82,11 @@ class Engine:
     def add_request(
         self, request_id: str, prompt_token_ids: Sequence[int], *,
         params: SamplingParams | None = None, adapter: Hashable | None = None,
-        tenant: str = "",
+        tenant: str = "", cache_salt: str = "",
     ) -> None:
         """Queues a request given as token ids (the frontend tokenizes; see
-        dataplane/server/frontend.py); `tenant` is whom fair share counts it for."""
+        dataplane/server/frontend.py); `tenant` is whom fair share counts it for, and
+        with `cache_salt` the scope its prompt's KV is shared in (prefix_cache.py)."""
         if request_id in self._streams:
             raise InvalidRequestError(f"request_id {request_id!r} is already in use")
         params = params or SamplingParams()
@@ -93,7 +94,7 @@ class Engine:
         self._check_fits(token_ids, params)
         request = Request(
             request_id=request_id, prompt_token_ids=token_ids, params=params,
-            arrival_time=self._clock(), adapter=adapter, tenant=tenant,
+            arrival_time=self._clock(), adapter=adapter, tenant=tenant, cache_salt=cache_salt,
         )
         self.scheduler.add(request)
         self._streams[request_id] = RequestStream(request, self.tokenizer)
@@ -162,6 +163,7 @@ class Engine:
             num_waiting=self.scheduler.num_waiting, num_running=self.scheduler.num_running,
             num_used_blocks=self.allocator.num_used_blocks,
             num_total_blocks=self.allocator.num_blocks,
+            num_cached_blocks=self.allocator.num_cached_blocks,
         )
 
     def step(self) -> list[RequestOutput]:

@@ -39,6 +39,7 @@ class Usage:
 
     num_prompt_tokens: int
     num_output_tokens: int
+    num_cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
 
 
 class ErrorKind(enum.Enum):
@@ -82,3 +83,4 @@ class EngineStats:
     num_running: int
     num_used_blocks: int
     num_total_blocks: int
+    num_cached_blocks: int = 0  # free blocks that keep a cached prefix for reuse

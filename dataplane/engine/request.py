@@ -51,6 +51,8 @@ class Request:
     # Who the request is served for, for fair share (see fairness.py): the adapter's
     # tenant, or the caller's principal once auth names one; "" for the base model.
     tenant: str = ""
+    # Requests share cached prompt KV only with requests of the same salt (prefix_cache.py).
+    cache_salt: str = ""
     output_token_ids: list[int] = dataclasses.field(default_factory=list)
     num_computed_tokens: int = 0
     # Tokens the step being planned will compute; set by the scheduler.
@@ -60,6 +62,10 @@ class Request:
     num_preemptions: int = 0
     # Out of KV blocks, taken off its seat; it goes back before any other waiting request.
     is_preempted: bool = False
+    # Prompt tokens already computed when it was first admitted: the prefix cache's saving.
+    num_cached_tokens: int | None = None
+    # Content keys of its full blocks, in order, once the prefix cache computed them.
+    block_keys: list[bytes] = dataclasses.field(default_factory=list)
     timings: RequestTimings = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:

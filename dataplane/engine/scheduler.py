@@ -6,6 +6,8 @@ then waiting ones; when KV blocks run out, the newest running request is preempt
 later recomputed from scratch. Which waiting request goes next is fairness.py's choice:
 fair share between tenants by default, FIFO when asked; under fair share, a tenant with
 no seat may also take one from the tenant holding the most (a seat yield, fairness.py).
+A request admitted with no blocks first takes whatever leading blocks the prefix cache
+holds for it (prefix_cache.py); only the rest is computed, and charged.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from lorafleet.dataplane.engine.adapter_policy import AdapterScheduling
 from lorafleet.dataplane.engine.blocks import BlockAllocator
 from lorafleet.dataplane.engine.fairness import QUEUE_POLICIES, waiting_order
 from lorafleet.dataplane.engine.params import SamplingParams
+from lorafleet.dataplane.engine.prefix_cache import NoPrefixCache, PrefixCache
 from lorafleet.dataplane.engine.request import Request, RequestStatus
 
 
@@ -92,15 +95,18 @@ class _StepBudget:
 
 
 class Scheduler:
-    """Owns the waiting queue, the running list and every request's KV blocks."""
+    """Owns the waiting queue, the running list and every request's KV blocks;
+    `prefix_cache` (default: none) shares blocks of equal prefixes between requests."""
 
     def __init__(
         self, config: SchedulerConfig, allocator: BlockAllocator,
         adapters: AdapterScheduling | None = None,
+        prefix_cache: PrefixCache | NoPrefixCache | None = None,
     ) -> None:
         self.config = config
         self.allocator = allocator
         self.adapters = adapters or AdapterScheduling()
+        self.prefix_cache = prefix_cache or NoPrefixCache()
         self.waiting: collections.deque[Request] = collections.deque()
         self.running: list[Request] = []
         self._requests: dict[str, Request] = {}
@@ -176,8 +182,8 @@ class Scheduler:
             if not self._can_join(request, budget, is_new=True):
                 skipped.append(request)
                 continue
-            num_new = min(request.num_pending_tokens, budget.num_tokens)
-            if not self._try_reserve(request, num_new):
+            num_new = self._try_admit(request, budget.num_tokens)
+            if num_new is None:
                 self.waiting.appendleft(request)
                 break
             request.status = RequestStatus.RUNNING
@@ -206,6 +212,19 @@ class Scheduler:
             budget.adapters.add(request.adapter)
         request.num_scheduled_tokens = num_new
         out.append(request)
+
+    def _try_admit(self, request: Request, num_tokens: int) -> int | None:
+        """Takes a waiting request's cached prefix, then the blocks of its next chunk (at
+        most `num_tokens`); the tokens it computes now, or None, holding no block, when
+        blocks are short."""
+        self.prefix_cache.take_cached(request)
+        num_new = min(request.num_pending_tokens, num_tokens)
+        if not self._try_reserve(request, num_new):
+            self._drop_blocks(request)
+            return None
+        if request.num_cached_tokens is None:  # first admission: what the cache saved it
+            request.num_cached_tokens = request.num_computed_tokens
+        return num_new
 
     def _try_reserve(self, request: Request, num_new: int) -> bool:
         """Allocates the blocks the request needs to hold `num_new` more tokens."""
@@ -242,10 +261,14 @@ class Scheduler:
     def _requeue(self, request: Request) -> None:
         """Takes a running request off its seat and its blocks; it will be recomputed."""
         self.running.remove(request)
+        self._drop_blocks(request)
+        request.status = RequestStatus.WAITING
+
+    def _drop_blocks(self, request: Request) -> None:
+        """Frees the request's blocks (cached ones stay cached); nothing is computed."""
         self.allocator.free(request.block_table)
         request.block_table = []
         request.num_computed_tokens = 0
-        request.status = RequestStatus.WAITING
 
     def _plan(self, scheduled: list[Request], preempted: list[Request]) -> SchedulerOutput:
         """Freezes this step's decisions for the runner."""
@@ -275,6 +298,7 @@ class Scheduler:
             if request is None or request.status is not RequestStatus.RUNNING:
                 continue
             request.num_computed_tokens += len(entry.token_ids)
+            self.prefix_cache.cache_computed(request, len(entry.token_ids))
             token = sampled.get(entry.request_id)
             if token is not None:
                 request.output_token_ids.append(token)

@@ -16,6 +16,7 @@ import torch
 from lorafleet.dataplane.engine.adapter_policy import AdapterScheduling
 from lorafleet.dataplane.engine.blocks import BlockAllocator
 from lorafleet.dataplane.engine.engine import Engine
+from lorafleet.dataplane.engine.prefix_cache import PrefixCache
 from lorafleet.dataplane.engine.scheduler import Scheduler, SchedulerConfig
 from lorafleet.dataplane.lora.device import DeviceAdapters
 from lorafleet.dataplane.model.config import ModelConfig
@@ -61,6 +62,7 @@ def create_engine(
     scheduler_config: SchedulerConfig = SchedulerConfig(),  # noqa: B008 (frozen)
     adapters: DeviceAdapters | None = None,
     reserve_memory: Callable[[DecoderModel], int] | None = None,
+    prefix_cache_scope: str | None = None,
 ) -> Engine:
     """Loads a checkpoint and wires scheduler, runner and tokenizer into an Engine.
 
@@ -68,6 +70,9 @@ def create_engine(
     adapters: the device adapter slots and their host tier (None: base model only); the
     slots are preallocated once the weights are placed, and the KV cache does without
     their bytes. reserve_memory(model) may reserve more the same way.
+    prefix_cache_scope: "tenant" or "global" shares the KV of equal prompt prefixes within
+    a tenant or across tenants (engine/prefix_cache.py); None (the default here; a worker
+    turns it on) computes every prompt whole.
     """
     model_dir = pathlib.Path(model_dir)
     device = torch.device(device) if device is not None else default_device()
@@ -83,7 +88,10 @@ def create_engine(
     builder = BatchBuilder(block_size, device, config.sliding_window)
     runner = ModelRunner(model, cache, builder, adapters)
     scheduling = AdapterScheduling(adapters.num_slots, adapters.host) if adapters else None
-    scheduler = Scheduler(scheduler_config, BlockAllocator(num_blocks, block_size), scheduling)
+    allocator = BlockAllocator(num_blocks, block_size)
+    prefix_cache = None if prefix_cache_scope is None else PrefixCache(
+        allocator, scope=prefix_cache_scope, model=f"{model_dir.resolve()}:{model.dtype}")
+    scheduler = Scheduler(scheduler_config, allocator, scheduling, prefix_cache)
     tokenizer = Tokenizer.from_dir(model_dir, eos_token_ids=_eos_token_ids(model_dir, config))
     return Engine(scheduler, runner, tokenizer, vocab_size=config.vocab_size,
                   max_model_len=config.max_position_embeddings)

@@ -30,14 +30,16 @@ class RecordingRunner:
         self.inner.release(request_ids)
 
 
-def make_engine(directory, *, num_blocks=256, block_size=4, dtype="float32", **limits) -> Engine:
-    """An engine on cpu whose KV cache holds exactly `num_blocks` blocks, plans recorded."""
+def make_engine(directory, *, num_blocks=256, block_size=4, dtype="float32",
+                prefix_cache_scope=None, **limits) -> Engine:
+    """An engine on cpu whose KV cache holds exactly `num_blocks` blocks, plans recorded;
+    prefix caching off unless a scope is given."""
     config = ModelConfig.from_dir(directory)
     block_bytes = bytes_per_block(config, block_size, DTYPES.get(dtype, torch.float32))
     engine = create_engine(
         directory, device="cpu", dtype=dtype, block_size=block_size,
         kv_cache=KVCacheBudget(num_bytes=num_blocks * block_bytes),
-        scheduler_config=SchedulerConfig(**limits),
+        scheduler_config=SchedulerConfig(**limits), prefix_cache_scope=prefix_cache_scope,
     )
     engine.runner = RecordingRunner(engine.runner)
     return engine
