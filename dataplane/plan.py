@@ -61,6 +61,11 @@ def plan_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-num-seqs", type=int, default=64,
                         help="the worker's sequences per step, which caps the batch "
                              "(default %(default)s)")
+    parser.add_argument("--prefix-cache-scope", choices=["tenant", "global"], default="tenant",
+                        help="the worker's option: who shares cached prompt prefixes "
+                             "(default %(default)s)")
+    parser.add_argument("--no-prefix-cache", action="store_true",
+                        help="the worker's option: no prefix caching")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
@@ -93,8 +98,20 @@ def format_table(plan: MemoryPlan) -> str:
     capped = " (capped by --max-num-seqs)" if plan.max_batch < plan.num_seqs_fit else ""
     lines.append(f"KV tokens: {plan.num_kv_tokens:,}; largest batch of {plan.context:,}-token "
                  f"sequences: {plan.max_batch:,}{capped}")
+    lines.append(_prefix_cache_line(plan))
     lines.append(f"the worker will print: {worker_sizes(plan).describe()}")
     return "\n".join(lines)
+
+
+def _prefix_cache_line(plan: MemoryPlan) -> str:
+    """What the KV cache also holds: cached prompt prefixes in its idle blocks."""
+    if plan.prefix_cache_scope is None:
+        return "prefix cache: off (--no-prefix-cache)"
+    shared = "within a tenant" if plan.prefix_cache_scope == "tenant" else "across tenants"
+    return (f"prefix cache: idle KV blocks keep prompt prefixes, shared {shared} (up to "
+            f"{plan.prefix_cache_max_blocks:,} blocks, "
+            f"{plan.prefix_cache_max_blocks * plan.kv_block_size:,} tokens; no memory "
+            f"of its own)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         max_loras=args.max_loras, max_lora_rank=args.max_lora_rank,
         max_cpu_loras=args.max_cpu_loras, dtype=args.dtype, block_size=args.block_size,
         kv_cache_bytes=args.kv_cache_bytes, kv_cache_fraction=args.kv_cache_fraction,
-        gpu_memory=args.gpu_memory, context=args.context, max_num_seqs=args.max_num_seqs)
+        gpu_memory=args.gpu_memory, context=args.context, max_num_seqs=args.max_num_seqs,
+        prefix_cache_scope=None if args.no_prefix_cache else args.prefix_cache_scope)
     try:
         plan = plan_memory(ModelConfig.from_dir(args.model), request)
     except (ModelConfigError, PlanError) as exc:

@@ -96,6 +96,16 @@ def add_serve_arguments(parser: argparse.ArgumentParser, *, model_required: bool
     parser.add_argument("--max-num-seqs", type=int, default=64, help="sequences per step (default %(default)s)")
     parser.add_argument("--max-num-batched-tokens", type=int, default=2048,
                         help="tokens per step, prefill chunks included (default %(default)s)")
+    parser.add_argument("--prefix-cache-scope", choices=["tenant", "global"], default="tenant",
+                        help="who shares cached prompt KV (prefix caching): 'tenant', only "
+                             "requests of the same tenant, since a cache hit answers faster "
+                             "and a caller could time that to learn another tenant's prompt; "
+                             "'global', every request (more hits when tenants share system "
+                             "prompts). Always only the same base model and adapter weights "
+                             "(by digest) and the same cache_salt (default %(default)s)")
+    parser.add_argument("--no-prefix-cache", action="store_true",
+                        help="compute every prompt whole: no KV reuse between requests "
+                             "(default: equal prompt prefixes reuse their KV blocks)")
     parser.add_argument("--max-waiting", type=int, default=256,
                         help="queued requests beyond which Generate answers RESOURCE_EXHAUSTED (default %(default)s)")
     parser.add_argument("--worker-id",
@@ -157,7 +167,8 @@ def worker_config(args: argparse.Namespace):
         max_num_batched_tokens=args.max_num_batched_tokens, max_waiting=args.max_waiting,
         queue_policy=args.queue_policy, quotas=quota_config_of(args),
         engine_runs=args.engine_runs, cpu_thread_wait=args.cpu_thread_wait,
-        engine_start_timeout=args.engine_start_timeout, **extra)
+        engine_start_timeout=args.engine_start_timeout,
+        prefix_cache_scope=None if args.no_prefix_cache else args.prefix_cache_scope, **extra)
 
 
 async def serve(args: argparse.Namespace, stopper: Stopper, on_ready=None) -> int:

@@ -100,6 +100,7 @@ class PlanRequest:
     gpu_memory: int | None = None  # None: a CPU worker
     context: int | None = None  # None: the model's max_position_embeddings
     max_num_seqs: int = 64
+    prefix_cache_scope: str | None = "tenant"  # None: --no-prefix-cache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +128,8 @@ class MemoryPlan:
     context: int
     num_seqs_fit: int
     max_batch: int
+    prefix_cache_scope: str | None  # who shares cached prefixes; None: off
+    prefix_cache_max_blocks: int  # KV blocks that may hold cached prefixes when idle
 
     @property
     def device_bytes(self) -> int:
@@ -168,7 +171,9 @@ def plan_memory(config: ModelConfig, request: PlanRequest) -> MemoryPlan:
         kv_budget_source=source, num_kv_blocks=num_blocks, kv_block_size=request.block_size,
         kv_block_bytes=block, num_kv_tokens=num_blocks * request.block_size,
         max_model_len=config.max_position_embeddings, context=context,
-        num_seqs_fit=num_seqs_fit, max_batch=min(num_seqs_fit, request.max_num_seqs))
+        num_seqs_fit=num_seqs_fit, max_batch=min(num_seqs_fit, request.max_num_seqs),
+        prefix_cache_scope=request.prefix_cache_scope,
+        prefix_cache_max_blocks=num_blocks if request.prefix_cache_scope else 0)
 
 
 def _check_request(request: PlanRequest) -> None:

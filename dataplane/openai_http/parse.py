@@ -62,7 +62,8 @@ def parse_chat(body: dict, base_model: str) -> ParsedRequest:
 
 
 def _common(body: dict, base_model: str, *, max_tokens_field: str) -> pb.GenerateRequest:
-    """The fields completions and chat share: model, n, sampling, user."""
+    """The fields completions and chat share: model, n, sampling, user, and vLLM's
+    cache_salt (GenerateRequest.cache_salt)."""
     _refuse_unsupported(body)
     model = fields.string(body, "model")
     if not model:
@@ -72,7 +73,8 @@ def _common(body: dict, base_model: str, *, max_tokens_field: str) -> pb.Generat
     if n is not None and n != 1:
         raise bad_request("n", f"only 1 choice per request is supported, got {n}")
     request = pb.GenerateRequest(adapter="" if model == base_model else model,
-                                 routing_key=fields.string(body, "user") or "")
+                                 routing_key=fields.string(body, "user") or "",
+                                 cache_salt=fields.string(body, "cache_salt") or "")
     _set_sampling(request.sampling, body, max_tokens_field)
     return request
 

@@ -21,10 +21,11 @@ def token_name(token_id: int) -> str:
 
 
 def usage_of(summary: pb.GenerateSummary) -> dict:
-    """OpenAI's usage object."""
+    """OpenAI's usage object, with the prompt tokens the prefix cache supplied."""
     prompt, completion = summary.usage.prompt_tokens, summary.usage.completion_tokens
     return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion}
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": summary.usage.cached_tokens}}
 
 
 def served_by(summary: pb.GenerateSummary) -> dict:

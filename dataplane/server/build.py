@@ -25,6 +25,7 @@ from opentelemetry import trace
 from lorafleet.dataplane.adapters.confinement import UNCONFINED, SourcePolicy
 from lorafleet.dataplane.adapters.sources import SourceResolver
 from lorafleet.dataplane.engine.engine import Engine
+from lorafleet.dataplane.engine.prefix_cache import PREFIX_CACHE_SCOPES
 from lorafleet.dataplane.engine.scheduler import SchedulerConfig
 from lorafleet.dataplane.lora.device import DeviceAdapters
 from lorafleet.dataplane.lora.host_cache import HostCache
@@ -76,6 +77,8 @@ class WorkerConfig:
     engine_runs: str = "process"  # one of ENGINE_RUNS
     cpu_thread_wait: str = "sleep"  # one of CPU_THREAD_WAITS (engine_process.py says why)
     engine_start_timeout: float = 600.0  # seconds the engine process may take to build
+    # Who shares cached prompt KV: "tenant", "global", or None (off; engine/prefix_cache.py).
+    prefix_cache_scope: str | None = "tenant"
 
     def __post_init__(self) -> None:
         if self.engine_runs not in ENGINE_RUNS:
@@ -84,6 +87,9 @@ class WorkerConfig:
         if self.cpu_thread_wait not in CPU_THREAD_WAITS:
             raise ValueError(f"cpu_thread_wait must be one of {CPU_THREAD_WAITS}, "
                              f"not {self.cpu_thread_wait!r}")
+        if self.prefix_cache_scope not in (*PREFIX_CACHE_SCOPES, None):
+            raise ValueError(f"prefix_cache_scope must be one of {PREFIX_CACHE_SCOPES} "
+                             f"or None, not {self.prefix_cache_scope!r}")
         if not self.engine_start_timeout > 0:
             raise ValueError(f"engine_start_timeout must be positive, "
                              f"not {self.engine_start_timeout!r}")
@@ -138,7 +144,7 @@ def build_engine(config: WorkerConfig, recorder: WorkerMetrics | MetricEvents) -
         block_size=config.block_size,
         scheduler_config=SchedulerConfig(config.max_num_batched_tokens, config.max_num_seqs,
                                          config.queue_policy),
-        adapters=adapters)
+        adapters=adapters, prefix_cache_scope=config.prefix_cache_scope)
     return EngineParts(engine, host, adapters)
 
 

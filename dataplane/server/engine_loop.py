@@ -155,7 +155,8 @@ class EngineLoop:
 
     def _add(self, request: NewRequest) -> None:
         self.engine.add_request(request.request_id, request.token_ids, params=request.params,
-                                adapter=request.adapter, tenant=request.tenant)
+                                adapter=request.adapter, tenant=request.tenant,
+                                cache_salt=request.cache_salt)
         self._live.add(request.request_id)
 
     def _try_evict(self, digest: str, keep_host: bool) -> bool:

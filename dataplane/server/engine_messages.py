@@ -56,6 +56,7 @@ class NewRequest:
     params: SamplingParams
     adapter: str | None = None
     tenant: str = ""
+    cache_salt: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

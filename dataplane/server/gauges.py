@@ -85,6 +85,8 @@ class SnapshotGauges(Collector):
         yield _gauge("lorafleet_kv_blocks_used", "KV cache blocks in use", stats.num_used_blocks)
         yield _gauge("lorafleet_kv_blocks_total", "KV cache blocks in all",
                      stats.num_total_blocks)
+        yield _gauge("lorafleet_kv_blocks_cached", "KV cache blocks no request holds that "
+                     "keep a cached prefix for reuse", stats.num_cached_blocks)
         resident = GaugeMetricFamily("lorafleet_resident_adapters",
                                      "Adapter versions resident per tier", labels=["tier"])
         counts = snapshot.adapter_counts if snapshot is not None else {}

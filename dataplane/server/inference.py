@@ -9,7 +9,7 @@ from google.protobuf import duration_pb2
 
 from lorafleet.dataplane.engine.outputs import RequestOutput
 from lorafleet.dataplane.engine.request import FinishReason
-from lorafleet.dataplane.server.requests import prompt_of, sampling_of
+from lorafleet.dataplane.server.requests import cache_salt_of, prompt_of, sampling_of
 from lorafleet.dataplane.server.status import stream_errors
 from lorafleet.dataplane.server.tracing import context_from_metadata
 from lorafleet.dataplane.server.worker import Admitted, Worker
@@ -33,6 +33,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     @stream_errors
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
         prompt, params = prompt_of(request), sampling_of(request)
+        cache_salt = cache_salt_of(request)
         admitted = self._worker.admit(request.request_id, request.adapter)
         try:
             token_ids = await self._worker.frontend.token_ids(prompt, params)
@@ -41,7 +42,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             raise
         parent = context_from_metadata(context.invocation_metadata())
         async for output in self._worker.generate(admitted, token_ids, params,
-                                                  trace_parent=parent):
+                                                  cache_salt=cache_salt, trace_parent=parent):
             if output.new_token_ids or output.text:
                 yield pb.GenerateResponse(delta=_delta(output))
             if output.is_finished:
@@ -58,7 +59,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         summary = pb.GenerateSummary(
             finish_reason=_FINISH[output.finish_reason],
             usage=pb.Usage(prompt_tokens=output.usage.num_prompt_tokens,
-                           completion_tokens=output.usage.num_output_tokens),
+                           completion_tokens=output.usage.num_output_tokens,
+                           cached_tokens=output.usage.num_cached_tokens),
             adapter_version=entry.label if entry else "",
             adapter_digest=entry.digest if entry else "",
             matched_stop=output.stop_string or "",

@@ -22,7 +22,7 @@ from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from lorafleet.dataplane.server.gauges import TIERS, SnapshotGauges
+from lorafleet.dataplane.server.gauges import TIERS, ServerLimits, SnapshotGauges
 from lorafleet.dataplane.server.labels import BASE, VersionLabeler
 from lorafleet.dataplane.server.snapshot import EngineSnapshot
 from lorafleet.metrics_http import MetricsEndpoint
@@ -48,6 +48,7 @@ class FinishedRequest:
     time_to_first_token: float | None
     total_seconds: float
     token_gaps: tuple[float, ...] = ()
+    num_cached_tokens: int = 0  # prompt tokens the prefix cache supplied
 
 
 class TokenClock:
@@ -122,7 +123,9 @@ class WorkerMetrics:
         self._lock = threading.Lock()
         self._http = MetricsEndpoint(self.registry)
         self._create_request_series()
+        self._create_prefix_cache_series()
         self._create_adapter_series()
+        self._touch(BASE, "")
 
     def _create_request_series(self) -> None:
         registry, by_adapter = self.registry, ADAPTER_LABELS
@@ -149,7 +152,6 @@ class WorkerMetrics:
                               registry=registry, buckets=TOKEN_BUCKETS)
         self.e2e = Histogram("lorafleet_request_latency_seconds", "Arrival to last token",
                              by_adapter, registry=registry, buckets=LATENCY_BUCKETS)
-        self._touch(BASE, "")
         for code in grpc.StatusCode:
             if code is not grpc.StatusCode.OK:
                 self.rejected.labels(code.name)
@@ -169,6 +171,29 @@ class WorkerMetrics:
             for outcome in OUTCOMES:
                 self.adapter_loads.labels(tier, outcome)
 
+    def _create_prefix_cache_series(self) -> None:
+        registry, by_adapter = self.registry, ADAPTER_LABELS
+        self.prefix_queries = Counter("lorafleet_prefix_cache_queries", "Prompt tokens of "
+                                      "finished requests, looked up in the prefix cache",
+                                      by_adapter, registry=registry)
+        self.prefix_hits = Counter("lorafleet_prefix_cache_hits", "Prompt tokens of finished "
+                                   "requests whose KV came from the prefix cache", by_adapter,
+                                   registry=registry)
+        # vLLM's names (tokens, per base model), for dashboards made for vLLM.
+        self.vllm_prefix_queries = Counter("vllm:prefix_cache_queries", "Prefix cache "
+                                           "queries, in prompt tokens", ["model_name"],
+                                           registry=registry)
+        self.vllm_prefix_hits = Counter("vllm:prefix_cache_hits", "Prefix cache hits, in "
+                                        "prompt tokens", ["model_name"], registry=registry)
+        self._model_name = ""
+
+    def set_limits(self, limits: ServerLimits) -> None:
+        """The worker's shape and base model name (the vLLM-named series' `model_name`)."""
+        self.gauges.set_limits(limits)
+        self._model_name = limits.model_name
+        self.vllm_prefix_queries.labels(limits.model_name)
+        self.vllm_prefix_hits.labels(limits.model_name)
+
     def _touch(self, adapter: str, version: str) -> None:
         """Creates every series of a new (adapter, version) pair at zero."""
         with self._lock:
@@ -178,7 +203,7 @@ class WorkerMetrics:
         for reason in FINISH_REASONS:
             self.requests.labels(adapter, version, reason)
         for series in (self.prompt_tokens, self.output_tokens, self.queue_time, self.ttft,
-                       self.itl, self.tpot, self.e2e):
+                       self.itl, self.tpot, self.e2e, self.prefix_queries, self.prefix_hits):
             series.labels(adapter, version)
 
     def observe(self, snapshot: Callable[[], EngineSnapshot | None]) -> None:
@@ -192,6 +217,7 @@ class WorkerMetrics:
         self.requests.labels(*key, request.finish_reason).inc()
         self.prompt_tokens.labels(*key).inc(request.num_prompt_tokens)
         self.output_tokens.labels(*key).inc(request.num_output_tokens)
+        self._count_prefix_cache(key, request)
         self.e2e.labels(*key).observe(request.total_seconds)
         if request.queue_seconds is not None:
             self.queue_time.labels(*key).observe(request.queue_seconds)
@@ -202,6 +228,12 @@ class WorkerMetrics:
             decode = request.total_seconds - request.time_to_first_token
             self.tpot.labels(*key).observe(decode / (request.num_output_tokens - 1))
         self.itl.observe_many(key, request.token_gaps)
+
+    def _count_prefix_cache(self, key: tuple[str, str], request: FinishedRequest) -> None:
+        self.prefix_queries.labels(*key).inc(request.num_prompt_tokens)
+        self.prefix_hits.labels(*key).inc(request.num_cached_tokens)
+        self.vllm_prefix_queries.labels(self._model_name).inc(request.num_prompt_tokens)
+        self.vllm_prefix_hits.labels(self._model_name).inc(request.num_cached_tokens)
 
     def record_rejected(self, code: grpc.StatusCode) -> None:
         """Counts one Generate that ended with error status `code`."""

@@ -10,6 +10,7 @@ from lorafleet.inference.v1 import inference_service_pb2 as pb
 MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_CHARS = 256
 MAX_PROMPT_CHARS = 1_000_000
+MAX_CACHE_SALT_CHARS = 256
 
 
 class BadRequest(ValueError):
@@ -54,6 +55,14 @@ def prompt_of(request: pb.GenerateRequest) -> PromptInput:
     if any(not m["role"] for m in messages):
         raise BadRequest("chat.messages.role: every message needs a role")
     return PromptInput(messages=messages)
+
+
+def cache_salt_of(request: pb.GenerateRequest) -> str:
+    """The request's prefix-cache salt ("" when none); raises BadRequest when too long."""
+    if len(request.cache_salt) > MAX_CACHE_SALT_CHARS:
+        raise BadRequest(f"cache_salt: at most {MAX_CACHE_SALT_CHARS} characters, "
+                         f"got {len(request.cache_salt)}")
+    return request.cache_salt
 
 
 def sampling_of(request: pb.GenerateRequest) -> SamplingParams:

@@ -83,8 +83,8 @@ class Worker:
         self._num_in_flight = 0
         self._loads: dict[tuple[str, int], asyncio.Future] = {}
         self.quotas = TenantQuotas(options.quotas)
-        metrics.gauges.set_limits(ServerLimits(base_model.name, sizes.max_loras,
-                                               sizes.kv_block_size, sizes.num_kv_blocks))
+        metrics.set_limits(ServerLimits(base_model.name, sizes.max_loras,
+                                        sizes.kv_block_size, sizes.num_kv_blocks))
 
     @property
     def snapshot(self) -> EngineSnapshot:
@@ -123,13 +123,15 @@ class Worker:
         return Admitted(request_id, caller_id or request_id, entry, time.monotonic(), tenant)
 
     async def generate(self, admitted: Admitted, token_ids: tuple[int, ...],
-                       params: SamplingParams, *, trace_parent: Any = None,
-                       ) -> AsyncIterator[RequestOutput]:
+                       params: SamplingParams, *, cache_salt: str = "",
+                       trace_parent: Any = None) -> AsyncIterator[RequestOutput]:
         """Streams the engine's outputs for an admitted request, then unpins it.
-        `trace_parent`: the caller's trace context, continued by the request's span."""
+        `cache_salt`: see GenerateRequest.cache_salt; `trace_parent`: the caller's trace
+        context, continued by the request's span."""
         entry = admitted.entry
         request = NewRequest(admitted.request_id, token_ids, params,
-                             entry.digest if entry is not None else None, admitted.tenant)
+                             entry.digest if entry is not None else None, admitted.tenant,
+                             cache_salt)
         last, clock = None, TokenClock()
         span = request_span(self.tracer, admitted.caller_id, entry, trace_parent)
         try:
@@ -164,7 +166,8 @@ class Worker:
         self.metrics.record_finished(FinishedRequest(
             adapter=entry.name if entry else None, version=entry.version if entry else None,
             finish_reason=reason, num_prompt_tokens=last.usage.num_prompt_tokens,
-            num_output_tokens=last.usage.num_output_tokens, queue_seconds=queued,
+            num_output_tokens=last.usage.num_output_tokens,
+            num_cached_tokens=last.usage.num_cached_tokens, queue_seconds=queued,
             time_to_first_token=first, total_seconds=time.monotonic() - timings.arrival,
             token_gaps=tuple(clock.gaps)))
 

@@ -88,7 +88,8 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
             load=pb.WorkerLoad(
                 num_waiting=stats.num_waiting, num_running=stats.num_running,
                 num_kv_blocks_used=stats.num_used_blocks, num_device_adapters=counts["device"],
-                num_host_adapters=counts["host"], requests_per_adapter=in_flight),
+                num_host_adapters=counts["host"], requests_per_adapter=in_flight,
+                num_kv_blocks_cached=stats.num_cached_blocks),
             is_draining=worker.is_shutting_down)
 
     def residency(self, entry: VersionEntry) -> pb.AdapterResidency:

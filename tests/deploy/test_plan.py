@@ -123,6 +123,21 @@ def test_defaults_are_the_workers(capsys, checkpoints):
             plan["kv_block_size"]) == (defaults.max_loras, defaults.max_lora_rank,
                                        defaults.max_cpu_loras, defaults.block_size)
     assert plan["kv_budget_bytes"] == kv_cache.DEFAULT_CPU_BYTES
+    assert plan["prefix_cache_scope"] == defaults.prefix_cache_scope
+
+
+def test_prefix_cache_is_the_kv_caches_idle_blocks(capsys, llama_8b):
+    plan = plan_json(capsys, "--model", str(llama_8b), "--gpu-memory", "80GiB")
+    assert plan["prefix_cache_max_blocks"] == plan["num_kv_blocks"]
+    assert plan["device_bytes"] == plan_json(capsys, "--model", str(llama_8b), "--gpu-memory",
+                                             "80GiB", "--no-prefix-cache")["device_bytes"]
+    off = plan_json(capsys, "--model", str(llama_8b), "--gpu-memory", "80GiB",
+                    "--no-prefix-cache")
+    assert (off["prefix_cache_scope"], off["prefix_cache_max_blocks"]) == (None, 0)
+    status, out, _ = run_plan(capsys, "--model", str(llama_8b), "--gpu-memory", "80GiB",
+                              "--prefix-cache-scope", "global")
+    assert status == 0 and "prefix cache: idle KV blocks keep prompt prefixes, shared across " \
+        "tenants" in out
 
 
 def test_largest_batch_at_a_context(capsys, llama_8b):

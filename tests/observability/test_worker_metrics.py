@@ -19,7 +19,7 @@ HISTOGRAMS = ("lorafleet_queue_time_seconds", "lorafleet_time_to_first_token_sec
               "lorafleet_inter_token_latency_seconds", "lorafleet_time_per_output_token_seconds",
               "lorafleet_request_latency_seconds")
 GAUGES = ("lorafleet_queue_depth", "lorafleet_running_sequences", "lorafleet_kv_blocks_used",
-          "vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc",
+          "lorafleet_kv_blocks_cached", "vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc",
           "vllm:gpu_cache_usage_perc")
 
 
@@ -52,8 +52,11 @@ def test_every_series_exists_at_zero_before_any_request(lora_suite):
         assert found.value("lorafleet_requests_total", adapter="base", version="",
                            finish_reason=reason) == 0
     for name in ("lorafleet_prompt_tokens_total", "lorafleet_generation_tokens_total",
+                 "lorafleet_prefix_cache_queries_total", "lorafleet_prefix_cache_hits_total",
                  *(f"{h}_count" for h in HISTOGRAMS)):
         assert found.value(name, adapter="base", version="") == 0, name
+    for name in ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"):
+        assert found.value(name, model_name="tiny-llama") == 0, name
     for code in ("NOT_FOUND", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "UNAVAILABLE",
                  "FAILED_PRECONDITION", "INTERNAL"):
         assert found.value("lorafleet_rejected_requests_total", code=code) == 0

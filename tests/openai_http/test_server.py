@@ -87,7 +87,8 @@ async def test_completion_stream_is_sse_with_usage_and_done(scripted):
     assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
     assert chunks[-2]["lorafleet"]["adapter_version"] == "acme/x@7"
     assert chunks[-1]["choices"] == []
-    assert chunks[-1]["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}
+    assert chunks[-1]["usage"] == {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6,
+                                   "prompt_tokens_details": {"cached_tokens": 0}}
 
 
 async def test_chat_stream_opens_with_the_role_and_ends_with_finish_reason(scripted):
@@ -137,11 +138,13 @@ async def test_request_fields_reach_generate(scripted):
     await _client(scripted).completions.create(
         model="acme/x@2", prompt=[[11, 12, 13]], max_tokens=7, temperature=0, top_p=0.5,
         seed=2**63, stop="\n", user="user-42", logprobs=2,
-        extra_body={"top_k": 4, "ignore_eos": True, "stop_token_ids": [9], "unknown": {"a": 1}},
+        extra_body={"top_k": 4, "ignore_eos": True, "stop_token_ids": [9], "unknown": {"a": 1},
+                    "cache_salt": "salt-1"},
         extra_headers={"Authorization": "Bearer sk-abc"})
     request = scripted.inference.requests[-1]
     assert request.adapter == "acme/x@2" and list(request.token_ids.ids) == [11, 12, 13]
     assert request.routing_key == "user-42"
+    assert request.cache_salt == "salt-1"
     s = request.sampling
     assert (s.max_tokens, s.temperature, s.top_p, s.seed) == (7, 0.0, 0.5, 2**63)
     assert (list(s.stop), s.logprobs, s.top_k, s.ignore_eos) == (["\n"], 2, 4, True)
@@ -186,6 +189,7 @@ async def test_logprobs_name_tokens_by_id(scripted):
     ("/completions", {"echo": True}, "echo"),
     ("/completions", {"model": ""}, "model"),
     ("/completions", {"user": 7}, "user"),
+    ("/completions", {"cache_salt": 7}, "cache_salt"),
     ("/completions", {"stream": True, "stream_options": {"include_usage": "yes"}},
      "stream_options.include_usage"),
     ("/chat/completions", {"messages": []}, "messages"),

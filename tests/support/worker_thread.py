@@ -39,11 +39,12 @@ class WorkerThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def generate(self, adapter: str = "", prompt=None, *, max_tokens: int = 10, timeout=60,
-                 **sampling) -> tuple[list[int], ipb.GenerateSummary]:
+                 cache_salt: str = "", **sampling) -> tuple[list[int], ipb.GenerateSummary]:
         """Greedy (unless sampling says otherwise) completion: (token ids, summary)."""
         sampling.setdefault("temperature", 0.0)
-        request = ipb.GenerateRequest(adapter=adapter, sampling=ipb.SamplingParams(
-            max_tokens=max_tokens, **sampling))
+        request = ipb.GenerateRequest(adapter=adapter, cache_salt=cache_salt,
+                                      sampling=ipb.SamplingParams(max_tokens=max_tokens,
+                                                                  **sampling))
         if isinstance(prompt, str):
             request.text = prompt
         else:

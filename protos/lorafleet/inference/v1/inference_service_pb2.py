@@ -25,39 +25,39 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.lorafleet/inference/v1/inference_service.proto\x12\x16lorafleet.inference.v1\x1a\x1egoogle/protobuf/duration.proto\"\x8c\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x12\x35\n\ttoken_ids\x18\x04 \x01(\x0b\x32 .lorafleet.inference.v1.TokenIdsH\x00\x12\x34\n\x04\x63hat\x18\x05 \x01(\x0b\x32$.lorafleet.inference.v1.ChatMessagesH\x00\x12\x38\n\x08sampling\x18\x06 \x01(\x0b\x32&.lorafleet.inference.v1.SamplingParams\x12\x13\n\x0brouting_key\x18\x07 \x01(\tB\x08\n\x06prompt\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"E\n\x0c\x43hatMessages\x12\x35\n\x08messages\x18\x01 \x03(\x0b\x32#.lorafleet.inference.v1.ChatMessage\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xf5\x01\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\r\x12\x15\n\x08logprobs\x18\x08 \x01(\rH\x03\x88\x01\x01\x12\x12\n\nignore_eos\x18\t \x01(\x08\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seedB\x0b\n\t_logprobs\"\x8c\x01\n\x10GenerateResponse\x12\x33\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\".lorafleet.inference.v1.TokenDeltaH\x00\x12:\n\x07summary\x18\x02 \x01(\x0b\x32\'.lorafleet.inference.v1.GenerateSummaryH\x00\x42\x07\n\x05\x65vent\"e\n\nTokenDelta\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x36\n\x08logprobs\x18\x03 \x03(\x0b\x32$.lorafleet.inference.v1.TokenLogprob\"b\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12/\n\x03top\x18\x03 \x03(\x0b\x32\".lorafleet.inference.v1.TopLogprob\"/\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"\xb3\x02\n\x0fGenerateSummary\x12;\n\rfinish_reason\x18\x01 \x01(\x0e\x32$.lorafleet.inference.v1.FinishReason\x12,\n\x05usage\x18\x02 \x01(\x0b\x32\x1d.lorafleet.inference.v1.Usage\x12\x17\n\x0f\x61\x64\x61pter_version\x18\x03 \x01(\t\x12\x16\n\x0e\x61\x64\x61pter_digest\x18\x04 \x01(\t\x12\x30\n\x07timings\x18\x05 \x01(\x0b\x32\x1f.lorafleet.inference.v1.Timings\x12\x14\n\x0cmatched_stop\x18\x06 \x01(\t\x12\x15\n\rerror_message\x18\x07 \x01(\t\x12\x11\n\tworker_id\x18\x08 \x01(\t\x12\x12\n\nrequest_id\x18\t \x01(\t\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"\x96\x01\n\x07Timings\x12)\n\x06queued\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x36\n\x13time_to_first_token\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x05total\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration*\x95\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x04\x32s\n\x10InferenceService\x12_\n\x08Generate\x12\'.lorafleet.inference.v1.GenerateRequest\x1a(.lorafleet.inference.v1.GenerateResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.lorafleet/inference/v1/inference_service.proto\x12\x16lorafleet.inference.v1\x1a\x1egoogle/protobuf/duration.proto\"\xa0\x02\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x02 \x01(\t\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x12\x35\n\ttoken_ids\x18\x04 \x01(\x0b\x32 .lorafleet.inference.v1.TokenIdsH\x00\x12\x34\n\x04\x63hat\x18\x05 \x01(\x0b\x32$.lorafleet.inference.v1.ChatMessagesH\x00\x12\x38\n\x08sampling\x18\x06 \x01(\x0b\x32&.lorafleet.inference.v1.SamplingParams\x12\x13\n\x0brouting_key\x18\x07 \x01(\t\x12\x12\n\ncache_salt\x18\x08 \x01(\tB\x08\n\x06prompt\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"E\n\x0c\x43hatMessages\x12\x35\n\x08messages\x18\x01 \x03(\x0b\x32#.lorafleet.inference.v1.ChatMessage\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xf5\x01\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\r\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\r\x12\x15\n\x08logprobs\x18\x08 \x01(\rH\x03\x88\x01\x01\x12\x12\n\nignore_eos\x18\t \x01(\x08\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seedB\x0b\n\t_logprobs\"\x8c\x01\n\x10GenerateResponse\x12\x33\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\".lorafleet.inference.v1.TokenDeltaH\x00\x12:\n\x07summary\x18\x02 \x01(\x0b\x32\'.lorafleet.inference.v1.GenerateSummaryH\x00\x42\x07\n\x05\x65vent\"e\n\nTokenDelta\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x36\n\x08logprobs\x18\x03 \x03(\x0b\x32$.lorafleet.inference.v1.TokenLogprob\"b\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12/\n\x03top\x18\x03 \x03(\x0b\x32\".lorafleet.inference.v1.TopLogprob\"/\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"\xb3\x02\n\x0fGenerateSummary\x12;\n\rfinish_reason\x18\x01 \x01(\x0e\x32$.lorafleet.inference.v1.FinishReason\x12,\n\x05usage\x18\x02 \x01(\x0b\x32\x1d.lorafleet.inference.v1.Usage\x12\x17\n\x0f\x61\x64\x61pter_version\x18\x03 \x01(\t\x12\x16\n\x0e\x61\x64\x61pter_digest\x18\x04 \x01(\t\x12\x30\n\x07timings\x18\x05 \x01(\x0b\x32\x1f.lorafleet.inference.v1.Timings\x12\x14\n\x0cmatched_stop\x18\x06 \x01(\t\x12\x15\n\rerror_message\x18\x07 \x01(\t\x12\x11\n\tworker_id\x18\x08 \x01(\t\x12\x12\n\nrequest_id\x18\t \x01(\t\"P\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x15\n\rcached_tokens\x18\x03 \x01(\r\"\x96\x01\n\x07Timings\x12)\n\x06queued\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x36\n\x13time_to_first_token\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x05total\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration*\x95\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x04\x32s\n\x10InferenceService\x12_\n\x08Generate\x12\'.lorafleet.inference.v1.GenerateRequest\x1a(.lorafleet.inference.v1.GenerateResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lorafleet.inference.v1.inference_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=1685
-  _globals['_FINISHREASON']._serialized_end=1834
+  _globals['_FINISHREASON']._serialized_start=1728
+  _globals['_FINISHREASON']._serialized_end=1877
   _globals['_GENERATEREQUEST']._serialized_start=107
-  _globals['_GENERATEREQUEST']._serialized_end=375
-  _globals['_TOKENIDS']._serialized_start=377
-  _globals['_TOKENIDS']._serialized_end=400
-  _globals['_CHATMESSAGES']._serialized_start=402
-  _globals['_CHATMESSAGES']._serialized_end=471
-  _globals['_CHATMESSAGE']._serialized_start=473
-  _globals['_CHATMESSAGE']._serialized_end=517
-  _globals['_SAMPLINGPARAMS']._serialized_start=520
-  _globals['_SAMPLINGPARAMS']._serialized_end=765
-  _globals['_GENERATERESPONSE']._serialized_start=768
-  _globals['_GENERATERESPONSE']._serialized_end=908
-  _globals['_TOKENDELTA']._serialized_start=910
-  _globals['_TOKENDELTA']._serialized_end=1011
-  _globals['_TOKENLOGPROB']._serialized_start=1013
-  _globals['_TOKENLOGPROB']._serialized_end=1111
-  _globals['_TOPLOGPROB']._serialized_start=1113
-  _globals['_TOPLOGPROB']._serialized_end=1160
-  _globals['_GENERATESUMMARY']._serialized_start=1163
-  _globals['_GENERATESUMMARY']._serialized_end=1470
-  _globals['_USAGE']._serialized_start=1472
-  _globals['_USAGE']._serialized_end=1529
-  _globals['_TIMINGS']._serialized_start=1532
-  _globals['_TIMINGS']._serialized_end=1682
-  _globals['_INFERENCESERVICE']._serialized_start=1836
-  _globals['_INFERENCESERVICE']._serialized_end=1951
+  _globals['_GENERATEREQUEST']._serialized_end=395
+  _globals['_TOKENIDS']._serialized_start=397
+  _globals['_TOKENIDS']._serialized_end=420
+  _globals['_CHATMESSAGES']._serialized_start=422
+  _globals['_CHATMESSAGES']._serialized_end=491
+  _globals['_CHATMESSAGE']._serialized_start=493
+  _globals['_CHATMESSAGE']._serialized_end=537
+  _globals['_SAMPLINGPARAMS']._serialized_start=540
+  _globals['_SAMPLINGPARAMS']._serialized_end=785
+  _globals['_GENERATERESPONSE']._serialized_start=788
+  _globals['_GENERATERESPONSE']._serialized_end=928
+  _globals['_TOKENDELTA']._serialized_start=930
+  _globals['_TOKENDELTA']._serialized_end=1031
+  _globals['_TOKENLOGPROB']._serialized_start=1033
+  _globals['_TOKENLOGPROB']._serialized_end=1131
+  _globals['_TOPLOGPROB']._serialized_start=1133
+  _globals['_TOPLOGPROB']._serialized_end=1180
+  _globals['_GENERATESUMMARY']._serialized_start=1183
+  _globals['_GENERATESUMMARY']._serialized_end=1490
+  _globals['_USAGE']._serialized_start=1492
+  _globals['_USAGE']._serialized_end=1572
+  _globals['_TIMINGS']._serialized_start=1575
+  _globals['_TIMINGS']._serialized_end=1725
+  _globals['_INFERENCESERVICE']._serialized_start=1879
+  _globals['_INFERENCESERVICE']._serialized_end=1994
 # @@protoc_insertion_point(module_scope)

@@ -197,7 +197,7 @@ class Capacities(_message.Message):
     def __init__(self, max_loras: _Optional[int] = ..., max_lora_rank: _Optional[int] = ..., max_cpu_loras: _Optional[int] = ..., num_kv_blocks: _Optional[int] = ..., kv_block_size: _Optional[int] = ..., max_num_seqs: _Optional[int] = ..., max_waiting: _Optional[int] = ..., lora_slot_bytes: _Optional[int] = ...) -> None: ...
 
 class WorkerLoad(_message.Message):
-    __slots__ = ("num_waiting", "num_running", "num_kv_blocks_used", "num_device_adapters", "num_host_adapters", "requests_per_adapter")
+    __slots__ = ("num_waiting", "num_running", "num_kv_blocks_used", "num_device_adapters", "num_host_adapters", "requests_per_adapter", "num_kv_blocks_cached")
     class RequestsPerAdapterEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -211,10 +211,12 @@ class WorkerLoad(_message.Message):
     NUM_DEVICE_ADAPTERS_FIELD_NUMBER: _ClassVar[int]
     NUM_HOST_ADAPTERS_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_PER_ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    NUM_KV_BLOCKS_CACHED_FIELD_NUMBER: _ClassVar[int]
     num_waiting: int
     num_running: int
     num_kv_blocks_used: int
     num_device_adapters: int
     num_host_adapters: int
     requests_per_adapter: _containers.ScalarMap[str, int]
-    def __init__(self, num_waiting: _Optional[int] = ..., num_running: _Optional[int] = ..., num_kv_blocks_used: _Optional[int] = ..., num_device_adapters: _Optional[int] = ..., num_host_adapters: _Optional[int] = ..., requests_per_adapter: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    num_kv_blocks_cached: int
+    def __init__(self, num_waiting: _Optional[int] = ..., num_running: _Optional[int] = ..., num_kv_blocks_used: _Optional[int] = ..., num_device_adapters: _Optional[int] = ..., num_host_adapters: _Optional[int] = ..., requests_per_adapter: _Optional[_Mapping[str, int]] = ..., num_kv_blocks_cached: _Optional[int] = ...) -> None: ...
