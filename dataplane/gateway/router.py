@@ -15,6 +15,7 @@ import grpc
 
 from lorafleet.auth.principals import can_see
 from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
+from lorafleet.dataplane.gateway.affinity import prefer, prefix_key
 from lorafleet.dataplane.gateway.picking import (
     Candidate,
     base_candidates,
@@ -40,12 +41,14 @@ class RouteError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Resolved:
-    """What a request runs on: an adapter version (or the base model) and the table read."""
+    """What a request runs on: an adapter version (or the base model) and the table read;
+    `prefix` keys its prompt's start on those weights, for prefix affinity (affinity.py)."""
 
     table: RoutingTable
     base_model: str
     adapter: str = ""
     version: fleet_pb.VersionRoute | None = None
+    prefix: bytes = b""
 
     @property
     def reference(self) -> str:
@@ -64,6 +67,11 @@ class Router:
 
     def resolve(self, request: pb.GenerateRequest) -> Resolved:
         """The version the request runs on; raises RouteError."""
+        resolved = self._resolve(request)
+        weights = resolved.version.digest if resolved.version else resolved.base_model
+        return dataclasses.replace(resolved, prefix=prefix_key(request, weights))
+
+    def _resolve(self, request: pb.GenerateRequest) -> Resolved:
         table = self._table()
         if table is None:
             raise RouteError(grpc.StatusCode.UNAVAILABLE,
@@ -119,7 +127,8 @@ class Router:
             candidates = holder_candidates(version, table.workers)
             if not [c for c in candidates if c.worker_id not in excluded]:
                 candidates = load_candidates(version, live, loaded_here)
-        ranked = order(candidates, outstanding, excluded, self.rng)
+        ranked = prefer(order(candidates, outstanding, excluded, self.rng), resolved.prefix,
+                        outstanding)
         if not ranked:
             what = resolved.reference or f"base model {resolved.base_model}"
             raise RouteError(grpc.StatusCode.UNAVAILABLE,

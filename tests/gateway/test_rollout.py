@@ -33,8 +33,9 @@ async def _many(stub, count: int, concurrency: int = 32, **fields) -> list:
     gate = asyncio.Semaphore(concurrency)
 
     async def one(index: int):
-        async with gate:
-            return await generate(stub, ADAPTER, max_tokens=1, **fields)
+        async with gate:  # prompts start apart: alike ones go to one worker (affinity)
+            return await generate(stub, ADAPTER, max_tokens=1, prompt=(index + 1, 2, 3),
+                                  **fields)
 
     return await asyncio.gather(*(one(i) for i in range(count)))
 
