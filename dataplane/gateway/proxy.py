@@ -33,7 +33,7 @@ from lorafleet.dataplane.gateway.picking import Candidate
 from lorafleet.dataplane.gateway.router import Resolved, RouteError, Router
 from lorafleet.dataplane.gateway.upstream import OnDemandLoads, UpstreamError, WorkerChannels
 from lorafleet.dataplane.server.quotas import QuotaExceeded, TenantQuotas, tenant_of
-from lorafleet.dataplane.server.status import details_trailer
+from lorafleet.dataplane.server.status_details import details_trailer
 from lorafleet.dataplane.server.tracing import context_from_metadata, trace_metadata
 from lorafleet.inference.v1 import inference_service_pb2 as pb
 from lorafleet.inference.v1 import inference_service_pb2_grpc as pb_grpc

@@ -17,7 +17,6 @@ import logging
 from collections.abc import Callable
 
 import grpc
-from google.rpc import status_pb2
 
 from lorafleet.dataplane.adapters.errors import (
     AdapterError,
@@ -45,12 +44,12 @@ from lorafleet.dataplane.server.errors import (
 )
 from lorafleet.dataplane.server.quotas import QuotaExceeded
 from lorafleet.dataplane.server.requests import BadRequest
+from lorafleet.dataplane.server.status_details import caller_message, details_trailer
 from lorafleet.dataplane.tokenizer import ChatTemplateError
 from lorafleet.names import InvalidName
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_CHARS = 1024
 
 STATUS_BY_ERROR: dict[type[BaseException], grpc.StatusCode] = {
     BadRequest: grpc.StatusCode.INVALID_ARGUMENT,
@@ -87,14 +86,6 @@ def status_of(error: BaseException) -> grpc.StatusCode | None:
     return None
 
 
-def caller_message(error: BaseException) -> str:
-    """What the caller may read: the error's message, bounded."""
-    text = str(error)
-    if len(text) > MAX_MESSAGE_CHARS:
-        text = text[:MAX_MESSAGE_CHARS] + "... (cut)"
-    return text
-
-
 async def abort_with(context: grpc.aio.ServicerContext, error: Exception,
                      count: Callable[[grpc.StatusCode], None] = lambda code: None) -> None:
     """Aborts the RPC with `error`'s status (INTERNAL, logged, for anything unlisted),
@@ -105,16 +96,6 @@ async def abort_with(context: grpc.aio.ServicerContext, error: Exception,
         log.exception("unexpected error in %s", type(error).__name__, exc_info=error)
         await context.abort(grpc.StatusCode.INTERNAL, "internal error (see the worker's log)")
     await context.abort(code, caller_message(error), details_trailer(code, error))
-
-
-def details_trailer(code: grpc.StatusCode, error: BaseException) -> tuple:
-    """The google.rpc.Status trailer carrying the error's details, if it has any."""
-    details = getattr(error, "status_details", None)
-    if details is None:
-        return ()
-    status = status_pb2.Status(code=code.value[0], message=caller_message(error),
-                               details=details())
-    return (("grpc-status-details-bin", status.SerializeToString()),)
 
 
 def rpc_errors(method):
