@@ -109,6 +109,8 @@ class LoraBatch:
         max_segment_length: rows in the longest segment (0 when no row has an adapter).
         is_bgmv: True when every adapter has a single row in this step (decode-like),
             so the one-row-per-program BGMV kernels apply; otherwise SGMV.
+        is_static: built by `static` over a buffer whose slots change between uses (a CUDA
+            graph's): only BGMV reads it, and launches whatever the segment table says.
     """
 
     num_tokens: int
@@ -121,6 +123,7 @@ class LoraBatch:
     sorted_rows_start: int | None
     max_segment_length: int
     is_bgmv: bool
+    is_static: bool = False
 
     @property
     def num_segments(self) -> int:
@@ -149,6 +152,19 @@ class LoraBatch:
     def max_slot(self) -> int | None:
         """The highest slot used, or None when no row has an adapter."""
         return max((slot for _, _, slot in self.segments), default=None)
+
+    @classmethod
+    def static(cls, token_slots: torch.Tensor) -> LoraBatch:
+        """A BGMV batch over `token_slots` (int32, -1: no adapter), read by the kernels
+        when they run, not now: the slots may change between launches (CUDA graph
+        replays). It has no segment table, so only the Triton BGMV kernels take it."""
+        if token_slots.dim() != 1 or token_slots.dtype != torch.int32:
+            raise ValueError("static token_slots must be a 1-D int32 tensor")
+        empty = token_slots.new_zeros(0)
+        return cls(num_tokens=len(token_slots), token_slots=token_slots,
+                   token_order=empty.long(), segment_starts=empty, segment_lengths=empty,
+                   segment_slots=empty, segments=(), sorted_rows_start=None,
+                   max_segment_length=1, is_bgmv=True, is_static=True)
 
     @classmethod
     def from_slots(

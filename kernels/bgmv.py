@@ -110,7 +110,7 @@ def bgmv_triton(y, x, buffers: LoraBuffers, *, batch: LoraBatch,
         raise RuntimeError("bgmv_triton needs Triton, which is not installed")
     if not is_checked:
         check_lora_args(y, x, buffers, batch)
-    if not batch.segments:
+    if not batch.segments and not batch.is_static:
         return
     max_rank, num_slices = buffers.max_rank, buffers.num_slices
     lora_a, lora_b = buffers.lora_a, buffers.lora_b

@@ -82,6 +82,8 @@ def add_lora(
     """
     if not is_checked:
         check_lora_args(y, x, buffers, batch)
+    if batch.is_static and not (x.is_cuda and is_triton_available()):
+        raise ValueError("a static LoRA batch runs on the Triton BGMV kernels only (CUDA)")
     if x.is_cuda and is_triton_available():
         kernel = bgmv_triton if batch.is_bgmv else sgmv_triton
         kernel(y, x, buffers, batch=batch, is_checked=True)

@@ -11,6 +11,7 @@ from lorafleet.dataplane.engine.scheduler import SchedulerOutput
 from lorafleet.dataplane.lora.device import DeviceAdapters
 from lorafleet.dataplane.model.decoder import DecoderModel
 from lorafleet.dataplane.runner.batch import BatchBuilder, StepBatch
+from lorafleet.dataplane.runner.graphs import DecodeGraphs
 from lorafleet.dataplane.sampler import Sampler
 
 
@@ -20,7 +21,8 @@ class ModelRunner:
 
     `adapters` (optional) holds the device slots: the plan's installs are copied into them
     before the forward pass, and each step's LoRA context comes from them — the adapter
-    engine's single entry point into the forward pass.
+    engine's single entry point into the forward pass. `graphs` (optional, set by
+    `attach_decode_graphs`) runs the decode steps that fit it from CUDA graphs.
     """
 
     def __init__(
@@ -32,12 +34,15 @@ class ModelRunner:
         self.builder = builder
         self.sampler = Sampler(model.device)
         self.adapters = adapters
+        self.graphs: DecodeGraphs | None = None
 
     @torch.inference_mode()
     def execute(self, plan: SchedulerOutput) -> Mapping[str, SampledToken]:
         """Computes the plan's tokens; returns the sampled token of each sampling request."""
         for slot, key in plan.slot_installs:
             self.install_adapter(slot, key)
+        if self.graphs is not None and self.graphs.fits(plan.scheduled):
+            return self.sampler.sample(self.graphs.run(plan.scheduled), plan.scheduled)
         batch = self.builder.build(plan)
         logits = self.forward(batch)
         if not batch.sampling:

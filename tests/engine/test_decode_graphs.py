@@ -1,0 +1,110 @@
+"""Decode steps through the CUDA-graph runner's static buffers (dataplane/runner/graphs.py).
+
+There is no GPU here, so every "replay" runs the captured forward pass eagerly on the same
+static buffers: what these tests check is what the graphs would read — the buffer
+filling, the padding rows, the bucket choice and the LoRA slots — token for token against
+transformers (and peft) in float32. Capture itself, and replay with more adapters than at
+capture, are checked on a GPU by `make gpu-check`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from lorafleet.dataplane.engine.params import SamplingParams
+from lorafleet.dataplane.engine.scheduler import ScheduledRequest
+from lorafleet.dataplane.runner.graphs import GraphShape, attach_decode_graphs, batch_buckets
+from tests.engine.conftest import make_prompts
+from tests.engine.drive import GREEDY, make_engine, run_all, tokens_of
+from tests.lora.test_engine_lora import _requests, _run, _worker
+
+MAX_NUM_SEQS = 5  # buckets 1, 2, 4, 5
+NUM_SEATS = 3  # the engines' max_num_seqs: most decode steps hold 3 rows, padded to 4
+
+
+def test_buckets_are_powers_of_two_then_max_num_seqs():
+    assert batch_buckets(1) == (1,)
+    assert batch_buckets(5) == (1, 2, 4, 5)
+    assert batch_buckets(32) == (1, 2, 4, 8, 16, 32)
+    assert batch_buckets(48) == (1, 2, 4, 8, 16, 32, 48)
+    shape = GraphShape(max_num_seqs=48, block_size=16, max_context=1000)
+    assert [shape.bucket_for(n) for n in (1, 3, 9, 33, 48, 49)] == [1, 4, 16, 48, 48, None]
+    assert shape.max_blocks == 63
+    with pytest.raises(ValueError, match="max_num_seqs"):
+        batch_buckets(0)
+
+
+def _entry(start, num_tokens=1, is_sampling=True):
+    return ScheduledRequest(request_id="r", token_ids=(5,) * num_tokens, start_position=start,
+                            block_table=(1, 2, 3, 4), adapter=None,
+                            params=SamplingParams(), is_sampling=is_sampling)
+
+
+@pytest.mark.slow
+def test_only_decode_steps_within_the_captured_shape_replay(checkpoints):
+    engine = make_engine(checkpoints("llama-gqa"), max_num_seqs=MAX_NUM_SEQS)
+    graphs = attach_decode_graphs(engine.runner.inner, engine.allocator,
+                                  max_num_seqs=MAX_NUM_SEQS, max_context=16, use_graphs=False)
+    assert graphs.fits([_entry(3)] * MAX_NUM_SEQS)
+    assert not graphs.fits([])
+    assert not graphs.fits([_entry(3)] * (MAX_NUM_SEQS + 1))  # past the largest bucket
+    assert not graphs.fits([_entry(3), _entry(0, num_tokens=4)])  # a prefill chunk
+    assert not graphs.fits([_entry(3, num_tokens=1, is_sampling=False)])
+    assert not graphs.fits([_entry(16)])  # a context past max_context
+    assert engine.allocator.num_free_blocks == engine.allocator.num_blocks - 1  # scratch
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch, overrides, limits", [
+    ("llama-gqa", {}, {}),
+    ("qwen2-bias", {}, {"max_num_batched_tokens": 10}),  # chunked prefill beside decodes
+    ("mistral", {"sliding_window": 8}, {}),
+    ("llama-gqa", {}, {"num_blocks": 20}),  # preemption: recomputed, then decoded again
+], ids=["llama", "chunked-qwen2", "mistral-window", "preemption"])
+def test_greedy_decodes_through_the_graph_buffers_match_transformers(
+        checkpoints, hf_greedy, arch, overrides, limits):
+    """Requests of 5 to 12 tokens in 3 seats end at different steps, so decode steps of
+    1 to 3 rows run, 3 padded to the bucket of 4; the padding rows write only the scratch
+    block, and the outputs equal transformers' token for token."""
+    prompts = make_prompts()
+    engine = make_engine(checkpoints(arch, **overrides), max_num_seqs=NUM_SEATS, **limits)
+    graphs = attach_decode_graphs(engine.runner.inner, engine.allocator,
+                                  max_num_seqs=MAX_NUM_SEQS, max_context=64, use_graphs=False)
+    lengths = [GREEDY.max_tokens - i for i in range(len(prompts))]
+    for i, prompt in enumerate(prompts):
+        engine.add_request(f"r{i}", prompt,
+                           params=dataclasses.replace(GREEDY, max_tokens=lengths[i]))
+    outputs = run_all(engine)
+    reference = hf_greedy(arch, prompts, **overrides)
+    for i in range(len(prompts)):
+        assert tokens_of(outputs[f"r{i}"]) == reference[i][:lengths[i]], f"prompt {i} diverged"
+    assert graphs.replays[(4, False)] > 0, graphs.replays  # 3 rows, padded
+    assert len({bucket for bucket, _ in graphs.replays}) >= 2, graphs.replays
+    assert graphs.num_rows < sum(b * n for (b, _), n in graphs.replays.items())  # padded
+    assert engine.allocator.num_free_blocks == engine.allocator.num_blocks - 1
+    if "num_blocks" in limits:
+        assert any(plan.preempted_ids for plan in engine.runner.plans)
+    if "max_num_batched_tokens" in limits:  # mixed steps ran eagerly beside replays
+        assert any(len(e.token_ids) > 1 for p in engine.runner.plans for e in p.scheduled)
+
+
+@pytest.mark.slow
+def test_adapter_and_base_rows_through_the_graph_buffers_match_peft(lora_suite, peft_reference):
+    """Base rows beside adapter rows in one padded step, eight adapters in three slots
+    (adapters are swapped into slots between steps): peft's tokens exactly."""
+    base, adapters = lora_suite
+    worker, digests = _worker(base, adapters, max_loras=3, max_cpu_loras=8,
+                              max_num_seqs=NUM_SEATS)
+    engine = worker.bridge.engine
+    graphs = attach_decode_graphs(engine.runner, engine.allocator, max_num_seqs=MAX_NUM_SEQS,
+                                  max_context=64, use_graphs=False)
+    installs = []
+    planned = _requests(list(adapters) + [None], digests, 18)
+    tokens = _run(worker, [(rid, digest, prompt) for rid, digest, prompt, _ in planned],
+                  on_step=lambda e: installs.append(len(e.scheduler.adapters.slots.held())))
+    for rid, _, prompt, name in planned:
+        assert tokens[rid] == peft_reference.greedy(name, prompt), f"{rid} on {name}"
+    assert graphs.replays[(4, True)] > 0, graphs.replays  # adapter rows, padded
+    worker.metrics.close()
