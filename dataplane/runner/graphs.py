@@ -51,21 +51,19 @@ from lorafleet.kernels.batch import LoraBatch
 DEFAULT_MAX_CONTEXT = 8192
 
 
-def attach_decode_graphs(runner, allocator, *, max_num_seqs: int,
+def attach_decode_graphs(runner, *, scratch_block: int, block_size: int, max_num_seqs: int,
                          max_context: int = DEFAULT_MAX_CONTEXT,
                          use_graphs: bool = True) -> DecodeGraphs:
-    """Gives `runner` (a ModelRunner) decode graphs for up to `max_num_seqs` sequences;
-    takes the scratch block from `allocator` for good. `use_graphs=False` (and any
-    device but CUDA) replays eagerly: the same buffers, no graphs."""
-    blocks = allocator.try_allocate(1)
-    if blocks is None:
-        raise ValueError("no KV block is free for the decode graphs' padding rows")
+    """Gives `runner` (a ModelRunner) decode graphs for up to `max_num_seqs` sequences.
+    `scratch_block` is a block of its KV cache that no sequence is ever given (the
+    factory allocates one past the allocator's). `use_graphs=False` (and any device but
+    CUDA) replays eagerly: the same buffers, no graphs."""
     adapters = runner.adapters
     runner.graphs = DecodeGraphs(
         runner.model, runner.kv_cache,
-        GraphShape(max_num_seqs, allocator.block_size,
+        GraphShape(max_num_seqs, block_size,
                    min(max_context, runner.model.config.max_position_embeddings)),
-        scratch_block=blocks[0], sliding_window=runner.builder.sliding_window,
+        scratch_block=scratch_block, sliding_window=runner.builder.sliding_window,
         lora_step=adapters.step if adapters is not None else None, use_graphs=use_graphs)
     return runner.graphs
 

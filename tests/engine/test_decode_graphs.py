@@ -21,7 +21,18 @@ from tests.engine.drive import GREEDY, make_engine, run_all, tokens_of
 from tests.lora.test_engine_lora import _requests, _run, _worker
 
 MAX_NUM_SEQS = 5  # buckets 1, 2, 4, 5
+MAX_CONTEXT = 64
 NUM_SEATS = 3  # the engines' max_num_seqs: most decode steps hold 3 rows, padded to 4
+
+
+def _attach(runner, engine, *, max_context=MAX_CONTEXT):
+    """Decode graphs replayed eagerly, their scratch block taken from the allocator (the
+    factory allocates one past it instead)."""
+    scratch = engine.allocator.try_allocate(1)[0]
+    return attach_decode_graphs(runner, scratch_block=scratch,
+                                block_size=engine.allocator.block_size,
+                                max_num_seqs=MAX_NUM_SEQS, max_context=max_context,
+                                use_graphs=False)
 
 
 def test_buckets_are_powers_of_two_then_max_num_seqs():
@@ -45,8 +56,7 @@ def _entry(start, num_tokens=1, is_sampling=True):
 @pytest.mark.slow
 def test_only_decode_steps_within_the_captured_shape_replay(checkpoints):
     engine = make_engine(checkpoints("llama-gqa"), max_num_seqs=MAX_NUM_SEQS)
-    graphs = attach_decode_graphs(engine.runner.inner, engine.allocator,
-                                  max_num_seqs=MAX_NUM_SEQS, max_context=16, use_graphs=False)
+    graphs = _attach(engine.runner.inner, engine, max_context=16)
     assert graphs.fits([_entry(3)] * MAX_NUM_SEQS)
     assert not graphs.fits([])
     assert not graphs.fits([_entry(3)] * (MAX_NUM_SEQS + 1))  # past the largest bucket
@@ -70,8 +80,7 @@ def test_greedy_decodes_through_the_graph_buffers_match_transformers(
     block, and the outputs equal transformers' token for token."""
     prompts = make_prompts()
     engine = make_engine(checkpoints(arch, **overrides), max_num_seqs=NUM_SEATS, **limits)
-    graphs = attach_decode_graphs(engine.runner.inner, engine.allocator,
-                                  max_num_seqs=MAX_NUM_SEQS, max_context=64, use_graphs=False)
+    graphs = _attach(engine.runner.inner, engine)
     lengths = [GREEDY.max_tokens - i for i in range(len(prompts))]
     for i, prompt in enumerate(prompts):
         engine.add_request(f"r{i}", prompt,
@@ -98,8 +107,7 @@ def test_adapter_and_base_rows_through_the_graph_buffers_match_peft(lora_suite, 
     worker, digests = _worker(base, adapters, max_loras=3, max_cpu_loras=8,
                               max_num_seqs=NUM_SEATS)
     engine = worker.bridge.engine
-    graphs = attach_decode_graphs(engine.runner, engine.allocator, max_num_seqs=MAX_NUM_SEQS,
-                                  max_context=64, use_graphs=False)
+    graphs = _attach(engine.runner, engine)
     installs = []
     planned = _requests(list(adapters) + [None], digests, 18)
     tokens = _run(worker, [(rid, digest, prompt) for rid, digest, prompt, _ in planned],
