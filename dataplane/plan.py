@@ -66,6 +66,9 @@ def plan_parser() -> argparse.ArgumentParser:
                              "(default %(default)s)")
     parser.add_argument("--no-prefix-cache", action="store_true",
                         help="the worker's option: no prefix caching")
+    parser.add_argument("--enforce-eager", action="store_true",
+                        help="the worker runs with --enforce-eager: no decode graphs (with "
+                             "--gpu-memory, their memory is otherwise planned)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
@@ -87,9 +90,12 @@ def format_table(plan: MemoryPlan) -> str:
         ("adapter slot", plan.lora_slot_bytes, f"rank {plan.max_lora_rank}, 7 projections"),
         ("adapter slots", plan.lora_total_bytes, f"{plan.max_loras} slots"),
         ("KV budget", plan.kv_budget_bytes, plan.kv_budget_source + ", slots included"),
+        ("decode graphs", plan.graph_bytes,
+         "CUDA graphs' pool (an estimate) and a scratch block" if plan.graph_bytes
+         else "none (a CPU worker, or --enforce-eager)"),
         ("KV cache", plan.num_kv_blocks * plan.kv_block_bytes,
          f"{plan.num_kv_blocks} blocks of {plan.kv_block_size} tokens"),
-        ("device total", plan.device_bytes, "weights + rotary + slots + KV"),
+        ("device total", plan.device_bytes, "weights + rotary + slots + KV + graphs"),
         ("host cache", plan.host_cache_bytes,
          f"{plan.max_cpu_loras} adapters at rank {plan.max_lora_rank} (host memory)"),
     ]
@@ -123,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         max_cpu_loras=args.max_cpu_loras, dtype=args.dtype, block_size=args.block_size,
         kv_cache_bytes=args.kv_cache_bytes, kv_cache_fraction=args.kv_cache_fraction,
         gpu_memory=args.gpu_memory, context=args.context, max_num_seqs=args.max_num_seqs,
-        prefix_cache_scope=None if args.no_prefix_cache else args.prefix_cache_scope)
+        prefix_cache_scope=None if args.no_prefix_cache else args.prefix_cache_scope,
+        enforce_eager=args.enforce_eager)
     try:
         plan = plan_memory(ModelConfig.from_dir(args.model), request)
     except (ModelConfigError, PlanError) as exc:

@@ -106,6 +106,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser, *, model_required: bool
     parser.add_argument("--no-prefix-cache", action="store_true",
                         help="compute every prompt whole: no KV reuse between requests "
                              "(default: equal prompt prefixes reuse their KV blocks)")
+    parser.add_argument("--enforce-eager", action="store_true",
+                        help="on a GPU, run decode steps kernel by kernel instead of "
+                             "replaying CUDA graphs (default: graphs, captured at start for "
+                             "1, 2, 4, ... --max-num-seqs sequences; they keep a little "
+                             "memory, taken from the KV budget). No effect on a CPU")
     parser.add_argument("--max-waiting", type=int, default=256,
                         help="queued requests beyond which Generate answers RESOURCE_EXHAUSTED (default %(default)s)")
     parser.add_argument("--worker-id",
@@ -168,7 +173,8 @@ def worker_config(args: argparse.Namespace):
         queue_policy=args.queue_policy, quotas=quota_config_of(args),
         engine_runs=args.engine_runs, cpu_thread_wait=args.cpu_thread_wait,
         engine_start_timeout=args.engine_start_timeout,
-        prefix_cache_scope=None if args.no_prefix_cache else args.prefix_cache_scope, **extra)
+        prefix_cache_scope=None if args.no_prefix_cache else args.prefix_cache_scope,
+        enforce_eager=args.enforce_eager, **extra)
 
 
 async def serve(args: argparse.Namespace, stopper: Stopper, on_ready=None) -> int:

@@ -81,6 +81,28 @@ def host_adapter_bytes(config: ModelConfig, rank: int, dtype_bytes: int) -> int:
     return config.num_layers * sum(rank * (i + o) * dtype_bytes for i, o in shapes.values())
 
 
+# Decode graphs (dataplane/runner/graphs.py): captured for contexts up to this many tokens,
+# their attention split into partitions of this many keys (kernels/paged_attention.py).
+GRAPH_MAX_CONTEXT = 8192
+GRAPH_PARTITION_SIZE = 512
+
+
+def graph_memory_bytes(config: ModelConfig, *, max_num_seqs: int, max_lora_rank: int,
+                       dtype_bytes: int, max_context: int = GRAPH_MAX_CONTEXT) -> int:
+    """Device memory the decode graphs keep (an estimate, taken from the KV budget): the
+    memory pool every bucket's graph shares holds the largest bucket's forward pass —
+    a layer's activations, the logits (16-bit and fp32), the attention's per-partition
+    partials and LoRA's shrunk rows — doubled for the allocator's rounding."""
+    q, kv = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+    activations = (4 * config.hidden_size + 2 * q + 2 * kv
+                   + 3 * config.intermediate_size) * dtype_bytes
+    logits = config.vocab_size * (dtype_bytes + 4)
+    partitions = -(-min(max_context, config.max_position_embeddings) // GRAPH_PARTITION_SIZE)
+    partials = config.num_heads * partitions * (config.head_dim + 2) * 4
+    shrunk = 3 * max_lora_rank * 4
+    return 2 * max_num_seqs * (activations + logits + partials + shrunk)
+
+
 def kv_block_bytes(config: ModelConfig, block_size: int, dtype_bytes: int) -> int:
     """Bytes of keys and values of `block_size` tokens across all layers."""
     return 2 * config.num_layers * config.num_kv_heads * config.head_dim * block_size * dtype_bytes
@@ -101,6 +123,12 @@ class PlanRequest:
     context: int | None = None  # None: the model's max_position_embeddings
     max_num_seqs: int = 64
     prefix_cache_scope: str | None = "tenant"  # None: --no-prefix-cache
+    enforce_eager: bool = False  # a GPU worker replays decode graphs unless this is set
+
+    @property
+    def has_graphs(self) -> bool:
+        """Whether the worker keeps decode graphs: on a GPU, without --enforce-eager."""
+        return self.gpu_memory is not None and not self.enforce_eager
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,12 +158,13 @@ class MemoryPlan:
     max_batch: int
     prefix_cache_scope: str | None  # who shares cached prefixes; None: off
     prefix_cache_max_blocks: int  # KV blocks that may hold cached prefixes when idle
+    graph_bytes: int = 0  # the decode graphs' memory pool, and their scratch KV block
 
     @property
     def device_bytes(self) -> int:
         """Device memory of weights, rotary tables, adapter slots and KV cache together."""
         return (self.weights_bytes + self.rotary_bytes + self.lora_total_bytes
-                + self.num_kv_blocks * self.kv_block_bytes)
+                + self.num_kv_blocks * self.kv_block_bytes + self.graph_bytes)
 
     def to_dict(self) -> dict:
         """The plan as plain JSON-ready values."""
@@ -152,10 +181,16 @@ def plan_memory(config: ModelConfig, request: PlanRequest) -> MemoryPlan:
     slot = lora_slot_bytes(config, request.max_lora_rank, size)
     block = kv_block_bytes(config, request.block_size, size)
     budget, source = _kv_budget(request, weights + rotary)
-    num_blocks = (budget - slot * request.max_loras) // block
+    graphs = 0
+    if request.has_graphs:  # their pool, and a scratch block past the allocator's
+        graphs = graph_memory_bytes(config, max_num_seqs=request.max_num_seqs,
+                                    max_lora_rank=request.max_lora_rank, dtype_bytes=size)
+        graphs += block
+    num_blocks = (budget - slot * request.max_loras - graphs) // block
     if num_blocks < 1:
         raise PlanError(f"KV budget of {budget} bytes minus {slot * request.max_loras} bytes "
-                        f"of adapter slots holds no block of {block} bytes")
+                        f"of adapter slots and {graphs} of decode graphs holds no block of "
+                        f"{block} bytes")
     context = request.context or config.max_position_embeddings
     if context > config.max_position_embeddings:
         raise PlanError(f"context {context} is beyond the model's "
@@ -173,7 +208,8 @@ def plan_memory(config: ModelConfig, request: PlanRequest) -> MemoryPlan:
         max_model_len=config.max_position_embeddings, context=context,
         num_seqs_fit=num_seqs_fit, max_batch=min(num_seqs_fit, request.max_num_seqs),
         prefix_cache_scope=request.prefix_cache_scope,
-        prefix_cache_max_blocks=num_blocks if request.prefix_cache_scope else 0)
+        prefix_cache_max_blocks=num_blocks if request.prefix_cache_scope else 0,
+        graph_bytes=graphs)
 
 
 def _check_request(request: PlanRequest) -> None:

@@ -19,9 +19,11 @@ from lorafleet.dataplane.engine.engine import Engine
 from lorafleet.dataplane.engine.prefix_cache import PrefixCache
 from lorafleet.dataplane.engine.scheduler import Scheduler, SchedulerConfig
 from lorafleet.dataplane.lora.device import DeviceAdapters
+from lorafleet.dataplane.model.attention import runs_paged_kernels
 from lorafleet.dataplane.model.config import ModelConfig
 from lorafleet.dataplane.model.decoder import DecoderModel
 from lorafleet.dataplane.runner.batch import BatchBuilder
+from lorafleet.dataplane.runner.graphs import attach_decode_graphs
 from lorafleet.dataplane.runner.kv_cache import (
     KVCacheBudget,
     allocate_kv_cache,
@@ -31,6 +33,7 @@ from lorafleet.dataplane.runner.kv_cache import (
     free_device_memory,
 )
 from lorafleet.dataplane.runner.model_runner import ModelRunner
+from lorafleet.dataplane.sizing import graph_memory_bytes
 from lorafleet.dataplane.tokenizer import Tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -63,6 +66,7 @@ def create_engine(
     adapters: DeviceAdapters | None = None,
     reserve_memory: Callable[[DecoderModel], int] | None = None,
     prefix_cache_scope: str | None = None,
+    enforce_eager: bool = False,
 ) -> Engine:
     """Loads a checkpoint and wires scheduler, runner and tokenizer into an Engine.
 
@@ -73,6 +77,9 @@ def create_engine(
     prefix_cache_scope: "tenant" or "global" shares the KV of equal prompt prefixes within
     a tenant or across tenants (engine/prefix_cache.py); None (the default here; a worker
     turns it on) computes every prompt whole.
+    enforce_eager: never replay decode steps from CUDA graphs. Otherwise, on CUDA with
+    Triton, decode steps run from graphs captured here (runner/graphs.py): their memory
+    comes out of the KV budget, and one KV block past the allocator's is their scratch.
     """
     model_dir = pathlib.Path(model_dir)
     device = torch.device(device) if device is not None else default_device()
@@ -82,11 +89,21 @@ def create_engine(
     num_free = free_device_memory(device) if kv_cache.fraction is not None else None
     num_reserved = adapters.reserve(model) if adapters is not None else 0
     num_reserved += reserve_memory(model) if reserve_memory is not None else 0
+    use_graphs = not enforce_eager and device.type == "cuda" and runs_paged_kernels(device)
+    if use_graphs:
+        num_reserved += graph_memory_bytes(
+            config, max_num_seqs=scheduler_config.max_num_seqs,
+            max_lora_rank=adapters.max_lora_rank if adapters is not None else 0,
+            dtype_bytes=torch.empty((), dtype=model.dtype).element_size())
     block_bytes = bytes_per_block(config, block_size, model.dtype)
-    num_blocks = count_kv_blocks(kv_cache, num_free, num_reserved, block_bytes)
-    cache = allocate_kv_cache(config, num_blocks, block_size, device, model.dtype)
+    num_blocks = count_kv_blocks(kv_cache, num_free, num_reserved + use_graphs * block_bytes,
+                                 block_bytes)
+    cache = allocate_kv_cache(config, num_blocks + use_graphs, block_size, device, model.dtype)
     builder = BatchBuilder(block_size, device, config.sliding_window)
     runner = ModelRunner(model, cache, builder, adapters)
+    if use_graphs:  # block num_blocks, past the allocator's, is the graphs' scratch
+        attach_decode_graphs(runner, scratch_block=num_blocks, block_size=block_size,
+                             max_num_seqs=scheduler_config.max_num_seqs).capture_all()
     scheduling = AdapterScheduling(adapters.num_slots, adapters.host) if adapters else None
     allocator = BlockAllocator(num_blocks, block_size)
     prefix_cache = None if prefix_cache_scope is None else PrefixCache(

@@ -43,12 +43,14 @@ from lorafleet.dataplane.engine.scheduler import ScheduledRequest
 from lorafleet.dataplane.model.attention import AttentionMetadata, DecodeGroup
 from lorafleet.dataplane.model.decoder import DecoderModel
 from lorafleet.dataplane.model.lora_seam import LoraContext
+from lorafleet.dataplane.sizing import GRAPH_MAX_CONTEXT
 from lorafleet.kernels.attention_batch import PagedAttentionBatch
 from lorafleet.kernels.batch import LoraBatch
 
 # Longest context a captured decode step attends (vLLM's max_seq_len_to_capture): the
-# block tables' width, and so the attention grids', is sized for it.
-DEFAULT_MAX_CONTEXT = 8192
+# block tables' width, and so the attention grids', is sized for it (sizing.py also
+# counts the graphs' memory with it).
+DEFAULT_MAX_CONTEXT = GRAPH_MAX_CONTEXT
 
 
 def attach_decode_graphs(runner, *, scratch_block: int, block_size: int, max_num_seqs: int,

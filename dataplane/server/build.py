@@ -79,6 +79,7 @@ class WorkerConfig:
     engine_start_timeout: float = 600.0  # seconds the engine process may take to build
     # Who shares cached prompt KV: "tenant", "global", or None (off; engine/prefix_cache.py).
     prefix_cache_scope: str | None = "tenant"
+    enforce_eager: bool = False  # no CUDA graphs for decode steps (runner/graphs.py)
 
     def __post_init__(self) -> None:
         if self.engine_runs not in ENGINE_RUNS:
@@ -144,7 +145,8 @@ def build_engine(config: WorkerConfig, recorder: WorkerMetrics | MetricEvents) -
         block_size=config.block_size,
         scheduler_config=SchedulerConfig(config.max_num_batched_tokens, config.max_num_seqs,
                                          config.queue_policy),
-        adapters=adapters, prefix_cache_scope=config.prefix_cache_scope)
+        adapters=adapters, prefix_cache_scope=config.prefix_cache_scope,
+        enforce_eager=config.enforce_eager)
     return EngineParts(engine, host, adapters)
 
 

@@ -97,9 +97,36 @@ def test_gpu_budget_is_the_workers_fraction_of_what_the_weights_leave(capsys, ll
     num_free = 80 * 2**30 - plan["weights_bytes"] - plan["rotary_bytes"]
     expected = kv_cache.count_kv_blocks(
         kv_cache.KVCacheBudget(fraction=kv_cache.DEFAULT_GPU_FRACTION), num_free,
-        plan["lora_total_bytes"], plan["kv_block_bytes"])
+        plan["lora_total_bytes"] + plan["graph_bytes"], plan["kv_block_bytes"])
     assert plan["num_kv_blocks"] == expected
     assert plan["kv_block_bytes"] == 2 * 2**20  # 32 layers x 8 heads x 128 x 2 x 16 x bf16
+
+
+def test_a_gpu_workers_decode_graphs_come_out_of_the_kv_budget(capsys, llama_8b):
+    """What create_engine reserves for the graphs (sizing.graph_memory_bytes and a scratch
+    block), at the worker's defaults: 64 sequences, rank 64; none with --enforce-eager or
+    on a CPU."""
+    plan = plan_json(capsys, "--model", str(llama_8b), "--gpu-memory", "80GiB")
+    config = ModelConfig.from_dict(LLAMA_8B)
+    pool = sizing.graph_memory_bytes(config, max_num_seqs=64, max_lora_rank=64, dtype_bytes=2)
+    assert plan["graph_bytes"] == pool + plan["kv_block_bytes"]
+    assert 30 * 2**20 < pool < 300 * 2**20  # logits of 64 rows dominate: ~49 MB, doubled
+    eager = plan_json(capsys, "--model", str(llama_8b), "--gpu-memory", "80GiB",
+                      "--enforce-eager")
+    assert eager["graph_bytes"] == 0
+    assert eager["num_kv_blocks"] > plan["num_kv_blocks"]
+    cpu = plan_json(capsys, "--model", str(llama_8b), "--kv-cache-bytes", "40GiB")
+    assert cpu["graph_bytes"] == 0  # a CPU worker
+    status, out, _ = run_plan(capsys, "--model", str(llama_8b), "--gpu-memory", "80GiB")
+    assert "decode graphs" in out and status == 0
+
+
+def test_the_graphs_sizes_are_the_kernels_and_the_runners():
+    from lorafleet.dataplane.runner import graphs
+    from lorafleet.kernels import paged_attention
+
+    assert sizing.GRAPH_PARTITION_SIZE == paged_attention._PARTITION_SIZE
+    assert sizing.GRAPH_MAX_CONTEXT == graphs.DEFAULT_MAX_CONTEXT
 
 
 def test_llama_8b_adapter_slot_at_rank_16(capsys, llama_8b):
