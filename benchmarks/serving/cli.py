@@ -25,6 +25,7 @@ from benchmarks.serving import (
     scenario_cold,
     scenario_contention,
     scenario_load,
+    scenario_prefix,
     scenario_ranks,
 )
 from benchmarks.serving.checkpoint import SHAPES
@@ -36,14 +37,17 @@ from benchmarks.serving.workload import parse_lengths
 SCENARIOS = {
     "load": scenario_load.run, "adapters": scenario_adapters.run, "cold": scenario_cold.run,
     "thrash": scenario_contention.run_thrash, "ranks": scenario_ranks.run,
-    "noisy": scenario_contention.run_noisy,
+    "noisy": scenario_contention.run_noisy, "prefix": scenario_prefix.run,
 }
 PRESET_HELP = """presets: adapters = throughput vs distinct adapters (0,1,8,32,128) at
 concurrency 32, with the in-process engine (server/engine ratio) and transformers+peft;
 cold = TTFT of an adapter at its source vs in host memory vs on device; thrash = 16 hot
 adapters in 8 device slots vs 8 hot; ranks = ranks 8/16/64 in one batch vs all 16; noisy
-= a quiet tenant's TTFT alone and beside another tenant's burst of 200; load = the plain
-run the options describe (the default). --quick runs every preset, short."""
+= a quiet tenant's TTFT alone and beside another tenant's burst of 200; prefix = 8
+adapters with 1,024-token system prompts and 64-token tails: TTFT with prefix caching vs
+--no-prefix-cache, throughput without sharing, and the hit rate through a gateway in front
+of two workers vs one worker; load = the plain run the options describe (the default).
+--quick runs every preset, short."""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,6 +27,8 @@ class Result:
     token_times: list[float] = dataclasses.field(default_factory=list)
     error: str | None = None  # the status code's name, when it failed
     done: float = 0.0
+    num_prompt_tokens: int = 0  # from the summary (grpc transport)
+    num_cached_tokens: int = 0  # prompt tokens the worker's prefix cache supplied
 
     @property
     def num_tokens(self) -> int:
@@ -82,6 +84,9 @@ class GrpcTransport:
                                                      metadata=self._metadata):
                 if message.HasField("delta"):
                     result.add_tokens(len(message.delta.token_ids))
+                else:
+                    result.num_prompt_tokens = message.summary.usage.prompt_tokens
+                    result.num_cached_tokens = message.summary.usage.cached_tokens
         except grpc.aio.AioRpcError as exc:
             result.error = exc.code().name
 

@@ -71,15 +71,22 @@ def start_worker(args: list[str], *, timeout: float = 600.0,
                  env: dict[str, str] | None = None) -> WorkerProcess:
     """Starts `lorafleet <args>` (with `env` added to the environment) and waits until it
     prints its addresses."""
+    wanted = {"address": _SERVING, "metrics": _METRICS}
+    if "--http-port" in args:
+        wanted["http"] = _HTTP
+    return start_lorafleet(args, wanted, timeout=timeout, env=env)
+
+
+def start_lorafleet(args: list[str], wanted: dict[str, re.Pattern], *, timeout: float = 600.0,
+                    env: dict[str, str] | None = None) -> WorkerProcess:
+    """Starts `lorafleet <args>` and waits until its output matched every pattern of
+    `wanted` (group 1 of "address", "metrics", "http" fill those fields)."""
     command = [sys.executable, "-m", "lorafleet.clients.cli", *args]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, bufsize=1, env={**os.environ, **(env or {})})
     lines: queue.SimpleQueue = queue.SimpleQueue()
     output: collections.deque = collections.deque(maxlen=200)
     threading.Thread(target=_pump, args=(process, lines, output), daemon=True).start()
-    wanted = {"address": _SERVING, "metrics": _METRICS}
-    if "--http-port" in args:
-        wanted["http"] = _HTTP
     found = _wait_for(process, lines, wanted, time.monotonic() + timeout, output)
     return WorkerProcess(process, found["address"], found.get("metrics"), found.get("http"),
                          args, output)
