@@ -148,6 +148,23 @@ class LoraBatch:
             token_order=self.token_order,
         )
 
+    def shrunk_workspace(self, num_columns: int, device: torch.device) -> torch.Tensor:
+        """fp32 [num_tokens, num_columns]: where the Triton kernels keep x @ A^T between
+        the shrink and the expand. One buffer per step, shared by every layer and
+        projection group (their launches run one after another on one stream, and an
+        expand reads only what its own shrink wrote), so a step allocates it once, and a
+        captured graph holds one, not one per call. Its contents are garbage."""
+        held = self._workspace.get(device)
+        if held is None or held.shape[1] < num_columns:
+            held = torch.empty((self.num_tokens, num_columns), dtype=torch.float32,
+                               device=device)
+            self._workspace[device] = held
+        return held[:, :num_columns]
+
+    @functools.cached_property
+    def _workspace(self) -> dict[torch.device, torch.Tensor]:
+        return {}
+
     @property
     def max_slot(self) -> int | None:
         """The highest slot used, or None when no row has an adapter."""

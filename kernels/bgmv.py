@@ -115,8 +115,7 @@ def bgmv_triton(y, x, buffers: LoraBuffers, *, batch: LoraBatch,
     max_rank, num_slices = buffers.max_rank, buffers.num_slices
     lora_a, lora_b = buffers.lora_a, buffers.lora_b
     block_r = triton.next_power_of_2(max_rank)
-    shrunk = torch.empty((batch.num_tokens, num_slices * max_rank), dtype=torch.float32,
-                         device=x.device)
+    shrunk = batch.shrunk_workspace(num_slices * max_rank, x.device)
     _bgmv_shrink_kernel[(batch.num_tokens, num_slices)](
         x, lora_a, buffers.scale, buffers.ranks, shrunk, batch.token_slots,
         buffers.in_features, max_rank, num_slices,

@@ -162,8 +162,7 @@ def sgmv_triton(y, x, buffers: LoraBuffers, *, batch: LoraBatch,
     block_r = max(16, triton.next_power_of_2(max_rank))
     # fp32 inputs need full-precision dots; 16-bit values are exact in tf32.
     precision = "ieee" if x.dtype == torch.float32 else "tf32"
-    shrunk = torch.empty((batch.num_tokens, num_slices * max_rank), dtype=torch.float32,
-                         device=x.device)
+    shrunk = batch.shrunk_workspace(num_slices * max_rank, x.device)
     segment_args = (batch.token_order, batch.segment_starts, batch.segment_lengths,
                     batch.segment_slots)
     num_row_tiles = triton.cdiv(batch.max_segment_length, _BLOCK_M)

@@ -27,11 +27,16 @@ def main(cases_path: str, results_path: str) -> None:
     from lorafleet.kernels.sgmv import sgmv_triton
 
     kernels = {"sgmv": sgmv_triton, "bgmv": bgmv_triton}
-    results = {}
+    results, batches = {}, {}
     for name, case in torch.load(cases_path).items():
         y = case["y"].clone()
         buffers = LoraBuffers(**{name: case[name] for name in BUFFER_FIELDS})
-        kernels[case["kernel"]](y, case["x"], buffers, batch=LoraBatch.from_slots(case["slots"]))
+        # Cases with the same rows share one batch, as a step's layers and projection
+        # groups do, and with it the shrink's workspace: wider and narrower groups, in
+        # every dtype, one after another over what the previous call left in it.
+        key = (case["kernel"], tuple(case["slots"]))
+        batch = batches.setdefault(key, LoraBatch.from_slots(case["slots"]))
+        kernels[case["kernel"]](y, case["x"], buffers, batch=batch)
         results[name] = y
     torch.save(results, results_path)
 
