@@ -15,8 +15,6 @@ broadcast multiply and a row sum, since a single row is below tl.dot's 16-row mi
 
 from __future__ import annotations
 
-import torch
-
 from lorafleet.kernels.batch import LoraBatch
 from lorafleet.kernels.buffers import LoraBuffers
 from lorafleet.kernels.checks import check_lora_args
