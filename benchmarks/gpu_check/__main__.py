@@ -11,7 +11,9 @@ attention's time against reading the KV cache once), parity (engine greedy decod
 the GPU against transformers), timings (SGMV/BGMV against the HBM roofline and a
 per-adapter loop), decode (Llama-8B-shaped model, 0/1/8/32 distinct adapters), graphs
 (decode steps from CUDA graphs: every bucket and adapters loaded after capture, token for
-token; a step's time replayed against eager). The report goes to $OUT when set, else
+token; a step's time replayed against eager), serving (`lorafleet serve` on the device
+driven over gRPC, 32 in flight, 0/1/8/32 distinct adapters: tokens/s against the same
+requests in the engine in process, TTFT and TPOT). The report goes to $OUT when set, else
 benchmarks/results/gpu/ (report.json, report.md); the table is also printed. Without a
 CUDA device it prints one line saying so, runs the dry run, and exits 0 when that passes.
 Exit status: 0 when every part passed or finished (targets missed are findings, not
@@ -36,7 +38,7 @@ from benchmarks.gpu_check import preflight
 PARTS = {"kernels": "benchmarks.gpu_check.kernel_tests",
          "attention": "benchmarks.gpu_check.attention", "parity": "benchmarks.gpu_check.parity",
          "timings": "benchmarks.gpu_check.kernel_timing", "decode": "benchmarks.gpu_check.decode",
-         "graphs": "benchmarks.gpu_check.graphs"}
+         "graphs": "benchmarks.gpu_check.graphs", "serving": "benchmarks.gpu_check.serving"}
 DEFAULT_BUDGET_S = 450.0  # 7.5 minutes: the check must end inside 8 on one H100
 MIN_PART_S = 10.0
 

@@ -18,6 +18,8 @@ import shutil
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+# A folder whose sitecustomize.py makes a child python import `lorafleet` from here too.
+CHECKOUT_SITE = pathlib.Path(__file__).resolve().parent / "checkout_site"
 # Top-level module -> the distribution that provides it. The engine's imports reach the
 # adapter, server and auth modules, hence gRPC, OpenTelemetry, argon2 and re2.
 NEEDED = {"torch": "torch", "triton": "triton", "transformers": "transformers",
@@ -29,7 +31,8 @@ NEEDED = {"torch": "torch", "triton": "triton", "transformers": "transformers",
           "opentelemetry.sdk": "opentelemetry-sdk",
           "opentelemetry.semconv": "opentelemetry-semantic-conventions",
           "argon2": "argon2-cffi", "_argon2_cffi_bindings": "argon2-cffi-bindings",
-          "_cffi_backend": "cffi", "re2": "google-re2"}
+          "_cffi_backend": "cffi", "re2": "google-re2",
+          "aiohttp": "aiohttp"}  # `lorafleet serve` (the serving part) imports it
 CARRY_HINT = ("bring them as wheels: docs/gpu.md, 'Missing packages' (pip download on a "
               "machine with network into .whl/, carry .whl, pip install --target there)")
 
@@ -63,6 +66,23 @@ def ensure_lorafleet_importable() -> str:
     sys.modules.pop("lorafleet", None)
     sys.meta_path.insert(0, _CheckoutFinder())
     return "checkout"
+
+
+def child_env() -> dict[str, str]:
+    """What a child python (the `lorafleet serve` a part starts, and the engine process it
+    spawns) needs in its environment to import `lorafleet` as this process does: nothing
+    where it is installed; else `checkout_env()`."""
+    if any(isinstance(finder, _CheckoutFinder) for finder in sys.meta_path):
+        return checkout_env()
+    return {}
+
+
+def checkout_env() -> dict[str, str]:
+    """PYTHONPATH leading with CHECKOUT_SITE (its sitecustomize runs
+    `ensure_lorafleet_importable` at start-up) and the checkout, before what PYTHONPATH
+    holds already (carried wheels, docs/gpu.md)."""
+    paths = [str(CHECKOUT_SITE), str(ROOT), os.environ.get("PYTHONPATH", "")]
+    return {"PYTHONPATH": os.pathsep.join(path for path in paths if path)}
 
 
 def missing_packages() -> list[str]:

@@ -6,6 +6,7 @@ import ast
 import contextlib
 import io
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from benchmarks.gpu_check.model_shape import (
     num_weight_bytes,
 )
 from benchmarks.gpu_check.report import MET, NOT_MET, SKIPPED, target
+from benchmarks.gpu_check.serving import DRY_PLAN
 from benchmarks.gpu_check.timing import lora_bytes, roofline_ms
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -79,15 +81,36 @@ def test_dry_run_evaluates_every_target(dry_run):
         assert row["vs_roofline"] == pytest.approx(row["add_lora_ms"] / row["roofline_ms"], rel=0.05)
 
 
+@pytest.mark.slow
+def test_dry_run_serves_every_cell_through_grpc_without_losing_a_token(dry_run):
+    # `lorafleet serve` on CPU driven over gRPC, against the engine stepped in process.
+    _, _, report, _ = dry_run
+    part = next(p for p in report["parts"] if p["name"] == "serving")
+    assert part["status"] == "done", part
+    assert [row["distinct"] for row in part["rows"]] == [0, 1, 8, 32]
+    for row in part["rows"]:
+        assert row["errors"] == 0
+        expected = DRY_PLAN.num_requests * DRY_PLAN.output_len
+        assert row["output_tokens"] == row["expected_tokens"] == expected
+        assert row["server_tok_s"] > 0 and row["engine_tok_s"] > 0
+        assert row["server_vs_engine"] == pytest.approx(
+            row["server_tok_s"] / row["engine_tok_s"], rel=0.01)
+        assert 0 < row["ttft_p50_ms"] <= row["ttft_p99_ms"]
+        assert 0 < row["tpot_p50_ms"] <= row["tpot_p99_ms"]
+    (goal,) = [t for t in report["targets"] if t["part"] == "serving"]
+    assert goal["status"] in (MET, NOT_MET) and goal["goal"] == ">= 0.9x"
+    assert goal["value"] == min(row["server_vs_engine"] for row in part["rows"])
+
+
 def test_a_spent_budget_skips_parts_and_their_targets(tmp_path):
     status, printed = _main("--cpu-dry-run", "--budget-s", "0", "--parts", "timings", "decode",
-                            "--out", str(tmp_path))
+                            "serving", "--out", str(tmp_path))
     report = json.loads((tmp_path / "report.json").read_text())
     assert status == 0, printed
-    assert [p["status"] for p in report["parts"]] == ["skipped", "skipped"]
+    assert [p["status"] for p in report["parts"]] == ["skipped", "skipped", "skipped"]
     assert all("it would overrun" in p["skipped"][0] for p in report["parts"])
     # The GPU run's targets are still listed, each marked skipped rather than dropped.
-    assert len(report["targets"]) == 2 * 2 * 4 + 1
+    assert len(report["targets"]) == 2 * 2 * 4 + 1 + 1
     assert {t["status"] for t in report["targets"]} == {SKIPPED}
 
 
@@ -146,6 +169,26 @@ def test_lorafleet_imports_from_the_checkout_where_it_is_not_installed():
     origin, kernels_file = done.stdout.split()
     assert origin == "checkout"
     assert pathlib.Path(kernels_file) == ROOT / "kernels" / "dispatch.py"
+
+
+def test_a_child_python_imports_lorafleet_from_the_checkout():
+    # The serving part's `lorafleet serve` (and its engine process) must find lorafleet in
+    # the checkout where it is not installed, as the check does. -S leaves out
+    # site-packages, where this venv installs it; sitecustomize, which Python imports at
+    # start-up without -S, is then imported by hand.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTHONPATH", "/carried/wheels")
+        env = {**os.environ, **preflight.checkout_env()}
+    assert env["PYTHONPATH"].split(os.pathsep)[-1] == "/carried/wheels"
+    code = ("import importlib.util, sitecustomize\n"
+            "print(importlib.util.find_spec('lorafleet.clients.cli').origin)")
+    done = subprocess.run([sys.executable, "-S", "-c", code], cwd="/", env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert pathlib.Path(done.stdout.strip()) == ROOT / "clients" / "cli.py"
+    # Where lorafleet is installed, as here, a child needs nothing added.
+    assert preflight.ensure_lorafleet_importable() == "installed"
+    assert preflight.child_env() == {}
 
 
 def test_the_checkout_finder_maps_the_folders_setup_py_maps():
