@@ -5,11 +5,11 @@ from __future__ import annotations
 from lorafleet.auth import Role, current_principal
 from lorafleet.control.v1 import adapter_service_pb2 as adapter_pb
 from lorafleet.control.v1 import adapter_service_pb2_grpc as adapter_grpc
-from lorafleet.controlplane.api_status import grpc_errors
 from lorafleet.controlplane.audit import audited
 from lorafleet.controlplane.errors import PermissionDenied
 from lorafleet.controlplane.registry import AdapterRegistry
 from lorafleet.controlplane.rollouts import RolloutManager
+from lorafleet.error_status import unary_errors
 
 
 class AdapterServicer(adapter_grpc.AdapterServiceServicer):
@@ -20,14 +20,14 @@ class AdapterServicer(adapter_grpc.AdapterServiceServicer):
         self.rollouts = rollouts
         self.store = registry.store  # where @audited records changes
 
-    @grpc_errors
+    @unary_errors
     @audited("CreateAdapter", lambda r: r.adapter.name)
     async def CreateAdapter(self, request, context):
         """Registers an adapter."""
         adapter = await self.registry.create_adapter(request.adapter)
         return adapter_pb.CreateAdapterResponse(adapter=adapter)
 
-    @grpc_errors
+    @unary_errors
     async def GetAdapter(self, request, context):
         """An adapter with its versions and rollout."""
         adapter = await self.registry.get_adapter(request.name)
@@ -35,20 +35,20 @@ class AdapterServicer(adapter_grpc.AdapterServiceServicer):
         rollout = await self.registry.get_rollout(request.name)
         return adapter_pb.GetAdapterResponse(adapter=adapter, versions=versions, rollout=rollout)
 
-    @grpc_errors
+    @unary_errors
     async def ListAdapters(self, request, context):
         """Adapters in name order."""
         adapters = await self.registry.list_adapters(request.tenant)
         return adapter_pb.ListAdaptersResponse(adapters=adapters)
 
-    @grpc_errors
+    @unary_errors
     @audited("DeleteAdapter", lambda r: r.name)
     async def DeleteAdapter(self, request, context):
         """Deletes an adapter that receives no traffic."""
         await self.registry.delete_adapter(request.name)
         return adapter_pb.DeleteAdapterResponse()
 
-    @grpc_errors
+    @unary_errors
     @audited("CreateAdapterVersion", lambda r: r.adapter)
     async def CreateAdapterVersion(self, request, context):
         """Adds a version, validated by a worker when one is up. A tenant needs a key that
@@ -62,20 +62,20 @@ class AdapterServicer(adapter_grpc.AdapterServiceServicer):
         version = await self.registry.create_version(request.adapter, request.source_uri)
         return adapter_pb.CreateAdapterVersionResponse(version=version)
 
-    @grpc_errors
+    @unary_errors
     async def ListAdapterVersions(self, request, context):
         """An adapter's versions, oldest first."""
         versions = await self.registry.list_versions(request.adapter)
         return adapter_pb.ListAdapterVersionsResponse(versions=versions)
 
-    @grpc_errors
+    @unary_errors
     @audited("UpdateRollout", lambda r: r.adapter)
     async def UpdateRollout(self, request, context):
         """Sets a new traffic split."""
         rollout = await self.rollouts.update(request.adapter, request.weights)
         return adapter_pb.UpdateRolloutResponse(rollout=rollout)
 
-    @grpc_errors
+    @unary_errors
     @audited("RollbackRollout", lambda r: r.adapter)
     async def RollbackRollout(self, request, context):
         """Restores the previous traffic split."""

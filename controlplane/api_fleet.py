@@ -6,13 +6,13 @@ import contextlib
 
 from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
 from lorafleet.control.v1 import fleet_service_pb2_grpc as fleet_grpc
-from lorafleet.controlplane.api_status import grpc_errors
 from lorafleet.controlplane.audit import audited
 from lorafleet.controlplane.fleet import FleetRegistry
 from lorafleet.controlplane.on_demand import OnDemandPlacer
 from lorafleet.controlplane.routing import diff, holders, live_workers, routing_table
 from lorafleet.controlplane.schema import Snapshot
 from lorafleet.controlplane.store import EtcdStore
+from lorafleet.error_status import stream_errors, unary_errors
 
 
 def placement_view(snapshot: Snapshot, adapter: str = "") -> list[fleet_pb.VersionPlacement]:
@@ -40,7 +40,7 @@ class FleetServicer(fleet_grpc.FleetServiceServicer):
         self.bindings = bindings  # WorkerBindings: a worker id belongs to one key
 
 
-    @grpc_errors
+    @unary_errors
     async def SendHeartbeat(self, request, context):
         """Registers or renews a worker (PERMISSION_DENIED for an id bound to another key)."""
         if self.bindings is not None and request.worker.worker_id:
@@ -51,32 +51,33 @@ class FleetServicer(fleet_grpc.FleetServiceServicer):
             is_draining=is_draining,
         )
 
-    @grpc_errors
+    @unary_errors
     async def ListWorkers(self, request, context):
         """Live workers in id order."""
         workers = await self.fleet.list_workers(request.base_model)
         return fleet_pb.ListWorkersResponse(workers=workers)
 
-    @grpc_errors
+    @unary_errors
     async def GetPlacement(self, request, context):
         """Desired and actual holders of each placed version."""
         snapshot = await self.store.snapshot()
         return fleet_pb.GetPlacementResponse(placements=placement_view(snapshot, request.adapter))
 
-    @grpc_errors
+    @unary_errors
     @audited("DrainWorker", lambda r: r.worker_id)
     async def DrainWorker(self, request, context):
         """Marks a worker as draining."""
         worker = await self.fleet.drain(request.worker_id)
         return fleet_pb.DrainWorkerResponse(worker=worker)
 
-    @grpc_errors
+    @unary_errors
     @audited("PlaceAdapterVersion", lambda r: f"{r.adapter}@{r.version} on {r.worker_id}")
     async def PlaceAdapterVersion(self, request, context):
         """Adds a worker to a routed version's placement and loads it there."""
         placement = await self.placer.place(request.adapter, request.version, request.worker_id)
         return fleet_pb.PlaceAdapterVersionResponse(placement=placement)
 
+    @stream_errors
     async def WatchRoutingTable(self, request, context):
         """A full routing table, then one message per change, each with its revision."""
         sent = None

@@ -1,4 +1,5 @@
-"""Domain errors of the control plane; the servicers map each to one gRPC status code."""
+"""Domain errors of the control plane; each declares its gRPC status code
+(lorafleet/error_status.py)."""
 
 from __future__ import annotations
 
@@ -8,23 +9,33 @@ class ControlPlaneError(Exception):
 
 
 class NotFound(ControlPlaneError):
-    """The named adapter, version or worker does not exist (NOT_FOUND)."""
+    """The named adapter, version or worker does not exist."""
+
+    status_code_name = "NOT_FOUND"
 
 
 class AlreadyExists(ControlPlaneError):
-    """The name is taken (ALREADY_EXISTS)."""
+    """The name is taken."""
+
+    status_code_name = "ALREADY_EXISTS"
 
 
 class InvalidArgument(ControlPlaneError):
-    """A request field is malformed; the message names it (INVALID_ARGUMENT)."""
+    """A request field is malformed; the message names it."""
+
+    status_code_name = "INVALID_ARGUMENT"
 
 
 class FailedPrecondition(ControlPlaneError):
-    """The request is well formed but the current state refuses it (FAILED_PRECONDITION)."""
+    """The request is well formed but the current state refuses it."""
+
+    status_code_name = "FAILED_PRECONDITION"
 
 
 class Conflict(ControlPlaneError):
-    """A concurrent writer changed the keys first, repeatedly (ABORTED)."""
+    """A concurrent writer changed the keys first, repeatedly."""
+
+    status_code_name = "ABORTED"
 
 
 class NotLeader(ControlPlaneError):
@@ -32,8 +43,12 @@ class NotLeader(ControlPlaneError):
 
 
 class PermissionDenied(ControlPlaneError):
-    """The caller's key does not allow this (PERMISSION_DENIED)."""
+    """The caller's key does not allow this."""
+
+    status_code_name = "PERMISSION_DENIED"
 
 
 class Unavailable(ControlPlaneError):
-    """A worker the request needs could not do its part now; a retry may work (UNAVAILABLE)."""
+    """A worker the request needs could not do its part now; a retry may work."""
+
+    status_code_name = "UNAVAILABLE"

@@ -21,7 +21,6 @@ from lorafleet.auth.stores import FileKeyStore, KeyStore
 from lorafleet.auth.verify import KeyVerifier
 from lorafleet.control.v1 import access_service_pb2 as access_pb
 from lorafleet.control.v1 import access_service_pb2_grpc as access_grpc
-from lorafleet.controlplane.api_status import grpc_errors
 from lorafleet.controlplane.audit import audited, list_entries, name_target
 from lorafleet.controlplane.errors import (
     Conflict,
@@ -31,6 +30,7 @@ from lorafleet.controlplane.errors import (
     PermissionDenied,
 )
 from lorafleet.controlplane.store import EtcdStore
+from lorafleet.error_status import unary_errors
 from lorafleet.names import InvalidName, check_worker_id
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ class AccessServicer(access_grpc.AccessServiceServicer):
         self.verifier = verifier
         self.file_keys = file_keys  # the --auth-keys file, if any
 
-    @grpc_errors
+    @unary_errors
     @audited("CreateKey", lambda r: _role_name(r.role) + (f" {r.tenant}" if r.tenant else ""))
     async def CreateKey(self, request, context):
         """Makes and stores a key; its secret is in this reply only."""
@@ -133,7 +133,7 @@ class AccessServicer(access_grpc.AccessServiceServicer):
         await self.keys.create(record)
         return access_pb.CreateKeyResponse(key=key, api_key=api_key_of(record))
 
-    @grpc_errors
+    @unary_errors
     async def ListKeys(self, request, context):
         """Every key this replica accepts, in id order, without secrets: those in etcd and
         those in its --auth-keys file."""
@@ -143,7 +143,7 @@ class AccessServicer(access_grpc.AccessServiceServicer):
             listed += [api_key_of(r, "file") for r in self.file_keys.records().values()]
         return access_pb.ListKeysResponse(api_keys=sorted(listed, key=lambda k: k.key_id))
 
-    @grpc_errors
+    @unary_errors
     @audited("RevokeKey", lambda r: r.key_id)
     async def RevokeKey(self, request, context):
         """Deletes a key; a key of the --auth-keys file is removed from that file instead."""
@@ -153,7 +153,7 @@ class AccessServicer(access_grpc.AccessServiceServicer):
         await self.keys.revoke(request.key_id)
         return access_pb.RevokeKeyResponse()
 
-    @grpc_errors
+    @unary_errors
     async def VerifyKey(self, request, context):
         """Whether a key is valid, and whose it is."""
         principal = await self.verifier.verify(request.key)
@@ -162,7 +162,7 @@ class AccessServicer(access_grpc.AccessServiceServicer):
         record = self.verifier.store.record(principal.key_id)
         return access_pb.VerifyKeyResponse(is_valid=True, api_key=api_key_of(record))
 
-    @grpc_errors
+    @unary_errors
     async def ListAuditEntries(self, request, context):
         """Audit entries, oldest first."""
         try:

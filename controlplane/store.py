@@ -41,6 +41,8 @@ RETRYABLE = (
 class StoreUnavailable(RuntimeError):
     """etcd did not answer within the retry budget."""
 
+    status_code_name = "UNAVAILABLE"
+
 
 @dataclasses.dataclass(frozen=True)
 class RetryPolicy:

@@ -14,6 +14,8 @@ from tokenizers import Tokenizer as _HFTokenizer
 class ChatTemplateError(ValueError):
     """The checkpoint has no chat template, or rendering it failed."""
 
+    status_code_name = "FAILED_PRECONDITION"
+
 
 class Tokenizer:
     """Encodes text, decodes tokens and renders chat messages for one checkpoint."""

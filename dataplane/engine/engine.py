@@ -27,6 +27,8 @@ from lorafleet.dataplane.engine.stream import RequestStream
 class InvalidRequestError(ValueError):
     """A request the engine cannot serve; the message says why."""
 
+    status_code_name = "INVALID_ARGUMENT"
+
 
 class Runner(Protocol):
     """Runs one planned step on the model and samples (see lorafleet.dataplane.runner)."""

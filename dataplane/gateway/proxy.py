@@ -33,8 +33,8 @@ from lorafleet.dataplane.gateway.picking import Candidate
 from lorafleet.dataplane.gateway.router import Resolved, RouteError, Router
 from lorafleet.dataplane.gateway.upstream import OnDemandLoads, UpstreamError, WorkerChannels
 from lorafleet.dataplane.server.quotas import QuotaExceeded, TenantQuotas, tenant_of
-from lorafleet.dataplane.server.status_details import details_trailer
 from lorafleet.dataplane.server.tracing import context_from_metadata, trace_metadata
+from lorafleet.error_status import details_trailer, status_of
 from lorafleet.inference.v1 import inference_service_pb2 as pb
 from lorafleet.inference.v1 import inference_service_pb2_grpc as pb_grpc
 
@@ -61,6 +61,12 @@ class Outcome:
     details: str = ""
     is_retryable: bool = False
     trailing: tuple[tuple[str, str | bytes], ...] = ()  # the worker's rich error details
+
+    @classmethod
+    def of(cls, error: Exception, *, is_retryable: bool = False) -> Outcome:
+        """How an attempt that raised `error` ended: its status (error_status.py)."""
+        code, details = status_of(error)
+        return cls(code, details, is_retryable, details_trailer(code, error))
 
 
 class GatewayServicer(pb_grpc.InferenceServiceServicer):
@@ -89,9 +95,7 @@ class GatewayServicer(pb_grpc.InferenceServiceServicer):
         try:
             self._quotas.try_admit(tenant)
         except QuotaExceeded as refusal:
-            upstream.outcome = Outcome(grpc.StatusCode.RESOURCE_EXHAUSTED, str(refusal),
-                                       trailing=details_trailer(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                                                refusal))
+            upstream.outcome = Outcome.of(refusal)
             tenant = None  # nothing was counted
         try:
             if tenant is not None:
@@ -117,14 +121,14 @@ class GatewayServicer(pb_grpc.InferenceServiceServicer):
         try:
             resolved = self._router.resolve(request)
         except RouteError as error:
-            upstream.outcome = Outcome(error.code, error.details)
+            upstream.outcome = Outcome.of(error)
             return
         excluded = self._skipped()
         for attempt in range(MAX_ATTEMPTS):
             try:
                 target = self._pick(resolved, excluded)
             except RouteError as error:
-                upstream.outcome = upstream.outcome or Outcome(error.code, error.details)
+                upstream.outcome = upstream.outcome or Outcome.of(error)
                 return
             if attempt:
                 self._metrics.retries.inc()
@@ -181,8 +185,7 @@ class GatewayServicer(pb_grpc.InferenceServiceServicer):
             if upstream.outcome.is_retryable and not await self._is_answering(target):
                 self._skip(target)
         except UpstreamError as error:
-            upstream.outcome = Outcome(error.code, error.details,
-                                       is_retryable=num_sent == 0 and error.is_retryable)
+            upstream.outcome = Outcome.of(error, is_retryable=num_sent == 0 and error.is_retryable)
         else:
             upstream.outcome = Outcome(OK) if has_summary else Outcome(
                 grpc.StatusCode.INTERNAL,

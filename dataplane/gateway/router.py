@@ -31,12 +31,12 @@ from lorafleet.names import parse_ref
 
 
 class RouteError(Exception):
-    """A request the gateway cannot route, with the status the caller gets."""
+    """A request the gateway cannot route, with the status the caller gets (declared per
+    instance: lorafleet/error_status.py)."""
 
     def __init__(self, code: grpc.StatusCode, details: str):
-        super().__init__(f"{code.name}: {details}")
-        self.code = code
-        self.details = details
+        super().__init__(details)
+        self.status_code_name = code.name
 
 
 @dataclasses.dataclass(frozen=True)

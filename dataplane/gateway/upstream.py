@@ -28,12 +28,12 @@ Place = Callable[[fleet_pb.PlaceAdapterVersionRequest, float | None],
 
 
 class UpstreamError(Exception):
-    """A failed step towards a worker, as the status the caller should get."""
+    """A failed step towards a worker, as the status the caller should get (declared per
+    instance: lorafleet/error_status.py)."""
 
     def __init__(self, code: grpc.StatusCode, details: str, *, is_retryable: bool = False):
-        super().__init__(f"{code.name}: {details}")
-        self.code = code
-        self.details = details
+        super().__init__(details)
+        self.status_code_name = code.name
         self.is_retryable = is_retryable
 
 

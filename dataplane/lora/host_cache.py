@@ -29,6 +29,8 @@ LoadEvent = Callable[[str, float, bool], None]  # (tier, seconds, is_ok)
 class DigestMismatch(ValueError):
     """The weights at the source are not the ones the caller expected."""
 
+    status_code_name = "FAILED_PRECONDITION"
+
 
 @dataclasses.dataclass(frozen=True)
 class AdapterSource:

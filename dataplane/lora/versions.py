@@ -28,17 +28,25 @@ class VersionState(enum.Enum):
 class UnknownAdapter(LookupError):
     """No such adapter name or version on this worker."""
 
+    status_code_name = "NOT_FOUND"
+
 
 class AdapterUnavailable(RuntimeError):
     """The version exists but cannot take new requests now (being evicted)."""
+
+    status_code_name = "UNAVAILABLE"
 
 
 class AdapterFailed(AdapterUnavailable):
     """The version's load failed (invalid, or made for another base model)."""
 
+    status_code_name = "FAILED_PRECONDITION"
+
 
 class VersionTaken(RuntimeError):
     """name@version is being loaded, or exists, with other weights: versions are immutable."""
+
+    status_code_name = "ALREADY_EXISTS"
 
 
 @dataclasses.dataclass(eq=False)

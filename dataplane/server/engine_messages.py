@@ -5,7 +5,7 @@ Everything here is plain data (picklable) so it can cross a process: the server 
 named `Command`s, the loop answers with `News` — at most one per step carrying every
 output of that step, the answers to commands, the snapshot when it changed and the
 metric events since the last News. Errors cross as `CarriedError`, which rebuilds the
-same exception type (so status.py maps it to the same gRPC code) with the same message.
+same exception type (so it declares the same gRPC code) with the same message.
 """
 
 from __future__ import annotations
@@ -22,9 +22,13 @@ from lorafleet.dataplane.engine.params import SamplingParams
 class EngineStepError(RuntimeError):
     """The engine failed a step; the requests in flight were failed with it."""
 
+    status_code_name = "INTERNAL"
+
 
 class EngineDead(RuntimeError):
     """The engine loop has stopped; this worker can no longer generate."""
+
+    status_code_name = "INTERNAL"
 
 
 class Op(enum.Enum):

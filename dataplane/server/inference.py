@@ -10,9 +10,9 @@ from google.protobuf import duration_pb2
 from lorafleet.dataplane.engine.outputs import RequestOutput
 from lorafleet.dataplane.engine.request import FinishReason
 from lorafleet.dataplane.server.requests import cache_salt_of, prompt_of, sampling_of
-from lorafleet.dataplane.server.status import stream_errors
 from lorafleet.dataplane.server.tracing import context_from_metadata
 from lorafleet.dataplane.server.worker import Admitted, Worker
+from lorafleet.error_status import stream_errors
 from lorafleet.inference.v1 import inference_service_pb2 as pb
 from lorafleet.inference.v1 import inference_service_pb2_grpc as pb_grpc
 
@@ -47,8 +47,6 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                 yield pb.GenerateResponse(delta=_delta(output))
             if output.is_finished:
                 yield pb.GenerateResponse(summary=self._summary(admitted, output))
-                if output.finish_reason is FinishReason.ERROR:
-                    await context.abort(grpc.StatusCode.INTERNAL, output.error or "error")
 
     def count_error(self, code: grpc.StatusCode) -> None:
         """Counts a Generate that ended with error status `code` (see stream_errors)."""

@@ -162,6 +162,8 @@ def quota_config_of(args: argparse.Namespace) -> QuotaConfig:
 class QuotaExceeded(RuntimeError):
     """A tenant is over one of its limits (RESOURCE_EXHAUSTED with QuotaFailure details)."""
 
+    status_code_name = "RESOURCE_EXHAUSTED"
+
     def __init__(self, tenant: str, limit: str, message: str) -> None:
         super().__init__(message)
         self.tenant = tenant

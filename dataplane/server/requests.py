@@ -16,6 +16,8 @@ MAX_CACHE_SALT_CHARS = 256
 class BadRequest(ValueError):
     """A malformed request; the message starts with the field's name."""
 
+    status_code_name = "INVALID_ARGUMENT"
+
 
 @dataclasses.dataclass(frozen=True)
 class PromptInput:

@@ -21,10 +21,11 @@ from opentelemetry import trace
 
 from lorafleet.dataplane.engine.outputs import ErrorKind, RequestOutput
 from lorafleet.dataplane.engine.params import SamplingParams
+from lorafleet.dataplane.engine.request import FinishReason
 from lorafleet.dataplane.lora.host_cache import AdapterSource
 from lorafleet.dataplane.lora.versions import VersionEntry, VersionState, VersionTable
 from lorafleet.dataplane.server.bridge import EngineBridge
-from lorafleet.dataplane.server.engine_messages import NewRequest
+from lorafleet.dataplane.server.engine_messages import EngineStepError, NewRequest
 from lorafleet.dataplane.server.errors import (
     AdapterLoadFailed,
     EvictTimeout,
@@ -125,7 +126,8 @@ class Worker:
     async def generate(self, admitted: Admitted, token_ids: tuple[int, ...],
                        params: SamplingParams, *, cache_salt: str = "",
                        trace_parent: Any = None) -> AsyncIterator[RequestOutput]:
-        """Streams the engine's outputs for an admitted request, then unpins it.
+        """Streams the engine's outputs for an admitted request, then unpins it; a request
+        the engine failed raises its error in place of its last output (engine_failure).
         `cache_salt`: see GenerateRequest.cache_salt; `trace_parent`: the caller's trace
         context, continued by the request's span."""
         entry = admitted.entry
@@ -139,9 +141,9 @@ class Worker:
                 last = output
                 clock.tick(output)
                 self.quotas.charge(admitted.tenant, len(output.new_token_ids))
-                if output.error_kind is ErrorKind.ADAPTER_LOAD_FAILED:
-                    raise AdapterLoadFailed(f"adapter {entry.label if entry else ''} "
-                                            f"could not be loaded: {output.error}")
+                failure = engine_failure(output, entry)
+                if failure is not None:
+                    raise failure
                 yield output
         finally:
             self.release(admitted)
@@ -252,3 +254,16 @@ class Worker:
     async def validate_adapter(self, source_uri: str):
         """A dry-run load of `source_uri` with this worker's rules (off the event loop)."""
         return await asyncio.to_thread(self.adapters.validate, source_uri)
+
+
+def engine_failure(output: RequestOutput, entry: VersionEntry | None) -> Exception | None:
+    """The error a request the engine ended with FinishReason.ERROR reaches its caller as,
+    or None for any other output. One rule for every kind: the worker raises it in place
+    of that final output, so the caller gets its status (and no summary), and a gateway
+    may retry a load failure elsewhere."""
+    if output.finish_reason is not FinishReason.ERROR:
+        return None
+    if output.error_kind is ErrorKind.ADAPTER_LOAD_FAILED:
+        return AdapterLoadFailed(f"adapter {entry.label if entry else ''} "
+                                 f"could not be loaded: {output.error}")
+    return EngineStepError(output.error or "engine step failed")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from lorafleet.dataplane.lora.versions import VersionEntry, VersionState
 from lorafleet.dataplane.server.errors import ShuttingDown
 from lorafleet.dataplane.server.requests import BadRequest
-from lorafleet.dataplane.server.status import rpc_errors
 from lorafleet.dataplane.server.worker import Worker
+from lorafleet.error_status import unary_errors
 from lorafleet.names import InvalidName, check_adapter_name
 from lorafleet.worker.v1 import worker_service_pb2 as pb
 from lorafleet.worker.v1 import worker_service_pb2_grpc as pb_grpc
@@ -27,7 +27,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
         self.address = address  # host:port others reach this worker at
         self.admin_address = admin_address  # where this servicer listens, when not `address`
 
-    @rpc_errors
+    @unary_errors
     async def LoadAdapter(self, request: pb.LoadAdapterRequest, context):
         name = _checked_name(request.adapter)
         if not request.source_uri:
@@ -40,21 +40,21 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
             make_default=request.make_default)
         return pb.LoadAdapterResponse(adapter=self.residency(entry))
 
-    @rpc_errors
+    @unary_errors
     async def EvictAdapter(self, request: pb.EvictAdapterRequest, context):
         name = _checked_name(request.adapter)
         keep_host = request.tier == pb.TIER_DEVICE
         entries = await self.worker.evict_adapter(name, request.version, keep_host=keep_host)
         return pb.EvictAdapterResponse(adapters=[self.residency(e) for e in entries])
 
-    @rpc_errors
+    @unary_errors
     async def ListAdapters(self, request: pb.ListAdaptersRequest, context):
         listed = [self.residency(e) for e in self.worker.versions.entries()]
         if request.tier != pb.TIER_UNSPECIFIED:
             listed = [r for r in listed if r.tier == request.tier]
         return pb.ListAdaptersResponse(adapters=listed)
 
-    @rpc_errors
+    @unary_errors
     async def ValidateAdapter(self, request: pb.ValidateAdapterRequest, context):
         if not request.source_uri:
             raise BadRequest("source_uri: required")
@@ -64,7 +64,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
             rank=report.rank or 0, target_modules=report.target_modules,
             base_model=report.base_model_name_or_path or "", size_bytes=report.size_bytes or 0)
 
-    @rpc_errors
+    @unary_errors
     async def GetWorkerStatus(self, request, context):
         return self.status()
 

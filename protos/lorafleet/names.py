@@ -26,6 +26,8 @@ MAX_ECHO_CHARS = 80
 class InvalidName(ValueError):
     """A name, reference or id that does not follow the grammar."""
 
+    status_code_name = "INVALID_ARGUMENT"
+
 
 def shorten(text: str, limit: int = MAX_ECHO_CHARS) -> str:
     """`text` quoted for an error message, cut to `limit` characters."""

@@ -6,6 +6,7 @@ import grpc
 import pytest
 
 from lorafleet.control.v1 import adapter_service_pb2 as pb
+from lorafleet.controlplane.errors import NotFound
 from tests.controlplane.conftest import eventually
 from tests.support.fake_worker import fake_digest
 
@@ -175,3 +176,20 @@ def _list_workers():
     from lorafleet.control.v1 import fleet_service_pb2
 
     return fleet_service_pb2.ListWorkersRequest()
+
+
+async def test_a_subclass_of_a_domain_error_keeps_its_status(plane, stubs, monkeypatch):
+    """An error class derived from NotFound reaches the caller as NOT_FOUND with its
+    message, not as a generic failure (issue 23 #5: codes were looked up by exact type)."""
+
+    class VersionGone(NotFound):
+        """A more precise NOT_FOUND."""
+
+    async def gone(name):
+        raise VersionGone(f"adapter {name} was deleted")
+
+    monkeypatch.setattr(plane.registry, "get_adapter", gone)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stubs.adapters.GetAdapter(pb.GetAdapterRequest(name="acme/support"))
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    assert raised.value.details() == "adapter acme/support was deleted"

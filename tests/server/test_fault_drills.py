@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lorafleet.inference.v1 import inference_service_pb2 as pb
 from lorafleet.worker.v1 import worker_service_pb2 as wpb
+from tests.observability.scrape import scrape
 from tests.server.conftest import worker_config
 from tests.support.lora_suite import prompts
 from tests.support.tiny_adapters import make_adapter
@@ -147,6 +148,36 @@ def test_concurrent_loads_of_one_version_with_different_weights_one_wins(
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         numbered = list(pool.map(load, paths, [0, 0]))
     assert sorted(r.version for r in numbered) == [6, 7]
+
+
+def test_a_failed_model_step_ends_its_request_with_its_status_like_any_error(fresh_worker):
+    """A model step that raises ends its requests the way a failed adapter load does:
+    INTERNAL with the step's error, no summary, counted among the Generates that ended
+    with an error status (issue 23 #5: it sent a summary, then aborted uncounted); the
+    worker serves on."""
+    runner = fresh_worker.running.worker.bridge.engine.runner
+    execute = runner.execute
+
+    def fail_once(plan):
+        runner.execute = execute
+        raise RuntimeError("injected step failure")
+
+    def num_internal() -> float:
+        found = scrape(fresh_worker.running.metrics_port)
+        return found.value("lorafleet_rejected_requests_total", code="INTERNAL")
+
+    before = num_internal()
+    runner.execute = fail_once
+    received = []
+    with pytest.raises(grpc.RpcError) as info:
+        for message in fresh_worker.inference.Generate(_long_request("", 5), timeout=30):
+            received.append(message)
+    assert info.value.code() == grpc.StatusCode.INTERNAL
+    assert info.value.details() == "RuntimeError: injected step failure"
+    assert not [m for m in received if m.HasField("summary")]
+    assert num_internal() - before == 1
+    tokens, summary = fresh_worker.generate("", prompts(1)[0], max_tokens=2, timeout=10)
+    assert len(tokens) == 2 and summary.finish_reason == pb.FINISH_REASON_LENGTH
 
 
 def test_engine_loop_death_is_reported_not_hidden(fresh_worker):
