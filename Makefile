@@ -107,7 +107,8 @@ BENCH_ARGS ?= --quick
 bench: setup
 	$(PY) -m benchmarks $(BENCH_ARGS)
 
-# The CUDA path on a real GPU in one run (docs/gpu.md): kernels, parity, timings, decode;
+# The CUDA path on a real GPU in one run (docs/gpu.md): kernels, attention, parity, timings,
+# decode, graphs, serving;
 # report in $OUT or benchmarks/results/gpu/. No set-up step: a GPU machine has no network,
 # so it runs with the first python whose torch sees CUDA (GPU_PYTHON to choose), else the
 # venv's, which without a GPU says so and runs the CPU dry run. GPU_CHECK_ARGS: its options.

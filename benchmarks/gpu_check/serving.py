@@ -37,7 +37,6 @@ from benchmarks.serving.references import EngineReference
 from benchmarks.serving.scenario_adapters import CONCURRENCY, TARGET_RATIO
 from benchmarks.serving.worker_process import BASE_MODEL_NAME, serve_command, start_worker
 from benchmarks.serving.workload import Lengths, Popularity, WorkloadSpec, make_requests
-from lorafleet.dataplane.server.build import WorkerConfig, build_worker
 from lorafleet.startup import freeze_startup_heap
 
 CAP_S = 90.0
@@ -102,19 +101,6 @@ def _target(value: float | None, note: str) -> dict:
                   is_upper_bound=False, note=note)
 
 
-class DeviceEngine(EngineReference):
-    """The serving benchmark's in-process engine, built on `device` in `dtype` (the base
-    class builds on CPU in float32); loaded, run and closed as there."""
-
-    def __init__(self, model_dir: pathlib.Path, adapters: dict[str, pathlib.Path], *,
-                 device: str, dtype: str, **options) -> None:
-        config = WorkerConfig(model_dir, device=device, dtype=dtype, worker_id="reference",
-                              **options)
-        self._worker, _ = build_worker(config)
-        self._digests = asyncio.run(self._load(adapters))
-        self._ids = itertools.count()
-
-
 def _sizes(plan: Plan) -> dict:
     """The options server and engine share (WorkerConfig's names; `serve` flags alike)."""
     return {"max_loras": CONCURRENCY, "max_lora_rank": RANK, "max_cpu_loras": CONCURRENCY,
@@ -141,7 +127,7 @@ def _server(model_dir, adapters: dict, device: str, plan: Plan, clock):
 
 @contextlib.contextmanager
 def _engine(model_dir, adapters: dict, device: str, plan: Plan):
-    engine = DeviceEngine(model_dir, adapters, device=device, dtype=plan.dtype,
+    engine = EngineReference(model_dir, adapters, device=device, dtype=plan.dtype,
                           prefix_cache_scope=None, **_sizes(plan))
     try:
         yield engine
@@ -158,7 +144,7 @@ def _requests(names: list[str], plan: Plan, num_requests: int, output_len: int, 
     return make_requests(spec)
 
 
-def _warm_up(server: Target, engine: DeviceEngine, names: list[str], plan: Plan) -> None:
+def _warm_up(server: Target, engine: EngineReference, names: list[str], plan: Plan) -> None:
     """Unmeasured requests on every adapter and the base model, through both: kernels
     compiled, adapters in their slots before any cell is timed."""
     requests = _requests(names, plan, 2 * CONCURRENCY, 4, seed=-1, base_share=0.25)
@@ -166,7 +152,7 @@ def _warm_up(server: Target, engine: DeviceEngine, names: list[str], plan: Plan)
     engine.run(requests, CONCURRENCY)
 
 
-def _measure(server: Target, engine: DeviceEngine, names: list[str], plan: Plan,
+def _measure(server: Target, engine: EngineReference, names: list[str], plan: Plan,
              clock) -> list[dict]:
     """Each cell through the server, then the engine, taking turns; one row per cell."""
     cells = {count: _requests(names[:count], plan, plan.num_requests, plan.output_len,

@@ -15,12 +15,14 @@ from benchmarks.serving.workload import RequestSpec
 
 class EngineReference:
     """The worker's engine, built exactly as `lorafleet serve` builds it (same options),
-    stepped in this process with no gRPC, no frontend and no engine thread."""
+    stepped in this process with no gRPC, no frontend and no engine thread; on the CPU in
+    float32 unless `device` and `dtype` say otherwise."""
 
-    def __init__(self, model_dir: pathlib.Path, adapters: dict[str, pathlib.Path], **options):
+    def __init__(self, model_dir: pathlib.Path, adapters: dict[str, pathlib.Path], *,
+                 device: str = "cpu", dtype: str = "float32", **options):
         from lorafleet.dataplane.server.build import WorkerConfig, build_worker
 
-        config = WorkerConfig(model_dir, device="cpu", dtype="float32", worker_id="reference",
+        config = WorkerConfig(model_dir, device=device, dtype=dtype, worker_id="reference",
                               **options)
         self._worker, _ = build_worker(config)
         self._digests = asyncio.run(self._load(adapters))
