@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import pathlib
-import re
 import sys
 
 from lorafleet.dataplane.model.config import ModelConfig, ModelConfigError
+from lorafleet.dataplane.server.flags import add_plan_flags, byte_count, config_values
 from lorafleet.dataplane.server.sizes import WorkerSizes
 from lorafleet.dataplane.sizing import MemoryPlan, PlanError, PlanRequest, plan_memory
 
@@ -20,55 +20,22 @@ only the checkpoint's config.json: no weights, no torch, no GPU. The figures are
 the worker computes at start (its start-up line is printed too); only the free GPU memory
 is an estimate, since the worker measures it after the CUDA context is made."""
 
-_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
-          "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
 _MIB = 2**20
-
-
-def byte_count(text: str) -> int:
-    """Bytes from `80GiB`, `80G` (10^9), `1.5TiB` or a plain integer."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*", text, re.IGNORECASE)
-    if not match:
-        raise argparse.ArgumentTypeError(f"expected bytes such as 80GiB or 85899345920, got {text!r}")
-    return int(float(match.group(1)) * _UNITS[(match.group(2) or "").lower()])
 
 
 def plan_parser() -> argparse.ArgumentParser:
     """The parser of `lorafleet plan`."""
     parser = argparse.ArgumentParser(prog="lorafleet plan", description=DESCRIPTION)
-    parser.add_argument("--model", type=pathlib.Path, required=True,
-                        help="checkpoint directory (only its config.json is read)")
-    parser.add_argument("--max-loras", type=int, default=8,
-                        help="device adapter slots, as the worker's option (default %(default)s)")
-    parser.add_argument("--max-lora-rank", type=int, default=64,
-                        help="rank every slot is sized for (default %(default)s)")
-    parser.add_argument("--max-cpu-loras", type=int, default=32,
-                        help="adapters kept in host memory (default %(default)s)")
+    add_plan_flags(parser, ("--model", "--max-loras", "--max-lora-rank", "--max-cpu-loras"))
     parser.add_argument("--gpu-memory", type=byte_count, metavar="BYTES",
                         help="the GPU's memory, e.g. 80GiB; the KV cache gets 0.85 of what the "
                              "weights leave (default: size a CPU worker, 1 GiB of KV budget)")
-    parser.add_argument("--kv-cache-bytes", type=byte_count, metavar="BYTES",
-                        help="the worker's --kv-cache-bytes: KV cache and adapter slots together")
-    parser.add_argument("--kv-cache-fraction", type=float, metavar="F",
-                        help="the worker's --kv-cache-fraction (needs --gpu-memory)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                        help="weight dtype (default: the checkpoint's)")
-    parser.add_argument("--block-size", type=int, default=16,
-                        help="tokens per KV block (default %(default)s, the worker's)")
+    add_plan_flags(parser, ("--kv-cache-bytes", "--kv-cache-fraction", "--dtype", "--block-size"))
     parser.add_argument("--context", type=int, metavar="TOKENS",
                         help="tokens per sequence for the largest-batch figure "
                              "(default: the model's context length)")
-    parser.add_argument("--max-num-seqs", type=int, default=64,
-                        help="the worker's sequences per step, which caps the batch "
-                             "(default %(default)s)")
-    parser.add_argument("--prefix-cache-scope", choices=["tenant", "global"], default="tenant",
-                        help="the worker's option: who shares cached prompt prefixes "
-                             "(default %(default)s)")
-    parser.add_argument("--no-prefix-cache", action="store_true",
-                        help="the worker's option: no prefix caching")
-    parser.add_argument("--enforce-eager", action="store_true",
-                        help="the worker runs with --enforce-eager: no decode graphs (with "
-                             "--gpu-memory, their memory is otherwise planned)")
+    add_plan_flags(parser, ("--max-num-seqs", "--prefix-cache-scope", "--no-prefix-cache",
+                            "--enforce-eager"))
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
@@ -124,13 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     """`lorafleet plan`."""
     parser = plan_parser()
     args = parser.parse_args(argv)
-    request = PlanRequest(
-        max_loras=args.max_loras, max_lora_rank=args.max_lora_rank,
-        max_cpu_loras=args.max_cpu_loras, dtype=args.dtype, block_size=args.block_size,
-        kv_cache_bytes=args.kv_cache_bytes, kv_cache_fraction=args.kv_cache_fraction,
-        gpu_memory=args.gpu_memory, context=args.context, max_num_seqs=args.max_num_seqs,
-        prefix_cache_scope=None if args.no_prefix_cache else args.prefix_cache_scope,
-        enforce_eager=args.enforce_eager)
+    fields = {field.name for field in dataclasses.fields(PlanRequest)}
+    request = PlanRequest(gpu_memory=args.gpu_memory, context=args.context,
+                          **config_values(args, fields))
     try:
         plan = plan_memory(ModelConfig.from_dir(args.model), request)
     except (ModelConfigError, PlanError) as exc:

@@ -4,44 +4,33 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
-import pathlib
 import sys
 
 from lorafleet.auth.policy import WORKER_METHODS
 from lorafleet.auth.startup import add_auth_arguments, auth_interceptors
-from lorafleet.dataplane.adapters.confinement import add_source_arguments, policy_from_args
-from lorafleet.dataplane.server.quotas import add_tenant_arguments, quota_config_of
-from lorafleet.metrics_http import add_metrics_port_argument, metrics_port_of
-from lorafleet.names import InvalidName, check_adapter_name
+from lorafleet.dataplane.adapters.confinement import policy_from_args
+from lorafleet.dataplane.server.flags import add_worker_flags, config_values
+from lorafleet.dataplane.server.quotas import quota_config_of
+from lorafleet.metrics_http import metrics_port_of
 from lorafleet.rpcserver import ServerSecurity
 from lorafleet.startup import (
     EXIT_FATAL,
     EXIT_OK,
     StartupError,
     Stopper,
-    add_log_level_argument,
     check_port_free,
     freeze_startup_heap,
     run,
     starting,
 )
-from lorafleet.tls import TlsConfig, TlsFileError, add_server_tls_arguments
+from lorafleet.tls import TlsConfig, TlsFileError
 
 SERVE_DESCRIPTION = """\
 Serve one base model and its LoRA adapters from this machine: streaming
 InferenceService.Generate and WorkerService (load/evict/list adapters) on one gRPC port,
 Prometheus metrics on another. No control plane or etcd is needed."""
-
-def _adapter_arg(text: str) -> tuple[str, str]:
-    name, sep, path = text.partition("=")
-    if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"expected NAME=PATH (e.g. acme/support=/adapters/s), got {text!r}")
-    try:
-        check_adapter_name(name)
-    except InvalidName as exc:  # e.g. no tenant: it would be refused on every request
-        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
-    return name, path
 
 
 def check_before_loading(args: argparse.Namespace) -> None:
@@ -60,91 +49,6 @@ def check_before_loading(args: argparse.Namespace) -> None:
         check_port_free(args.host, port, option)
 
 
-def add_serve_arguments(parser: argparse.ArgumentParser, *, model_required: bool) -> None:
-    """The options shared by `serve` and `worker`."""
-    parser.add_argument("--model", type=pathlib.Path, required=model_required,
-                        help="Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json)")
-    parser.add_argument("--model-name", help="name reported for the base model (default: the directory name)")
-    parser.add_argument("--adapter", type=_adapter_arg, action="append", default=[], metavar="NAME=PATH",
-                        help="load a PEFT adapter at start as tenant/name (repeatable)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
-    parser.add_argument("--port", type=int, default=50051, help="gRPC port; 0 picks a free one (default %(default)s)")
-    add_metrics_port_argument(parser, 9400, "vLLM-compatible series, per-adapter metrics")
-    parser.add_argument("--admin-port", type=int, metavar="N",
-                        help="serve WorkerService (load/evict/validate/list adapters, status) "
-                             "on this port alone, so the gRPC port exposes only inference; "
-                             "0 picks a free one (default: WorkerService on the gRPC port)")
-    parser.add_argument("--http-port", type=int,
-                        help="also serve OpenAI-compatible HTTP (/v1/completions, "
-                             "/v1/chat/completions, /v1/models) on this port; 0 picks a free "
-                             "one (default: off; see docs/openai.md)")
-    parser.add_argument("--device", help="cpu or cuda[:N] (default: cuda when available)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                        help="weight dtype (default: the checkpoint's)")
-    parser.add_argument("--max-loras", type=int, default=8,
-                        help="device adapter slots = distinct adapters per step (default %(default)s)")
-    parser.add_argument("--max-lora-rank", type=int, default=64,
-                        help="largest adapter rank accepted; slots are sized for it (default %(default)s)")
-    parser.add_argument("--max-cpu-loras", type=int, default=32,
-                        help="adapters kept in host memory (default %(default)s)")
-    parser.add_argument("--kv-cache-bytes", type=int,
-                        help="KV cache size in bytes, adapter slots included "
-                             "(default: 0.85 of free GPU memory; 1 GiB on a CPU)")
-    parser.add_argument("--kv-cache-fraction", type=float,
-                        help="instead of --kv-cache-bytes: this fraction of the device memory "
-                             "free after the weights, less the adapter slots")
-    parser.add_argument("--max-num-seqs", type=int, default=64, help="sequences per step (default %(default)s)")
-    parser.add_argument("--max-num-batched-tokens", type=int, default=2048,
-                        help="tokens per step, prefill chunks included (default %(default)s)")
-    parser.add_argument("--prefix-cache-scope", choices=["tenant", "global"], default="tenant",
-                        help="who shares cached prompt KV (prefix caching): 'tenant', only "
-                             "requests of the same tenant, since a cache hit answers faster "
-                             "and a caller could time that to learn another tenant's prompt; "
-                             "'global', every request (more hits when tenants share system "
-                             "prompts). Always only the same base model and adapter weights "
-                             "(by digest) and the same cache_salt (default %(default)s)")
-    parser.add_argument("--no-prefix-cache", action="store_true",
-                        help="compute every prompt whole: no KV reuse between requests "
-                             "(default: equal prompt prefixes reuse their KV blocks)")
-    parser.add_argument("--enforce-eager", action="store_true",
-                        help="on a GPU, run decode steps kernel by kernel instead of "
-                             "replaying CUDA graphs (default: graphs, captured at start for "
-                             "1, 2, 4, ... --max-num-seqs sequences; they keep a little "
-                             "memory, taken from the KV budget). No effect on a CPU")
-    parser.add_argument("--max-waiting", type=int, default=256,
-                        help="queued requests beyond which Generate answers RESOURCE_EXHAUSTED (default %(default)s)")
-    parser.add_argument("--worker-id",
-                        help="stable id of this worker (default: HOST:PORT, the host name and "
-                             "the bound gRPC port, unique per worker on a machine)")
-    parser.add_argument("--otlp-endpoint", metavar="HOST:PORT",
-                        help="export a tracing span per request to this OTLP/gRPC collector "
-                             "(needs the otlp extra)")
-    parser.add_argument("--engine-runs", choices=["process", "thread"], default="process",
-                        help="where the engine loop runs: 'process', its own process, so the "
-                             "server's Python never competes with it for the GIL; 'thread', "
-                             "a thread of the server's process, for debugging (slower under "
-                             "load; see docs/worker.md) (default %(default)s)")
-    parser.add_argument("--cpu-thread-wait", choices=["spin", "sleep"], default="sleep",
-                        help="how the engine process's CPU threads wait between ops: 'sleep' "
-                             "at once (right for a machine that does anything else: spinning "
-                             "threads take CPU from it, and a 20-token answer took 27-43 s "
-                             "spinning against 3-5 s sleeping at load 8-11), or 'spin' "
-                             "briefly before sleeping (OpenMP's default: 15-35%% more tokens/s "
-                             "when the worker has its cores to itself); an OMP_WAIT_POLICY "
-                             "you set wins (default %(default)s)")
-    parser.add_argument("--engine-start-timeout", type=float, default=600.0, metavar="SECONDS",
-                        help="how long the engine process may take to load the model and "
-                             "start; past it, it is stopped and the server exits with one "
-                             "line and status 2 (raise it for a large model on slow storage) "
-                             "(default %(default)s)")
-    parser.add_argument("--grace-seconds", type=float, default=30.0,
-                        help="on SIGTERM, how long in-flight streams may finish (default %(default)s)")
-    add_source_arguments(parser)
-    add_server_tls_arguments(parser)
-    add_tenant_arguments(parser)
-    add_log_level_argument(parser)
-
-
 def tls_of(args: argparse.Namespace) -> TlsConfig:
     """The TLS options as a TlsConfig; a bad file is a start-up mistake."""
     try:
@@ -159,22 +63,13 @@ def worker_config(args: argparse.Namespace):
     """The WorkerConfig the parsed options describe."""
     from lorafleet.dataplane.server.build import WorkerConfig
 
-    extra = {"worker_id": args.worker_id} if args.worker_id else {}
     try:
-        extra["sources"] = policy_from_args(args)
+        sources = policy_from_args(args)
     except ValueError as exc:
         raise StartupError(str(exc)) from exc
-    return WorkerConfig(
-        model_dir=args.model, model_name=args.model_name, device=args.device, dtype=args.dtype,
-        max_loras=args.max_loras, max_lora_rank=args.max_lora_rank,
-        max_cpu_loras=args.max_cpu_loras, kv_cache_bytes=args.kv_cache_bytes,
-        kv_cache_fraction=args.kv_cache_fraction, max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens, max_waiting=args.max_waiting,
-        queue_policy=args.queue_policy, quotas=quota_config_of(args),
-        engine_runs=args.engine_runs, cpu_thread_wait=args.cpu_thread_wait,
-        engine_start_timeout=args.engine_start_timeout,
-        prefix_cache_scope=None if args.no_prefix_cache else args.prefix_cache_scope,
-        enforce_eager=args.enforce_eager, **extra)
+    fields = {field.name for field in dataclasses.fields(WorkerConfig)}
+    return WorkerConfig(model_dir=args.model, quotas=quota_config_of(args), sources=sources,
+                        **config_values(args, fields))
 
 
 async def serve(args: argparse.Namespace, stopper: Stopper, on_ready=None) -> int:
@@ -236,7 +131,7 @@ async def _first_of(*awaitables) -> None:
 def serve_parser() -> argparse.ArgumentParser:
     """The parser of `lorafleet serve`."""
     parser = argparse.ArgumentParser(prog="lorafleet serve", description=SERVE_DESCRIPTION)
-    add_serve_arguments(parser, model_required=True)
+    add_worker_flags(parser)
     add_auth_arguments(parser, own_key=None)
     return parser
 
@@ -256,7 +151,7 @@ load and evict adapter versions through WorkerService."""
 def worker_parser() -> argparse.ArgumentParser:
     """The parser of `lorafleet worker`."""
     parser = argparse.ArgumentParser(prog="lorafleet worker", description=WORKER_DESCRIPTION)
-    add_serve_arguments(parser, model_required=True)
+    add_worker_flags(parser)
     parser.add_argument("--controlplane", required=True, metavar="ADDR[,ADDR...]",
                         help="control-plane replicas (host:port), tried in order")
     parser.add_argument("--advertise-address", metavar="HOST:PORT",

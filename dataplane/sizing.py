@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 
 from lorafleet.dataplane.model.config import PROJECTIONS, ModelConfig
+from lorafleet.dataplane.server.flags import DEFAULTS
 
 # Bytes per element of the weight dtypes the worker serves (dataplane/runner/factory.py).
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -110,20 +111,22 @@ def kv_block_bytes(config: ModelConfig, block_size: int, dtype_bytes: int) -> in
 
 @dataclasses.dataclass(frozen=True)
 class PlanRequest:
-    """The worker options a plan is made for (the same names and defaults as `serve`)."""
+    """The worker options a plan is made for (the names and defaults of the worker's
+    flags, server/flags.py)."""
 
-    max_loras: int = 8
-    max_lora_rank: int = 64
-    max_cpu_loras: int = 32
-    dtype: str | None = None
-    block_size: int = 16
-    kv_cache_bytes: int | None = None
-    kv_cache_fraction: float | None = None
+    max_loras: int = DEFAULTS["max_loras"]
+    max_lora_rank: int = DEFAULTS["max_lora_rank"]
+    max_cpu_loras: int = DEFAULTS["max_cpu_loras"]
+    dtype: str | None = DEFAULTS["dtype"]
+    block_size: int = DEFAULTS["block_size"]
+    kv_cache_bytes: int | None = DEFAULTS["kv_cache_bytes"]
+    kv_cache_fraction: float | None = DEFAULTS["kv_cache_fraction"]
     gpu_memory: int | None = None  # None: a CPU worker
     context: int | None = None  # None: the model's max_position_embeddings
-    max_num_seqs: int = 64
-    prefix_cache_scope: str | None = "tenant"  # None: --no-prefix-cache
-    enforce_eager: bool = False  # a GPU worker replays decode graphs unless this is set
+    max_num_seqs: int = DEFAULTS["max_num_seqs"]
+    prefix_cache_scope: str | None = DEFAULTS["prefix_cache_scope"]  # None: --no-prefix-cache
+    # A GPU worker replays decode graphs unless this is set.
+    enforce_eager: bool = DEFAULTS["enforce_eager"]
 
     @property
     def has_graphs(self) -> bool:

@@ -36,6 +36,7 @@ from lorafleet.dataplane.runner.kv_cache import KVCacheBudget, bytes_per_block, 
 from lorafleet.dataplane.server.bridge import EngineBridge, EngineLink
 from lorafleet.dataplane.server.engine_loop import MetricEvents
 from lorafleet.dataplane.server.engine_messages import EngineFacts, MetricEvent
+from lorafleet.dataplane.server.flags import CPU_THREAD_WAITS, DEFAULTS, ENGINE_RUNS
 from lorafleet.dataplane.server.frontend import Frontend, PromptLimits
 from lorafleet.dataplane.server.identity import base_model_of
 from lorafleet.dataplane.server.metrics import WorkerMetrics
@@ -47,39 +48,39 @@ from lorafleet.dataplane.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
-# Where the engine loop runs: its own process (serving), or a thread beside the server
-# (tests, debugging; see docs/worker.md "Where the engine runs").
-ENGINE_RUNS = ("process", "thread")
-CPU_THREAD_WAITS = ("spin", "sleep")  # how the engine process's OpenMP threads wait
-
 
 @dataclasses.dataclass(frozen=True)
 class WorkerConfig:
-    """Everything `lorafleet serve` takes, with its defaults (the one home of each)."""
+    """Everything `lorafleet serve` takes; an option's default is the one its flag has
+    (flags.py, the one home of each)."""
 
     model_dir: pathlib.Path
-    model_name: str | None = None
-    device: str | None = None
-    dtype: str | None = None
-    max_loras: int = 8
-    max_lora_rank: int = 64
-    max_cpu_loras: int = 32
-    kv_cache_bytes: int | None = None
-    kv_cache_fraction: float | None = None
-    block_size: int = 16
-    max_num_seqs: int = 64
-    max_num_batched_tokens: int = 2048
-    max_waiting: int = 256
-    queue_policy: str = "fair"  # fair share between tenants, or "fifo" (engine/fairness.py)
+    model_name: str | None = DEFAULTS["model_name"]
+    device: str | None = DEFAULTS["device"]
+    dtype: str | None = DEFAULTS["dtype"]
+    max_loras: int = DEFAULTS["max_loras"]
+    max_lora_rank: int = DEFAULTS["max_lora_rank"]
+    max_cpu_loras: int = DEFAULTS["max_cpu_loras"]
+    kv_cache_bytes: int | None = DEFAULTS["kv_cache_bytes"]
+    kv_cache_fraction: float | None = DEFAULTS["kv_cache_fraction"]
+    block_size: int = DEFAULTS["block_size"]
+    max_num_seqs: int = DEFAULTS["max_num_seqs"]
+    max_num_batched_tokens: int = DEFAULTS["max_num_batched_tokens"]
+    max_waiting: int = DEFAULTS["max_waiting"]
+    # Fair share between tenants, or "fifo" (engine/fairness.py).
+    queue_policy: str = DEFAULTS["queue_policy"]
     quotas: QuotaConfig = QuotaConfig()  # per-tenant limits at admission (server/quotas.py)
-    worker_id: str = ""  # empty: derived at start from the host name and the bound port
+    worker_id: str = DEFAULTS["worker_id"]  # empty: derived at start from host and port
     sources: SourcePolicy = UNCONFINED  # adapter roots, S3 allow-list, size limit
-    engine_runs: str = "process"  # one of ENGINE_RUNS
-    cpu_thread_wait: str = "sleep"  # one of CPU_THREAD_WAITS (engine_process.py says why)
-    engine_start_timeout: float = 600.0  # seconds the engine process may take to build
+    engine_runs: str = DEFAULTS["engine_runs"]  # one of ENGINE_RUNS
+    # One of CPU_THREAD_WAITS (engine_process.py says why).
+    cpu_thread_wait: str = DEFAULTS["cpu_thread_wait"]
+    # Seconds the engine process may take to build.
+    engine_start_timeout: float = DEFAULTS["engine_start_timeout"]
     # Who shares cached prompt KV: "tenant", "global", or None (off; engine/prefix_cache.py).
-    prefix_cache_scope: str | None = "tenant"
-    enforce_eager: bool = False  # no CUDA graphs for decode steps (runner/graphs.py)
+    prefix_cache_scope: str | None = DEFAULTS["prefix_cache_scope"]
+    # No CUDA graphs for decode steps (runner/graphs.py).
+    enforce_eager: bool = DEFAULTS["enforce_eager"]
 
     def __post_init__(self) -> None:
         if self.engine_runs not in ENGINE_RUNS:

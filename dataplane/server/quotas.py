@@ -26,7 +26,6 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2
 
 from lorafleet.auth import current_principal
-from lorafleet.dataplane.engine.fairness import QUEUE_POLICIES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,14 +109,6 @@ def quota_config(max_requests: int | None = None, max_tokens_per_second: float |
         tenant, fields = parse_tenant_limit(text)
         overrides[tenant] = dataclasses.replace(overrides.get(tenant, default), **fields)
     return QuotaConfig(default, overrides)
-
-
-def add_tenant_arguments(parser: argparse.ArgumentParser) -> None:
-    """The worker's fair-share and per-tenant limit options (docs/worker.md)."""
-    parser.add_argument("--queue-policy", choices=QUEUE_POLICIES, default="fair",
-                        help="which waiting request runs next: fair share between tenants "
-                             "(virtual token counters) or fifo (default %(default)s)")
-    add_tenant_limit_arguments(parser, "on this worker")
 
 
 def add_tenant_limit_arguments(parser: argparse.ArgumentParser, where: str) -> None:

@@ -34,6 +34,7 @@ from lorafleet.dataplane.server.errors import (
     QueueFull,
     ShuttingDown,
 )
+from lorafleet.dataplane.server.flags import DEFAULTS
 from lorafleet.dataplane.server.frontend import Frontend
 from lorafleet.dataplane.server.gauges import ServerLimits, model_names
 from lorafleet.dataplane.server.metrics import FinishedRequest, TokenClock, WorkerMetrics
@@ -48,8 +49,8 @@ class WorkerOptions:
     """Limits and identity of one worker."""
 
     worker_id: str
-    max_waiting: int = 256
-    max_num_seqs: int = 64
+    max_waiting: int = DEFAULTS["max_waiting"]
+    max_num_seqs: int = DEFAULTS["max_num_seqs"]
     evict_timeout_seconds: float = 600.0
     quotas: QuotaConfig = QuotaConfig()
 

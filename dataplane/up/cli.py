@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import pathlib
 
+from lorafleet.dataplane.server.flags import add_up_flags, positive_int
 from lorafleet.startup import add_log_level_argument, run
 
 DESCRIPTION = """\
@@ -29,13 +30,6 @@ def _adapter_arg(text: str) -> tuple[str, str]:
     return name, path
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -48,7 +42,7 @@ def up_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lorafleet up", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
-    add("--workers", type=_positive, default=2, help="number of workers (default %(default)s)")
+    add("--workers", type=positive_int, default=2, help="number of workers (default %(default)s)")
     add("--model", type=pathlib.Path,
         help="serve this Hugging Face checkpoint directory instead of the demo model")
     add("--model-name", help="with --model: the base model's name (default: the directory name)")
@@ -82,12 +76,7 @@ def up_parser() -> argparse.ArgumentParser:
 
 def _add_worker_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("passed to every worker (see `lorafleet worker --help`)")
-    group.add_argument("--device", help="cpu or cuda[:N] (default: cuda when available)")
-    group.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                       help="weight dtype (default: the checkpoint's)")
-    group.add_argument("--max-loras", type=_positive, help="device adapter slots per worker")
-    group.add_argument("--max-cpu-loras", type=_positive, help="adapters kept in host memory")
-    group.add_argument("--kv-cache-bytes", type=_positive, help="KV cache size in bytes")
+    add_up_flags(group)
     group.add_argument("--adapter-root", type=_directory, action="append", default=[],
                        metavar="DIR",
                        help="workers may also read adapters under DIR (repeatable), so "

@@ -11,6 +11,7 @@ import pathlib
 import shutil
 import sys
 
+from lorafleet.dataplane.server.flags import up_flags
 from lorafleet.dataplane.up.certs import PLAINTEXT_UP, UpTls
 from lorafleet.dataplane.up.children import (
     Child,
@@ -178,10 +179,10 @@ def adapter_roots(model: dict, extra: list[str] = ()) -> list[str]:
 def worker_passthrough(args: argparse.Namespace) -> list[str]:
     """The worker options given to `up`, as `lorafleet worker` arguments."""
     argv = []
-    for option in ("device", "dtype", "max_loras", "max_cpu_loras", "kv_cache_bytes"):
-        value = getattr(args, option)
+    for flag in up_flags():
+        value = getattr(args, flag.dest)
         if value is not None:
-            argv += ["--" + option.replace("_", "-"), str(value)]
+            argv += [flag.name, str(value)]
     return argv
 
 

@@ -243,13 +243,10 @@ def test_engine_start_timeout_must_be_positive(lora_suite):
 def test_engine_threads_sleep_by_default_and_spin_when_asked():
     """Issue 22 #2: spinning by default made `serve` ~10x slower on a machine doing
     anything else; spinning is the setting for a worker with its cores to itself."""
-    import argparse
-
-    from lorafleet.dataplane.serve import add_serve_arguments
+    from lorafleet.dataplane.serve import serve_parser
     from lorafleet.dataplane.server.build import WorkerConfig
 
-    parser = argparse.ArgumentParser()
-    add_serve_arguments(parser, model_required=True)
+    parser = serve_parser()
     assert parser.parse_args(["--model", "m"]).cpu_thread_wait == "sleep"
     spin = parser.parse_args(["--model", "m", "--cpu-thread-wait", "spin"])
     assert spin.cpu_thread_wait == "spin"
