@@ -3,22 +3,34 @@
 There is no GPU here, so every "replay" runs the captured forward pass eagerly on the same
 static buffers: what these tests check is what the graphs would read — the buffer
 filling, the padding rows, the bucket choice and the LoRA slots — token for token against
-transformers (and peft) in float32. Capture itself, and replay with more adapters than at
-capture, are checked on a GPU by `make gpu-check`.
+transformers (and peft) in float32. Replay itself is emulated on the CPU too
+(graph_emulation.py: the captured step's ops and Triton launches recorded and run again
+on the same tensors), with more adapters at replay than at capture and slots changing
+adapters between replays; real capture is checked on a GPU by `make gpu-check`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import pytest
+import torch
 
 from lorafleet.dataplane.engine.params import SamplingParams
 from lorafleet.dataplane.engine.scheduler import ScheduledRequest
 from lorafleet.dataplane.runner.graphs import GraphShape, attach_decode_graphs, batch_buckets
 from tests.engine.conftest import make_prompts
 from tests.engine.drive import GREEDY, make_engine, run_all, tokens_of
+from tests.engine.graph_emulation import HostDependenceError, Recording
 from tests.lora.test_engine_lora import _requests, _run, _worker
+from tests.support.lora_suite import prompts
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 MAX_NUM_SEQS = 5  # buckets 1, 2, 4, 5
 MAX_CONTEXT = 64
@@ -116,3 +128,61 @@ def test_adapter_and_base_rows_through_the_graph_buffers_match_peft(lora_suite, 
         assert tokens[rid] == peft_reference.greedy(name, prompt), f"{rid} on {name}"
     assert graphs.replays[(4, True)] > 0, graphs.replays  # adapter rows, padded
     worker.metrics.close()
+
+
+def _run_emulated(lora_suite, num_requests: int, *, naive: bool) -> dict:
+    """tests/engine/run_graphs_emulated.py in a process of its own (the interpreter has to
+    be chosen before Triton is imported): its JSON line."""
+    base, adapters = lora_suite
+    request = {"base": str(base), "adapters": {n: str(p) for n, p in adapters.items()},
+               "num_requests": num_requests, "naive": naive}
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.engine.run_graphs_emulated", json.dumps(request)],
+        cwd=ROOT, env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True,
+        timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _mismatches(result: dict, peft_reference) -> list[str]:
+    return [rid for (rid, tokens), prompt in zip(result["tokens"].items(),
+                                                  prompts(len(result["tokens"])), strict=True)
+            if tokens != peft_reference.greedy(result["names"][rid], prompt)]
+
+
+@pytest.mark.slow
+def test_replays_with_other_adapters_than_at_capture_match_peft(lora_suite, peft_reference):
+    """Decode steps captured once per bucket and replayed (graphs emulated on the CPU, the
+    Triton kernels interpreted): eight adapters and the base model through three slots,
+    so replays hold more distinct adapters than their capture did and slots change
+    adapters between replays — peft's tokens exactly."""
+    result = _run_emulated(lora_suite, 18, naive=False)
+    assert _mismatches(result, peft_reference) == []
+    assert result["replays"] > len(result["captures"]) > 0
+    assert any(result["most_at_replay"].get(key, 0) > seen
+               for key, seen in result["at_capture"].items()), result
+    assert result["slot_swapped_between_replays"]
+
+
+@pytest.mark.slow
+def test_the_emulation_catches_lora_metadata_built_outside_the_graph(lora_suite,
+                                                                      peft_reference):
+    """The check above can fail: a runner that hands each step a LoRA batch built on the
+    host (as eager steps do) replays the capture's slots, and tokens go wrong."""
+    result = _run_emulated(lora_suite, 12, naive=True)
+    assert _mismatches(result, peft_reference), "the emulated graphs missed a baked batch"
+
+
+def test_a_captured_step_may_not_read_values_on_the_host_and_replays_on_new_values():
+    static = torch.tensor([1.0, 2.0])
+    recording = Recording()
+    with torch.no_grad(), recording:
+        doubled = static * 2
+        total = torch.zeros(2).add_(doubled)
+    static.copy_(torch.tensor([5.0, 7.0]))
+    recording.replay()
+    assert doubled.tolist() == [10.0, 14.0] and total.tolist() == [10.0, 14.0]
+    for read in (lambda: static.sum().item(), lambda: torch.tensor([3.0]) + static,
+                 lambda: static.nonzero()):
+        with pytest.raises(HostDependenceError), torch.no_grad(), Recording():
+            read()
