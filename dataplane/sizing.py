@@ -20,8 +20,9 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # Each (layer, projection) of a slot also holds its adapter's fp32 scale and int32 rank.
 _SLOT_SCALE_BYTES = 4
 _SLOT_RANK_BYTES = 4
-# The worker's KV budget when none is given (dataplane/runner/kv_cache.py; a test keeps
-# the two equal): 0.85 of the GPU memory free after the weights, or 1 GiB on a CPU.
+# The worker's KV budget when none is given: 0.85 of the GPU memory free after the
+# weights (and whatever else was placed before it is measured), or 1 GiB on a CPU, since
+# host memory is shared with everything else on the machine.
 DEFAULT_GPU_FRACTION = 0.85
 DEFAULT_CPU_BYTES = 1 << 30
 
@@ -109,6 +110,18 @@ def kv_block_bytes(config: ModelConfig, block_size: int, dtype_bytes: int) -> in
     return 2 * config.num_layers * config.num_kv_heads * config.head_dim * block_size * dtype_bytes
 
 
+def kv_budget_bytes(num_bytes: int | None, fraction: float | None, num_free: int | None) -> int:
+    """The bytes a KV budget gives: exactly `num_bytes`, else `fraction` of `num_free`
+    (the device memory free once the weights are placed)."""
+    return num_bytes if num_bytes is not None else int(fraction * num_free)
+
+
+def num_kv_blocks(budget: int, num_reserved: int, block_bytes: int) -> int:
+    """KV blocks in `budget` bytes once `num_reserved` of it went to other device buffers
+    (adapter slots, decode graphs); below 1 when none fits."""
+    return (budget - num_reserved) // block_bytes
+
+
 @dataclasses.dataclass(frozen=True)
 class PlanRequest:
     """The worker options a plan is made for (the names and defaults of the worker's
@@ -189,7 +202,7 @@ def plan_memory(config: ModelConfig, request: PlanRequest) -> MemoryPlan:
         graphs = graph_memory_bytes(config, max_num_seqs=request.max_num_seqs,
                                     max_lora_rank=request.max_lora_rank, dtype_bytes=size)
         graphs += block
-    num_blocks = (budget - slot * request.max_loras - graphs) // block
+    num_blocks = num_kv_blocks(budget, slot * request.max_loras + graphs, block)
     if num_blocks < 1:
         raise PlanError(f"KV budget of {budget} bytes minus {slot * request.max_loras} bytes "
                         f"of adapter slots and {graphs} of decode graphs holds no block of "
@@ -243,4 +256,5 @@ def _kv_budget(request: PlanRequest, num_device_bytes: int) -> tuple[int, str]:
     if num_free <= 0:
         raise PlanError(f"weights and rotary tables ({num_device_bytes} bytes) do not fit in "
                         f"{request.gpu_memory} bytes of GPU memory")
-    return int(fraction * num_free), f"{fraction:g} of the GPU memory free after the weights"
+    return (kv_budget_bytes(None, fraction, num_free),
+            f"{fraction:g} of the GPU memory free after the weights")

@@ -2,6 +2,8 @@
 
 The budget is measured after the model weights are placed; memory reserved for other
 device buffers (the adapter cache's slots) is subtracted before the blocks are counted.
+The arithmetic is dataplane/sizing.py's, the same `lorafleet plan` does; this module
+measures the device and allocates.
 """
 
 from __future__ import annotations
@@ -12,6 +14,13 @@ import pathlib
 import torch
 
 from lorafleet.dataplane.model.config import ModelConfig
+from lorafleet.dataplane.sizing import (
+    DEFAULT_CPU_BYTES,
+    DEFAULT_GPU_FRACTION,
+    kv_block_bytes,
+    kv_budget_bytes,
+    num_kv_blocks,
+)
 
 
 class KVCacheSizeError(ValueError):
@@ -35,13 +44,6 @@ class KVCacheBudget:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
 
 
-# Defaults when neither bytes nor a fraction is given: most of a GPU (weights and adapter
-# slots are already placed when it is measured); on a CPU a fixed 1 GiB, since host
-# memory is shared with everything else on the machine.
-DEFAULT_GPU_FRACTION = 0.85
-DEFAULT_CPU_BYTES = 1 << 30
-
-
 def default_budget(device: torch.device) -> KVCacheBudget:
     """The KV cache budget used when none is given, for `device`."""
     if device.type == "cuda":
@@ -51,8 +53,7 @@ def default_budget(device: torch.device) -> KVCacheBudget:
 
 def bytes_per_block(config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
     """Bytes of keys and values of `block_size` tokens across all layers."""
-    per_token = 2 * config.num_layers * config.num_kv_heads * config.head_dim
-    return per_token * block_size * torch.empty((), dtype=dtype).element_size()
+    return kv_block_bytes(config, block_size, torch.empty((), dtype=dtype).element_size())
 
 
 def free_device_memory(device: torch.device) -> int:
@@ -70,11 +71,8 @@ def count_kv_blocks(
 ) -> int:
     """Blocks that fit in the budget minus the reserved bytes; `num_free_bytes` is the free
     device memory measured after the weights were placed (used with a fraction only)."""
-    if budget.num_bytes is not None:
-        available = budget.num_bytes
-    else:
-        available = int(budget.fraction * num_free_bytes)
-    num_blocks = (available - num_reserved_bytes) // block_bytes
+    available = kv_budget_bytes(budget.num_bytes, budget.fraction, num_free_bytes)
+    num_blocks = num_kv_blocks(available, num_reserved_bytes, block_bytes)
     if num_blocks < 1:
         raise KVCacheSizeError(
             f"KV budget of {available} bytes minus {num_reserved_bytes} reserved bytes "

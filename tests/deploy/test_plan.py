@@ -141,8 +141,6 @@ def test_llama_8b_adapter_slot_at_rank_16(capsys, llama_8b):
 
 
 def test_defaults_are_the_workers(capsys, checkpoints):
-    assert sizing.DEFAULT_GPU_FRACTION == kv_cache.DEFAULT_GPU_FRACTION
-    assert sizing.DEFAULT_CPU_BYTES == kv_cache.DEFAULT_CPU_BYTES
     model = checkpoints["llama-gqa"]
     defaults = WorkerConfig(model)
     plan = plan_json(capsys, "--model", str(model))
