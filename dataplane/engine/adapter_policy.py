@@ -14,7 +14,7 @@ steady traffic to the resident adapters starves a cold one.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Hashable
+from collections.abc import Collection, Hashable, Mapping
 
 from lorafleet.dataplane.engine.adapter_slots import SlotAllocator
 from lorafleet.dataplane.engine.host_tier import HostTier, NoAdapters
@@ -82,6 +82,22 @@ class AdapterScheduling:
         if self.slots.slot_of(key) is not None or not self.host.has(key):
             return None
         return self.slots.try_assign(key, pinned=running)
+
+    def release(self, key: Hashable) -> int | None:
+        """Empties `key`'s slot and returns it (None if it held none)."""
+        return self.slots.release(key)
+
+    def on_device(self) -> list[Hashable]:
+        """Adapters held in device slots, in slot order."""
+        return self.slots.held()
+
+    def on_host(self) -> list[Hashable]:
+        """Adapters in host memory."""
+        return self.host.held()
+
+    def take_failures(self) -> Mapping[Hashable, str]:
+        """Adapter loads that failed since the last call, by key, with the reason."""
+        return self.host.take_failures()
 
     def _hold_back_least_recent(self) -> None:
         if self._held_back is None or self._held_back not in self.slots.held():

@@ -21,6 +21,7 @@ from lorafleet.dataplane.engine.outputs import (
 from lorafleet.dataplane.engine.params import SamplingParams
 from lorafleet.dataplane.engine.request import FinishReason, Request
 from lorafleet.dataplane.engine.scheduler import Scheduler, SchedulerOutput
+from lorafleet.dataplane.engine.snapshot import EngineSnapshot, snapshot_of
 from lorafleet.dataplane.engine.stream import RequestStream
 
 
@@ -75,6 +76,8 @@ class Engine:
         self._clock = clock
         self._streams: dict[str, RequestStream] = {}
         self._pending: list[RequestOutput] = []
+        self._evicting: set[Hashable] = set()  # evictions waiting for running requests
+        self._evicted: list[Hashable] = []
 
     @property
     def allocator(self) -> BlockAllocator:
@@ -133,27 +136,39 @@ class Engine:
         if stream is None:
             return False
         self._pending.append(self._finish(stream, FinishReason.CANCELLED))
+        self._evict_unused()
         return True
 
     def try_place_adapter(self, key: Hashable) -> bool:
         """Copies a host-resident adapter into a device slot now, if one is free or held
         by an adapter no running request uses; False otherwise (it is placed on use)."""
-        running = {r.adapter for r in self.scheduler.running}
-        slot = self.scheduler.adapters.try_place(key, running)
+        slot = self.scheduler.try_place_adapter(key)
         if slot is None:
             return False
         self.runner.install_adapter(slot, key)
         return True
 
-    def try_evict_adapter(self, key: Hashable) -> bool:
-        """Empties `key`'s device slot; False (nothing done) while a running request
-        uses it."""
-        if any(r.adapter == key for r in self.scheduler.running):
+    def evict_adapter(self, key: Hashable) -> bool:
+        """Empties `key`'s device slot now (True), or, while a running request uses it,
+        once the last such request has ended (False; `take_evicted` reports it then)."""
+        if self.scheduler.is_adapter_running(key):
+            self._evicting.add(key)
             return False
-        slot = self.scheduler.adapters.slots.release(key)
-        if slot is not None:
-            self.runner.clear_adapter_slot(slot)
+        self._evicting.discard(key)
+        self._clear_slot(key)
         return True
+
+    def take_evicted(self) -> list[Hashable]:
+        """Adapters whose deferred eviction (`evict_adapter` said False) happened since
+        the last call."""
+        evicted, self._evicted = self._evicted, []
+        return evicted
+
+    def snapshot(self) -> EngineSnapshot:
+        """The engine's load and adapter residency, for everyone else (snapshot.py)."""
+        on_device, on_host = self.scheduler.adapter_residency()
+        return snapshot_of(self.stats(), on_device, on_host,
+                           self.scheduler.waiting_adapters())
 
     def has_unfinished(self) -> bool:
         """True while any request is waiting or running, or a final output is pending."""
@@ -170,6 +185,11 @@ class Engine:
 
     def step(self) -> list[RequestOutput]:
         """Schedules, runs the model once and returns every request's news."""
+        outputs = self._step()
+        self._evict_unused()
+        return outputs
+
+    def _step(self) -> list[RequestOutput]:
         self._fail_unloadable()
         outputs, self._pending = self._pending, []
         plan = self.scheduler.schedule()
@@ -187,6 +207,18 @@ class Engine:
         for request_id, token in sampled.items():
             outputs.append(self._apply(self._streams[request_id], token, now))
         return outputs
+
+    def _evict_unused(self) -> None:
+        """Carries out the deferred evictions whose adapter no running request uses now."""
+        for key in [k for k in self._evicting if not self.scheduler.is_adapter_running(k)]:
+            self._evicting.discard(key)
+            self._clear_slot(key)
+            self._evicted.append(key)
+
+    def _clear_slot(self, key: Hashable) -> None:
+        slot = self.scheduler.release_adapter(key)
+        if slot is not None:
+            self.runner.clear_adapter_slot(slot)
 
     def _apply(self, stream: RequestStream, token: SampledToken, now: float) -> RequestOutput:
         """Turns one sampled token into the request's output, finishing it if it stops."""
@@ -206,11 +238,10 @@ class Engine:
 
     def _fail_unloadable(self) -> None:
         """Ends the waiting requests of adapters whose load failed, with the reason."""
-        failures = self.scheduler.adapters.host.take_failures()
-        for request in [r for r in self.scheduler.waiting if r.adapter in failures]:
+        for request, reason in self.scheduler.take_unloadable():
             self._pending.append(self._finish(
-                self._streams[request.request_id], FinishReason.ERROR,
-                failures[request.adapter], ErrorKind.ADAPTER_LOAD_FAILED))
+                self._streams[request.request_id], FinishReason.ERROR, reason,
+                ErrorKind.ADAPTER_LOAD_FAILED))
 
     def _fail(self, plan: SchedulerOutput, exc: Exception) -> list[RequestOutput]:
         """Ends every request of a failed step with an error."""

@@ -32,6 +32,10 @@ class HostTier(Protocol):
         `keep` (adapters with waiting or running requests)."""
         ...
 
+    def held(self) -> list[Hashable]:
+        """Adapters in host memory (for the engine's snapshot)."""
+        ...
+
 
 class NoAdapters:
     """The host tier of an engine that serves the base model only."""
@@ -54,3 +58,7 @@ class NoAdapters:
 
     def trim(self, keep: Collection[Hashable]) -> None:
         """Nothing to drop."""
+
+    def held(self) -> list[Hashable]:
+        """None."""
+        return []

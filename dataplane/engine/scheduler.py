@@ -130,6 +130,39 @@ class Scheduler:
         """The unfinished request with this id, if any."""
         return self._requests.get(request_id)
 
+    def waiting_adapters(self) -> frozenset[Hashable]:
+        """Adapters that waiting requests ask for."""
+        # Built after every step: a set over the waiting queue only when there is one.
+        if not self.waiting:
+            return frozenset()
+        return frozenset(r.adapter for r in self.waiting if r.adapter is not None)
+
+    def is_adapter_running(self, key: Hashable) -> bool:
+        """True while a running request uses adapter `key` (its slot is pinned)."""
+        return any(r.adapter == key for r in self.running)
+
+    def adapter_residency(self) -> tuple[list[Hashable], list[Hashable]]:
+        """(adapters in device slots, adapters in host memory)."""
+        return self.adapters.on_device(), self.adapters.on_host()
+
+    def try_place_adapter(self, key: Hashable) -> int | None:
+        """A device slot for host-resident `key` outside any step (see
+        AdapterScheduling.try_place); None when none can be given."""
+        return self.adapters.try_place(key, {r.adapter for r in self.running})
+
+    def release_adapter(self, key: Hashable) -> int | None:
+        """Empties `key`'s device slot and returns it (None if it held none); the caller
+        makes sure no running request uses it."""
+        return self.adapters.release(key)
+
+    def take_unloadable(self) -> list[tuple[Request, str]]:
+        """Waiting requests whose adapter failed to load since the last call, each with
+        the reason."""
+        failures = self.adapters.take_failures()
+        if not failures:
+            return []
+        return [(r, failures[r.adapter]) for r in self.waiting if r.adapter in failures]
+
     def add(self, request: Request) -> None:
         """Queues a new request."""
         if request.request_id in self._requests:

@@ -112,10 +112,11 @@ class EngineBridge:
         free (it is placed when a request needs it)."""
         return await self._call(Op.PLACE_ADAPTER, digest)
 
-    async def try_evict_adapter(self, digest: str, *, keep_host: bool) -> bool:
+    async def evict_adapter(self, digest: str, *, keep_host: bool) -> None:
         """Empties the adapter's device slot and, unless `keep_host`, drops it from the
-        host tier; False (nothing done) while a running request uses it."""
-        return await self._call(Op.EVICT_ADAPTER, (digest, keep_host))
+        host tier; returns once done, which waits for its running requests to end (the
+        engine evicts when the last one does)."""
+        await self._call(Op.EVICT_ADAPTER, (digest, keep_host))
 
     async def stream(self, request: NewRequest) -> AsyncIterator[RequestOutput]:
         """Adds a request and yields its outputs until it finishes.

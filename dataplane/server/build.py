@@ -27,6 +27,7 @@ from lorafleet.dataplane.adapters.sources import SourceResolver
 from lorafleet.dataplane.engine.engine import Engine
 from lorafleet.dataplane.engine.prefix_cache import PREFIX_CACHE_SCOPES
 from lorafleet.dataplane.engine.scheduler import SchedulerConfig
+from lorafleet.dataplane.engine.snapshot import EngineSnapshot
 from lorafleet.dataplane.lora.device import DeviceAdapters
 from lorafleet.dataplane.lora.host_cache import HostCache
 from lorafleet.dataplane.lora.loading import AdapterFiles
@@ -42,7 +43,6 @@ from lorafleet.dataplane.server.identity import base_model_of
 from lorafleet.dataplane.server.metrics import WorkerMetrics
 from lorafleet.dataplane.server.quotas import QuotaConfig
 from lorafleet.dataplane.server.sizes import WorkerSizes
-from lorafleet.dataplane.server.snapshot import EngineSnapshot, take_snapshot
 from lorafleet.dataplane.server.worker import Worker, WorkerOptions
 from lorafleet.dataplane.tokenizer import Tokenizer
 
@@ -114,10 +114,6 @@ class EngineParts:
     host: HostCache
     adapters: DeviceAdapters
 
-    def take_snapshot(self, engine: Engine) -> EngineSnapshot:
-        """What the loop publishes (see snapshot.py)."""
-        return take_snapshot(engine, self.host)
-
     def facts(self, snapshot: EngineSnapshot) -> EngineFacts:
         """The sizes the server needs, with the first snapshot."""
         return EngineFacts(num_kv_blocks=self.engine.allocator.num_blocks,
@@ -163,8 +159,7 @@ def build_worker(config: WorkerConfig, *, tracer: trace.Tracer | None = None,
 
     metrics = WorkerMetrics(config.worker_id)  # counts loads as they happen, as before
     parts = build_engine(config, metrics)
-    link = ThreadLink(parts.engine, parts.host, facts=parts.facts,
-                      take_snapshot=parts.take_snapshot)
+    link = ThreadLink(parts.engine, parts.host, facts=parts.facts)
     return _assemble(config, link, parts.engine.tokenizer, metrics, tracer, on_fatal)
 
 

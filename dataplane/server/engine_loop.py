@@ -72,17 +72,18 @@ class MetricEvents:
 
 
 class EngineLoop:
-    """Runs `engine` and answers commands; `take_snapshot(engine)` builds what the
-    server may read; `send(news)` is called on the loop's thread only. `events`: the
-    adapter loads and evictions to forward, when the metrics live in another process."""
+    """Runs `engine` and answers commands; the engine's own snapshot is what the server
+    may read; `send(news)` is called on the loop's thread only. `events`: the adapter
+    loads and evictions to forward, when the metrics live in another process."""
 
     def __init__(self, engine: Any, host: Any, events: MetricEvents | None, *,
-                 take_snapshot: Callable[[Any], Any], send: Callable[[News], None]):
+                 send: Callable[[News], None]):
         self.engine = engine
         self.host = host
         self._events = events or MetricEvents()  # None: counted elsewhere, never here
-        self._take_snapshot = take_snapshot
         self._send_news = send
+        # Evictions that wait for running requests: digest -> [(call id, keep_host)].
+        self._evictions: dict[str, list[tuple[int | None, bool]]] = {}
         self._live: set[str] = set()  # requests added and not yet finished
         self._snapshot_key: Any = None
         self._snapshot_at = 0.0
@@ -93,7 +94,7 @@ class EngineLoop:
 
     def first_snapshot(self) -> Any:
         """The snapshot before any command (remembered as sent)."""
-        snapshot = self._take_snapshot(self.engine)
+        snapshot = self.engine.snapshot()
         self._remember(snapshot)
         return snapshot
 
@@ -103,7 +104,7 @@ class EngineLoop:
             while not self._is_stopping:
                 answers = [a for c in receive(self._wait_seconds())
                            if (a := self._run_command(c)) is not None]
-                answers += self._finished_loads()
+                answers += self._finished_loads() + self._finished_evictions()
                 if answers:  # before the step: a caller never waits a step for its answer
                     self._send(answers=tuple(answers), with_snapshot=True)
                 if self._is_stopping:
@@ -131,7 +132,7 @@ class EngineLoop:
                 log.exception("engine command %s failed", command.op.value)
                 return None
             return Answer(command.call_id, error=CarriedError.of(exc))
-        if command.call_id is None or command.op is Op.LOAD_ADAPTER:
+        if command.call_id is None or result is _LATER:
             return None
         return Answer(command.call_id, result)
 
@@ -144,10 +145,11 @@ class EngineLoop:
         if op is Op.PLACE_ADAPTER:
             return self.engine.try_place_adapter(arg)
         if op is Op.EVICT_ADAPTER:
-            return self._try_evict(*arg)
+            return self._evict(command.call_id, *arg)
         if op is Op.LOAD_ADAPTER:
             self._num_loading += 1
-            return self._loads.submit(self._load, command.call_id, arg)
+            self._loads.submit(self._load, command.call_id, arg)
+            return _LATER
         if op is Op.STOP:
             self._is_stopping = True
             return None
@@ -159,14 +161,28 @@ class EngineLoop:
                                 cache_salt=request.cache_salt)
         self._live.add(request.request_id)
 
-    def _try_evict(self, digest: str, keep_host: bool) -> bool:
+    def _evict(self, call_id: int | None, digest: str, keep_host: bool) -> Any:
         """Empties the adapter's device slot (and, unless `keep_host`, forgets it in the
-        host tier); False while a running request still uses it."""
-        if not self.engine.try_evict_adapter(digest):
-            return False
+        host tier) now, or once its last running request ends: then the engine reports
+        it after a step (`_finished_evictions`) and the caller is answered."""
+        if self.engine.evict_adapter(digest):
+            return self._evicted(digest, keep_host)
+        self._evictions.setdefault(digest, []).append((call_id, keep_host))
+        return _LATER
+
+    def _evicted(self, digest: str, keep_host: bool) -> bool:
         if not keep_host:
             self.host.drop(digest)
         return True
+
+    def _finished_evictions(self) -> list[Answer]:
+        answers = []
+        for digest in self.engine.take_evicted():
+            for call_id, keep_host in self._evictions.pop(digest, ()):
+                result = self._evicted(digest, keep_host)
+                if call_id is not None:
+                    answers.append(Answer(call_id, result))
+        return answers
 
     def _load(self, call_id: int, source: AdapterSource) -> None:
         """On a load thread: reads the adapter into the host tier. The loop sends the
@@ -201,7 +217,8 @@ class EngineLoop:
         for output in outputs:
             if output.is_finished:
                 self._live.discard(output.request_id)
-        self._send(outputs=tuple(outputs), with_snapshot=True)
+        self._send(outputs=tuple(outputs), answers=tuple(self._finished_evictions()),
+                   with_snapshot=True)
 
     def _fail_live(self, error: Exception) -> None:
         carried = CarriedError.of(error)
@@ -222,7 +239,7 @@ class EngineLoop:
 
     def _changed_snapshot(self) -> Any:
         """A new snapshot when the engine's state changed (or the last one is old)."""
-        snapshot = self._take_snapshot(self.engine)
+        snapshot = self.engine.snapshot()
         if snapshot.content_key() == self._snapshot_key and \
                 time.monotonic() - self._snapshot_at < SNAPSHOT_REFRESH_SECONDS:
             return None
@@ -235,3 +252,4 @@ class EngineLoop:
 
 
 _NOTHING = News()
+_LATER = object()  # a command whose answer comes later (a load, a deferred eviction)

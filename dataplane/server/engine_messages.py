@@ -37,7 +37,7 @@ class Op(enum.Enum):
     ADD = "add"  # NewRequest -> None
     ABORT = "abort"  # request id -> (no answer)
     PLACE_ADAPTER = "place_adapter"  # digest -> bool
-    EVICT_ADAPTER = "evict_adapter"  # (digest, keep_host) -> bool
+    EVICT_ADAPTER = "evict_adapter"  # (digest, keep_host) -> True, once evicted
     LOAD_ADAPTER = "load_adapter"  # AdapterSource -> AdapterInfo (on a load thread)
     STOP = "stop"  # -> (no answer); the loop ends
 

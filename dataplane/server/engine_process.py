@@ -265,8 +265,7 @@ def _build(config: Any, conn: Any):
 
     events = MetricEvents()  # forwarded with each News to the server's /metrics
     parts = build_engine(config, events)
-    loop = EngineLoop(parts.engine, parts.host, events,
-                      take_snapshot=parts.take_snapshot, send=conn.send)
+    loop = EngineLoop(parts.engine, parts.host, events, send=conn.send)
     facts = parts.facts(loop.first_snapshot())
     # Disarmed before the answer: the server's thread that waited for it may then end.
     _set_parent_death_signal(0)

@@ -19,7 +19,7 @@ from lorafleet.dataplane.server.engine_messages import Command, EngineFacts, New
 class ThreadLink:
     """Runs an `EngineLoop` over `engine` and `host` on its own thread once started."""
 
-    def __init__(self, engine: Any, host: Any, *, facts: Callable[[Any], EngineFacts], take_snapshot: Callable[[Any], Any],
+    def __init__(self, engine: Any, host: Any, *, facts: Callable[[Any], EngineFacts],
                  name: str = "lorafleet-engine"):
         self.engine = engine
         self.host = host
@@ -27,8 +27,7 @@ class ThreadLink:
         self._on_news: Callable[[News], None] = lambda news: None
         # No metric events to forward: the host tier and the slots count straight
         # into the server's metrics (same process).
-        self._loop = EngineLoop(engine, host, None, take_snapshot=take_snapshot,
-                                send=lambda news: self._on_news(news))
+        self._loop = EngineLoop(engine, host, None, send=lambda news: self._on_news(news))
         self.facts = facts(self._loop.first_snapshot())
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._on_exit: Callable[[BaseException | None], None] = lambda error: None

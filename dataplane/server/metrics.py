@@ -22,9 +22,9 @@ from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from lorafleet.dataplane.engine.snapshot import EngineSnapshot
 from lorafleet.dataplane.server.gauges import TIERS, ServerLimits, SnapshotGauges
 from lorafleet.dataplane.server.labels import BASE, VersionLabeler
-from lorafleet.dataplane.server.snapshot import EngineSnapshot
 from lorafleet.metrics_http import MetricsEndpoint
 
 # Seconds buckets: tokens on a GPU arrive in milliseconds, CPU and cold loads take seconds.

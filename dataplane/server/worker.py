@@ -22,6 +22,7 @@ from opentelemetry import trace
 from lorafleet.dataplane.engine.outputs import ErrorKind, RequestOutput
 from lorafleet.dataplane.engine.params import SamplingParams
 from lorafleet.dataplane.engine.request import FinishReason
+from lorafleet.dataplane.engine.snapshot import EngineSnapshot
 from lorafleet.dataplane.lora.host_cache import AdapterSource
 from lorafleet.dataplane.lora.versions import VersionEntry, VersionState, VersionTable
 from lorafleet.dataplane.server.bridge import EngineBridge
@@ -40,7 +41,6 @@ from lorafleet.dataplane.server.gauges import ServerLimits, model_names
 from lorafleet.dataplane.server.metrics import FinishedRequest, TokenClock, WorkerMetrics
 from lorafleet.dataplane.server.quotas import QuotaConfig, TenantQuotas, tenant_of
 from lorafleet.dataplane.server.sizes import WorkerSizes
-from lorafleet.dataplane.server.snapshot import EngineSnapshot
 from lorafleet.dataplane.server.tracing import end_request_span, request_span
 
 
@@ -249,8 +249,7 @@ class Worker:
         shared = any(e is not entry and e.digest == entry.digest for e in self.versions.entries())
         if shared and not keep_host:
             return  # another name@version has the same weights and still uses them
-        while not await self.bridge.try_evict_adapter(entry.digest, keep_host=keep_host):
-            await asyncio.sleep(0.01)  # a running request still uses the slot
+        await self.bridge.evict_adapter(entry.digest, keep_host=keep_host)
 
     async def validate_adapter(self, source_uri: str):
         """A dry-run load of `source_uri` with this worker's rules (off the event loop)."""

@@ -149,3 +149,23 @@ def test_unloadable_adapter_fails_its_requests_and_others_finish(lora_suite, tmp
     assert "not found or not readable" in finals["bad"].error
     assert engine.allocator.num_used_blocks == 0
     worker.metrics.close()
+
+
+def test_evicting_a_running_adapter_happens_when_its_last_request_ends(lora_suite):
+    """No polling: the engine empties the slot itself once the adapter stops running."""
+    base, adapters = lora_suite
+    worker, digests = _worker(base, {"acme/qv8": adapters["acme/qv8"]}, max_loras=2)
+    engine, digest = worker.bridge.engine, digests["acme/qv8"]
+    engine.add_request("a", prompts(1)[0], params=GREEDY, adapter=digest)
+    deadline = time.monotonic() + 60
+    while not any(out.new_token_ids for out in engine.step()):
+        assert time.monotonic() < deadline, "the adapter never ran"
+        time.sleep(0.002)
+    assert engine.evict_adapter(digest) is False  # running: deferred
+    assert engine.snapshot().tier_of(digest) == "device" and engine.take_evicted() == []
+    while engine.has_unfinished():
+        engine.step()
+    assert engine.take_evicted() == [digest]
+    assert engine.snapshot().tier_of(digest) == "host"
+    assert engine.evict_adapter(digest) is True and engine.take_evicted() == []
+    worker.metrics.close()

@@ -1,9 +1,10 @@
-"""What the engine loop publishes for everyone else: load and adapter residency.
+"""What the engine publishes for everyone else: load and adapter residency.
 
-Built by the engine loop between steps (see engine_loop.py), on its thread or in its own
-process, and read by the servicers, the heartbeat and the metrics from any thread. A
-snapshot is immutable, so a reader never sees half a step; it pickles, so it can cross
-from the engine's process to the server's.
+The engine builds it (`Engine.snapshot`) and its loop sends it between steps (see
+dataplane/server/engine_loop.py), from its thread or its own process; the servicers, the
+heartbeat and the metrics read it from any thread. A snapshot is immutable, so a reader
+never sees half a step; it pickles, so it can cross from the engine's process to the
+server's.
 """
 
 from __future__ import annotations
@@ -52,15 +53,10 @@ def _rebuild(stats, tiers, counts, taken_at, waiting) -> EngineSnapshot:
                           types.MappingProxyType(counts), taken_at, waiting)
 
 
-def take_snapshot(engine, host) -> EngineSnapshot:
-    """Reads the engine and the host tier; call from the engine loop only."""
-    waiting = engine.scheduler.waiting
-    # Built after every step: a set over the waiting queue only when there is one.
-    waiting_adapters = frozenset(r.adapter for r in waiting if r.adapter is not None) \
-        if waiting else frozenset()
-    on_host = host.held()
-    on_device = engine.scheduler.adapters.slots.held()
+def snapshot_of(stats: EngineStats, on_device: list, on_host: list,
+                waiting_adapters: frozenset) -> EngineSnapshot:
+    """The snapshot of an engine whose adapters sit `on_device` and `on_host`."""
     tiers = dict.fromkeys(on_host, "host") | dict.fromkeys(on_device, "device")
     counts = {"device": len(on_device), "host": len(on_host)}
-    return EngineSnapshot(engine.stats(), types.MappingProxyType(tiers),
+    return EngineSnapshot(stats, types.MappingProxyType(tiers),
                           types.MappingProxyType(counts), time.monotonic(), waiting_adapters)
