@@ -23,6 +23,7 @@ from google.protobuf import timestamp_pb2
 
 from lorafleet.auth import current_principal
 from lorafleet.control.v1 import access_service_pb2 as access_pb
+from lorafleet.controlplane.transactions import Put
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +44,13 @@ def audit_key(root: str, nanoseconds: int) -> str:
     return f"{root}audit/{nanoseconds:020d}-{secrets.token_hex(4)}"
 
 
-def pending_ops(store) -> list:
-    """The transaction op that records the open audit scope's entry (none outside a
+def pending_changes() -> list[Put]:
+    """The transaction change that records the open audit scope's entry (none outside a
     scope, or once recorded). The store's `commit` calls this."""
     scope = _SCOPE.get()
     if scope is None or scope.is_recorded:
         return []
-    return [store.ops.put(scope.key.encode(), scope.entry.SerializeToString())]
+    return [Put(scope.key, scope.entry)]
 
 
 def note_committed() -> None:
@@ -108,8 +109,7 @@ def _result_of(error: Exception) -> str:
 
 async def _record_alone(store, scope: _Scope) -> None:
     try:
-        await store.call(lambda: store.client.put(scope.key.encode(),
-                                                  scope.entry.SerializeToString()), "put")
+        await store.put(scope.key, scope.entry.SerializeToString())
     except Exception:  # noqa: BLE001 - a refusal's entry must not hide the refusal
         log.exception("could not record the audit entry of a refused %s", scope.entry.action)
 

@@ -15,7 +15,17 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from lorafleet.controlplane.store import RETRYABLE, EtcdStore, StoreUnavailable, within
+from lorafleet.controlplane.store import (
+    RETRYABLE,
+    EtcdStore,
+    RetryPolicy,
+    StoreUnavailable,
+    within,
+)
+from lorafleet.controlplane.transactions import Absent, HoldsValue, Put
+
+# resign() waits this long for etcd; campaign() revokes what it could not.
+RESIGN_RETRY = RetryPolicy(give_up_seconds=2.0)
 
 log = logging.getLogger(__name__)
 
@@ -29,22 +39,20 @@ class LeaderElection:
         self.store = store
         self.candidate_id = candidate_id
         self.ttl_seconds = ttl_seconds
-        self.key = store.keys.leader().encode()
+        self.key = store.keys.leader()
         self._unrevoked: set[int] = set()  # leases given up while etcd did not answer
 
-    def fence(self):
-        """A transaction compare that holds only while this candidate leads."""
-        return self.store.ops.value(self.key) == self.candidate_id.encode()
+    def fence(self) -> HoldsValue:
+        """A transaction condition that holds only while this candidate leads."""
+        return HoldsValue(self.key, self.candidate_id.encode())
 
     async def campaign(self) -> int:
         """Blocks until this candidate leads; returns the lease that holds the key."""
-        ops = self.store.ops
         await self._revoke_unrevoked()
         while True:
             lease_id = await self.store.grant_lease(self.ttl_seconds)
             won = await self.store.commit(
-                [ops.create(self.key) == 0],
-                [ops.put(self.key, self.candidate_id.encode(), lease=lease_id)],
+                [Absent(self.key)], [Put(self.key, self.candidate_id.encode(), lease=lease_id)]
             )
             if won:
                 log.info("%s is the leader", self.candidate_id)
@@ -74,14 +82,14 @@ class LeaderElection:
     async def _renew(self, lease_id: int) -> bool:
         if not await self.store.try_refresh_lease(lease_id):
             return False
-        found = await self.store.get(self.store.keys.leader())
-        return found is not None and found[0] == self.candidate_id.encode()
+        found = await self.store.get(self.key)
+        return found is not None and found.value == self.candidate_id.encode()
 
     async def resign(self, lease_id: int) -> None:
         """Gives the lease up (and with it the key, if held). When etcd does not answer
         within 2 s, the next campaign() revokes it first."""
         try:
-            await asyncio.wait_for(self.store.client.revoke_lease(lease_id), 2.0)
+            await self.store.with_retry(RESIGN_RETRY).revoke_lease(lease_id)
         except Exception as error:  # noqa: BLE001 (etcd down, or the lease already gone)
             log.info("%s could not revoke lease %x now (%r); will retry",
                      self.candidate_id, lease_id, error)

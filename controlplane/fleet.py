@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-import aetcd.exceptions
-
 from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
 from lorafleet.controlplane.errors import AlreadyExists, InvalidArgument, NotFound
 from lorafleet.controlplane.schema import now
 from lorafleet.controlplane.store import EtcdStore
+from lorafleet.controlplane.transactions import Put
 from lorafleet.names import InvalidName, check_worker_id
 
 
@@ -64,18 +63,10 @@ class FleetRegistry:
         record.last_heartbeat_time.CopyFrom(now())
         key = self.keys.worker(worker.worker_id)
         lease_id = await self._renewed_lease(key, worker)
-        try:
-            await self.store.call(
-                lambda: self.store.client.put(key.encode(), record.SerializeToString(), lease=lease_id),
-                "put",
-            )
-        except aetcd.exceptions.ClientError:
+        if not await self.store.try_put(key, record.SerializeToString(), lease_id):
             # The lease expired between renewal and write: start a fresh one.
             lease_id = await self.store.grant_lease(self.lease_ttl_seconds)
-            await self.store.call(
-                lambda: self.store.client.put(key.encode(), record.SerializeToString(), lease=lease_id),
-                "put",
-            )
+            await self.store.put(key, record.SerializeToString(), lease_id)
         return await self.store.get(self.keys.drain(worker.worker_id)) is not None
 
     async def _renewed_lease(self, key: str, worker: fleet_pb.Worker) -> int:
@@ -85,17 +76,15 @@ class FleetRegistry:
         yet) is taken over at once, so a worker restarted on another port rejoins now."""
         found = await self.store.get(key)
         if found is not None:
-            held = fleet_pb.Worker.FromString(found[0])
+            held = fleet_pb.Worker.FromString(found.value)
             if held.address != worker.address:
                 if await self.is_answering(held.address):
                     raise AlreadyExists(
                         f"worker_id {worker.worker_id!r} is held by a live worker at "
                         f"{held.address}; give this worker another --worker-id")
                 return await self.store.grant_lease(self.lease_ttl_seconds)
-        if found is not None and found[1].lease and await self.store.try_refresh_lease(
-            found[1].lease
-        ):
-            return found[1].lease
+        if found is not None and found.lease and await self.store.try_refresh_lease(found.lease):
+            return found.lease
         return await self.store.grant_lease(self.lease_ttl_seconds)
 
     async def list_workers(self, base_model: str = "") -> list[fleet_pb.Worker]:
@@ -109,10 +98,9 @@ class FleetRegistry:
         found = await self.store.get(key)
         if found is None:
             raise NotFound(f"worker {worker_id!r} not found")
-        drain_key = self.keys.drain(worker_id).encode()
         # A transaction, so an audit scope records the drain with it.
-        await self.store.commit([], [self.store.ops.put(drain_key, b"", lease=found[1].lease)])
-        worker = fleet_pb.Worker.FromString(found[0])
+        await self.store.commit([], [Put(self.keys.drain(worker_id), b"", lease=found.lease)])
+        worker = fleet_pb.Worker.FromString(found.value)
         worker.is_draining = True
         return worker
 

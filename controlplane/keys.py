@@ -30,6 +30,7 @@ from lorafleet.controlplane.errors import (
     PermissionDenied,
 )
 from lorafleet.controlplane.store import EtcdStore
+from lorafleet.controlplane.transactions import Absent, Delete, Exists, Put, Unchanged
 from lorafleet.error_status import unary_errors
 from lorafleet.names import InvalidName, check_worker_id
 
@@ -81,18 +82,15 @@ class EtcdKeyStore(MemoryKeyStore):
 
     async def create(self, record: KeyRecord) -> None:
         """Stores a new record (in the audit scope's transaction)."""
-        key = f"{self.prefix}{record.key_id}".encode()
-        ops = self.store.ops
-        if not await self.store.commit([ops.create(key) == 0],
-                                       [ops.put(key, record.to_json().encode())]):
+        key = f"{self.prefix}{record.key_id}"
+        if not await self.store.commit([Absent(key)], [Put(key, record.to_json().encode())]):
             raise Conflict("key id collision; try again")
         self.put(record)
 
     async def revoke(self, key_id: str) -> None:
         """Deletes a record; NotFound when there is none."""
-        key = f"{self.prefix}{key_id}".encode()
-        ops = self.store.ops
-        if not await self.store.commit([ops.version(key) > 0], [ops.delete(key)]):
+        key = f"{self.prefix}{key_id}"
+        if not await self.store.commit([Exists(key)], [Delete(key)]):
             raise NotFound(f"key {key_id[:32]!r} not found")
         self.remove(key_id)
 
@@ -192,16 +190,15 @@ class WorkerBindings:
         principal: Principal | None = current_principal()
         if principal is None or not _is_worker_id(worker_id):
             return  # without auth nothing to bind; a bad id is refused by the heartbeat
-        key = f"{self.store.keys.root}worker-keys/{worker_id}".encode()
-        found = await self.store.get(key.decode())
-        bound = found[0].decode() if found else None
+        key = f"{self.store.keys.root}worker-keys/{worker_id}"
+        found = await self.store.get(key)
+        bound = found.value.decode() if found else None
         if bound == principal.key_id:
             return
         if bound is not None and self.keys.record(bound) is not None:
             raise PermissionDenied(f"worker_id {worker_id!r} belongs to another key")
-        ops = self.store.ops
-        guard = (ops.mod(key) == found[1].mod_revision) if found else (ops.create(key) == 0)
-        if not await self.store.commit([guard], [ops.put(key, principal.key_id.encode())]):
+        if not await self.store.commit([Unchanged(key, found)],
+                                       [Put(key, principal.key_id.encode())]):
             raise PermissionDenied(f"worker_id {worker_id!r} belongs to another key")
 
 

@@ -19,6 +19,7 @@ from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
 from lorafleet.controlplane.errors import Conflict, FailedPrecondition, NotFound, Unavailable
 from lorafleet.controlplane.schema import Snapshot
 from lorafleet.controlplane.store import EtcdStore
+from lorafleet.controlplane.transactions import Put, UnchangedSince
 from lorafleet.controlplane.worker_client import WorkerClients, admin_address
 from lorafleet.worker.v1 import worker_service_pb2 as worker_pb
 
@@ -66,10 +67,9 @@ class OnDemandPlacer:
                 return
 
     async def _store(self, snapshot: Snapshot, placement: fleet_pb.VersionPlacement) -> bool:
-        key = self.store.keys.placement(placement.adapter, placement.version).encode()
-        ops = self.store.ops
-        unchanged = ops.mod(key) < snapshot.revision + 1
-        return await self.store.commit([unchanged], [ops.put(key, placement.SerializeToString())])
+        key = self.store.keys.placement(placement.adapter, placement.version)
+        return await self.store.commit([UnchangedSince(key, snapshot.revision)],
+                                       [Put(key, placement)])
 
     async def _load(self, worker: fleet_pb.Worker, version) -> None:
         request = worker_pb.LoadAdapterRequest(

@@ -13,6 +13,7 @@ from lorafleet.controlplane.errors import NotLeader
 from lorafleet.controlplane.planning import Residency
 from lorafleet.controlplane.schema import Snapshot, VersionKey
 from lorafleet.controlplane.store import EtcdStore
+from lorafleet.controlplane.transactions import Condition, Delete, Put, UnchangedSince
 from lorafleet.controlplane.worker_client import WorkerClients, admin_address
 from lorafleet.worker.v1 import worker_service_pb2 as worker_pb
 
@@ -94,21 +95,20 @@ def placement_changes(snapshot: Snapshot, desired) -> tuple[dict[VersionKey, fle
     return to_write, to_delete
 
 
-async def write_placement(store: EtcdStore, fence, snapshot: Snapshot, desired) -> bool:
+async def write_placement(store: EtcdStore, fence: Condition, snapshot: Snapshot,
+                          desired) -> bool:
     """Stores the desired placement (changed keys only), fenced, and only over keys nobody
     changed since `snapshot` (a gateway's on-demand placement, controlplane/on_demand.py);
     returns whether it wrote or found such a change (either way, worth another pass)."""
     to_write, to_delete = placement_changes(snapshot, desired)
-    changes = [
-        (key, store.ops.put(key, placement.SerializeToString()))
-        for key, placement in ((store.keys.placement(*k).encode(), p)
-                               for k, p in sorted(to_write.items()))
-    ] + [(key, store.ops.delete(key))
-         for key in (store.keys.placement(*k).encode() for k in to_delete)]
+    changes: list[Put | Delete] = [
+        *(Put(store.keys.placement(*k), p) for k, p in sorted(to_write.items())),
+        *(Delete(store.keys.placement(*k)) for k in to_delete),
+    ]
     for start in range(0, len(changes), MAX_OPS_PER_TXN):
         batch = changes[start:start + MAX_OPS_PER_TXN]
-        unchanged = [store.ops.mod(key) < snapshot.revision + 1 for key, _ in batch]
-        if await store.commit([fence, *unchanged], [op for _, op in batch]):
+        unchanged = [UnchangedSince(change.key, snapshot.revision) for change in batch]
+        if await store.commit([fence, *unchanged], batch):
             continue
         if not await store.commit([fence], []):
             raise NotLeader("no longer the leader: placement not written")

@@ -33,6 +33,7 @@ from lorafleet.controlplane.planning import (
 from lorafleet.controlplane.reconcile_io import ActionBackoff, fetch_residency, write_placement
 from lorafleet.controlplane.schema import Snapshot
 from lorafleet.controlplane.store import EtcdStore
+from lorafleet.controlplane.transactions import Put
 from lorafleet.controlplane.validation import VersionValidator
 from lorafleet.controlplane.worker_client import TRANSIENT_CODES, WorkerClients
 from lorafleet.worker.v1 import worker_service_pb2 as worker_pb
@@ -152,10 +153,8 @@ class Reconciler:
         if placement is None:
             return
         placement.failures[load.worker_id] = f"{error.code().name}: {error.details()}"
-        key = self.store.keys.placement(load.adapter, load.version).encode()
-        await self.store.commit(
-            [self.election.fence()], [self.store.ops.put(key, placement.SerializeToString())]
-        )
+        key = self.store.keys.placement(load.adapter, load.version)
+        await self.store.commit([self.election.fence()], [Put(key, placement)])
 
     async def _evict(self, eviction: Eviction) -> bool:
         request = worker_pb.EvictAdapterRequest(

@@ -20,6 +20,15 @@ from lorafleet.controlplane.errors import (
 )
 from lorafleet.controlplane.schema import now
 from lorafleet.controlplane.store import EtcdStore
+from lorafleet.controlplane.transactions import (
+    Absent,
+    Delete,
+    DeletePrefix,
+    Entry,
+    Exists,
+    Put,
+    Unchanged,
+)
 from lorafleet.controlplane.validation import VersionValidator
 from lorafleet.names import SOURCE_SCHEMES, InvalidName, check_adapter_name
 
@@ -58,10 +67,7 @@ class AdapterRegistry:
         stored.CopyFrom(adapter)
         stored.create_time.CopyFrom(now())
         key = self.keys.adapter(adapter.name)
-        ops = self.store.ops
-        created = await self.store.commit(
-            [ops.create(key.encode()) == 0], [ops.put(key.encode(), stored.SerializeToString())]
-        )
+        created = await self.store.commit([Absent(key)], [Put(key, stored)])
         if not created:
             raise AlreadyExists(f"adapter {adapter.name!r} already exists")
         return stored
@@ -72,7 +78,7 @@ class AdapterRegistry:
         found = await self.store.get(self.keys.adapter(checked_name(name)))
         if found is None or not can_see(name):
             raise NotFound(f"adapter {name!r} not found")
-        return adapter_pb.Adapter.FromString(found[0])
+        return adapter_pb.Adapter.FromString(found.value)
 
     async def list_adapters(self, tenant: str = "") -> list[adapter_pb.Adapter]:
         """Adapters in name order, optionally of one tenant; a tenant caller sees its own
@@ -94,34 +100,30 @@ class AdapterRegistry:
     async def get_rollout(self, name: str) -> adapter_pb.Rollout | None:
         """The rollout in effect, or None when the adapter never had one."""
         found = await self.store.get(self.keys.rollout(name))
-        return None if found is None else adapter_pb.Rollout.FromString(found[0])
+        return None if found is None else adapter_pb.Rollout.FromString(found.value)
 
     async def delete_adapter(self, name: str) -> None:
         """Deletes an adapter with its versions, rollouts and placement, in one transaction.
 
         FailedPrecondition while its rollout routes traffic to any version.
         """
-        ops = self.store.ops
         for _ in range(NUM_TXN_ATTEMPTS):
             await self.get_adapter(name)
-            rollout_key = self.keys.rollout(name).encode()
-            found = await self.store.get(self.keys.rollout(name))
+            rollout_key = self.keys.rollout(name)
+            found = await self.store.get(rollout_key)
             if found is not None and any(w.weight > 0 for w in _rollout(found).weights):
                 raise FailedPrecondition(
                     f"adapter {name!r} still receives traffic; set its rollout to no "
                     "versions first"
                 )
-            guard = ops.mod(rollout_key) == found[1].mod_revision if found else (
-                ops.create(rollout_key) == 0
-            )
             deletes = [
-                ops.delete(self.keys.adapter(name).encode()),
-                ops.delete(rollout_key),
-                *(self.store.delete_prefix_op(p) for p in (
+                Delete(self.keys.adapter(name)),
+                Delete(rollout_key),
+                *(DeletePrefix(p) for p in (
                     self.keys.versions(name), self.keys.history(name), self.keys.placement(name)
                 )),
             ]
-            if await self.store.commit([guard], deletes):
+            if await self.store.commit([Unchanged(rollout_key, found)], deletes):
                 return
         raise Conflict(f"adapter {name!r} kept changing; try again")
 
@@ -136,7 +138,6 @@ class AdapterRegistry:
     async def _store_pending(self, name: str, source_uri: str) -> adapter_pb.AdapterVersion:
         """Stores the next version as PENDING, dropping refused versions beyond the newest
         MAX_REJECTED_KEPT in the same transaction (so refusals cannot pile up)."""
-        ops = self.store.ops
         principal = current_principal()
         for _ in range(NUM_TXN_ATTEMPTS):
             existing = await self.list_versions(name)
@@ -146,22 +147,20 @@ class AdapterRegistry:
                 state=adapter_pb.VERSION_STATE_PENDING, create_time=now(),
                 created_by_tenant=principal is not None and principal.role is Role.TENANT,
             )
-            key = self.keys.version(name, number).encode()
-            adapter_key = self.keys.adapter(name).encode()
+            key = self.keys.version(name, number)
             rejected = [v for v in existing if v.state == adapter_pb.VERSION_STATE_REJECTED]
-            dropped = [ops.delete(self.keys.version(name, v.version).encode())
+            dropped = [Delete(self.keys.version(name, v.version))
                        for v in rejected[:-MAX_REJECTED_KEPT]]
             stored = await self.store.commit(
-                [ops.create(key) == 0, ops.version(adapter_key) > 0],
-                [ops.put(key, version.SerializeToString()), *dropped],
+                [Absent(key), Exists(self.keys.adapter(name))], [Put(key, version), *dropped]
             )
             if stored:
                 return version
         raise Conflict(f"versions of {name!r} kept changing; try again")
 
 
-def _rollout(found) -> adapter_pb.Rollout:
-    return adapter_pb.Rollout.FromString(found[0])
+def _rollout(found: Entry) -> adapter_pb.Rollout:
+    return adapter_pb.Rollout.FromString(found.value)
 
 
 def _check_source_uri(source_uri: str) -> None:

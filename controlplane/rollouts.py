@@ -13,6 +13,7 @@ from lorafleet.control.v1 import adapter_service_pb2 as adapter_pb
 from lorafleet.controlplane.errors import Conflict, FailedPrecondition, InvalidArgument
 from lorafleet.controlplane.registry import NUM_TXN_ATTEMPTS, AdapterRegistry
 from lorafleet.controlplane.schema import now
+from lorafleet.controlplane.transactions import Delete, Exists, Put, Unchanged
 
 
 class RolloutManager:
@@ -35,17 +36,16 @@ class RolloutManager:
                 adapter=name, weights=list(weights), update_time=now(),
                 generation=(current.generation if current else 0) + 1,
             )
-            ops = [self._put(self.keys.rollout(name), rollout)]
+            changes = [Put(self.keys.rollout(name), rollout)]
             if current is not None:
-                ops.append(self._put(self.keys.history(name, current.generation), current))
-            if await self.store.commit([guard], ops):
+                changes.append(Put(self.keys.history(name, current.generation), current))
+            if await self.store.commit([guard], changes):
                 return rollout
         raise Conflict(f"the rollout of {name!r} kept changing; try again")
 
     async def rollback(self, name: str) -> adapter_pb.Rollout:
         """Restores the rollout before the current one; FailedPrecondition if none."""
         await self.registry.get_adapter(name)
-        ops = self.store.ops
         for _ in range(NUM_TXN_ATTEMPTS):
             current, guard = await self._current(name)
             history, _ = await self.store.get_prefix(self.keys.history(name))
@@ -57,21 +57,17 @@ class RolloutManager:
                 adapter=name, weights=earlier.weights, update_time=now(),
                 generation=current.generation + 1,
             )
-            changes = [self._put(self.keys.rollout(name), rollout), ops.delete(newest_key.encode())]
-            if await self.store.commit([guard, ops.version(newest_key.encode()) > 0], changes):
+            changes = [Put(self.keys.rollout(name), rollout), Delete(newest_key)]
+            if await self.store.commit([guard, Exists(newest_key)], changes):
                 return rollout
         raise Conflict(f"the rollout of {name!r} kept changing; try again")
 
-    async def _current(self, name: str):
-        """(current rollout or None, a compare that holds while it is unchanged)."""
-        key = self.keys.rollout(name).encode()
-        found = await self.store.get(self.keys.rollout(name))
-        if found is None:
-            return None, self.store.ops.create(key) == 0
-        return adapter_pb.Rollout.FromString(found[0]), self.store.ops.mod(key) == found[1].mod_revision
-
-    def _put(self, key: str, message):
-        return self.store.ops.put(key.encode(), message.SerializeToString())
+    async def _current(self, name: str) -> tuple[adapter_pb.Rollout | None, Unchanged]:
+        """(current rollout or None, a condition that holds while it is unchanged)."""
+        key = self.keys.rollout(name)
+        found = await self.store.get(key)
+        current = None if found is None else adapter_pb.Rollout.FromString(found.value)
+        return current, Unchanged(key, found)
 
 
 def _check_weights(name, weights, versions: dict[int, adapter_pb.AdapterVersion]) -> None:

@@ -1,5 +1,8 @@
 """Typed access to etcd (aetcd): reads, one-transaction writes, leases and watches.
 
+The only control-plane module that speaks aetcd: others describe writes with the typed
+conditions and changes of controlplane/transactions.py, and read `Entry`s and snapshots.
+
 Every call rides out an etcd restart: connection errors are retried with exponential
 backoff until `RetryPolicy.give_up_seconds`, then StoreUnavailable is raised. The gRPC
 channel reconnects on its own; short reconnect backoffs make recovery quick.
@@ -16,15 +19,17 @@ import dataclasses
 import logging
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import aetcd
 import aetcd.exceptions
 import aetcd.utils
 
 from lorafleet.controlplane import audit
+from lorafleet.controlplane import transactions as txn
 from lorafleet.controlplane.metrics import ControlPlaneMetrics
 from lorafleet.controlplane.schema import DEFAULT_ROOT, Keys, Snapshot, decode_into
+from lorafleet.controlplane.transactions import Change, Condition, Entry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -97,11 +102,6 @@ class EtcdStore:
         view.retry = retry
         return view
 
-    @property
-    def ops(self):
-        """aetcd's transaction operation builders (put, delete, compare targets)."""
-        return self.client.transactions
-
     async def close(self, timeout_seconds: float = 5.0) -> None:
         """Closes the client and its watches, giving up after `timeout_seconds`."""
         try:
@@ -130,10 +130,10 @@ class EtcdStore:
                 log.info("etcd call failed (%r); retrying in %.2fs", error, delay)
             await asyncio.sleep(delay)
 
-    async def get(self, key: str) -> tuple[bytes, Any] | None:
-        """(value, key metadata) of `key`, or None when absent."""
+    async def get(self, key: str) -> Entry | None:
+        """What `key` holds, or None when absent."""
         found = await self.call(lambda: self.client.get(key.encode()))
-        return None if found is None else (found.value, found)
+        return None if found is None else Entry(found.value, found.mod_revision, found.lease)
 
     async def get_prefix(self, prefix: str) -> tuple[dict[str, bytes], int]:
         """Every key under `prefix` with its value, and the revision they were read at."""
@@ -145,22 +145,57 @@ class EtcdStore:
         items, revision = await self.get_prefix(self.keys.root)
         return decode_into(Snapshot(revision=revision), self.keys.root, items)
 
-    async def commit(self, compare: Sequence[Any], success: Sequence[Any]) -> bool:
-        """Applies `success` in one transaction if every `compare` holds; returns whether.
+    async def commit(self, conditions: Sequence[Condition], changes: Sequence[Change]) -> bool:
+        """Applies `changes` in one transaction if every condition holds; returns whether.
         Inside an audit scope the first successful transaction also records its entry."""
-        success = [*success, *audit.pending_ops(self)]
+        compare = [self._compare(c) for c in conditions]
+        success = [self._operation(c) for c in (*changes, *audit.pending_changes())]
         succeeded, _ = await self.call(
-            lambda: self.client.transaction(compare=list(compare), success=success, failure=[]),
+            lambda: self.client.transaction(compare=compare, success=success, failure=[]),
             "txn",
         )
         if succeeded:
             audit.note_committed()
         return succeeded
 
-    def delete_prefix_op(self, prefix: str):
-        """A transaction operation deleting every key under `prefix`."""
-        key = prefix.encode()
-        return self.ops.delete(key, range_end=aetcd.utils.prefix_range_end(key))
+    async def put(self, key: str, value: bytes, lease: int = 0) -> None:
+        """Writes `value` at `key` outside any transaction (and audit scope)."""
+        await self.call(lambda: self.client.put(key.encode(), value, lease=lease or None), "put")
+
+    async def try_put(self, key: str, value: bytes, lease: int) -> bool:
+        """`put` on a lease; False when etcd refuses it (the lease expired meanwhile)."""
+        try:
+            await self.put(key, value, lease)
+        except aetcd.exceptions.ClientError:
+            return False
+        return True
+
+    def _compare(self, condition: Condition):
+        ops, key = self.client.transactions, condition.key.encode()
+        match condition:
+            case txn.Absent() | txn.Unchanged(entry=None):
+                return ops.create(key) == 0
+            case txn.Exists():
+                return ops.version(key) > 0
+            case txn.Unchanged(entry=entry):
+                return ops.mod(key) == entry.mod_revision
+            case txn.UnchangedSince(revision=revision):
+                return ops.mod(key) < revision + 1
+            case txn.HoldsValue(value=value):
+                return ops.value(key) == value
+        raise TypeError(f"not a transaction condition: {condition!r}")
+
+    def _operation(self, change: Change):
+        ops = self.client.transactions
+        match change:
+            case txn.Put(key=key, lease=lease):
+                return ops.put(key.encode(), change.value_bytes(), lease=lease or None)
+            case txn.Delete(key=key):
+                return ops.delete(key.encode())
+            case txn.DeletePrefix(prefix=prefix):
+                return ops.delete(prefix.encode(),
+                                  range_end=aetcd.utils.prefix_range_end(prefix.encode()))
+        raise TypeError(f"not a transaction change: {change!r}")
 
     async def grant_lease(self, ttl_seconds: int) -> int:
         """A new lease's id."""

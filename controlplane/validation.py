@@ -16,6 +16,7 @@ from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
 from lorafleet.controlplane.fleet import read_workers
 from lorafleet.controlplane.schema import Snapshot
 from lorafleet.controlplane.store import EtcdStore
+from lorafleet.controlplane.transactions import Put, Unchanged
 from lorafleet.controlplane.worker_client import TRANSIENT_CODES, WorkerClients, admin_address
 from lorafleet.worker.v1 import worker_service_pb2 as worker_pb
 
@@ -80,18 +81,16 @@ class VersionValidator:
         found = await self.store.get(key)
         if found is None:
             return None  # the adapter was deleted meanwhile
-        stored = adapter_pb.AdapterVersion.FromString(found[0])
+        stored = adapter_pb.AdapterVersion.FromString(found.value)
         if stored.state != adapter_pb.VERSION_STATE_PENDING:
             return stored  # another replica recorded a verdict first
         _apply_verdict(stored, verdict)
         if stored.created_by_tenant and stored.state == adapter_pb.VERSION_STATE_READY:
             await self._refuse_others_weights(stored)
-        ops = self.store.ops
-        guard = ops.mod(key.encode()) == found[1].mod_revision
-        if await self.store.commit([guard], [ops.put(key.encode(), stored.SerializeToString())]):
+        if await self.store.commit([Unchanged(key, found)], [Put(key, stored)]):
             return stored
         latest = await self.store.get(key)
-        return None if latest is None else adapter_pb.AdapterVersion.FromString(latest[0])
+        return None if latest is None else adapter_pb.AdapterVersion.FromString(latest.value)
 
 
     async def _refuse_others_weights(self, version: adapter_pb.AdapterVersion) -> None:

@@ -163,3 +163,10 @@ def test_the_walker_sees_a_violation(tmp_path, monkeypatch):
 def test_every_component_has_modules():
     for package in COMPONENT_DIRS:
         assert any(module.startswith(f"{package}.") for module in MODULES)
+
+
+def test_only_the_store_speaks_etcd():
+    """The control plane talks to etcd through store.py's typed transactions alone."""
+    speaking = sorted(m for m in MODULES if _is_component(m, "controlplane")
+                      and any(_top(n) == "aetcd" for n in direct_imports(m)))
+    assert speaking == ["lorafleet.controlplane.store"]

@@ -9,6 +9,16 @@ import pytest
 from lorafleet.control.v1 import adapter_service_pb2 as pb
 from lorafleet.controlplane.election import LeaderElection
 from lorafleet.controlplane.store import EtcdStore, RetryPolicy, parse_endpoint
+from lorafleet.controlplane.transactions import (
+    Absent,
+    Delete,
+    DeletePrefix,
+    Exists,
+    HoldsValue,
+    Put,
+    Unchanged,
+    UnchangedSince,
+)
 
 
 @pytest.fixture
@@ -19,9 +29,7 @@ async def store(etcd):
 
 
 def _put_adapter(store, name):
-    key = store.keys.adapter(name).encode()
-    value = pb.Adapter(name=name, base_model="m").SerializeToString()
-    return store.ops.put(key, value)
+    return Put(store.keys.adapter(name), pb.Adapter(name=name, base_model="m"))
 
 
 async def test_watch_lists_then_streams_whole_transactions(store):
@@ -69,15 +77,35 @@ async def test_one_leader_at_a_time_and_handover_on_resign(store):
     waiting = asyncio.create_task(second.campaign())
     await asyncio.sleep(1.0)
     assert not waiting.done()
-    assert (await store.get(store.keys.leader()))[0] == b"cp-1"
+    assert (await store.get(store.keys.leader())).value == b"cp-1"
     await first.resign(lease)
     second_lease = await asyncio.wait_for(waiting, 5)
-    assert (await store.get(store.keys.leader()))[0] == b"cp-2"
+    assert (await store.get(store.keys.leader())).value == b"cp-2"
     # A deposed leader notices: its fenced writes fail and hold() returns.
     ok = await store.commit([first.fence()], [_put_adapter(store, "acme/x")])
     assert not ok
-    await store.client.delete(store.keys.leader().encode())
+    await store.commit([], [Delete(store.keys.leader())])
     await asyncio.wait_for(second.hold(second_lease), 5)
+
+
+async def test_each_condition_holds_exactly_when_it_says(store):
+    key = store.keys.adapter("acme/cas")
+    assert await store.commit([Absent(key)], [Put(key, b"v1")])
+    assert not await store.commit([Absent(key)], [Put(key, b"again")])
+    read = await store.get(key)
+    assert read.value == b"v1"
+    assert await store.commit([Exists(key), Unchanged(key, read), HoldsValue(key, b"v1")],
+                              [Put(key, b"v2")])
+    # The entry read before that write is stale now; a snapshot's revision likewise.
+    assert not await store.commit([Unchanged(key, read)], [Put(key, b"lost")])
+    assert not await store.commit([UnchangedSince(key, read.mod_revision)], [Put(key, b"lost")])
+    assert not await store.commit([HoldsValue(key, b"v1")], [Put(key, b"lost")])
+    assert await store.commit([UnchangedSince(key, (await store.get(key)).mod_revision)], [])
+    absent = store.keys.adapter("acme/never")
+    assert await store.commit([Unchanged(absent, None), UnchangedSince(absent, 1)], [])
+    assert not await store.commit([Exists(absent)], [])
+    assert await store.commit([], [DeletePrefix(store.keys.adapter("acme/"))])
+    assert await store.get(key) is None
 
 
 def test_parse_endpoint_accepts_urls_and_host_port():
