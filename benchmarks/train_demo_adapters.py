@@ -33,6 +33,7 @@ from benchmarks.results import append_rows
 from lorafleet.dataplane.engine.params import SamplingParams
 from lorafleet.dataplane.runner.factory import create_engine
 from lorafleet.dataplane.runner.kv_cache import KVCacheBudget
+from lorafleet.dataplane.server.detokenize import Detokenizer
 from lorafleet.dataplane.smollm import MODEL_NAME, ensure_model
 from lorafleet.dataplane.tokenizer import Tokenizer
 
@@ -62,14 +63,17 @@ def generate_answers(model_dir: pathlib.Path, questions: list[str],
     """The base model's greedy answers, one chat turn each, all in one continuous batch."""
     engine = create_engine(model_dir, device="cpu", dtype="float32",
                            kv_cache=KVCacheBudget(num_bytes=512 << 20))
+    tokenizer = Tokenizer.from_dir(model_dir)
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+    detokenizers = []
     for i, question in enumerate(questions):
-        prompt = engine.tokenizer.encode_chat([{"role": "user", "content": question}])
+        prompt = tokenizer.encode_chat([{"role": "user", "content": question}])
         engine.add_request(str(i), prompt, params=params)
+        detokenizers.append(Detokenizer(tokenizer, tuple(prompt), ()))
     texts = [""] * len(questions)
     while engine.has_unfinished():
         for out in engine.step():
-            texts[int(out.request_id)] += out.text
+            texts[int(out.request_id)] += detokenizers[int(out.request_id)].process(out).text
     return texts
 
 
@@ -163,14 +167,17 @@ def check_adapters(model_dir: pathlib.Path, adapters: dict[str, pathlib.Path],
         worker.cache.add_source(AdapterSource(f"demo/{name}@1", str(path), digests[name]))
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
     answers = {name: dict.fromkeys(HELD_OUT, "") for name in digests}
+    tokenizer, detokenizers = worker.frontend.tokenizer, {}
     for name, digest in digests.items():
         for question in HELD_OUT:
-            prompt = engine.tokenizer.encode_chat([{"role": "user", "content": question}])
+            prompt = tokenizer.encode_chat([{"role": "user", "content": question}])
             engine.add_request(f"{name}|{question}", prompt, params=params, adapter=digest)
+            detokenizers[f"{name}|{question}"] = Detokenizer(tokenizer, tuple(prompt), ())
     while engine.has_unfinished():
         for out in engine.step():
             name, question = out.request_id.split("|", 1)
-            answers[None if name == "None" else name][question] += out.text
+            text = detokenizers[out.request_id].process(out).text
+            answers[None if name == "None" else name][question] += text
         time.sleep(0.001)  # lets a background adapter load finish
     worker.metrics.close()
     return answers

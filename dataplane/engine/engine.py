@@ -1,8 +1,8 @@
 """The engine loop: one step = schedule, run, apply results.
 
-Synchronous and single-threaded; the worker's server runs it on its own thread. The
-runner (every tensor) and the tokenizer come in through small protocols, so this module
-stays pure Python.
+Synchronous and single-threaded; the worker runs it in its engine loop. The runner
+(every tensor) comes in through a small protocol, so this module stays pure Python. It
+takes and returns token ids and loads no tokenizer: text is the frontend's.
 """
 
 from __future__ import annotations
@@ -19,16 +19,11 @@ from lorafleet.dataplane.engine.outputs import (
     SampledToken,
 )
 from lorafleet.dataplane.engine.params import SamplingParams
+from lorafleet.dataplane.engine.prompt_rules import InvalidRequestError, PromptLimits
 from lorafleet.dataplane.engine.request import FinishReason, Request
 from lorafleet.dataplane.engine.scheduler import Scheduler, SchedulerOutput
 from lorafleet.dataplane.engine.snapshot import EngineSnapshot, snapshot_of
 from lorafleet.dataplane.engine.stream import RequestStream
-
-
-class InvalidRequestError(ValueError):
-    """A request the engine cannot serve; the message says why."""
-
-    status_code_name = "INVALID_ARGUMENT"
 
 
 class Runner(Protocol):
@@ -51,28 +46,21 @@ class Runner(Protocol):
         ...
 
 
-class Tokenizer(Protocol):
-    """Decodes output tokens (see lorafleet.dataplane.tokenizer); prompts arrive as ids."""
-
-    eos_token_ids: tuple[int, ...]
-
-    def decode(self, token_ids: list[int]) -> str:
-        """Text of `token_ids`, special tokens skipped."""
-        ...
-
-
 class Engine:
-    """Continuous-batching engine over a scheduler, a runner and a tokenizer."""
+    """Continuous-batching engine over a scheduler and a runner; it takes and returns
+    token ids (text is the frontend's: dataplane/server/frontend.py)."""
 
     def __init__(
-        self, scheduler: Scheduler, runner: Runner, tokenizer: Tokenizer, *,
+        self, scheduler: Scheduler, runner: Runner, *, eos_token_ids: Iterable[int],
         vocab_size: int, max_model_len: int, clock=time.monotonic,
     ) -> None:
         self.scheduler = scheduler
         self.runner = runner
-        self.tokenizer = tokenizer
+        self.eos_token_ids = frozenset(eos_token_ids)
         self.vocab_size = vocab_size
         self.max_model_len = max_model_len
+        self.limits = PromptLimits(max_model_len, vocab_size,
+                                   scheduler.allocator.num_blocks * scheduler.allocator.block_size)
         self._clock = clock
         self._streams: dict[str, RequestStream] = {}
         self._pending: list[RequestOutput] = []
@@ -89,53 +77,40 @@ class Engine:
         params: SamplingParams | None = None, adapter: Hashable | None = None,
         tenant: str = "", cache_salt: str = "",
     ) -> None:
-        """Queues a request given as token ids (the frontend tokenizes; see
-        dataplane/server/frontend.py); `tenant` is whom fair share counts it for, and
-        with `cache_salt` the scope its prompt's KV is shared in (prefix_cache.py)."""
-        if request_id in self._streams:
-            raise InvalidRequestError(f"request_id {request_id!r} is already in use")
-        params = params or SamplingParams()
-        token_ids = self._checked_tokens(prompt_token_ids)
-        self._check_fits(token_ids, params)
+        """Queues a request given as token ids (the frontend tokenizes); `tenant` is whom
+        fair share counts it for, and with `cache_salt` the scope its prompt's KV is
+        shared in (prefix_cache.py). One-way: a request that cannot be served (the
+        prompt rules, prompt_rules.py, or an id in use) is not queued; its final output,
+        FinishReason.ERROR with ErrorKind.INVALID_REQUEST and the reason, comes with the
+        next step()."""
         request = Request(
-            request_id=request_id, prompt_token_ids=token_ids, params=params,
-            arrival_time=self._clock(), adapter=adapter, tenant=tenant, cache_salt=cache_salt,
+            request_id=request_id, prompt_token_ids=tuple(int(t) for t in prompt_token_ids),
+            params=params or SamplingParams(), arrival_time=self._clock(), adapter=adapter,
+            tenant=tenant, cache_salt=cache_salt,
         )
+        stream = RequestStream(request, self.eos_token_ids)
+        try:
+            self._check(request)
+        except InvalidRequestError as exc:
+            self._pending.append(stream.output(FinishReason.ERROR, str(exc),
+                                               ErrorKind.INVALID_REQUEST))
+            return
         self.scheduler.add(request)
-        self._streams[request_id] = RequestStream(request, self.tokenizer)
+        self._streams[request_id] = stream
 
-    def _checked_tokens(self, token_ids: Sequence[int]) -> tuple[int, ...]:
-        """The prompt as a tuple of in-vocabulary token ids."""
-        token_ids = tuple(int(t) for t in token_ids)
-        if not token_ids:
-            raise InvalidRequestError("the prompt is empty")
-        bad = [t for t in token_ids if not 0 <= t < self.vocab_size]
-        if bad:
-            raise InvalidRequestError(
-                f"prompt token ids {bad[:5]} are outside [0, {self.vocab_size})"
-            )
-        return token_ids
+    def _check(self, request: Request) -> None:
+        if request.request_id in self._streams:
+            raise InvalidRequestError(f"request_id: {request.request_id!r} is already in use")
+        self.limits.check_servable(request.prompt_token_ids, request.params)
 
-    def _check_fits(self, token_ids: tuple[int, ...], params: SamplingParams) -> None:
-        """Rejects prompts longer than the context or than the whole KV cache could hold."""
-        if len(token_ids) >= self.max_model_len:
-            raise InvalidRequestError(
-                f"prompt has {len(token_ids)} tokens; the model's context is {self.max_model_len}"
-            )
-        longest = min(len(token_ids) + params.max_tokens, self.max_model_len)
-        if self.allocator.num_blocks_for(longest) > self.allocator.num_blocks:
-            raise InvalidRequestError(
-                f"prompt plus max_tokens ({longest} tokens) exceeds the KV cache "
-                f"({self.allocator.num_blocks * self.allocator.block_size} tokens)"
-            )
-
-    def abort(self, request_id: str) -> bool:
-        """Cancels a request and frees its blocks; its final output comes with the next
-        step(). False if the request is unknown or already finished."""
+    def abort(self, request_id: str, reason: FinishReason = FinishReason.CANCELLED) -> bool:
+        """Ends a request now (cancelled, or `reason`: STOP when the frontend matched a
+        stop string) and frees its blocks; its final output comes with the next step().
+        False if the request is unknown or already finished."""
         stream = self._streams.get(request_id)
         if stream is None:
             return False
-        self._pending.append(self._finish(stream, FinishReason.CANCELLED))
+        self._pending.append(self._finish(stream, reason))
         self._evict_unused()
         return True
 

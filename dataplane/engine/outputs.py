@@ -46,28 +46,32 @@ class ErrorKind(enum.Enum):
     """Why a request ended with FinishReason.ERROR."""
 
     STEP_FAILED = "step_failed"  # the model step it was part of raised
+    INVALID_REQUEST = "invalid_request"  # refused when added (engine/prompt_rules.py)
     ADAPTER_LOAD_FAILED = "adapter_load_failed"  # its adapter could not be loaded
 
 
 @dataclasses.dataclass(frozen=True)
 class RequestOutput:
-    """A request's news from one step.
+    """A request's news from one step. `finish_reason` is set on the last output of a
+    request only.
 
-    `text` is the text the new tokens complete; it never splits a UTF-8 character and never
-    holds a prefix of a stop string that may still match. `finish_reason` is set on the
-    last output of a request only; `stop_string` names the stop string that ended it.
+    The engine reports token ids; `text` and `stop_string` are the frontend's
+    (dataplane/server/detokenize.py), empty as the engine leaves them. `text` is the text
+    the new tokens complete; it never splits a UTF-8 character and never holds a prefix
+    of a stop string that may still match. `stop_string` names the stop string that
+    ended the request.
     """
 
     request_id: str
     new_token_ids: tuple[int, ...]
-    text: str
     logprobs: tuple[TokenLogprob, ...] | None
     finish_reason: FinishReason | None
-    stop_string: str | None
     usage: Usage
     timings: RequestTimings
     error: str | None = None
     error_kind: ErrorKind | None = None
+    text: str = ""
+    stop_string: str | None = None
 
     @property
     def is_finished(self) -> bool:

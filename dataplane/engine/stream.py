@@ -1,4 +1,4 @@
-"""Per-request output state between steps: new tokens, text, logprobs, stop checks."""
+"""Per-request output state between steps: new tokens, logprobs, token stops."""
 
 from __future__ import annotations
 
@@ -12,20 +12,17 @@ from lorafleet.dataplane.engine.outputs import (
     Usage,
 )
 from lorafleet.dataplane.engine.request import FinishReason, Request
-from lorafleet.dataplane.engine.text import OutputText
 
 
 class RequestStream:
-    """Collects what a request produced since its last output and decides when it stops."""
+    """Collects what a request produced since its last output and decides when it stops
+    by token (EOS, a stop token id, length); stop strings are the frontend's."""
 
-    def __init__(self, request: Request, tokenizer) -> None:
+    def __init__(self, request: Request, eos_token_ids: frozenset[int]) -> None:
         self.request = request
-        self._eos_ids = frozenset(tokenizer.eos_token_ids)
-        self._text = OutputText(tokenizer, request.prompt_token_ids, request.params.stop)
+        self._eos_ids = eos_token_ids
         self._new_ids: list[int] = []
-        self._new_text = ""
         self._logprobs: list[TokenLogprob] = []
-        self._stop_string: str | None = None
 
     def mark_scheduled(self, now: float) -> None:
         """Records the first time the request was scheduled."""
@@ -41,11 +38,6 @@ class RequestStream:
         self._new_ids.append(token.token_id)
         if token.logprob is not None:
             self._logprobs.append(token.logprob)
-        delta, stop = self._text.push([token.token_id])
-        self._new_text += delta
-        if stop is not None:
-            self._stop_string = stop
-            return FinishReason.STOP
         return self._token_stop(token.token_id, max_model_len)
 
     def _token_stop(self, token_id: int, max_model_len: int) -> FinishReason | None:
@@ -64,21 +56,17 @@ class RequestStream:
     def output(self, reason: FinishReason | None = None, error: str | None = None,
                error_kind: ErrorKind | None = None) -> RequestOutput:
         """Everything new since the last output; the final one when `reason` is set."""
-        if reason is not None and self._stop_string is None:
-            self._new_text += self._text.flush()
         request = self.request
         out = RequestOutput(
             request_id=request.request_id,
             new_token_ids=tuple(self._new_ids),
-            text=self._new_text,
             logprobs=tuple(self._logprobs) if request.params.logprobs is not None else None,
             finish_reason=reason,
-            stop_string=self._stop_string,
             usage=Usage(len(request.prompt_token_ids), len(request.output_token_ids),
                         request.num_cached_tokens or 0),
             timings=dataclasses.replace(request.timings),
             error=error,
             error_kind=error_kind,
         )
-        self._new_ids, self._new_text, self._logprobs = [], "", []
+        self._new_ids, self._logprobs = [], []
         return out

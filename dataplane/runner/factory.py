@@ -34,7 +34,6 @@ from lorafleet.dataplane.runner.kv_cache import (
 )
 from lorafleet.dataplane.runner.model_runner import ModelRunner
 from lorafleet.dataplane.sizing import graph_memory_bytes
-from lorafleet.dataplane.tokenizer import Tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -68,7 +67,8 @@ def create_engine(
     prefix_cache_scope: str | None = None,
     enforce_eager: bool = False,
 ) -> Engine:
-    """Loads a checkpoint and wires scheduler, runner and tokenizer into an Engine.
+    """Loads a checkpoint and wires scheduler and runner into an Engine (no tokenizer:
+    text is the frontend's).
 
     kv_cache: bytes or a fraction for the KV cache (default: `default_budget(device)`).
     adapters: the device adapter slots and their host tier (None: base model only); the
@@ -109,13 +109,14 @@ def create_engine(
     prefix_cache = None if prefix_cache_scope is None else PrefixCache(
         allocator, scope=prefix_cache_scope, model=f"{model_dir.resolve()}:{model.dtype}")
     scheduler = Scheduler(scheduler_config, allocator, scheduling, prefix_cache)
-    tokenizer = Tokenizer.from_dir(model_dir, eos_token_ids=_eos_token_ids(model_dir, config))
-    return Engine(scheduler, runner, tokenizer, vocab_size=config.vocab_size,
-                  max_model_len=config.max_position_embeddings)
+    return Engine(scheduler, runner, eos_token_ids=eos_token_ids(model_dir, config),
+                  vocab_size=config.vocab_size, max_model_len=config.max_position_embeddings)
 
 
-def _eos_token_ids(model_dir: pathlib.Path, config) -> tuple[int, ...]:
-    """EOS ids from config.json and generation_config.json (which may list several)."""
+def eos_token_ids(model_dir: pathlib.Path, config: ModelConfig) -> tuple[int, ...]:
+    """EOS ids from config.json and generation_config.json (which may list several), and
+    tokenizer_config.json's eos_token looked up in tokenizer.json: the ids a tokenizer
+    would report, read without loading one (the engine loads none)."""
     ids = list(config.eos_token_ids)
     path = model_dir / "generation_config.json"
     if path.exists():
@@ -123,4 +124,29 @@ def _eos_token_ids(model_dir: pathlib.Path, config) -> tuple[int, ...]:
         for token in eos if isinstance(eos, list) else [eos]:
             if token is not None and token not in ids:
                 ids.append(int(token))
+    token = _tokenizer_eos_id(model_dir)
+    if token is not None and token not in ids:
+        ids.append(token)
     return tuple(ids)
+
+
+def _tokenizer_eos_id(model_dir: pathlib.Path) -> int | None:
+    """The id of tokenizer_config.json's eos_token in tokenizer.json: an added token, or
+    an entry of the model's vocabulary (a dict, or a list of (piece, score) pairs)."""
+    config_path, path = model_dir / "tokenizer_config.json", model_dir / "tokenizer.json"
+    if not config_path.exists() or not path.exists():
+        return None
+    text = json.loads(config_path.read_text()).get("eos_token")
+    text = text.get("content") if isinstance(text, dict) else text
+    if not text:
+        return None
+    spec = json.loads(path.read_text())
+    for added in spec.get("added_tokens") or ():
+        if added.get("content") == text:
+            return int(added["id"])
+    vocab = (spec.get("model") or {}).get("vocab")
+    if isinstance(vocab, dict):
+        return vocab.get(text)
+    if isinstance(vocab, list):
+        return next((i for i, entry in enumerate(vocab) if entry and entry[0] == text), None)
+    return None

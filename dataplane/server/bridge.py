@@ -7,8 +7,9 @@ link calls from its reader thread (or the engine thread) once per batch of news 
 which hands each event loop its outputs with one wake-up.
 
 asyncio code awaits named operations (`load_adapter`, `try_place_adapter`, ...) and
-iterates `stream()`; leaving a stream early (cancel, disconnect, deadline) sends an
-abort at once. Everything else reads `snapshot`, the engine's state as the loop last
+iterates `stream()` (adding a request is one-way); leaving a stream early (cancel,
+disconnect, deadline) sends an abort at once, and `finish` ends a request the frontend
+found finished (a stop string). Everything else reads `snapshot`, the engine's state as the loop last
 reported it. A caller can never stop the loop. If the loop dies (a bug, or its process
 is killed), every stream ends with `EngineDead`, later calls fail at once, and
 `on_fatal` is called so the server can report NOT_SERVING and exit for its supervisor.
@@ -26,6 +27,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 from lorafleet.dataplane.engine.outputs import RequestOutput
+from lorafleet.dataplane.engine.request import FinishReason
 from lorafleet.dataplane.lora.host_cache import AdapterSource
 from lorafleet.dataplane.server.engine_messages import (
     AdapterInfo,
@@ -121,14 +123,19 @@ class EngineBridge:
     async def stream(self, request: NewRequest) -> AsyncIterator[RequestOutput]:
         """Adds a request and yields its outputs until it finishes.
 
-        A refused request (InvalidRequestError) raises here and leaves nothing behind.
-        Leaving the loop before the request finishes aborts it.
+        Adding is one-way: a request the engine refuses ends with one final output that
+        says why (FinishReason.ERROR, ErrorKind.INVALID_REQUEST). Leaving the loop before
+        the request finishes aborts it, unless `finish` ended it first.
         """
+        self._check_alive()
+        request_id = request.request_id
         outputs: asyncio.Queue = asyncio.Queue()
-        self._streams[request.request_id] = (asyncio.get_running_loop(), outputs)
+        self._streams[request_id] = (asyncio.get_running_loop(), outputs)
         finished = False
         try:
-            await self._call(Op.ADD, request)
+            if not self._try_send(Command(Op.ADD, request)):
+                raise EngineDead(f"the engine loop stopped: "
+                                 f"{self.failure or 'its process is gone'!r}")
             while not finished:
                 item = await outputs.get()
                 if isinstance(item, BaseException):
@@ -136,9 +143,19 @@ class EngineBridge:
                 finished = item.is_finished
                 yield item
         finally:
-            self._streams.pop(request.request_id, None)
-            if not finished and self.is_alive:
-                self._try_send(Command(Op.ABORT, request.request_id))
+            if self._streams.pop(request_id, None) is not None and not finished:
+                self._end(request_id, FinishReason.CANCELLED)
+
+    def finish(self, request_id: str, reason: FinishReason) -> None:
+        """Ends a request the frontend found finished (`reason` STOP: a stop string
+        matched) before the engine did: the engine frees it; its stream yields no more,
+        and the caller leaves it."""
+        if self._streams.pop(request_id, None) is not None:
+            self._end(request_id, reason)
+
+    def _end(self, request_id: str, reason: FinishReason) -> None:
+        if self.is_alive:
+            self._try_send(Command(Op.ABORT, (request_id, reason)))
 
     async def _call(self, op: Op, arg: Any) -> Any:
         """Sends a command and awaits its answer."""

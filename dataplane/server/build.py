@@ -26,6 +26,7 @@ from lorafleet.dataplane.adapters.confinement import UNCONFINED, SourcePolicy
 from lorafleet.dataplane.adapters.sources import SourceResolver
 from lorafleet.dataplane.engine.engine import Engine
 from lorafleet.dataplane.engine.prefix_cache import PREFIX_CACHE_SCOPES
+from lorafleet.dataplane.engine.prompt_rules import PromptLimits
 from lorafleet.dataplane.engine.scheduler import SchedulerConfig
 from lorafleet.dataplane.engine.snapshot import EngineSnapshot
 from lorafleet.dataplane.lora.device import DeviceAdapters
@@ -38,7 +39,7 @@ from lorafleet.dataplane.server.bridge import EngineBridge, EngineLink
 from lorafleet.dataplane.server.engine_loop import MetricEvents
 from lorafleet.dataplane.server.engine_messages import EngineFacts, MetricEvent
 from lorafleet.dataplane.server.flags import CPU_THREAD_WAITS, DEFAULTS, ENGINE_RUNS
-from lorafleet.dataplane.server.frontend import Frontend, PromptLimits
+from lorafleet.dataplane.server.frontend import Frontend
 from lorafleet.dataplane.server.identity import base_model_of
 from lorafleet.dataplane.server.metrics import WorkerMetrics
 from lorafleet.dataplane.server.quotas import QuotaConfig
@@ -160,7 +161,8 @@ def build_worker(config: WorkerConfig, *, tracer: trace.Tracer | None = None,
     metrics = WorkerMetrics(config.worker_id)  # counts loads as they happen, as before
     parts = build_engine(config, metrics)
     link = ThreadLink(parts.engine, parts.host, facts=parts.facts)
-    return _assemble(config, link, parts.engine.tokenizer, metrics, tracer, on_fatal)
+    return _assemble(config, link, Tokenizer.from_dir(config.model_dir), metrics, tracer,
+                     on_fatal)
 
 
 def build_process_worker(config: WorkerConfig, *, tracer: trace.Tracer | None = None,
@@ -203,7 +205,9 @@ def _assemble(config: WorkerConfig, link: EngineLink, tokenizer: Tokenizer,
                           on_fatal=on_fatal)
     metrics.observe(lambda: bridge.snapshot)
     facts = link.facts
-    frontend = Frontend(tokenizer, PromptLimits(facts.max_model_len, model_config.vocab_size))
+    frontend = Frontend(tokenizer, PromptLimits(
+        facts.max_model_len, model_config.vocab_size,
+        max_kv_tokens=facts.num_kv_blocks * config.block_size))
     options = WorkerOptions(config.worker_id, config.max_waiting, config.max_num_seqs,
                             quotas=config.quotas)
     base_model = base_model_of(

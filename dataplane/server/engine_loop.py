@@ -141,7 +141,7 @@ class EngineLoop:
         if op is Op.ADD:
             return self._add(arg)
         if op is Op.ABORT:
-            return self.engine.abort(arg)
+            return self.engine.abort(*arg)
         if op is Op.PLACE_ADAPTER:
             return self.engine.try_place_adapter(arg)
         if op is Op.EVICT_ADAPTER:

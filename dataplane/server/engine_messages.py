@@ -34,8 +34,8 @@ class EngineDead(RuntimeError):
 class Op(enum.Enum):
     """The named operations the engine loop runs between steps."""
 
-    ADD = "add"  # NewRequest -> None
-    ABORT = "abort"  # request id -> (no answer)
+    ADD = "add"  # NewRequest -> (no answer; a refusal is the request's final output)
+    ABORT = "abort"  # (request id, FinishReason) -> (no answer)
     PLACE_ADAPTER = "place_adapter"  # digest -> bool
     EVICT_ADAPTER = "evict_adapter"  # (digest, keep_host) -> True, once evicted
     LOAD_ADAPTER = "load_adapter"  # AdapterSource -> AdapterInfo (on a load thread)

@@ -11,6 +11,7 @@ snapshot the engine loop publishes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 import uuid
@@ -21,6 +22,7 @@ from opentelemetry import trace
 
 from lorafleet.dataplane.engine.outputs import ErrorKind, RequestOutput
 from lorafleet.dataplane.engine.params import SamplingParams
+from lorafleet.dataplane.engine.prompt_rules import InvalidRequestError
 from lorafleet.dataplane.engine.request import FinishReason
 from lorafleet.dataplane.engine.snapshot import EngineSnapshot
 from lorafleet.dataplane.lora.host_cache import AdapterSource
@@ -127,25 +129,33 @@ class Worker:
     async def generate(self, admitted: Admitted, token_ids: tuple[int, ...],
                        params: SamplingParams, *, cache_salt: str = "",
                        trace_parent: Any = None) -> AsyncIterator[RequestOutput]:
-        """Streams the engine's outputs for an admitted request, then unpins it; a request
-        the engine failed raises its error in place of its last output (engine_failure).
-        `cache_salt`: see GenerateRequest.cache_salt; `trace_parent`: the caller's trace
-        context, continued by the request's span."""
+        """Streams the engine's outputs for an admitted request, with their text (the
+        frontend's detokenizer), then unpins it; a request the engine failed or refused
+        raises its error in place of its last output (engine_failure). A stop string ends
+        the request here, and the engine is told to free it. `cache_salt`: see
+        GenerateRequest.cache_salt; `trace_parent`: the caller's trace context, continued
+        by the request's span."""
         entry = admitted.entry
         request = NewRequest(admitted.request_id, token_ids, params,
                              entry.digest if entry is not None else None, admitted.tenant,
                              cache_salt)
         last, clock = None, TokenClock()
+        detokenizer = self.frontend.detokenizer(token_ids, params)
         span = request_span(self.tracer, admitted.caller_id, entry, trace_parent)
         try:
-            async for output in self.bridge.stream(request):
-                last = output
-                clock.tick(output)
-                self.quotas.charge(admitted.tenant, len(output.new_token_ids))
-                failure = engine_failure(output, entry)
-                if failure is not None:
-                    raise failure
-                yield output
+            async with contextlib.aclosing(self.bridge.stream(request)) as stream:
+                async for engine_output in stream:
+                    output = last = detokenizer.process(engine_output)
+                    if output.is_finished and not engine_output.is_finished:
+                        self.bridge.finish(admitted.request_id, FinishReason.STOP)
+                    clock.tick(output)
+                    self.quotas.charge(admitted.tenant, len(output.new_token_ids))
+                    failure = engine_failure(output, entry)
+                    if failure is not None:
+                        raise failure
+                    yield output
+                    if output.is_finished:
+                        break
         finally:
             self.release(admitted)
             self._record(admitted, last, clock)
@@ -263,6 +273,8 @@ def engine_failure(output: RequestOutput, entry: VersionEntry | None) -> Excepti
     may retry a load failure elsewhere."""
     if output.finish_reason is not FinishReason.ERROR:
         return None
+    if output.error_kind is ErrorKind.INVALID_REQUEST:
+        return InvalidRequestError(output.error or "the engine refused the request")
     if output.error_kind is ErrorKind.ADAPTER_LOAD_FAILED:
         return AdapterLoadFailed(f"adapter {entry.label if entry else ''} "
                                  f"could not be loaded: {output.error}")

@@ -16,6 +16,7 @@ import pytest
 from lorafleet.dataplane.engine.params import SamplingParams
 from lorafleet.dataplane.lora.host_cache import AdapterSource
 from lorafleet.dataplane.server.build import WorkerConfig, build_worker
+from lorafleet.dataplane.server.detokenize import Detokenizer
 from lorafleet.dataplane.smollm import MODEL_NAME, demo_adapters, ensure_model
 from lorafleet.dataplane.up.showcase import QUESTION as SHOWCASE_QUESTION
 
@@ -48,16 +49,19 @@ def _answers(question: str) -> dict[str | None, str]:
         assert report.problems == () and report.base_model_name_or_path == MODEL_NAME, name
         worker.cache.add_source(AdapterSource(f"{name}@1", str(path), report.digest))
         digests[name] = report.digest
-    prompt = engine.tokenizer.encode_chat([{"role": "user", "content": question}])
+    tokenizer = worker.frontend.tokenizer
+    prompt = tokenizer.encode_chat([{"role": "user", "content": question}])
+    detokenizers = {}
     for name, digest in digests.items():
         engine.add_request(str(name), prompt, params=GREEDY, adapter=digest)
+        detokenizers[str(name)] = Detokenizer(tokenizer, tuple(prompt), ())
     texts = {str(name): "" for name in digests}
     deadline = time.monotonic() + 120
     while engine.has_unfinished() and time.monotonic() < deadline:
         outputs = engine.step()
         for out in outputs:
             assert out.error is None, out.error
-            texts[out.request_id] += out.text
+            texts[out.request_id] += detokenizers[out.request_id].process(out).text
         if not outputs:
             time.sleep(0.002)  # an adapter load is under way in the background
     worker.metrics.close()

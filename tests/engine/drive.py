@@ -7,10 +7,12 @@ import torch
 from lorafleet.dataplane.engine.engine import Engine
 from lorafleet.dataplane.engine.outputs import RequestOutput
 from lorafleet.dataplane.engine.params import SamplingParams
+from lorafleet.dataplane.engine.request import FinishReason
 from lorafleet.dataplane.engine.scheduler import SchedulerConfig
 from lorafleet.dataplane.model.config import ModelConfig
 from lorafleet.dataplane.runner.factory import DTYPES, create_engine
 from lorafleet.dataplane.runner.kv_cache import KVCacheBudget, bytes_per_block
+from lorafleet.dataplane.server.detokenize import Detokenizer
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0)
 
@@ -60,5 +62,22 @@ def tokens_of(outputs: list[RequestOutput]) -> list[int]:
 
 
 def text_of(outputs: list[RequestOutput]) -> str:
-    """All text a request produced."""
+    """All text of a request's outputs as the frontend's detokenizer gave them."""
     return "".join(out.text for out in outputs)
+
+
+def run_detokenized(engine: Engine, tokenizer, request_id: str, prompt: list[int],
+                    params: SamplingParams) -> list[RequestOutput]:
+    """Runs one request as the worker does: its outputs through the frontend's
+    detokenizer, the engine told to stop it when a stop string matched."""
+    detokenizer = Detokenizer(tokenizer, tuple(prompt), params.stop)
+    engine.add_request(request_id, prompt, params=params)
+    outputs: list[RequestOutput] = []
+    while engine.has_unfinished():
+        for out in engine.step():
+            if outputs and outputs[-1].is_finished:
+                continue  # the engine's own end of a request the frontend stopped
+            outputs.append(detokenizer.process(out))
+            if outputs[-1].is_finished and not out.is_finished:
+                engine.abort(request_id, FinishReason.STOP)
+    return outputs

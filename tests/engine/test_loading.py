@@ -7,8 +7,10 @@ import asyncio
 import pytest
 import torch
 
-from lorafleet.dataplane.engine.engine import InvalidRequestError
+from lorafleet.dataplane.engine.outputs import ErrorKind
 from lorafleet.dataplane.engine.params import SamplingParams
+from lorafleet.dataplane.engine.prompt_rules import InvalidRequestError
+from lorafleet.dataplane.engine.request import FinishReason
 from lorafleet.dataplane.model.config import ModelConfig
 from lorafleet.dataplane.runner.factory import create_engine
 from lorafleet.dataplane.runner.kv_cache import (
@@ -17,8 +19,9 @@ from lorafleet.dataplane.runner.kv_cache import (
     bytes_per_block,
     count_kv_blocks,
 )
-from lorafleet.dataplane.server.frontend import Frontend, PromptLimits
+from lorafleet.dataplane.server.frontend import Frontend
 from lorafleet.dataplane.server.requests import PromptInput
+from lorafleet.dataplane.tokenizer import Tokenizer
 from tests.engine.conftest import make_prompts
 from tests.engine.drive import GREEDY, make_engine, run_all, tokens_of
 
@@ -75,26 +78,42 @@ def test_kv_blocks_come_from_the_budget_minus_reserved_memory(checkpoints):
 
 
 def test_requests_that_cannot_be_served_are_refused_clearly(checkpoints):
+    """Adding is one-way: a refusal is the request's final output, with the reason."""
     engine = make_engine(checkpoints("llama-gqa"), num_blocks=8)
-    with pytest.raises(InvalidRequestError, match="outside"):
-        engine.add_request("a", [1, 999999])
-    with pytest.raises(InvalidRequestError, match="exceeds the KV cache"):
-        engine.add_request("b", [5] * 20, params=SamplingParams(max_tokens=40))
+    engine.add_request("a", [1, 999999])
+    engine.add_request("b", [5] * 20, params=SamplingParams(max_tokens=40))
     engine.add_request("d", [5])
-    with pytest.raises(InvalidRequestError, match="already in use"):
-        engine.add_request("d", [6])
+    engine.add_request("d", [6])
+    refused = [out for out in engine.step() if out.error_kind is ErrorKind.INVALID_REQUEST]
+    assert [(out.request_id, out.finish_reason) for out in refused] == [
+        ("a", FinishReason.ERROR), ("b", FinishReason.ERROR), ("d", FinishReason.ERROR)]
+    assert "outside" in refused[0].error and "exceeds the KV cache" in refused[1].error
+    assert "already in use" in refused[2].error
+    assert run_all(engine)["d"][-1].finish_reason is not FinishReason.ERROR  # the first d runs
+
+
+def test_the_frontend_refuses_by_the_same_rules_before_the_engine(checkpoints):
+    engine = make_engine(checkpoints("llama-gqa"), num_blocks=8)
+    frontend = Frontend(Tokenizer.from_dir(checkpoints("llama-gqa")), engine.limits)
+    with pytest.raises(InvalidRequestError, match="exceeds the KV cache"):
+        asyncio.run(frontend.token_ids(PromptInput(token_ids=(5,) * 20),
+                                       SamplingParams(max_tokens=13)))
+    with pytest.raises(InvalidRequestError, match="outside"):
+        asyncio.run(frontend.token_ids(PromptInput(token_ids=(1, 999999)), SamplingParams()))
+    frontend.close()
 
 
 def test_chat_and_text_prompts_are_tokenized_by_the_frontend(checkpoints):
     engine = make_engine(checkpoints("llama-tied"))
-    frontend = Frontend(engine.tokenizer, PromptLimits(engine.max_model_len, engine.vocab_size))
+    tokenizer = Tokenizer.from_dir(checkpoints("llama-tied"))
+    frontend = Frontend(tokenizer, engine.limits)
     params = SamplingParams(max_tokens=4, ignore_eos=True)
     chat = ({"role": "user", "content": "Hello world!"},)
     chat_ids = asyncio.run(frontend.token_ids(PromptInput(messages=chat), params))
     text_ids = asyncio.run(frontend.token_ids(PromptInput(text="The quick brown fox"), params))
     frontend.close()
-    assert chat_ids == tuple(engine.tokenizer.encode_chat(list(chat)))
-    assert text_ids == tuple(engine.tokenizer.encode("The quick brown fox"))
+    assert chat_ids == tuple(tokenizer.encode_chat(list(chat)))
+    assert text_ids == tuple(tokenizer.encode("The quick brown fox"))
     engine.add_request("chat", chat_ids, params=params)
     engine.add_request("text", text_ids, params=params)
     outputs = run_all(engine)

@@ -7,8 +7,16 @@ import torch
 
 from lorafleet.dataplane.engine.params import InvalidParamsError, SamplingParams
 from lorafleet.dataplane.engine.request import FinishReason
+from lorafleet.dataplane.tokenizer import Tokenizer
 from tests.engine.conftest import make_prompts
-from tests.engine.drive import GREEDY, make_engine, run_all, text_of, tokens_of
+from tests.engine.drive import (
+    GREEDY,
+    make_engine,
+    run_all,
+    run_detokenized,
+    text_of,
+    tokens_of,
+)
 
 SEEDED = SamplingParams(max_tokens=16, temperature=0.9, top_k=40, top_p=0.9, seed=1234,
                         ignore_eos=True)
@@ -40,20 +48,26 @@ def test_seeded_sampling_is_reproducible_and_independent_of_the_batch(llama):
 
 
 def test_stop_string_cuts_the_text_exactly(llama):
+    """The frontend's detokenizer ends the request at the token that completed the stop
+    string: text, tokens and usage stop there, and the engine frees the request."""
     prompt = make_prompts((6,))[0]
+    tokenizer = Tokenizer.from_dir(llama)
     free = make_engine(llama)
-    free.add_request("r", prompt, params=SamplingParams(max_tokens=24, temperature=0.0,
-                                                        ignore_eos=True))
-    full = text_of(run_all(free)["r"])
+    params = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
+    free_outputs = run_detokenized(free, tokenizer, "r", prompt, params)
+    full, free_tokens = text_of(free_outputs), tokens_of(free_outputs)
     stop = full[len(full) // 2 : len(full) // 2 + 3]
     assert stop.strip(), "the test needs visible text in the middle"
     cut = make_engine(llama)
-    cut.add_request("r", prompt, params=SamplingParams(max_tokens=24, temperature=0.0,
-                                                       ignore_eos=True, stop=[stop]))
-    outputs = run_all(cut)["r"]
+    outputs = run_detokenized(cut, tokenizer, "r", prompt,
+                              SamplingParams(**{**vars(params), "stop": (stop,)}))
     assert text_of(outputs) == full[: full.index(stop)]
     assert outputs[-1].finish_reason is FinishReason.STOP
     assert outputs[-1].stop_string == stop
+    tokens = tokens_of(outputs)
+    assert tokens == free_tokens[: len(tokens)] and len(tokens) < len(free_tokens)
+    assert outputs[-1].usage.num_output_tokens == len(tokens)
+    assert cut.allocator.num_used_blocks == 0 and not cut.has_unfinished()
 
 
 def test_abort_mid_generation_returns_every_block(llama):

@@ -1,10 +1,13 @@
-"""Incremental detokenization, stop strings and chat templates."""
+"""The frontend's text: incremental detokenization, stop strings, chat templates."""
 
 from __future__ import annotations
 
 import pytest
 
-from lorafleet.dataplane.engine.text import OutputText
+from lorafleet.dataplane.engine.outputs import RequestOutput, TokenLogprob, Usage
+from lorafleet.dataplane.engine.request import FinishReason, RequestTimings
+from lorafleet.dataplane.server.detokenize import Detokenizer
+from lorafleet.dataplane.server.text import OutputText
 from lorafleet.dataplane.tokenizer import ChatTemplateError, Tokenizer
 
 
@@ -42,6 +45,33 @@ def test_held_back_prefix_is_released_when_it_stops_matching_or_at_the_end():
     deltas, matched = _stream("a wo", stop=("world",))
     assert matched is None
     assert deltas[:-1] == ["a", " ", "", ""] and deltas[-1] == "wo"
+
+
+def _engine_output(token_ids, num_output_tokens, reason=None):
+    return RequestOutput(
+        request_id="r", new_token_ids=tuple(token_ids), finish_reason=reason,
+        logprobs=tuple(TokenLogprob(t, -1.0) for t in token_ids),
+        usage=Usage(3, num_output_tokens), timings=RequestTimings(arrival=0.0))
+
+
+def test_detokenizer_ends_the_request_at_the_token_that_completed_the_stop_string():
+    detokenizer = Detokenizer(CharDecoder(), (1, 2, 3), ("cd",))
+    first = detokenizer.process(_engine_output([ord("a")], 1))
+    assert (first.text, first.finish_reason, detokenizer.is_stopped) == ("a", None, False)
+    # The engine reports more tokens than the stop string needed (and would go on).
+    last = detokenizer.process(_engine_output([ord(c) for c in "bcde"], 5))
+    assert last.text == "b" and last.stop_string == "cd"
+    assert last.finish_reason is FinishReason.STOP and detokenizer.is_stopped
+    assert last.new_token_ids == (ord("b"), ord("c"), ord("d"))
+    assert len(last.logprobs) == 3 and last.usage.num_output_tokens == 4
+
+
+def test_detokenizer_releases_held_back_text_when_the_engine_finishes():
+    detokenizer = Detokenizer(CharDecoder(), (), ("xyz",))
+    assert detokenizer.process(_engine_output([ord("x")], 1)).text == ""
+    last = detokenizer.process(_engine_output([ord("y")], 2, FinishReason.LENGTH))
+    assert last.text == "xy" and last.finish_reason is FinishReason.LENGTH
+    assert last.stop_string is None and last.usage.num_output_tokens == 2
 
 
 @pytest.fixture(scope="module")

@@ -112,3 +112,26 @@ def test_text_prompt_stop_string_and_logprobs(served):
     logprobs = [lp for d in deltas for lp in d.logprobs]
     assert len(logprobs) == sum(len(d.token_ids) for d in deltas)
     assert all(len(lp.top) == 2 and lp.logprob <= 0 for lp in logprobs)
+
+
+def test_stop_string_ends_the_stream_with_the_tokens_and_usage_up_to_it(served):
+    """The frontend matches stop strings; the summary counts the tokens up to the one
+    that completed the stop string, exactly the tokens streamed."""
+    def run(stop):
+        request = pb.GenerateRequest(text="Hello world", sampling=pb.SamplingParams(
+            max_tokens=16, temperature=0, ignore_eos=True, stop=stop))
+        messages = list(served.inference.Generate(request, timeout=30))
+        deltas = [m.delta for m in messages if m.HasField("delta")]
+        return ("".join(d.text for d in deltas), [t for d in deltas for t in d.token_ids],
+                messages[-1].summary)
+
+    full, full_tokens, _ = run([])
+    # Two plain characters past the start, at their first occurrence.
+    stop = next(full[i:i + 2] for i in range(1, len(full) - 1)
+                if full[i:i + 2].isascii() and full[i:i + 2].isprintable()
+                and full.index(full[i:i + 2]) == i)
+    text, tokens, summary = run([stop])
+    assert text == full[:full.index(stop)] and summary.matched_stop == stop
+    assert summary.finish_reason == pb.FINISH_REASON_STOP
+    assert tokens == full_tokens[:len(tokens)] and len(tokens) < len(full_tokens)
+    assert summary.usage.completion_tokens == len(tokens)
