@@ -21,7 +21,7 @@ from lorafleet.auth.startup import INSECURE_WARNING
 from lorafleet.auth.stores import ChainKeyStore, read_key_file
 from lorafleet.control.v1 import access_service_pb2
 from lorafleet.control.v1 import access_service_pb2_grpc as access_grpc
-from lorafleet.controlplane.keys import AccessServicer, EtcdKeyStore, WorkerBindings
+from lorafleet.controlplane.api_access import AccessServicer, EtcdKeyStore, WorkerBindings
 from lorafleet.controlplane.store import EtcdStore
 from lorafleet.startup import StartupError
 

@@ -4,6 +4,10 @@ Each worker's record lives under its own lease. A heartbeat renews the lease (or
 a new one when it expired) and rewrites the record; a worker that stops heartbeating
 vanishes from etcd when its lease runs out, which is how the reconciler learns it died.
 A drain mark is a separate key on the same lease, so it ends with the worker.
+
+"Draining" here is always the operator's DrainWorker (control.v1 `is_draining`): placement
+moves the worker's adapters elsewhere while it keeps serving. A worker shutting down is
+another thing, which it reports itself (worker.v1 GetWorkerStatusResponse.is_draining).
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ class FleetRegistry:
         return max(1, self.lease_ttl_seconds // 3)
 
     async def heartbeat(self, worker: fleet_pb.Worker) -> bool:
-        """Registers or renews `worker`; returns whether it is being drained."""
+        """Registers or renews `worker`; returns whether an operator drains it."""
         _check_worker(worker)
         record = fleet_pb.Worker()
         record.CopyFrom(worker)

@@ -11,7 +11,7 @@ a root, `/lorafleet/` by default; docs/controlplane.md has the full table):
     drains/<worker_id>                               empty, attached to the worker's lease
     placement/<tenant>/<name>/<version:010d>         VersionPlacement (desired + failures)
     leader                                           id of the reconciling replica (lease)
-    keys/<key id>                                    API key record, JSON (controlplane/keys.py)
+    keys/<key id>                                    API key record, JSON (api_access.py)
     worker-keys/<worker_id>                          id of the key the worker id is bound to
     audit/<unix ns:020d>-<random>                    AuditEntry (controlplane/audit.py)
 

@@ -2,7 +2,7 @@
 the one interceptor every lorafleet server runs (docs/security.md).
 
 Imports grpc, the stubs and argon2 only: no torch, no etcd (the control plane keeps its
-etcd key store in lorafleet.controlplane.keys)."""
+etcd key store in lorafleet.controlplane.api_access)."""
 
 from lorafleet.auth.interceptor import (
     TENANT_HEADER,

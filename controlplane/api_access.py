@@ -1,5 +1,6 @@
-"""API keys in etcd, AccessService (keys and the audit trail), and the binding of a worker
-id to the key that first registered it.
+"""AccessService (API keys and the audit trail), the API keys it keeps in etcd, and the
+binding of a worker id to the key that first registered it. (controlplane/access.py wires
+them into a replica: who may call it, and how it calls workers.)
 
 Records live at `keys/<key id>` under the root as the JSON line of lorafleet.auth's
 KeyRecord (an argon2id hash, never the key). Each replica keeps them in memory, re-read
