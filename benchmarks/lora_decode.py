@@ -27,7 +27,7 @@ from benchmarks.results import append_rows
 from benchmarks.serving.checkpoint import SHAPES, write_adapters, write_model
 from lorafleet.dataplane.engine.params import SamplingParams
 from lorafleet.dataplane.lora.host_cache import AdapterSource
-from lorafleet.dataplane.server.build import WorkerConfig, build_worker
+from lorafleet.dataplane.server.build import WorkerConfig, build_engine
 
 TARGET_RATIO = 0.8
 RANK = 16
@@ -37,16 +37,16 @@ def _engine(model_dir, adapter_dirs, num_seqs):
     config = WorkerConfig(model_dir, device="cpu", dtype="float32", kv_cache_bytes=512 << 20,
                           max_loras=num_seqs, max_lora_rank=RANK, max_cpu_loras=num_seqs,
                           max_num_seqs=num_seqs, worker_id="bench")
-    worker, _ = build_worker(config)
+    parts = build_engine(config)
     digests, sizes = [], []
     for index, path in enumerate(adapter_dirs):
-        loaded = worker.adapters.load(str(path))
-        worker.cache.put(AdapterSource(f"bench/a{index}@1", str(path), loaded.digest), loaded)
-        if not worker.bridge.engine.try_place_adapter(loaded.digest):
+        loaded = parts.files.load(str(path))
+        parts.host.put(AdapterSource(f"bench/a{index}@1", str(path), loaded.digest), loaded)
+        if not parts.engine.try_place_adapter(loaded.digest):
             raise RuntimeError(f"adapter {index} found no device slot")
         digests.append(loaded.digest)
         sizes.append(loaded.size_bytes)
-    return worker, digests, sum(sizes)
+    return parts, digests, sum(sizes)
 
 
 def generate(engine, adapters, *, prompt_len: int, num_tokens: int) -> tuple[float, float]:
@@ -68,10 +68,9 @@ def generate(engine, adapters, *, prompt_len: int, num_tokens: int) -> tuple[flo
     return counted / (ended - started), len(adapters) * num_tokens / (ended - begun)
 
 
-def decode_tokens_per_second(worker, adapters, *, prompt_len: int, num_tokens: int) -> float:
-    """Decode tokens/s of `worker.bridge.engine` (benchmarks/gpu_check/decode.py uses it)."""
-    return generate(worker.bridge.engine, adapters, prompt_len=prompt_len,
-                    num_tokens=num_tokens)[0]
+def decode_tokens_per_second(engine, adapters, *, prompt_len: int, num_tokens: int) -> float:
+    """Decode tokens/s of `engine` (benchmarks/gpu_check/decode.py uses it)."""
+    return generate(engine, adapters, prompt_len=prompt_len, num_tokens=num_tokens)[0]
 
 
 def _on_thread(fn):
@@ -139,8 +138,8 @@ def run(shape_name: str, counts: list[int], num_seqs: int, prompt_len: int, num_
         model_dir = write_model(root / "model", shape)
         num_adapters = min(max(counts), num_seqs)
         adapter_dirs = write_adapters(root / "adapters", model_dir, [RANK] * num_adapters)
-        worker, digests, adapter_bytes = _engine(model_dir, adapter_dirs, num_seqs)
-        engine = worker.bridge.engine
+        parts, digests, adapter_bytes = _engine(model_dir, adapter_dirs, num_seqs)
+        engine = parts.engine
         cases = {k: [digests[i % k] if k else None for i in range(num_seqs)] for k in counts}
         for adapters in cases.values():  # warm-up
             _on_thread(lambda a=adapters: generate(engine, a, prompt_len=8, num_tokens=4))
@@ -151,7 +150,7 @@ def run(shape_name: str, counts: list[int], num_seqs: int, prompt_len: int, num_
                 rates[k].append(_on_thread(lambda a=adapters: generate(
                     engine, a, prompt_len=prompt_len, num_tokens=num_tokens)))
         base_bytes = engine.runner.model.weights.num_bytes()
-        worker.metrics.close()
+        parts.close()
         machine = _on_thread(lambda: machine_rates(shape.hidden, shape.intermediate, num_seqs))
     rows = []
     for k, pairs in rates.items():

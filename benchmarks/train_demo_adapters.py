@@ -153,21 +153,21 @@ def save_adapter(model, out_dir: pathlib.Path) -> pathlib.Path:
 
 def check_adapters(model_dir: pathlib.Path, adapters: dict[str, pathlib.Path],
                    max_tokens: int = ANSWER_TOKENS) -> dict[str, dict[str, str]]:
-    """Held-out answers per adapter (None: the base model), through lorafleet's worker."""
+    """Held-out answers per adapter (None: the base model), through lorafleet's engine."""
     from lorafleet.dataplane.lora.host_cache import AdapterSource
-    from lorafleet.dataplane.server.build import WorkerConfig, build_worker
+    from lorafleet.dataplane.server.build import WorkerConfig, build_engine
 
     # Adapter slots (one per adapter, rank 32 at most) come out of the KV budget first.
-    worker, _ = build_worker(WorkerConfig(model_dir, device="cpu", dtype="float32",
-                                          max_loras=len(adapters), max_lora_rank=32,
-                                          kv_cache_bytes=384 << 20, worker_id="train"))
-    engine, digests = worker.bridge.engine, {None: None}
+    parts = build_engine(WorkerConfig(model_dir, device="cpu", dtype="float32",
+                                      max_loras=len(adapters), max_lora_rank=32,
+                                      kv_cache_bytes=384 << 20, worker_id="train"))
+    engine, digests = parts.engine, {None: None}
     for name, path in adapters.items():
-        digests[name] = worker.adapters.validate(str(path)).digest
-        worker.cache.add_source(AdapterSource(f"demo/{name}@1", str(path), digests[name]))
+        digests[name] = parts.files.validate(str(path)).digest
+        parts.host.add_source(AdapterSource(f"demo/{name}@1", str(path), digests[name]))
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
     answers = {name: dict.fromkeys(HELD_OUT, "") for name in digests}
-    tokenizer, detokenizers = worker.frontend.tokenizer, {}
+    tokenizer, detokenizers = Tokenizer.from_dir(model_dir), {}
     for name, digest in digests.items():
         for question in HELD_OUT:
             prompt = tokenizer.encode_chat([{"role": "user", "content": question}])
@@ -179,7 +179,7 @@ def check_adapters(model_dir: pathlib.Path, adapters: dict[str, pathlib.Path],
             text = detokenizers[out.request_id].process(out).text
             answers[None if name == "None" else name][question] += text
         time.sleep(0.001)  # lets a background adapter load finish
-    worker.metrics.close()
+    parts.close()
     return answers
 
 

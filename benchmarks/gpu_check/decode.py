@@ -1,6 +1,6 @@
 """Part 5: end-to-end decode with 0/1/8/32 distinct adapters on a Llama-8B-shaped model.
 
-32 sequences decode together through the worker's engine, wired as `build_worker` wires
+32 sequences decode together through the worker's engine, wired as `build_engine` wires
 it (adapter files loaded into pinned host memory on CUDA, copied into device slots, the
 engine's own steps) without the server around it, whose gRPC and telemetry packages the
 GPU machine may lack; the cases differ only in how
@@ -106,8 +106,8 @@ def _fitted_shape(plan: dict, device: torch.device, num_seqs: int, element_size:
 
 
 def _build(model_dir, adapter_dirs, device: torch.device, plan: dict):
-    """The engine on `device` with random weights, every adapter loaded and placed, behind
-    the `worker.bridge.engine` attribute path that `decode_tokens_per_second` reads.
+    """The engine on `device` with random weights, every adapter loaded and placed, with
+    its host tier and how many adapters sit in pinned memory.
 
     A KV budget in bytes also pays for the adapter slots (factory.py), so the budget is
     the plan's KV bytes plus the slots' bytes.
@@ -132,8 +132,7 @@ def _build(model_dir, adapter_dirs, device: torch.device, plan: dict):
         if not engine.try_place_adapter(loaded.digest):
             raise RuntimeError(f"adapter {index} found no device slot")
         digests.append(loaded.digest)
-    holder = types.SimpleNamespace(bridge=types.SimpleNamespace(engine=engine), host=host,
-                                   num_pinned=num_pinned)
+    holder = types.SimpleNamespace(engine=engine, host=host, num_pinned=num_pinned)
     return holder, digests
 
 
@@ -143,14 +142,14 @@ def _measure(holder, digests, plan: dict, clock, num_seqs: int) -> list[dict]:
              for n in plan["distinct"]}
     for adapters in cases.values() if plan["is_warmed_up"] else ():
         # Compiles the kernels and fills the allocator's caches before anything is timed.
-        decode_tokens_per_second(holder, adapters, prompt_len=16, num_tokens=4)
+        decode_tokens_per_second(holder.engine, adapters, prompt_len=16, num_tokens=4)
     best: dict[int, float] = {}
     for round_index in range(plan["rounds"]):
         for num_distinct, adapters in cases.items():
             if not clock.can_start(15.0):
                 clock.skip(f"round {round_index + 1}, {num_distinct} distinct")
                 continue
-            rate = decode_tokens_per_second(holder, adapters, prompt_len=16,
+            rate = decode_tokens_per_second(holder.engine, adapters, prompt_len=16,
                                             num_tokens=plan["tokens"])
             best[num_distinct] = max(rate, best.get(num_distinct, 0.0))
     return [{"distinct": n, "tokens_per_s": round(rate, 1)} for n, rate in sorted(best.items())]

@@ -31,7 +31,7 @@ from lorafleet.dataplane.demo import write_adapter
 from lorafleet.dataplane.engine.params import SamplingParams
 from lorafleet.dataplane.lora.host_cache import AdapterSource
 from lorafleet.dataplane.runner.graphs import attach_decode_graphs
-from lorafleet.dataplane.server.build import WorkerConfig, build_worker
+from lorafleet.dataplane.server.build import EngineParts, WorkerConfig, build_engine
 from tests.engine.conftest import _generate, make_prompts
 from tests.support.tiny_models import make_checkpoint
 
@@ -53,22 +53,22 @@ def run(device: torch.device, clock, *, is_dry_run: bool) -> dict:
         reference_model = transformers.AutoModelForCausalLM.from_pretrained(
             model_dir, dtype=torch.float32)
         reference = [_generate(reference_model, p) for p in prompts]
-        worker, graphs = _worker(model_dir, device, {})
-        rows.append(_buckets(worker, graphs, prompts, reference))
-        worker.metrics.close()
+        built, graphs = _build(model_dir, device, {})
+        rows.append(_buckets(built, graphs, prompts, reference))
+        built.parts.close()
         if clock.can_start(30.0):
             adapters = {f"gpu-check/a{i}": write_adapter(
                 root / f"a{i}", model_dir, rank=8, alpha=16, target_modules="all-linear",
                 seed=i) for i in range(NUM_ADAPTERS)}
-            worker, graphs = _worker(model_dir, device, adapters)
-            rows.append(_adapters(worker, graphs, adapters, 10 if is_dry_run else 24))
+            built, graphs = _build(model_dir, device, adapters)
+            rows.append(_adapters(built, graphs, adapters, 10 if is_dry_run else 24))
             if is_dry_run:  # eager replay against eager on a CPU times nothing of interest
                 notes.append("speed: not measured in the dry run")
             elif clock.can_start(15.0):
-                rows.extend(_speed(worker, graphs, adapters))
+                rows.extend(_speed(built, graphs, adapters))
             else:
                 clock.skip("speed")
-            worker.metrics.close()
+            built.parts.close()
         else:
             clock.skip("adapters and speed")
     checks = [row for row in rows if "is_match" in row]
@@ -79,37 +79,50 @@ def run(device: torch.device, clock, *, is_dry_run: bool) -> dict:
     return {"status": "failed" if is_failed else outcome(clock), "rows": rows, "notes": notes}
 
 
-def _worker(model_dir, device: torch.device, adapters: dict):
+@dataclasses.dataclass(frozen=True)
+class _Built:
+    """A worker's engine as the public builder makes it, and its adapters' digests."""
+
+    parts: EngineParts
+    digests: dict
+
+    @property
+    def engine(self):
+        """The engine, stepped here."""
+        return self.parts.engine
+
+
+def _build(model_dir, device: torch.device, adapters: dict):
     """A worker's engine on `device` (graphs attached by the factory on CUDA; attached
     for eager replay elsewhere), every adapter registered at its source."""
     config = WorkerConfig(model_dir, device=device.type, dtype="float32",
                           kv_cache_bytes=64 << 20, block_size=4, max_num_seqs=MAX_NUM_SEQS,
                           max_loras=NUM_SLOTS, max_lora_rank=8, max_cpu_loras=NUM_ADAPTERS,
                           worker_id="gpu-check", prefix_cache_scope=None)
-    worker, _ = build_worker(config)
-    engine = worker.bridge.engine
+    parts = build_engine(config)
+    engine = parts.engine
     graphs = engine.runner.graphs
     if graphs is None:  # not CUDA: the same buffers, replayed eagerly
         graphs = attach_decode_graphs(
             engine.runner, scratch_block=engine.allocator.try_allocate(1)[0],
             block_size=engine.allocator.block_size, max_num_seqs=MAX_NUM_SEQS,
             max_context=256, use_graphs=False)
-    worker.digests = {None: None}  # adapter name -> digest, for the requests
+    digests = {None: None}  # adapter name -> digest, for the requests
     for name, path in adapters.items():
-        digest = worker.adapters.validate(str(path)).digest
-        worker.cache.add_source(AdapterSource(f"{name}@1", str(path), digest))
-        worker.digests[name] = digest
-    return worker, graphs
+        digest = parts.files.validate(str(path)).digest
+        parts.host.add_source(AdapterSource(f"{name}@1", str(path), digest))
+        digests[name] = digest
+    return _Built(parts, digests), graphs
 
 
-def _digest(worker, name: str | None) -> str | None:
-    return worker.digests[name]
+def _digest(built, name: str | None) -> str | None:
+    return built.digests[name]
 
 
-def _generate_all(worker, requests, *, ignore_eos: bool = True) -> dict[str, list[int]]:
+def _generate_all(built, requests, *, ignore_eos: bool = True) -> dict[str, list[int]]:
     """(request_id, adapter digest or None, prompt, max_tokens), all at once, to the end
     (at EOS too unless `ignore_eos`, as transformers' reference stops)."""
-    engine = worker.bridge.engine
+    engine = built.engine
     for request_id, digest, prompt, max_tokens in requests:
         engine.add_request(request_id, prompt, adapter=digest, params=dataclasses.replace(
             GREEDY, max_tokens=max_tokens, ignore_eos=ignore_eos))
@@ -124,9 +137,9 @@ def _generate_all(worker, requests, *, ignore_eos: bool = True) -> dict[str, lis
     return tokens
 
 
-def _buckets(worker, graphs, prompts, reference) -> dict:
+def _buckets(built, graphs, prompts, reference) -> dict:
     lengths = [GREEDY.max_tokens - i for i in range(len(prompts))]
-    tokens = _generate_all(worker, [(f"r{i}", None, p, lengths[i])
+    tokens = _generate_all(built, [(f"r{i}", None, p, lengths[i])
                                     for i, p in enumerate(prompts)], ignore_eos=False)
     diverged = [i for i, p in enumerate(prompts) if tokens[f"r{i}"] != reference[i][:lengths[i]]]
     return {"check": "buckets vs transformers", "is_match": not diverged,
@@ -135,16 +148,16 @@ def _buckets(worker, graphs, prompts, reference) -> dict:
                         for (b, lora), n in sorted(graphs.replays.items())}}
 
 
-def _adapters(worker, graphs, adapters, num_requests: int) -> dict:
+def _adapters(built, graphs, adapters, num_requests: int) -> dict:
     names = [*adapters, None]
-    requests = [(f"a{i}", _digest(worker, names[i % len(names)]),
+    requests = [(f"a{i}", _digest(built, names[i % len(names)]),
                  [10 + (i * 31 + j * 7) % 300 for j in range(3 + i % 11)], 10)
                 for i in range(num_requests)]
-    runner = worker.bridge.engine.runner
-    with_graphs = _generate_all(worker, requests)
+    runner = built.engine.runner
+    with_graphs = _generate_all(built, requests)
     runner.graphs = None
     try:
-        eager = _generate_all(worker, [(f"e{r[0]}", *r[1:]) for r in requests])
+        eager = _generate_all(built, [(f"e{r[0]}", *r[1:]) for r in requests])
     finally:
         runner.graphs = graphs
     diverged = [r[0] for r in requests if with_graphs[r[0]] != eager[f"e{r[0]}"]]
@@ -153,17 +166,17 @@ def _adapters(worker, graphs, adapters, num_requests: int) -> dict:
             "lora_replays": sum(n for (_, lora), n in graphs.replays.items() if lora)}
 
 
-def _speed(worker, graphs, adapters) -> list[dict]:
+def _speed(built, graphs, adapters) -> list[dict]:
     """Milliseconds per decode step of MAX_NUM_SEQS sequences, replayed and eager."""
-    runner, rows = worker.bridge.engine.runner, []
+    runner, rows = built.engine.runner, []
     for label, names in (("base", [None]), ("adapters", list(adapters)[:NUM_SLOTS])):
-        requests = [(f"{label}{i}", _digest(worker, names[i % len(names)]), [11 + i] * 8, 24)
+        requests = [(f"{label}{i}", _digest(built, names[i % len(names)]), [11 + i] * 8, 24)
                     for i in range(MAX_NUM_SEQS)]
         row = {"case": f"{MAX_NUM_SEQS} decodes, {label}"}
         for mode in ("graphs", "eager"):
             runner.graphs = graphs if mode == "graphs" else None
             try:
-                row[f"{mode}_step_ms"] = _step_ms(worker, [(f"{mode}-{r[0]}", *r[1:])
+                row[f"{mode}_step_ms"] = _step_ms(built, [(f"{mode}-{r[0]}", *r[1:])
                                                             for r in requests])
             finally:
                 runner.graphs = graphs
@@ -172,9 +185,9 @@ def _speed(worker, graphs, adapters) -> list[dict]:
     return rows
 
 
-def _step_ms(worker, requests) -> float:
+def _step_ms(built, requests) -> float:
     """Median milliseconds of the decode steps (every request past its prompt)."""
-    engine = worker.bridge.engine
+    engine = built.engine
     for request_id, digest, prompt, max_tokens in requests:
         engine.add_request(request_id, prompt, adapter=digest,
                            params=dataclasses.replace(GREEDY, max_tokens=max_tokens))

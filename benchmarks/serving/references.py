@@ -4,7 +4,6 @@ vLLM runs in its own interpreter, compared by benchmarks/vllm_compare.py."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import pathlib
 import threading
@@ -14,31 +13,29 @@ from benchmarks.serving.workload import RequestSpec
 
 
 class EngineReference:
-    """The worker's engine, built exactly as `lorafleet serve` builds it (same options),
-    stepped in this process with no gRPC, no frontend and no engine thread; on the CPU in
-    float32 unless `device` and `dtype` say otherwise."""
+    """The worker's engine, built by the public builder `lorafleet serve`'s engine process
+    uses (same options), stepped in this process with no gRPC, no frontend and no engine
+    thread; on the CPU in float32 unless `device` and `dtype` say otherwise."""
 
     def __init__(self, model_dir: pathlib.Path, adapters: dict[str, pathlib.Path], *,
                  device: str = "cpu", dtype: str = "float32", **options):
-        from lorafleet.dataplane.server.build import WorkerConfig, build_worker
+        from lorafleet.dataplane.server.build import WorkerConfig, build_engine
 
         config = WorkerConfig(model_dir, device=device, dtype=dtype, worker_id="reference",
                               **options)
-        self._worker, _ = build_worker(config)
-        self._digests = asyncio.run(self._load(adapters))
+        self._parts = build_engine(config)
+        self.engine = self._parts.engine
+        self._digests = {name: self._load(name, path) for name, path in adapters.items()}
         self._ids = itertools.count()
 
-    async def _load(self, adapters: dict[str, pathlib.Path]) -> dict[str, str]:
-        """Loads the adapters as `lorafleet serve --adapter` does (through the engine
-        thread), then stops that thread: from then on this object steps the engine."""
-        bridge = self._worker.bridge
-        bridge.start()
-        try:
-            return {name: (await self._worker.load_adapter(name, 0, str(path),
-                                                           make_default=True)).digest
-                    for name, path in adapters.items()}
-        finally:
-            await asyncio.to_thread(bridge.stop)
+    def _load(self, name: str, path: pathlib.Path) -> str:
+        """Loads an adapter as `lorafleet serve --adapter` does: into the host tier, then
+        a device slot when one is free; its digest."""
+        from lorafleet.dataplane.lora.host_cache import AdapterSource
+
+        loaded = self._parts.host.load(AdapterSource(f"{name}@1", str(path), ""))
+        self.engine.try_place_adapter(loaded.digest)
+        return loaded.digest
 
     def run(self, requests: list[RequestSpec], concurrency: int) -> float:
         """Output tokens/s with `concurrency` requests in flight (a new one added as soon
@@ -49,7 +46,7 @@ class EngineReference:
     def _run(self, requests: list[RequestSpec], concurrency: int) -> float:
         from lorafleet.dataplane.engine.params import SamplingParams
 
-        engine = self._worker.bridge.engine
+        engine = self.engine
         pending = iter(requests)
 
         def add_next() -> None:
@@ -78,7 +75,7 @@ class EngineReference:
     def _ttft(self, spec: RequestSpec) -> float:
         from lorafleet.dataplane.engine.params import SamplingParams
 
-        engine = self._worker.bridge.engine
+        engine = self.engine
         params = SamplingParams(max_tokens=spec.max_tokens, temperature=0.0, ignore_eos=True)
         started, first = time.perf_counter(), None
         engine.add_request(f"ref-{next(self._ids)}", spec.prompt, params=params,
@@ -90,10 +87,8 @@ class EngineReference:
         return first
 
     def close(self) -> None:
-        """Frees the worker's metrics and load threads."""
-        self._worker.metrics.close()
-        self._worker.cache.close()
-        self._worker.frontend.close()
+        """Frees the host tier's load threads."""
+        self._parts.close()
 
 
 class PeftReference:

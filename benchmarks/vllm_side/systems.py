@@ -33,7 +33,7 @@ class TokenEngine(EngineReference):
     def _tokens(self, requests: list[RequestSpec]) -> list[list[int]]:
         from lorafleet.dataplane.engine.params import SamplingParams
 
-        engine = self._worker.bridge.engine
+        engine = self.engine
         outputs: dict[str, list[int]] = {}
         for index, spec in enumerate(requests):
             params = SamplingParams(max_tokens=spec.max_tokens, temperature=0.0, ignore_eos=True)

@@ -91,8 +91,6 @@ class RunningWorker:
             await self.admin_server.stop(grace_seconds)
         await asyncio.to_thread(self.worker.bridge.stop)
         self.worker.metrics.close()
-        if self.worker.cache is not None:  # the engine ran on a thread here
-            self.worker.cache.close()
         self.worker.frontend.close()
         if self.tracer_provider is not None:
             self.tracer_provider.shutdown()  # flushes the spans not yet exported

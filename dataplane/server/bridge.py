@@ -82,17 +82,6 @@ class EngineBridge:
         """False once the loop has died (it is never restarted)."""
         return self.failure is None
 
-    @property
-    def engine(self) -> Any:
-        """The engine itself when it runs on a thread in this process (tests and
-        benchmarks step it directly); None when it runs in its own process."""
-        return getattr(self.link, "engine", None)
-
-    @property
-    def host(self) -> Any:
-        """The host tier when the engine runs in this process; None otherwise."""
-        return getattr(self.link, "host", None)
-
     def start(self) -> None:
         """Starts taking the loop's news (the loop itself may already run)."""
         self.link.start(self._on_news, self._on_exit)

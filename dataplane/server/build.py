@@ -108,12 +108,19 @@ class WorkerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EngineParts:
-    """The engine and what its owner holds beside it: the host tier of adapters and the
-    device slots."""
+    """The engine and what its owner holds beside it: the host tier of adapters, the
+    device slots and the adapter rules its loads follow (`files.validate` gives a
+    source's digest). What the engine loop runs; a test or benchmark that steps an engine
+    itself builds these too."""
 
     engine: Engine
     host: HostCache
     adapters: DeviceAdapters
+    files: AdapterFiles
+
+    def close(self) -> None:
+        """Stops the host tier's load threads."""
+        self.host.close()
 
     def facts(self, snapshot: EngineSnapshot) -> EngineFacts:
         """The sizes the server needs, with the first snapshot."""
@@ -123,11 +130,13 @@ class EngineParts:
                            snapshot=snapshot)
 
 
-def build_engine(config: WorkerConfig, recorder: WorkerMetrics | MetricEvents) -> EngineParts:
+def build_engine(config: WorkerConfig,
+                 recorder: WorkerMetrics | MetricEvents | None = None) -> EngineParts:
     """Loads the model's weights and builds the engine, its adapter slots and host tier
-    (in the process that will run the engine loop). Adapter loads and evictions go to
-    `recorder`: the metrics themselves when they live in the same process, else events
-    the loop forwards."""
+    (in the process that will run the engine loop, or for whoever steps the engine
+    itself). Adapter loads and evictions go to `recorder`: the metrics themselves when
+    they live in the same process, else events the loop forwards (None: not counted)."""
+    recorder = recorder or _NOT_COUNTED
     model_config = ModelConfig.from_dir(config.model_dir)
     device = torch.device(config.device) if config.device else default_device()
     dtype = resolve_dtype(config.dtype, model_config.torch_dtype)
@@ -145,14 +154,14 @@ def build_engine(config: WorkerConfig, recorder: WorkerMetrics | MetricEvents) -
                                          config.queue_policy),
         adapters=adapters, prefix_cache_scope=config.prefix_cache_scope,
         enforce_eager=config.enforce_eager)
-    return EngineParts(engine, host, adapters)
+    return EngineParts(engine, host, adapters, files)
 
 
 def build_worker(config: WorkerConfig, *, tracer: trace.Tracer | None = None,
                  on_fatal: Callable[[BaseException], None] = lambda exc: None,
                  ) -> tuple[Worker, WorkerSizes]:
     """A worker with its engine in this process, run by a thread once started, whatever
-    `config.engine_runs` says (tests and benchmarks reach `worker.bridge.engine`).
+    `config.engine_runs` says. To step an engine yourself, use `build_engine`.
 
     `on_fatal(exc)` is called on the engine thread if the engine loop ever dies.
     """
@@ -230,6 +239,19 @@ def _adapter_files(config: WorkerConfig, model_config: ModelConfig, *,
     dtype = resolve_dtype(config.dtype, model_config.torch_dtype)
     return AdapterFiles(model_config, config.max_lora_rank, dtype,
                         resolver=SourceResolver(policy=config.sources), pin_memory=pin_memory)
+
+
+class _NotCounted:
+    """A recorder that counts nothing."""
+
+    def record_load(self, tier: str, seconds: float, is_ok: bool) -> None:
+        """Nothing."""
+
+    def record_eviction(self, tier: str) -> None:
+        """Nothing."""
+
+
+_NOT_COUNTED = _NotCounted()
 
 
 def _record(metrics: WorkerMetrics, events: tuple[MetricEvent, ...]) -> None:

@@ -43,10 +43,12 @@ class ThreadLink:
         self._inbox.put(command)
 
     def stop(self, timeout: float) -> None:
-        """Stops the loop after its current step and joins the thread."""
+        """Stops the loop after its current step, joins the thread and stops the host
+        tier's load threads (as the engine process does when it ends)."""
         self.send(Command(Op.STOP))
         if self._thread.is_alive():
             self._thread.join(timeout)
+        self.host.close()
 
     def _run(self) -> None:
         try:

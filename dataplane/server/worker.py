@@ -95,12 +95,6 @@ class Worker:
         """The engine's load and adapter residency as its loop last published them."""
         return self.bridge.snapshot
 
-    @property
-    def cache(self) -> Any:
-        """The engine's host tier of adapters when the engine runs in this process (tests
-        and benchmarks use it); None when it runs in its own process."""
-        return self.bridge.host
-
     # -- Generate ---------------------------------------------------------------
 
     def admit(self, caller_id: str, adapter_ref: str, *, tenant: str | None = None) -> Admitted:

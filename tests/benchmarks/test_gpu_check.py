@@ -215,7 +215,7 @@ def test_decode_kv_budget_is_on_top_of_the_adapter_slots(tmp_path):
     assert 4 * num_adapter_bytes(TINY, decode.RANK, 4) > plan["kv_bytes"]
     holder, digests = decode._build(model_dir, adapter_dirs, torch.device("cpu"), plan)
     try:
-        allocator = holder.bridge.engine.scheduler.allocator
+        allocator = holder.engine.scheduler.allocator
         block_bytes = bytes_per_block(ModelConfig.from_dir(model_dir), allocator.block_size,
                                       torch.float32)
         assert allocator.num_blocks * block_bytes >= plan["kv_bytes"]

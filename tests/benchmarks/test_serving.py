@@ -126,6 +126,6 @@ def test_engine_reference_times_one_request_to_its_first_token(checkpoint):
         short = engine.ttft(RequestSpec(0, NAMES[0], tuple(range(1, 9)), max_tokens=1))
         long = engine.ttft(RequestSpec(1, NAMES[1], tuple(range(1, 9)), max_tokens=40))
         assert short > 0 and long > 0
-        assert not engine._worker.bridge.engine.has_unfinished()  # each ran to its end
+        assert not engine.engine.has_unfinished()  # each ran to its end
     finally:
         engine.close()

@@ -15,9 +15,10 @@ import pytest
 
 from lorafleet.dataplane.engine.params import SamplingParams
 from lorafleet.dataplane.lora.host_cache import AdapterSource
-from lorafleet.dataplane.server.build import WorkerConfig, build_worker
+from lorafleet.dataplane.server.build import WorkerConfig, build_engine
 from lorafleet.dataplane.server.detokenize import Detokenizer
 from lorafleet.dataplane.smollm import MODEL_NAME, demo_adapters, ensure_model
+from lorafleet.dataplane.tokenizer import Tokenizer
 from lorafleet.dataplane.up.showcase import QUESTION as SHOWCASE_QUESTION
 
 QUESTION = "What is the capital of France?"
@@ -42,14 +43,14 @@ def _answers(question: str) -> dict[str | None, str]:
     # Three slots of rank 32 (the largest demo adapter) come out of the 256 MiB first.
     config = WorkerConfig(ensure_model(), device="cpu", dtype="float32", max_loras=3,
                           max_lora_rank=32, kv_cache_bytes=256 << 20, worker_id="demo-test")
-    worker, _ = build_worker(config)
-    engine, digests = worker.bridge.engine, {None: None}
+    parts = build_engine(config)
+    engine, digests = parts.engine, {None: None}
     for name, path in demo_adapters().items():
-        report = worker.adapters.validate(str(path))
+        report = parts.files.validate(str(path))
         assert report.problems == () and report.base_model_name_or_path == MODEL_NAME, name
-        worker.cache.add_source(AdapterSource(f"{name}@1", str(path), report.digest))
+        parts.host.add_source(AdapterSource(f"{name}@1", str(path), report.digest))
         digests[name] = report.digest
-    tokenizer = worker.frontend.tokenizer
+    tokenizer = Tokenizer.from_dir(config.model_dir)
     prompt = tokenizer.encode_chat([{"role": "user", "content": question}])
     detokenizers = {}
     for name, digest in digests.items():
@@ -64,7 +65,7 @@ def _answers(question: str) -> dict[str | None, str]:
             texts[out.request_id] += detokenizers[out.request_id].process(out).text
         if not outputs:
             time.sleep(0.002)  # an adapter load is under way in the background
-    worker.metrics.close()
+    parts.close()
     return {name: texts[str(name)] for name in digests}
 
 

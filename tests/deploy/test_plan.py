@@ -67,7 +67,7 @@ def test_every_figure_equals_the_built_worker(capsys, checkpoints, arch, dtype):
     plan = plan_json(capsys, "--model", str(model), "--dtype", dtype, *LIMITS,
                      "--kv-cache-bytes", "3000000")
     assert {f: plan[f] for f in SIZES_FIELDS} == {f: getattr(sizes, f) for f in SIZES_FIELDS}
-    runner = worker.bridge.engine.runner
+    runner = worker.bridge.link.engine.runner  # the engine thread's
     assert plan["weights_bytes"] == runner.model.weights.num_bytes()
     assert plan["num_kv_blocks"] * plan["kv_block_bytes"] == (
         runner.kv_cache.numel() * runner.kv_cache.element_size())

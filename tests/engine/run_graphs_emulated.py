@@ -36,7 +36,7 @@ def main(request_json: str) -> None:
     from lorafleet.kernels.bgmv import bgmv_triton
     from lorafleet.kernels.sgmv import sgmv_triton
     from tests.engine.graph_emulation import attach_emulated_graphs
-    from tests.lora.test_engine_lora import _requests, _run, _worker
+    from tests.lora.test_engine_lora import _engine, _requests, _run
 
     def add_lora_as_on_a_gpu(y, x, buffers, *, batch, is_checked=False):
         kernel = bgmv_triton if batch.is_bgmv else sgmv_triton
@@ -45,9 +45,9 @@ def main(request_json: str) -> None:
     slots.add_lora = add_lora_as_on_a_gpu
     request = json.loads(request_json)
     adapters = {name: pathlib.Path(path) for name, path in request["adapters"].items()}
-    worker, digests = _worker(pathlib.Path(request["base"]), adapters, max_loras=3,
-                              max_cpu_loras=8, max_num_seqs=3)
-    engine = worker.bridge.engine
+    parts, digests = _engine(pathlib.Path(request["base"]), adapters, max_loras=3,
+                             max_cpu_loras=8, max_num_seqs=3)
+    engine = parts.engine
     runner = engine.runner
     old = runner.builder
     runner.builder = BatchBuilder(old.block_size, torch.device("cpu"), old.sliding_window,
@@ -60,7 +60,7 @@ def main(request_json: str) -> None:
     seen = _watch(graphs)
     names = [*request["adapters"], None]
     planned = _requests(names, digests, request["num_requests"])
-    tokens = _run(worker, [(rid, digest, prompt) for rid, digest, prompt, _ in planned])
+    tokens = _run(engine, [(rid, digest, prompt) for rid, digest, prompt, _ in planned])
     print(json.dumps({"tokens": {rid: tokens[rid] for rid, *_ in planned},
                       "names": {rid: name for rid, _, _, name in planned},
                       "captures": graphs.captures,

@@ -27,7 +27,7 @@ from lorafleet.dataplane.runner.graphs import GraphShape, attach_decode_graphs, 
 from tests.engine.conftest import make_prompts
 from tests.engine.drive import GREEDY, make_engine, run_all, tokens_of
 from tests.engine.graph_emulation import HostDependenceError, Recording
-from tests.lora.test_engine_lora import _requests, _run, _worker
+from tests.lora.test_engine_lora import _engine, _requests, _run
 from tests.support.lora_suite import prompts
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -116,18 +116,18 @@ def test_adapter_and_base_rows_through_the_graph_buffers_match_peft(lora_suite, 
     """Base rows beside adapter rows in one padded step, eight adapters in three slots
     (adapters are swapped into slots between steps): peft's tokens exactly."""
     base, adapters = lora_suite
-    worker, digests = _worker(base, adapters, max_loras=3, max_cpu_loras=8,
-                              max_num_seqs=NUM_SEATS)
-    engine = worker.bridge.engine
+    parts, digests = _engine(base, adapters, max_loras=3, max_cpu_loras=8,
+                             max_num_seqs=NUM_SEATS)
+    engine = parts.engine
     graphs = _attach(engine.runner, engine)
     installs = []
     planned = _requests(list(adapters) + [None], digests, 18)
-    tokens = _run(worker, [(rid, digest, prompt) for rid, digest, prompt, _ in planned],
-                  on_step=lambda e: installs.append(len(e.scheduler.adapters.slots.held())))
+    tokens = _run(engine, [(rid, digest, prompt) for rid, digest, prompt, _ in planned],
+                  on_step=lambda e: installs.append(e.snapshot().adapter_counts["device"]))
     for rid, _, prompt, name in planned:
         assert tokens[rid] == peft_reference.greedy(name, prompt), f"{rid} on {name}"
     assert graphs.replays[(4, True)] > 0, graphs.replays  # adapter rows, padded
-    worker.metrics.close()
+    parts.close()
 
 
 def _run_emulated(lora_suite, num_requests: int, *, naive: bool) -> dict:

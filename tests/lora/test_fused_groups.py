@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from lorafleet.dataplane.lora import slots as slots_module
-from tests.lora.test_engine_lora import _run, _worker
+from tests.lora.test_engine_lora import _engine, _run
 from tests.support.lora_suite import PeftReference, prompts
 from tests.support.tiny_adapters import make_adapter
 from tests.support.tiny_models import make_checkpoint
@@ -34,7 +34,7 @@ def partial_suite(tmp_path_factory):
 
 def test_partial_groups_in_one_batch_match_peft(partial_suite, monkeypatch):
     base, adapters, reference = partial_suite
-    worker, digests = _worker(base, adapters, max_loras=4, max_cpu_loras=4)
+    parts, digests = _engine(base, adapters, max_loras=4, max_cpu_loras=4)
     calls = []
     original = slots_module.add_lora
 
@@ -45,13 +45,13 @@ def test_partial_groups_in_one_batch_match_peft(partial_suite, monkeypatch):
     monkeypatch.setattr(slots_module, "add_lora", counting_add_lora)
     names = [*adapters, None]
     planned = [(f"r{i}", names[i % len(names)], prompt) for i, prompt in enumerate(prompts(10))]
-    tokens = _run(worker, [(rid, digests.get(name), prompt) for rid, name, prompt in planned])
+    tokens = _run(parts.engine, [(rid, digests.get(name), prompt) for rid, name, prompt in planned])
     for rid, name, prompt in planned:
         assert tokens[rid] == reference.greedy(name, prompt), f"{rid} on {name}"
     # One kernel call per layer and group: q|k|v (3 slices), o, gate|up (2), down.
-    num_layers = worker.bridge.engine.runner.model.config.num_layers
+    num_layers = parts.engine.runner.model.config.num_layers
     assert calls[:4 * num_layers] == [3, 1, 2, 1] * num_layers
-    worker.metrics.close()
+    parts.close()
 
 
 def test_adapters_change_their_projections_only(partial_suite):

@@ -8,7 +8,7 @@ import time
 
 from lorafleet.dataplane.engine.params import SamplingParams
 from lorafleet.dataplane.lora.host_cache import AdapterSource
-from lorafleet.dataplane.server.build import WorkerConfig, build_worker
+from lorafleet.dataplane.server.build import WorkerConfig, build_engine
 from tests.support.lora_suite import NUM_NEW_TOKENS
 
 GREEDY = SamplingParams(max_tokens=NUM_NEW_TOKENS, temperature=0.0)
@@ -16,18 +16,19 @@ SYSTEM = [10 + (j * 31) % 340 for j in range(26)]  # 6 full blocks of 4, and 2 t
 NAMES = ("acme/qv8", "acme/all16", "beta/mlp-rslora", None)
 
 
-def _worker(base, adapters, **options):
-    """A worker (engine thread not started) with every adapter in its host tier's sources."""
+def _engine(base, adapters, **options):
+    """A worker's engine (the public builder's parts) with every adapter in its host
+    tier's sources."""
     config = WorkerConfig(base, device="cpu", dtype="float32", kv_cache_bytes=8 << 20,
                           block_size=4, worker_id="test", max_loras=4, max_cpu_loras=8,
                           **options)
-    worker, _ = build_worker(config)
+    parts = build_engine(config)
     digests = {}
     for name, path in adapters.items():
-        digest = worker.adapters.validate(str(path)).digest
-        worker.cache.add_source(AdapterSource(f"{name}@1", str(path), digest))
+        digest = parts.files.validate(str(path)).digest
+        parts.host.add_source(AdapterSource(f"{name}@1", str(path), digest))
         digests[name] = digest
-    return worker, digests
+    return parts, digests
 
 
 def _wave(engine, jobs, digests, wave):
@@ -51,8 +52,8 @@ def _wave(engine, jobs, digests, wave):
 
 def test_adapter_and_base_rows_share_only_their_own_weights_prefix(lora_suite, peft_reference):
     base, adapters = lora_suite
-    worker, digests = _worker(base, adapters)
-    engine = worker.bridge.engine
+    parts, digests = _engine(base, adapters)
+    engine = parts.engine
     jobs = [(name, SYSTEM + [300 + i, 301 + i, 302 + (i * 5) % 40][: 1 + i % 3])
             for i, name in enumerate(NAMES * 2)]
     # First wave: one request per weights computes the system prompt; then the rest share.
@@ -66,17 +67,17 @@ def test_adapter_and_base_rows_share_only_their_own_weights_prefix(lora_suite, p
         assert finals[i].usage.num_cached_tokens == expected, f"job {i} on {name}"
     for i, (name, prompt) in enumerate(jobs[:len(NAMES)]):
         assert first[i] == peft_reference.greedy(name, prompt)
-    worker.metrics.close()
+    parts.close()
 
 
 def test_a_prompt_cached_on_one_adapter_is_computed_again_on_another(lora_suite,
                                                                       peft_reference):
     base, adapters = lora_suite
-    worker, digests = _worker(base, adapters)
-    engine = worker.bridge.engine
+    parts, digests = _engine(base, adapters)
+    engine = parts.engine
     prompt = SYSTEM + [301]
     for wave, name in enumerate(NAMES):  # one after another: each could reuse the last
         tokens, finals = _wave(engine, [(name, prompt)], digests, wave)
         assert finals[0].usage.num_cached_tokens == 0, name
         assert tokens[0] == peft_reference.greedy(name, prompt), name
-    worker.metrics.close()
+    parts.close()

@@ -58,7 +58,7 @@ def _counter(text: str, series: str) -> float:
 def test_the_engine_runs_in_another_process(in_process):
     link = in_process.running.worker.bridge.link
     assert link.pid is not None and link.pid != os.getpid()
-    assert in_process.running.worker.bridge.engine is None  # no engine in the server
+    assert not hasattr(in_process.running.worker.bridge.link, "engine")  # none in the server
 
 
 def test_greedy_tokens_match_peft_and_the_engine_on_a_thread(in_process, lora_suite,

@@ -155,7 +155,7 @@ def test_a_failed_model_step_ends_its_request_with_its_status_like_any_error(fre
     INTERNAL with the step's error, no summary, counted among the Generates that ended
     with an error status (issue 23 #5: it sent a summary, then aborted uncounted); the
     worker serves on."""
-    runner = fresh_worker.running.worker.bridge.engine.runner
+    runner = fresh_worker.running.worker.bridge.link.engine.runner  # the engine thread's
     execute = runner.execute
 
     def fail_once(plan):
@@ -191,7 +191,7 @@ def test_engine_loop_death_is_reported_not_hidden(fresh_worker):
     def crash(*args, **kwargs):
         raise Crash("injected")
 
-    worker.bridge.engine.step = crash  # the loop's own code fails, not a step
+    worker.bridge.link.engine.step = crash  # the loop's own code fails, not a step
     with pytest.raises(grpc.RpcError) as info:
         list(stream)
     assert info.value.code() == grpc.StatusCode.INTERNAL
