@@ -7,7 +7,9 @@ recorded in it first (controlplane/on_demand.py). A placed worker with traffic o
 version keeps it, whatever demand says, so an on-demand copy is never evicted under its
 requests. Evictions are planned only where they are safe: a routed version is evicted from
 a worker only once another worker it is placed on reports it READY, so a routed version
-never drops to zero replicas.
+never drops to zero replicas. What a worker holds is read from one record, its heartbeat
+(`reported_residency`), the record the routing table reads too: an eviction waits until
+gateways are shown another holder.
 """
 
 from __future__ import annotations
@@ -25,6 +27,13 @@ from lorafleet.worker.v1 import worker_service_pb2 as worker_pb
 Residency = Mapping[str, Mapping[VersionKey, worker_pb.AdapterResidency]]
 # A copy used this recently (before its worker's last heartbeat) still has traffic.
 TRAFFIC_GRACE_SECONDS = 30.0
+
+
+def reported_residency(snapshot: Snapshot) -> Residency:
+    """What each live worker holds, as its last heartbeat reported it: the one record of
+    residency, read by the reconciler's plans as by the routing table."""
+    return {worker_id: {(r.adapter, r.version): r for r in worker.adapters}
+            for worker_id, worker in snapshot.workers.items()}
 
 
 def capacity(worker: fleet_pb.Worker) -> int:

@@ -1,27 +1,17 @@
-"""The reconciler's reads and writes: worker residency, placement keys, action backoff."""
+"""The reconciler's writes and pacing: placement keys, action backoff."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
-
-import grpc
 
 from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
 from lorafleet.controlplane.errors import NotLeader
-from lorafleet.controlplane.planning import Residency
 from lorafleet.controlplane.schema import Snapshot, VersionKey
 from lorafleet.controlplane.store import EtcdStore
 from lorafleet.controlplane.transactions import Condition, Delete, Put, UnchangedSince
-from lorafleet.controlplane.worker_client import WorkerClients, admin_address
-from lorafleet.worker.v1 import worker_service_pb2 as worker_pb
-
-log = logging.getLogger(__name__)
 
 # etcd refuses transactions of more than 128 operations by default.
 MAX_OPS_PER_TXN = 100
-LIST_TIMEOUT_SECONDS = 2.0
 
 
 class ActionBackoff:
@@ -46,31 +36,6 @@ class ActionBackoff:
     def succeeded(self, action) -> None:
         """Forgets the action's failures."""
         self._next.pop(action, None)
-
-
-async def fetch_residency(clients: WorkerClients, snapshot: Snapshot) -> Residency:
-    """What each live worker holds, asked fresh; its last heartbeat when it does not answer."""
-    workers = list(snapshot.workers.values())
-    answers = await asyncio.gather(
-        *(_list_adapters(clients, w) for w in workers), return_exceptions=False
-    )
-    return {
-        worker.worker_id: {(r.adapter, r.version): r for r in listed}
-        for worker, listed in zip(workers, answers, strict=True)
-    }
-
-
-async def _list_adapters(clients: WorkerClients, worker: fleet_pb.Worker):
-    try:
-        reply = await clients.stub(admin_address(worker)).ListAdapters(
-            worker_pb.ListAdaptersRequest(), timeout=LIST_TIMEOUT_SECONDS,
-            metadata=clients.metadata,
-        )
-        return list(reply.adapters)
-    except grpc.aio.AioRpcError as error:
-        log.info("worker %s did not list its adapters (%s); using its last heartbeat",
-                 worker.worker_id, error.code().name)
-        return list(worker.adapters)
 
 
 def placement_changes(snapshot: Snapshot, desired) -> tuple[dict[VersionKey, fleet_pb.VersionPlacement], list[VersionKey]]:

@@ -1,12 +1,14 @@
 """The reconciler: level-based, run only by the elected leader.
 
-Each pass reads everything fresh (one etcd range read plus every worker's
-`ListAdapters`), validates pending versions, computes and stores the desired placement,
-pushes `LoadAdapter` where a placed version is missing, then `EvictAdapter` where a
-version is no longer placed and that is safe (see planning.py). A pass runs on every
-etcd change (watched) and at least every `resync_seconds`, so a missed event is caught
-by the next resync. Failed calls back off per (worker, version); a version that a worker
-refuses is recorded in its placement's `failures` and placed elsewhere.
+Each pass reads everything fresh in one etcd range read, workers' residency included (as
+their heartbeats report it: the one record of residency, which gateways' routes are built
+from too), validates pending versions, computes and stores the desired placement, pushes
+`LoadAdapter` where a placed version is missing, then `EvictAdapter` where a version is no
+longer placed and that is safe (see planning.py). A pass runs on every etcd change that
+can alter a decision (watched: a heartbeat that reports a load or eviction done is one)
+and at least every `resync_seconds`, so a missed event is caught by the next resync.
+Failed calls back off per (worker, version); a version that a worker refuses is recorded
+in its placement's `failures` and placed elsewhere.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from lorafleet.controlplane.planning import (
     desired_placement,
     plan_evictions,
     plan_loads,
+    reported_residency,
 )
-from lorafleet.controlplane.reconcile_io import ActionBackoff, fetch_residency, write_placement
+from lorafleet.controlplane.reconcile_io import ActionBackoff, write_placement
 from lorafleet.controlplane.schema import Snapshot
 from lorafleet.controlplane.store import EtcdStore
 from lorafleet.controlplane.transactions import Put
@@ -99,7 +102,9 @@ class Reconciler:
                     last = shape
 
     async def reconcile_once(self) -> bool:
-        """One level-based pass; returns whether it changed anything (worth a re-pass)."""
+        """One level-based pass; returns whether it wrote placement or found another
+        writer's (worth a re-pass). Its loads and evictions wake the next pass through
+        the heartbeats that report them done; a pass before those would repeat them."""
         with self.metrics.reconcile_pass():
             return await self._reconcile()
 
@@ -109,7 +114,7 @@ class Reconciler:
             snapshot = await self.store.snapshot()
         desired = desired_placement(snapshot, self.config.policy)
         wrote = await write_placement(self.store, self.election.fence(), snapshot, desired)
-        residency = await fetch_residency(self.clients, snapshot)
+        residency = reported_residency(snapshot)
         planned_loads = plan_loads(snapshot, desired, residency)
         planned_evictions = plan_evictions(snapshot, desired, residency)
         loads = [a for a in planned_loads if self.backoff.is_due(a)]
@@ -121,7 +126,7 @@ class Reconciler:
         self.metrics.record_fleet(snapshot, desired, {
             "load": len(planned_loads) - sum(results[:len(loads)]),
             "evict": len(planned_evictions) - sum(results[len(loads):])})
-        return wrote or any(results)
+        return wrote
 
     async def _load(self, snapshot: Snapshot, load: Load) -> bool:
         request = worker_pb.LoadAdapterRequest(

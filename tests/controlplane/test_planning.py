@@ -10,6 +10,7 @@ from lorafleet.controlplane.planning import (
     desired_placement,
     plan_evictions,
     plan_loads,
+    reported_residency,
 )
 from lorafleet.controlplane.reconciler import decision_fingerprint
 from lorafleet.controlplane.routing import diff, routing_table
@@ -49,15 +50,10 @@ def _placed(snapshot, placements):
     return snapshot
 
 
-def _residency_map(snapshot):
-    return {w.worker_id: {(r.adapter, r.version): r for r in w.adapters}
-            for w in snapshot.workers.values()}
-
-
 def test_routed_version_is_not_evicted_before_its_new_replica_is_ready():
     snapshot = _snapshot([(1, 1)], {"old": [_residency("acme/a", 1)], "new": []})
     desired = {("acme/a", 1): ("new",)}
-    residency = _residency_map(snapshot)
+    residency = reported_residency(snapshot)
     assert [(x.worker_id, x.version) for x in plan_loads(snapshot, desired, residency)] == [
         ("new", 1)]
     assert plan_evictions(snapshot, desired, residency) == []
@@ -71,7 +67,7 @@ def test_unrouted_versions_are_evicted_at_once_and_loading_ones_not_reloaded():
         "w0": [_residency("acme/a", 2), _residency("acme/a", 1, state=worker_pb.LOAD_STATE_LOADING)],
     })
     desired = {("acme/a", 1): ("w0",)}
-    residency = _residency_map(snapshot)
+    residency = reported_residency(snapshot)
     assert plan_loads(snapshot, desired, residency) == []
     assert [(x.worker_id, x.version) for x in plan_evictions(snapshot, desired, residency)] == [
         ("w0", 2)]
@@ -81,7 +77,7 @@ def test_older_weights_under_the_same_name_are_evicted_before_loading():
     # acme/a was deleted and registered again: w0 still holds the old acme/a@1 weights.
     snapshot = _snapshot([(1, 1)], {"w0": [_residency("acme/a", 1, digest="old")]})
     desired = {("acme/a", 1): ("w0",)}
-    residency = _residency_map(snapshot)
+    residency = reported_residency(snapshot)
     assert plan_loads(snapshot, desired, residency) == []
     assert [(x.worker_id, x.version) for x in plan_evictions(snapshot, desired, residency)] == [
         ("w0", 1)]
@@ -127,6 +123,20 @@ def test_a_worker_claiming_a_version_it_was_not_placed_on_is_not_listed():
     assert [w.worker_id for w in route.versions[0].workers] == ["honest"]
     unplaced = routing_table(_snapshot([(1, 1)], {"rogue": [_residency("acme/a", 1)]}))
     assert list(unplaced["acme/a"].versions[0].workers) == []
+
+
+def test_an_old_copy_is_evicted_only_once_gateways_are_shown_the_new_one():
+    """Plans and routes read one record of residency (heartbeats): an eviction never takes
+    away the last holder the routing table lists."""
+    for new_state, evicted_then in ((worker_pb.LOAD_STATE_LOADING, set()), (READY, {"old"})):
+        snapshot = _placed(_snapshot([(1, 1)], {
+            "old": [_residency("acme/a", 1)],
+            "new": [_residency("acme/a", 1, state=new_state)]}), {("acme/a", 1): ["new"]})
+        desired = {("acme/a", 1): ("new",)}
+        evictions = plan_evictions(snapshot, desired, reported_residency(snapshot))
+        listed = {w.worker_id for w in routing_table(snapshot)["acme/a"].versions[0].workers}
+        assert {e.worker_id for e in evictions} == evicted_then
+        assert listed == ({"new"} if evicted_then else set())
 
 
 def test_routing_diff_reports_changes_and_removals():

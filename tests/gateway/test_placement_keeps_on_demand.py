@@ -10,7 +10,12 @@ import pytest
 from lorafleet.control.v1 import adapter_service_pb2 as apb
 from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
 from lorafleet.controlplane.placement import PlacementPolicy
-from lorafleet.controlplane.planning import desired_placement, plan_evictions, plan_loads
+from lorafleet.controlplane.planning import (
+    desired_placement,
+    plan_evictions,
+    plan_loads,
+    reported_residency,
+)
 from lorafleet.controlplane.schema import Snapshot
 from lorafleet.worker.v1 import worker_service_pb2 as worker_pb
 
@@ -65,8 +70,7 @@ def test_placement_after_on_demand_placement(held_by, stored, draining, busy, ex
     snapshot = _snapshot(held_by, stored, draining, busy)
     desired = desired_placement(snapshot, PlacementPolicy())
     assert desired[KEY] == expected
-    residency = {w.worker_id: {(r.adapter, r.version): r for r in w.adapters}
-                 for w in snapshot.workers.values()}
+    residency = reported_residency(snapshot)
     if set(held_by) >= set(expected):  # already served where placed: nothing to load
         assert plan_loads(snapshot, desired, residency) == []
     assert {e.worker_id for e in plan_evictions(snapshot, desired, residency)} == evicted
