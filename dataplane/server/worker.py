@@ -139,7 +139,9 @@ class Worker:
         try:
             async with contextlib.aclosing(self.bridge.stream(request)) as stream:
                 async for engine_output in stream:
-                    output = last = detokenizer.process(engine_output)
+                    output = detokenizer.process(engine_output)
+                    if output.error_kind is not ErrorKind.INVALID_REQUEST:
+                        last = output  # a refused request ran nothing: nothing to record
                     if output.is_finished and not engine_output.is_finished:
                         self.bridge.finish(admitted.request_id, FinishReason.STOP)
                     clock.tick(output)

@@ -11,6 +11,10 @@ import time
 import grpc
 import pytest
 
+from lorafleet.dataplane.engine.outputs import ErrorKind, RequestOutput, Usage
+from lorafleet.dataplane.engine.request import FinishReason, RequestTimings
+from lorafleet.dataplane.server.worker import engine_failure
+from lorafleet.error_status import status_of
 from lorafleet.inference.v1 import inference_service_pb2 as pb
 from lorafleet.worker.v1 import worker_service_pb2 as wpb
 from tests.support.lora_suite import NUM_NEW_TOKENS, prompts
@@ -135,3 +139,14 @@ def test_stop_string_ends_the_stream_with_the_tokens_and_usage_up_to_it(served):
     assert summary.finish_reason == pb.FINISH_REASON_STOP
     assert tokens == full_tokens[:len(tokens)] and len(tokens) < len(full_tokens)
     assert summary.usage.completion_tokens == len(tokens)
+
+
+def test_a_request_the_engine_refuses_reaches_its_caller_as_invalid_argument():
+    """Adding is one-way: the engine's refusal is the request's final output, which the
+    worker raises in its place, with the reason."""
+    refusal = RequestOutput("r", (), None, FinishReason.ERROR, Usage(3, 0),
+                            RequestTimings(arrival=0.0), error="prompt: the prompt is empty",
+                            error_kind=ErrorKind.INVALID_REQUEST)
+    error = engine_failure(refusal, None)
+    assert status_of(error)[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert str(error) == "prompt: the prompt is empty"
