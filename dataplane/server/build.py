@@ -26,7 +26,6 @@ from lorafleet.dataplane.adapters.confinement import UNCONFINED, SourcePolicy
 from lorafleet.dataplane.adapters.sources import SourceResolver
 from lorafleet.dataplane.engine.engine import Engine
 from lorafleet.dataplane.engine.prefix_cache import PREFIX_CACHE_SCOPES
-from lorafleet.dataplane.engine.prompt_rules import PromptLimits
 from lorafleet.dataplane.engine.scheduler import SchedulerConfig
 from lorafleet.dataplane.engine.snapshot import EngineSnapshot
 from lorafleet.dataplane.lora.device import DeviceAdapters
@@ -127,7 +126,7 @@ class EngineParts:
         return EngineFacts(num_kv_blocks=self.engine.allocator.num_blocks,
                            max_model_len=self.engine.max_model_len,
                            lora_slot_bytes=self.adapters.bank.num_bytes_per_slot,
-                           snapshot=snapshot)
+                           prompt_limits=self.engine.limits, snapshot=snapshot)
 
 
 def build_engine(config: WorkerConfig,
@@ -214,9 +213,7 @@ def _assemble(config: WorkerConfig, link: EngineLink, tokenizer: Tokenizer,
                           on_fatal=on_fatal)
     metrics.observe(lambda: bridge.snapshot)
     facts = link.facts
-    frontend = Frontend(tokenizer, PromptLimits(
-        facts.max_model_len, model_config.vocab_size,
-        max_kv_tokens=facts.num_kv_blocks * config.block_size))
+    frontend = Frontend(tokenizer, facts.prompt_limits)
     options = WorkerOptions(config.worker_id, config.max_waiting, config.max_num_seqs,
                             quotas=config.quotas)
     base_model = base_model_of(

@@ -17,6 +17,7 @@ from typing import Any
 
 from lorafleet.dataplane.engine.outputs import RequestOutput
 from lorafleet.dataplane.engine.params import SamplingParams
+from lorafleet.dataplane.engine.prompt_rules import PromptLimits
 
 
 class EngineStepError(RuntimeError):
@@ -105,11 +106,13 @@ class News:
 @dataclasses.dataclass(frozen=True)
 class EngineFacts:
     """What the engine's owner reports once the engine is built: the sizes the server
-    needs and the first snapshot."""
+    needs, the prompt rules' limits the engine refuses by (the frontend refuses by the
+    same ones first) and the first snapshot."""
 
     num_kv_blocks: int
     max_model_len: int
     lora_slot_bytes: int
+    prompt_limits: PromptLimits
     snapshot: Any
 
 
