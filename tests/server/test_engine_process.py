@@ -134,6 +134,34 @@ def test_a_storm_of_early_cancels_never_stops_the_engine_process(in_process):
     assert _health(in_process) == health_pb2.HealthCheckResponse.SERVING
 
 
+def test_a_stop_string_ends_the_request_in_the_engine_process_too(in_process):
+    """The server matches the stop string and sends the engine process ABORT with reason
+    STOP: the stream ends there, its usage counts the tokens streamed, and the engine
+    frees the request at once instead of generating up to max_tokens."""
+    def run(stop):
+        request = pb.GenerateRequest(text="Hello world", sampling=pb.SamplingParams(
+            max_tokens=600, temperature=0, ignore_eos=True, stop=stop))
+        messages = list(in_process.inference.Generate(request, timeout=60))
+        deltas = [m.delta for m in messages if m.HasField("delta")]
+        return ("".join(d.text for d in deltas), [t for d in deltas for t in d.token_ids],
+                messages[-1].summary)
+
+    began = time.monotonic()
+    full, full_tokens, _ = run([])
+    full_seconds = time.monotonic() - began
+    stop = next(full[i:i + 2] for i in range(1, len(full) - 1)
+                if full[i:i + 2].isascii() and full[i:i + 2].isprintable()
+                and full.index(full[i:i + 2]) == i)
+    text, tokens, summary = run([stop])
+    ended = time.monotonic()
+    assert text == full[:full.index(stop)] and summary.matched_stop == stop
+    assert tokens == full_tokens[:len(tokens)] and len(tokens) < len(full_tokens) // 4
+    assert summary.usage.completion_tokens == len(tokens)
+    while (load := in_process.status().load).num_kv_blocks_used or load.num_running:
+        assert time.monotonic() - ended < full_seconds / 3, f"still generating: {load}"
+        time.sleep(0.01)
+
+
 @pytest.mark.slow
 def test_a_killed_engine_process_fails_streams_and_says_not_serving(lora_suite):
     worker = WorkerThread(worker_config(lora_suite[0], engine_runs="process"))
