@@ -7,8 +7,9 @@ placement (so the reconciler keeps the copy instead of evicting it, and the rout
 lists it), then loads the version there and answers once the worker holds it. A load that
 fails takes the worker out of the placement again, with the reason in its failures, so a
 worker that cannot (or will not) load a version is never listed for it, whatever it
-claims. Any replica may serve this; each write is guarded by the placement key's revision,
-so it never overwrites a placement another writer changed meanwhile.
+claims. Any replica may serve this; it writes placement through the reconciler's writer
+(placement_writes.py), guarded by the key's revision, so it never overwrites a placement
+another writer changed meanwhile, nor is overwritten.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import grpc
 
 from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
 from lorafleet.controlplane.errors import Conflict, FailedPrecondition, NotFound, Unavailable
+from lorafleet.controlplane.placement_writes import try_put_placement
 from lorafleet.controlplane.schema import Snapshot
 from lorafleet.controlplane.store import EtcdStore
-from lorafleet.controlplane.transactions import Put, UnchangedSince
 from lorafleet.controlplane.worker_client import WorkerClients, admin_address
 from lorafleet.worker.v1 import worker_service_pb2 as worker_pb
 
@@ -67,9 +68,7 @@ class OnDemandPlacer:
                 return
 
     async def _store(self, snapshot: Snapshot, placement: fleet_pb.VersionPlacement) -> bool:
-        key = self.store.keys.placement(placement.adapter, placement.version)
-        return await self.store.commit([UnchangedSince(key, snapshot.revision)],
-                                       [Put(key, placement)])
+        return await try_put_placement(self.store, snapshot, placement)
 
     async def _load(self, worker: fleet_pb.Worker, version) -> None:
         request = worker_pb.LoadAdapterRequest(

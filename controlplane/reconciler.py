@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
+import time
 
 import grpc
 
@@ -25,6 +26,7 @@ from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
 from lorafleet.controlplane.election import LeaderElection
 from lorafleet.controlplane.metrics import ControlPlaneMetrics
 from lorafleet.controlplane.placement import PlacementPolicy
+from lorafleet.controlplane.placement_writes import try_put_placement, write_placement
 from lorafleet.controlplane.planning import (
     Eviction,
     Load,
@@ -33,10 +35,8 @@ from lorafleet.controlplane.planning import (
     plan_loads,
     reported_residency,
 )
-from lorafleet.controlplane.reconcile_io import ActionBackoff, write_placement
 from lorafleet.controlplane.schema import Snapshot
 from lorafleet.controlplane.store import EtcdStore
-from lorafleet.controlplane.transactions import Put
 from lorafleet.controlplane.validation import VersionValidator
 from lorafleet.controlplane.worker_client import TRANSIENT_CODES, WorkerClients
 from lorafleet.worker.v1 import worker_service_pb2 as worker_pb
@@ -53,6 +53,30 @@ class ReconcilerConfig:
     load_timeout_seconds: float = 60.0
     max_concurrent_calls: int = 16
     policy: PlacementPolicy = PlacementPolicy()
+
+
+class ActionBackoff:
+    """Per-action exponential backoff: identical actions collapse, failures wait longer."""
+
+    def __init__(self, first_delay: float = 0.2, max_delay: float = 10.0):
+        self.first_delay = first_delay
+        self.max_delay = max_delay
+        self._next: dict[object, tuple[float, float]] = {}
+
+    def is_due(self, action) -> bool:
+        """Whether `action` may run now."""
+        entry = self._next.get(action)
+        return entry is None or time.monotonic() >= entry[0]
+
+    def failed(self, action) -> None:
+        """Doubles the wait before `action` runs again."""
+        _, delay = self._next.get(action, (0.0, self.first_delay / 2))
+        delay = min(delay * 2, self.max_delay)
+        self._next[action] = (time.monotonic() + delay, delay)
+
+    def succeeded(self, action) -> None:
+        """Forgets the action's failures."""
+        self._next.pop(action, None)
 
 
 class Reconciler:
@@ -152,14 +176,18 @@ class Reconciler:
         return True
 
     async def _record_failure(self, snapshot: Snapshot, load: Load, error) -> None:
+        """Records the refusal in the version's placement, unless that placement changed
+        after `snapshot` (this pass wrote it, or a gateway's on-demand placement did): the
+        next pass, which sees the change, meets the refusal again and records it then."""
         log.warning("load %s@%d on %s failed: %s", load.adapter, load.version, load.worker_id,
                     error.details())
-        placement = snapshot.placements.get((load.adapter, load.version))
-        if placement is None:
+        stored = snapshot.placements.get((load.adapter, load.version))
+        if stored is None:
             return
+        placement = fleet_pb.VersionPlacement()
+        placement.CopyFrom(stored)
         placement.failures[load.worker_id] = f"{error.code().name}: {error.details()}"
-        key = self.store.keys.placement(load.adapter, load.version)
-        await self.store.commit([self.election.fence()], [Put(key, placement)])
+        await try_put_placement(self.store, snapshot, placement, self.election.fence())
 
     async def _evict(self, eviction: Eviction) -> bool:
         request = worker_pb.EvictAdapterRequest(

@@ -7,7 +7,9 @@ import asyncio
 import pytest
 
 from lorafleet.control.v1 import adapter_service_pb2 as pb
+from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
 from lorafleet.controlplane.election import LeaderElection
+from lorafleet.controlplane.placement_writes import try_put_placement
 from lorafleet.controlplane.store import EtcdStore, RetryPolicy, parse_endpoint
 from lorafleet.controlplane.transactions import (
     Absent,
@@ -106,6 +108,20 @@ async def test_each_condition_holds_exactly_when_it_says(store):
     assert not await store.commit([Exists(absent)], [])
     assert await store.commit([], [DeletePrefix(store.keys.adapter("acme/"))])
     assert await store.get(key) is None
+
+
+async def test_a_placement_changed_after_a_writers_snapshot_is_not_overwritten(store):
+    """The reconciler and on-demand placement write placement by one rule: neither
+    overwrites what the other wrote after the snapshot it decided on."""
+    seen = await store.snapshot()
+    on_demand = fleet_pb.VersionPlacement(adapter="acme/a", version=1, desired_worker_ids=["b"])
+    assert await try_put_placement(store, seen, on_demand)
+    stale = fleet_pb.VersionPlacement(adapter="acme/a", version=1, desired_worker_ids=["a"],
+                                      failures={"a": "FAILED_PRECONDITION: refused"})
+    assert not await try_put_placement(store, seen, stale)
+    fresh = await store.snapshot()
+    assert list(fresh.placements[("acme/a", 1)].desired_worker_ids) == ["b"]
+    assert await try_put_placement(store, fresh, stale)
 
 
 def test_parse_endpoint_accepts_urls_and_host_port():

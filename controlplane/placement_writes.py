@@ -1,8 +1,13 @@
-"""The reconciler's writes and pacing: placement keys, action backoff."""
+"""Every write of a placement key: the leader's desired placement, a load a worker
+refused, a gateway's on-demand placement (controlplane/on_demand.py, on any replica).
+
+One rule for every writer: a key is written only if nobody changed it after the snapshot
+its writer decided on (`UnchangedSince`), so the reconciler and on-demand placement never
+overwrite each other; whoever loses reads again and decides again. The leader's writes
+are also fenced by its leadership.
+"""
 
 from __future__ import annotations
-
-import time
 
 from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
 from lorafleet.controlplane.errors import NotLeader
@@ -12,30 +17,6 @@ from lorafleet.controlplane.transactions import Condition, Delete, Put, Unchange
 
 # etcd refuses transactions of more than 128 operations by default.
 MAX_OPS_PER_TXN = 100
-
-
-class ActionBackoff:
-    """Per-action exponential backoff: identical actions collapse, failures wait longer."""
-
-    def __init__(self, first_delay: float = 0.2, max_delay: float = 10.0):
-        self.first_delay = first_delay
-        self.max_delay = max_delay
-        self._next: dict[object, tuple[float, float]] = {}
-
-    def is_due(self, action) -> bool:
-        """Whether `action` may run now."""
-        entry = self._next.get(action)
-        return entry is None or time.monotonic() >= entry[0]
-
-    def failed(self, action) -> None:
-        """Doubles the wait before `action` runs again."""
-        _, delay = self._next.get(action, (0.0, self.first_delay / 2))
-        delay = min(delay * 2, self.max_delay)
-        self._next[action] = (time.monotonic() + delay, delay)
-
-    def succeeded(self, action) -> None:
-        """Forgets the action's failures."""
-        self._next.pop(action, None)
 
 
 def placement_changes(snapshot: Snapshot, desired) -> tuple[dict[VersionKey, fleet_pb.VersionPlacement], list[VersionKey]]:
@@ -58,6 +39,16 @@ def placement_changes(snapshot: Snapshot, desired) -> tuple[dict[VersionKey, fle
             to_write[key] = placement
     to_delete = sorted(set(snapshot.placements) - set(desired))
     return to_write, to_delete
+
+
+async def try_put_placement(store: EtcdStore, snapshot: Snapshot,
+                            placement: fleet_pb.VersionPlacement,
+                            fence: Condition | None = None) -> bool:
+    """Stores one version's placement if its key is as `snapshot` saw it (and `fence`
+    holds); returns whether it did."""
+    key = store.keys.placement(placement.adapter, placement.version)
+    guards = [UnchangedSince(key, snapshot.revision), *([fence] if fence else [])]
+    return await store.commit(guards, [Put(key, placement)])
 
 
 async def write_placement(store: EtcdStore, fence: Condition, snapshot: Snapshot,
