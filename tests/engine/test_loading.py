@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
 
 import pytest
 import torch
@@ -12,7 +14,7 @@ from lorafleet.dataplane.engine.params import SamplingParams
 from lorafleet.dataplane.engine.prompt_rules import InvalidRequestError
 from lorafleet.dataplane.engine.request import FinishReason
 from lorafleet.dataplane.model.config import ModelConfig
-from lorafleet.dataplane.runner.factory import create_engine
+from lorafleet.dataplane.runner.factory import create_engine, eos_token_ids
 from lorafleet.dataplane.runner.kv_cache import (
     KVCacheBudget,
     KVCacheSizeError,
@@ -119,3 +121,18 @@ def test_chat_and_text_prompts_are_tokenized_by_the_frontend(checkpoints):
     outputs = run_all(engine)
     assert outputs["chat"][-1].usage.num_prompt_tokens == len(chat_ids)
     assert all(len(tokens_of(o)) == 4 for o in outputs.values())
+
+
+def test_eos_ids_read_without_a_tokenizer_equal_the_tokenizers(checkpoints, tmp_path):
+    """The engine loads no tokenizer: its EOS ids come from the checkpoint's JSON files,
+    and equal what the tokenizer reports, also when tokenizer_config.json names another
+    EOS token than config.json."""
+    directory = shutil.copytree(checkpoints("llama-gqa"), tmp_path / "model")
+    config = ModelConfig.from_dir(directory)
+    assert eos_token_ids(directory, config) == Tokenizer.from_dir(
+        directory, eos_token_ids=config.eos_token_ids).eos_token_ids
+    path = directory / "tokenizer_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "eos_token": "<|user|>"}))
+    ids = eos_token_ids(directory, config)
+    assert ids == Tokenizer.from_dir(directory, eos_token_ids=config.eos_token_ids).eos_token_ids
+    assert len(ids) == 2 and ids[0] in config.eos_token_ids
