@@ -133,6 +133,11 @@ class Engine:
         self._clear_slot(key)
         return True
 
+    def cancel_eviction(self, key: Hashable) -> None:
+        """Withdraws a deferred eviction of `key`: its slot stays (nothing happens when
+        the eviction is done already)."""
+        self._evicting.discard(key)
+
     def take_evicted(self) -> list[Hashable]:
         """Adapters whose deferred eviction (`evict_adapter` said False) happened since
         the last call."""

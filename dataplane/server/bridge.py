@@ -106,8 +106,17 @@ class EngineBridge:
     async def evict_adapter(self, digest: str, *, keep_host: bool) -> None:
         """Empties the adapter's device slot and, unless `keep_host`, drops it from the
         host tier; returns once done, which waits for its running requests to end (the
-        engine evicts when the last one does)."""
-        await self._call(Op.EVICT_ADAPTER, (digest, keep_host))
+        engine evicts when the last one does). A caller that leaves before then (cancel,
+        deadline) withdraws it: nothing is evicted."""
+        call_id, future = self._send_call(Op.EVICT_ADAPTER, (digest, keep_host))
+        try:
+            await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            with self._lock:
+                self._pending.pop(call_id, None)
+            if self.is_alive:
+                self._try_send(Command(Op.WITHDRAW_EVICTION, (digest, call_id)))
+            raise
 
     async def stream(self, request: NewRequest) -> AsyncIterator[RequestOutput]:
         """Adds a request and yields its outputs until it finishes.
@@ -148,6 +157,11 @@ class EngineBridge:
 
     async def _call(self, op: Op, arg: Any) -> Any:
         """Sends a command and awaits its answer."""
+        _, future = self._send_call(op, arg)
+        return await asyncio.wrap_future(future)
+
+    def _send_call(self, op: Op, arg: Any) -> tuple[int, concurrent.futures.Future]:
+        """Sends a command whose answer will settle the returned future."""
         self._check_alive()
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._lock:
@@ -156,7 +170,7 @@ class EngineBridge:
         if not self._try_send(Command(op, arg, call_id)) or self.failure is not None:
             self._answer(call_id, error=EngineDead(
                 f"the engine loop stopped: {self.failure or 'its process is gone'!r}"))
-        return await asyncio.wrap_future(future)
+        return call_id, future
 
     def _try_send(self, command: Command) -> bool:
         try:

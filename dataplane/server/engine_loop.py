@@ -146,6 +146,8 @@ class EngineLoop:
             return self.engine.try_place_adapter(arg)
         if op is Op.EVICT_ADAPTER:
             return self._evict(command.call_id, *arg)
+        if op is Op.WITHDRAW_EVICTION:
+            return self._withdraw_eviction(*arg)
         if op is Op.LOAD_ADAPTER:
             self._num_loading += 1
             self._loads.submit(self._load, command.call_id, arg)
@@ -169,6 +171,15 @@ class EngineLoop:
             return self._evicted(digest, keep_host)
         self._evictions.setdefault(digest, []).append((call_id, keep_host))
         return _LATER
+
+    def _withdraw_eviction(self, digest: str, call_id: int) -> None:
+        """The caller of EVICT `call_id` left before the eviction happened: it does not
+        happen, unless another caller still waits for it."""
+        waiting = [e for e in self._evictions.pop(digest, ()) if e[0] != call_id]
+        if waiting:
+            self._evictions[digest] = waiting
+        else:
+            self.engine.cancel_eviction(digest)
 
     def _evicted(self, digest: str, keep_host: bool) -> bool:
         if not keep_host:

@@ -39,6 +39,7 @@ class Op(enum.Enum):
     ABORT = "abort"  # (request id, FinishReason) -> (no answer)
     PLACE_ADAPTER = "place_adapter"  # digest -> bool
     EVICT_ADAPTER = "evict_adapter"  # (digest, keep_host) -> True, once evicted
+    WITHDRAW_EVICTION = "withdraw_eviction"  # (digest, call id of the EVICT) -> (no answer)
     LOAD_ADAPTER = "load_adapter"  # AdapterSource -> AdapterInfo (on a load thread)
     STOP = "stop"  # -> (no answer); the loop ends
 

@@ -163,3 +163,31 @@ def test_queue_beyond_its_bound_is_resource_exhausted(lora_suite):
             call.cancel()
     finally:
         small.stop()
+
+
+def _tier(worker, name):
+    listed = worker.admin.ListAdapters(wpb.ListAdaptersRequest()).adapters
+    return next(a.tier for a in listed if a.adapter == name)
+
+
+def test_a_device_eviction_that_its_caller_leaves_is_withdrawn(worker, lora_suite):
+    """Evicting a running adapter from the device waits for its requests (the engine
+    evicts when the last one ends); a caller whose deadline passes first evicts nothing."""
+    _load(worker, "keep/z", lora_suite[1]["acme/qv8"])
+    request = pb.GenerateRequest(adapter="keep/z", token_ids=pb.TokenIds(ids=prompts(1)[0]),
+                                 sampling=pb.SamplingParams(max_tokens=400, temperature=0,
+                                                            ignore_eos=True))
+    stream = worker.inference.Generate(request, timeout=60)
+    next(stream)  # running on its device slot
+    began = time.monotonic()
+    with pytest.raises(grpc.RpcError) as info:
+        worker.admin.EvictAdapter(wpb.EvictAdapterRequest(adapter="keep/z",
+                                                          tier=wpb.TIER_DEVICE), timeout=0.2)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert list(stream)[-1].summary.usage.completion_tokens == 400
+    assert time.monotonic() - began > 0.5, "the stream ended too soon to tell"
+    time.sleep(0.3)  # a few idle turns of the engine loop
+    assert _tier(worker, "keep/z") == wpb.TIER_DEVICE  # withdrawn: nothing evicted
+    worker.admin.EvictAdapter(wpb.EvictAdapterRequest(adapter="keep/z", tier=wpb.TIER_DEVICE),
+                              timeout=10)  # nothing runs on it now: at once
+    assert _tier(worker, "keep/z") == wpb.TIER_HOST
