@@ -85,13 +85,13 @@ def paged_attention(
     v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.kv_positions, v)
     if meta.paged is not None and runs_paged_kernels(q.device):
         return paged_attention_triton(q, k_cache, v_cache, batch=meta.paged, is_checked=True)
-    out = torch.empty_like(q)
-    for group in meta.decodes:
-        rows = slice(group.start, group.stop)
-        out[rows] = _decode(q[rows], k_cache, v_cache, group)
-    for span in meta.prefills:
-        out[span.start : span.stop] = _prefill(q[span.start : span.stop], k_cache, v_cache, span)
-    return out
+    # Groups and spans cover the rows in order: a step of one group (most decode steps)
+    # returns its output as it is.
+    parts = [_decode(q[group.start : group.stop], k_cache, v_cache, group)
+             for group in meta.decodes]
+    parts += [_prefill(q[span.start : span.stop], k_cache, v_cache, span)
+              for span in meta.prefills]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def _gather(cache: torch.Tensor, block_tables: torch.Tensor, num_tokens: int) -> torch.Tensor:

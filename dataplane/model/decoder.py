@@ -4,6 +4,12 @@ Matches transformers' modeling_llama / modeling_qwen2 numerics: RMSNorm in float
 rotate-half rotary embeddings, SiLU-gated MLP. Projections of all tokens of a step run as
 one matmul per projection group (q|k|v, o, gate|up, down), each through
 `lora_seam.project`.
+
+A deep, thin model runs its layer's small ops thousands of times a step, so a layer keeps
+them few (benchmarks/profile_layers.py counts them: 39 on CPU, 67 before): the residual
+stream is updated in place, RMSNorm is one op, rotary embeddings turn q and k together in
+place inside the q|k|v output, SiLU runs in place on the gate, and whatever every layer
+would look up (rotary rows, per-layer cache views) is looked up once per step.
 """
 
 from __future__ import annotations
@@ -17,15 +23,22 @@ from lorafleet.dataplane.model.attention import AttentionMetadata, paged_attenti
 from lorafleet.dataplane.model.config import ModelConfig
 from lorafleet.dataplane.model.cpu_linear import can_pack, linear, resolve_cpu_linear
 from lorafleet.dataplane.model.lora_seam import LoraContext, project
-from lorafleet.dataplane.model.rope import RotaryEmbedding, apply_rotary
+from lorafleet.dataplane.model.rope import RotaryEmbedding, apply_rotary_
 from lorafleet.dataplane.model.weights import LayerWeights, ModelWeights, load_weights
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm computed in float32, as transformers does."""
+    if x.dtype == torch.float32:  # one fused op, the same numbers to the bit
+        return F.rms_norm(x, weight.shape, weight, eps)
     h = x.to(torch.float32)
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
     return weight * h.to(x.dtype)
+
+
+def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up, with SiLU in place on `gate` (a view into the gate|up output)."""
+    return torch.mul(F.silu(gate, inplace=True), up)
 
 
 class DecoderModel:
@@ -39,7 +52,7 @@ class DecoderModel:
         self.rotary = RotaryEmbedding(config, self.device, dtype)
         q = config.num_heads * config.head_dim
         kv = config.num_kv_heads * config.head_dim
-        self._qkv_sizes = (q, kv, kv)
+        self._qk_v_sizes = (q + kv, kv)
         self._gate_up_sizes = (config.intermediate_size, config.intermediate_size)
 
     @classmethod
@@ -66,30 +79,35 @@ class DecoderModel:
         kv_cache is [num_layers, 2, num_blocks, block_size, kv_heads, head_dim].
         """
         hidden = F.embedding(input_ids, self.weights.embed)
-        cos, sin = self.rotary.cos_sin(positions)
+        rope = self.rotary.cos_sin(positions)
+        # Every layer's key and value cache (view: a copy would lose the writes).
+        caches = kv_cache.view(-1, *kv_cache.shape[2:]).unbind(0)
         for index, layer in enumerate(self.weights.layers):
-            hidden = self._layer(index, layer, hidden, cos, sin, meta, kv_cache[index], lora)
+            self._layer(index, layer, hidden, rope, meta, caches[2 * index : 2 * index + 2], lora)
         hidden = rms_norm(hidden[sample_rows], self.weights.norm, self.config.rms_norm_eps)
         return linear(hidden, self.weights.lm_head, None).float()
 
-    def _layer(self, index, layer: LayerWeights, hidden, cos, sin, meta, cache, lora):
+    def _layer(self, index, layer: LayerWeights, hidden, rope, meta, cache, lora) -> None:
+        """Adds the layer's attention and MLP outputs to the residual stream `hidden`."""
         eps = self.config.rms_norm_eps
         x = rms_norm(hidden, layer.input_norm, eps)
-        hidden = hidden + self._attention(index, layer, x, cos, sin, meta, cache, lora)
+        hidden.add_(self._attention(index, layer, x, rope, meta, cache, lora))
         x = rms_norm(hidden, layer.post_attention_norm, eps)
         gate, up = project(x, layer.gate_up, layer.gate_up_bias, index, "gate_up_proj",
                            self._gate_up_sizes, lora)
-        (down,) = project(F.silu(gate) * up, layer.down, layer.down_bias, index,
+        (down,) = project(silu_mul(gate, up), layer.down, layer.down_bias, index,
                           "down_proj", (self.config.hidden_size,), lora)
-        return hidden + down
+        hidden.add_(down)
 
-    def _attention(self, index, layer: LayerWeights, x, cos, sin, meta, cache, lora):
+    def _attention(self, index, layer: LayerWeights, x, rope, meta, cache, lora):
         c = self.config
-        q, k, v = project(x, layer.qkv, layer.qkv_bias, index, "qkv_proj", self._qkv_sizes,
-                          lora)
-        q = apply_rotary(q.view(-1, c.num_heads, c.head_dim), cos, sin)
-        k = apply_rotary(k.view(-1, c.num_kv_heads, c.head_dim), cos, sin)
-        v = v.reshape(-1, c.num_kv_heads, c.head_dim)
+        # q and k are side by side in the q|k|v output: one rotation turns both, in place.
+        q_k, v = project(x, layer.qkv, layer.qkv_bias, index, "qkv_proj", self._qk_v_sizes,
+                         lora)
+        q_k = q_k.view(-1, c.num_heads + c.num_kv_heads, c.head_dim)
+        apply_rotary_(q_k, *rope)
+        q, k = q_k[:, : c.num_heads], q_k[:, c.num_heads :]
+        v = v.view(-1, c.num_kv_heads, c.head_dim)
         out = paged_attention(q, k, v, cache[0], cache[1], meta)
         (o,) = project(out.reshape(-1, c.num_heads * c.head_dim), layer.o, layer.o_bias,
                        index, "o_proj", (c.hidden_size,), lora)

@@ -47,23 +47,34 @@ def _llama3(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
 
 
 class RotaryEmbedding:
-    """Applies rotary embeddings to query and key heads at given positions."""
+    """Rotates query and key heads by position, in place.
+
+    "Rotate half" pairs element i with i + head_dim/2: x' = x * cos + rotate_half(x) * sin,
+    where rotate_half(x) = [-x2, x1]. The same sum is x * cos + roll(x, half) * signed_sin
+    with signed_sin = [-sin1, sin2] (negating a product is exact, so the numbers are
+    transformers' to the bit), and roll needs no negation or concatenation: a step applies
+    it as four ops, to q and k together.
+    """
 
     def __init__(self, config: ModelConfig, device: torch.device, dtype: torch.dtype) -> None:
         inv_freq = inverse_frequencies(config)
         positions = torch.arange(config.max_position_embeddings, dtype=torch.float32)
         freqs = torch.outer(positions, inv_freq)
         emb = torch.cat((freqs, freqs), dim=-1)
+        sin = emb.sin()
+        sin[:, : sin.shape[-1] // 2].neg_()
         self._cos = emb.cos().to(device=device, dtype=dtype)
-        self._sin = emb.sin().to(device=device, dtype=dtype)
+        self._signed_sin = sin.to(device=device, dtype=dtype)
 
     def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin of shape [num_tokens, 1, head_dim], broadcastable over heads."""
-        return self._cos[positions].unsqueeze(1), self._sin[positions].unsqueeze(1)
+        """cos and signed sin of shape [num_tokens, 1, head_dim], broadcastable over heads;
+        looked up once per step for every layer."""
+        return self._cos[positions].unsqueeze(1), self._signed_sin[positions].unsqueeze(1)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [tokens, heads, head_dim] rotated by position (the "rotate half" convention)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+def apply_rotary_(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> None:
+    """Rotates x [tokens, heads, head_dim] in place (heads may be q's and k's side by side,
+    a view into the projection's output); cos, signed_sin from `RotaryEmbedding.cos_sin`."""
+    rolled = x.roll(x.shape[-1] // 2, dims=-1)
+    rolled.mul_(signed_sin)
+    x.mul_(cos).add_(rolled)
