@@ -47,6 +47,20 @@ class PackedWeight:
         # oneDNN wants [out, in]; without a batch-size hint it picks a layout that serves
         # every row count well (a hint of 1 or 512 made the other row counts slower).
         self.packed = _reorder(weight.t().contiguous())
+        self.is_shared = False
+
+    @classmethod
+    def sharing(cls, weight_out_in: torch.Tensor) -> PackedWeight:
+        """An [out, in] weight used where it lies, not reordered, so nothing is copied: an
+        output head tied to the embeddings. oneDNN reorders it per call, and that still ran
+        the SmolLM2 head (49,152 x 576) 1.8-2.3x faster than torch.mm on the transposed
+        view, at 1 and 32 rows: 9.5 -> 4.2 ms and 26 -> 14 ms (a reordered copy: 4.2, 10)."""
+        weight = cls.__new__(cls)
+        weight.out_features, weight.in_features = weight_out_in.shape
+        weight.dtype, weight.device = weight_out_in.dtype, weight_out_in.device
+        weight.packed = weight_out_in
+        weight.is_shared = True
+        return weight
 
     @property
     def shape(self) -> torch.Size:
@@ -54,7 +68,8 @@ class PackedWeight:
         return torch.Size((self.in_features, self.out_features))
 
     def num_bytes(self) -> int:
-        """Bytes of the checkpoint's weight in this dtype (padding of the packed copy aside)."""
+        """Bytes of the checkpoint's weight in this dtype (padding of the packed copy aside;
+        a shared weight's bytes belong to the tensor it shares, `packed`)."""
         return self.in_features * self.out_features * self.dtype.itemsize
 
 

@@ -45,8 +45,8 @@ class LayerWeights:
 class ModelWeights:
     """Every tensor of a decoder, on its device and in its dtype.
 
-    `embed` is [vocab, hidden]; `lm_head` is [hidden, vocab] (a transposed view of `embed`
-    when the embeddings are tied).
+    `embed` is [vocab, hidden]; `lm_head` is [hidden, vocab] (when the embeddings are
+    tied: a transposed view of `embed`, or a `PackedWeight` sharing it).
     """
 
     embed: torch.Tensor
@@ -58,6 +58,8 @@ class ModelWeights:
         """Bytes the weights occupy (the tied head counted once)."""
         seen, total = set(), 0
         for t in _all_tensors(self):
+            if isinstance(t, PackedWeight) and t.is_shared:
+                t = t.packed
             if isinstance(t, PackedWeight):
                 total += t.num_bytes()
             elif t.data_ptr() not in seen:
@@ -99,8 +101,9 @@ def load_weights(
     layers = tuple(_load_layer(tensors, i, is_packed) for i in range(config.num_layers))
     embed = tensors.get("model.embed_tokens.weight")
     if config.tie_word_embeddings and not tensors.has("lm_head.weight"):
-        # Packing would copy the embeddings; the head stays a view of them.
-        lm_head = embed.t()
+        # Packing would copy the embeddings; the head stays a view of them, on CPU one that
+        # oneDNN multiplies by (faster than torch.mm, see PackedWeight.sharing).
+        lm_head = PackedWeight.sharing(embed) if is_packed else embed.t()
     else:
         lm_head = tensors.stack(["lm_head.weight"])
         lm_head = pack(lm_head) if is_packed else lm_head

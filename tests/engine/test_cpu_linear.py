@@ -45,7 +45,11 @@ def test_fast_is_the_default_and_packs_every_projection(checkpoints, monkeypatch
 def test_tied_head_stays_a_view_of_the_embeddings(checkpoints):
     model = DecoderModel.from_dir(checkpoints("llama-tied"), "cpu", torch.float32)
     assert isinstance(model.weights.layers[0].qkv, PackedWeight)
-    assert model.weights.lm_head.data_ptr() == model.weights.embed.data_ptr()
+    head = model.weights.lm_head
+    assert head.is_shared and head.packed.data_ptr() == model.weights.embed.data_ptr()
+    reference = DecoderModel.from_dir(checkpoints("llama-tied"), "cpu", torch.float32,
+                                      cpu_linear="reference")
+    assert reference.weights.lm_head.data_ptr() == reference.weights.embed.data_ptr()
 
 
 def test_weights_are_packed_at_load_never_per_step(checkpoints, monkeypatch):
