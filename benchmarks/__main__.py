@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, str] = {
     "serving": "benchmarks.serving",
     "noisy_neighbour": "benchmarks.noisy_neighbour",
     "cpu_matmul": "benchmarks.cpu_matmul",
+    "profile_layers": "benchmarks.profile_layers",
     "vllm_compare": "benchmarks.vllm_compare",
     "soak": "benchmarks.soak",
 }
@@ -39,6 +40,7 @@ QUICK: dict[str, list[str]] = {
     "serving": ["--quick"],
     "noisy_neighbour": ["--quick"],
     "cpu_matmul": ["--quick"],
+    "profile_layers": ["--quick"],
     "vllm_compare": ["--quick", "--no-peft"],  # serving's adapters preset has peft
     "soak": ["--quick"],
 }

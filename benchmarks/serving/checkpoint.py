@@ -22,17 +22,21 @@ class ModelShape:
     num_kv_heads: int
     intermediate: int
     vocab: int
+    is_tied: bool = False  # the output head is the input embeddings (tie_word_embeddings)
 
     def describe(self) -> str:
         """One line, e.g. 'hidden 256, 4 layers, 4 heads (2 KV), intermediate 688, vocab 26384'."""
         return (f"hidden {self.hidden}, {self.num_layers} layers, {self.num_heads} heads "
-                f"({self.num_kv_heads} KV), intermediate {self.intermediate}, vocab {self.vocab}")
+                f"({self.num_kv_heads} KV), intermediate {self.intermediate}, vocab {self.vocab}"
+                + (", tied head" if self.is_tied else ""))
 
 
-# The shapes of the earlier server-vs-engine measurements (issue 11).
+# The shapes of the earlier server-vs-engine measurements (issue 11), and the demo model's
+# (SmolLM2-135M: many thin layers; random weights, so no download).
 SHAPES = {
     "tiny": ModelShape(256, 4, 4, 2, 688, 26384),
     "small": ModelShape(1024, 8, 16, 4, 2816, 32000),
+    "smollm2": ModelShape(576, 30, 9, 3, 1536, 49152, is_tied=True),
 }
 
 
@@ -51,7 +55,9 @@ def write_model(directory: pathlib.Path, shape: ModelShape, *, seed: int = 0) ->
         return torch.randn(size, generator=gen) * 0.08
 
     tensors = {"model.embed_tokens.weight": rand(shape.vocab, h),
-               "model.norm.weight": torch.ones(h), "lm_head.weight": rand(shape.vocab, h)}
+               "model.norm.weight": torch.ones(h)}
+    if not shape.is_tied:
+        tensors["lm_head.weight"] = rand(shape.vocab, h)
     for i in range(shape.num_layers):
         p = f"model.layers.{i}."
         tensors.update({
@@ -76,7 +82,8 @@ def _config(shape: ModelShape) -> dict:
         "num_hidden_layers": shape.num_layers, "num_attention_heads": shape.num_heads,
         "num_key_value_heads": shape.num_kv_heads, "vocab_size": shape.vocab,
         "max_position_embeddings": 2048, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
-        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "tie_word_embeddings": False,
+        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
+        "tie_word_embeddings": shape.is_tied,
         "hidden_act": "silu", "torch_dtype": "float32",
     }
 
