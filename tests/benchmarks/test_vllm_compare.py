@@ -96,7 +96,7 @@ def test_without_vllm_the_recorded_numbers_are_shown_and_labelled(tmp_path, smal
     assert mixed["server_vllm_ratio"] == pytest.approx(mixed["server_tok_s"] / 797)
     assert single["vllm_source"] == "none" and single["server_vllm_ratio"] is None
     assert "2332 (4496 LoRA off) [recorded]" in out and "797 [recorded]" in out
-    assert "recorded in issue 11 on the dev machine, NOT measured in this run" in out
+    assert "recorded in issue 11 or 26 on the dev machine, NOT measured in this run" in out
     assert "tiny B=1 K=0: server >= 1x vLLM: no vLLM number" in out
     [verdict] = rows[0]["targets"]
     assert verdict["vllm_source"] == "none" and verdict["is_met"] is False
