@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 
 from lorafleet.dataplane.engine.outputs import EngineStats
 from lorafleet.dataplane.engine.snapshot import EngineSnapshot
-from lorafleet.dataplane.lora.versions import VersionState, VersionTable
+from lorafleet.dataplane.server.versions import VersionState, VersionTable
 
 TIERS = ("device", "host")
 _IDLE = EngineStats(num_waiting=0, num_running=0, num_used_blocks=0, num_total_blocks=0)

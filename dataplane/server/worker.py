@@ -26,7 +26,6 @@ from lorafleet.dataplane.engine.prompt_rules import InvalidRequestError
 from lorafleet.dataplane.engine.request import FinishReason
 from lorafleet.dataplane.engine.snapshot import EngineSnapshot
 from lorafleet.dataplane.lora.host_cache import AdapterSource
-from lorafleet.dataplane.lora.versions import VersionEntry, VersionState, VersionTable
 from lorafleet.dataplane.server.bridge import EngineBridge
 from lorafleet.dataplane.server.engine_messages import EngineStepError, NewRequest
 from lorafleet.dataplane.server.errors import (
@@ -44,6 +43,7 @@ from lorafleet.dataplane.server.metrics import FinishedRequest, TokenClock, Work
 from lorafleet.dataplane.server.quotas import QuotaConfig, TenantQuotas, tenant_of
 from lorafleet.dataplane.server.sizes import WorkerSizes
 from lorafleet.dataplane.server.tracing import end_request_span, request_span
+from lorafleet.dataplane.server.versions import VersionEntry, VersionState, VersionTable
 
 
 @dataclasses.dataclass(frozen=True)

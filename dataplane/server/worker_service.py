@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from lorafleet.dataplane.lora.versions import VersionEntry, VersionState
 from lorafleet.dataplane.server.errors import ShuttingDown
 from lorafleet.dataplane.server.requests import BadRequest
+from lorafleet.dataplane.server.versions import VersionEntry, VersionState
 from lorafleet.dataplane.server.worker import Worker
 from lorafleet.error_status import unary_errors
 from lorafleet.names import InvalidName, check_adapter_name

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from lorafleet.dataplane.lora.versions import (
+from lorafleet.dataplane.server.versions import (
     AdapterUnavailable,
     UnknownAdapter,
     VersionEntry,
