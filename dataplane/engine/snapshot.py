@@ -1,7 +1,7 @@
 """What the engine publishes for everyone else: load and adapter residency.
 
 The engine builds it (`Engine.snapshot`) and its loop sends it between steps (see
-dataplane/server/engine_loop.py), from its thread or its own process; the servicers, the
+dataplane/engine_process/loop.py), from its thread or its own process; the servicers, the
 heartbeat and the metrics read it from any thread. A snapshot is immutable, so a reader
 never sees half a step; it pickles, so it can cross from the engine's process to the
 server's.

@@ -1,6 +1,6 @@
 """The server's side of the engine loop: named operations, streams of outputs, snapshots.
 
-The engine loop (engine_loop.py) runs either in a process of its own (engine_process.py,
+The engine loop (engine_process/loop.py) runs either in a process of its own (engine_process.py,
 the default) or on a thread beside the server (engine_thread.py); an `EngineLink` hides
 which. Everything here runs on the server's event loop, except `_on_news`, which the
 link calls from its reader thread (or the engine thread) once per batch of news and
@@ -28,8 +28,7 @@ from typing import Any, Protocol
 
 from lorafleet.dataplane.engine.outputs import RequestOutput
 from lorafleet.dataplane.engine.request import FinishReason
-from lorafleet.dataplane.lora.host_cache import AdapterSource
-from lorafleet.dataplane.server.engine_messages import (
+from lorafleet.dataplane.engine_process.messages import (
     AdapterInfo,
     Command,
     EngineDead,
@@ -39,6 +38,7 @@ from lorafleet.dataplane.server.engine_messages import (
     News,
     Op,
 )
+from lorafleet.dataplane.lora.host_cache import AdapterSource
 
 log = logging.getLogger(__name__)
 

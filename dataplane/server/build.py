@@ -28,6 +28,8 @@ from lorafleet.dataplane.engine.engine import Engine
 from lorafleet.dataplane.engine.prefix_cache import PREFIX_CACHE_SCOPES
 from lorafleet.dataplane.engine.scheduler import SchedulerConfig
 from lorafleet.dataplane.engine.snapshot import EngineSnapshot
+from lorafleet.dataplane.engine_process.loop import MetricEvents
+from lorafleet.dataplane.engine_process.messages import EngineFacts, MetricEvent
 from lorafleet.dataplane.lora.device import DeviceAdapters
 from lorafleet.dataplane.lora.host_cache import HostCache
 from lorafleet.dataplane.lora.loading import AdapterFiles
@@ -35,8 +37,6 @@ from lorafleet.dataplane.model.config import ModelConfig
 from lorafleet.dataplane.runner.factory import create_engine, default_device, resolve_dtype
 from lorafleet.dataplane.runner.kv_cache import KVCacheBudget, bytes_per_block, default_budget
 from lorafleet.dataplane.server.bridge import EngineBridge, EngineLink
-from lorafleet.dataplane.server.engine_loop import MetricEvents
-from lorafleet.dataplane.server.engine_messages import EngineFacts, MetricEvent
 from lorafleet.dataplane.server.flags import CPU_THREAD_WAITS, DEFAULTS, ENGINE_RUNS
 from lorafleet.dataplane.server.frontend import Frontend
 from lorafleet.dataplane.server.identity import base_model_of

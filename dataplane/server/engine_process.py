@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from lorafleet.dataplane.server.engine_messages import (
+from lorafleet.dataplane.engine_process.messages import (
     CarriedError,
     Command,
     EngineDead,
@@ -260,8 +260,8 @@ def _engine_main(config: Any, conn: Any, exit_code: list[int], server_pid: int) 
 
 
 def _build(config: Any, conn: Any):
+    from lorafleet.dataplane.engine_process.loop import EngineLoop, MetricEvents
     from lorafleet.dataplane.server.build import build_engine
-    from lorafleet.dataplane.server.engine_loop import EngineLoop, MetricEvents
 
     events = MetricEvents()  # forwarded with each News to the server's /metrics
     parts = build_engine(config, events)

@@ -12,8 +12,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from lorafleet.dataplane.server.engine_loop import EngineLoop
-from lorafleet.dataplane.server.engine_messages import Command, EngineFacts, News, Op
+from lorafleet.dataplane.engine_process.loop import EngineLoop
+from lorafleet.dataplane.engine_process.messages import Command, EngineFacts, News, Op
 
 
 class ThreadLink:

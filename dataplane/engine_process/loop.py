@@ -21,9 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from lorafleet.dataplane.lora.host_cache import AdapterSource
-from lorafleet.dataplane.lora.load_threads import LoadThreads
-from lorafleet.dataplane.server.engine_messages import (
+from lorafleet.dataplane.engine_process.messages import (
     AdapterInfo,
     Answer,
     CarriedError,
@@ -34,6 +32,8 @@ from lorafleet.dataplane.server.engine_messages import (
     News,
     Op,
 )
+from lorafleet.dataplane.lora.host_cache import AdapterSource
+from lorafleet.dataplane.lora.load_threads import LoadThreads
 
 log = logging.getLogger(__name__)
 
