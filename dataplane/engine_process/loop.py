@@ -1,7 +1,7 @@
 """The engine loop: the one owner of the engine and its host tier of adapters.
 
-The same loop runs on a thread beside the server (engine_thread.py) or in a process of
-its own (engine_process.py); only how commands arrive (`receive`) and how news leaves
+The same loop runs on a thread beside the server (server/thread_link.py) or in a process
+of its own (main.py); only how commands arrive (`receive`) and how news leaves
 (`send`) differ. Between steps it runs the commands that arrived; each step's outputs
 leave as one `News`, with the snapshot when it changed and the metric events since the
 last News. Loading an adapter from its source runs on a load thread, never in the loop;

@@ -1,10 +1,10 @@
 """The server's side of the engine loop: named operations, streams of outputs, snapshots.
 
-The engine loop (engine_process/loop.py) runs either in a process of its own (engine_process.py,
-the default) or on a thread beside the server (engine_thread.py); an `EngineLink` hides
-which. Everything here runs on the server's event loop, except `_on_news`, which the
-link calls from its reader thread (or the engine thread) once per batch of news and
-which hands each event loop its outputs with one wake-up.
+The engine loop (engine_process/loop.py) runs either in a process of its own
+(process_link.py, the default) or on a thread beside the server (thread_link.py); an
+`EngineLink` hides which. Everything here runs on the server's event loop, except
+`_on_news`, which the link calls from its reader thread (or the engine thread) once per
+batch of news and which hands each event loop its outputs with one wake-up.
 
 asyncio code awaits named operations (`load_adapter`, `try_place_adapter`, ...) and
 iterates `stream()` (adding a request is one-way); leaving a stream early (cancel,

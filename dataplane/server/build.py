@@ -73,7 +73,7 @@ class WorkerConfig:
     worker_id: str = DEFAULTS["worker_id"]  # empty: derived at start from host and port
     sources: SourcePolicy = UNCONFINED  # adapter roots, S3 allow-list, size limit
     engine_runs: str = DEFAULTS["engine_runs"]  # one of ENGINE_RUNS
-    # One of CPU_THREAD_WAITS (engine_process.py says why).
+    # One of CPU_THREAD_WAITS (server/process_link.py says why).
     cpu_thread_wait: str = DEFAULTS["cpu_thread_wait"]
     # Seconds the engine process may take to build.
     engine_start_timeout: float = DEFAULTS["engine_start_timeout"]
@@ -164,7 +164,7 @@ def build_worker(config: WorkerConfig, *, tracer: trace.Tracer | None = None,
 
     `on_fatal(exc)` is called on the engine thread if the engine loop ever dies.
     """
-    from lorafleet.dataplane.server.engine_thread import ThreadLink
+    from lorafleet.dataplane.server.thread_link import ThreadLink
 
     metrics = WorkerMetrics(config.worker_id)  # counts loads as they happen, as before
     parts = build_engine(config, metrics)
@@ -181,7 +181,7 @@ def build_process_worker(config: WorkerConfig, *, tracer: trace.Tracer | None = 
     Raises the engine process's start-up error with its type. `on_fatal(exc)` is called
     on a reader thread if that process ever dies. Setting `stop` while the engine
     process builds kills it and raises StartupStopped."""
-    from lorafleet.dataplane.server.engine_process import ProcessLink
+    from lorafleet.dataplane.server.process_link import ProcessLink
 
     ModelConfig.from_dir(config.model_dir)  # a wrong directory fails before any spawn
     tokenizer = Tokenizer.from_dir(config.model_dir)

@@ -194,7 +194,7 @@ def _environ(pid: int) -> dict[str, str]:
 
 def test_the_engine_process_threads_sleep_by_default(in_process):
     # Spinning threads took the CPU of everything else on a shared machine (issue 22 #2;
-    # engine_process.py has the measurements). An operator's own setting passes through.
+    # server/process_link.py has the measurements). An operator's own setting passes through.
     child = _environ(in_process.running.worker.bridge.link.pid)
     assert child.get("OMP_WAIT_POLICY") == os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -202,7 +202,7 @@ def test_the_engine_process_threads_sleep_by_default(in_process):
 @pytest.mark.parametrize("wait, preset, expected", [
     ("sleep", None, "PASSIVE"), ("spin", None, None), ("sleep", "ACTIVE", "ACTIVE")])
 def test_cpu_thread_wait_sets_the_engine_process_environment(wait, preset, expected, monkeypatch):
-    from lorafleet.dataplane.server.engine_process import _child_environment
+    from lorafleet.dataplane.server.process_link import _child_environment
 
     monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
     if preset is None:
@@ -246,7 +246,7 @@ def test_an_engine_process_that_never_finishes_building_is_stopped_at_the_timeou
     # A weights file that blocks on open (a FIFO nobody writes; in life a hung network
     # mount) used to hold `lorafleet serve` at start for ever. Now start-up gives up
     # after --engine-start-timeout with one clear line, and the child is gone.
-    from lorafleet.dataplane.server.engine_process import ProcessLink
+    from lorafleet.dataplane.server.process_link import ProcessLink
     from lorafleet.startup import StartupError
 
     base = tmp_path / "base"

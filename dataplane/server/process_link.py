@@ -1,4 +1,5 @@
-"""The engine loop in a process of its own (`--engine-runs process`, the default).
+"""The server's side of the engine process (`--engine-runs process`, the default): starts
+it, sends it commands, reads its news, stops it.
 
 Why: the engine's Python (scheduling, sampling bookkeeping) and the server's Python
 (gRPC, protobuf, tokenizing) must not share one GIL — measured here, one busy Python
@@ -6,7 +7,7 @@ thread beside the engine thread cut the engine from 6,721 to 46 tokens/s. vLLM v
 its engine core in its own process for the same reason.
 
 The child is started with multiprocessing's spawn context (gRPC and fork do not mix),
-builds the engine from the same WorkerConfig and answers with `EngineFacts` (or the
+runs dataplane/engine_process/main.py, builds the engine from the same WorkerConfig and answers with `EngineFacts` (or the
 start-up error, re-raised here with its type). Then commands go down the pipe and `News`
 comes back, one message per step. The child owns every tensor; the server never loads
 the model's weights.
@@ -14,7 +15,7 @@ the model's weights.
 Lifetimes: the server stops the child with STOP (and kills it if it does not stop in
 time); if the child dies, the reader thread sees the pipe close and reports it; if the
 server dies, the child sees its pipe close and exits, so no orphan holds the device (while
-it builds, the kernel kills it instead: `_engine_main`). A build that takes longer than
+it builds, the kernel kills it instead: engine_process/main.py). A build that takes longer than
 `engine_start_timeout`, or a stop asked for meanwhile, kills the child too. The
 child ignores SIGINT and leaves the server's process group: a Ctrl-C or a SIGTERM to the
 group is the server's to handle (it drains its streams, then stops the child).
@@ -23,18 +24,16 @@ group is the server's to handle (it drains its streams, then stops the child).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import multiprocessing
 import os
 import queue
-import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from lorafleet.dataplane.engine_process.main import run_engine_process
 from lorafleet.dataplane.engine_process.messages import (
     CarriedError,
     Command,
@@ -43,13 +42,11 @@ from lorafleet.dataplane.engine_process.messages import (
     News,
     Op,
 )
-from lorafleet.startup import StartupError, StartupStopped, freeze_startup_heap
+from lorafleet.startup import StartupError, StartupStopped
 
 log = logging.getLogger(__name__)
 
 _STOP_POLL_SECONDS = 0.2  # how often a start-up wait looks at its stop event
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
-_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [engine]: %(message)s"
 
 
 class ProcessLink:
@@ -204,90 +201,3 @@ def _child_environment(wait: str):
         yield
     finally:
         os.environ.pop("OMP_WAIT_POLICY", None)
-
-
-def run_engine_process(config: Any, conn: Any, log_level: int, server_pid: int) -> None:
-    """The child's main: runs the engine on a thread that is not the main thread.
-
-    Why: on a busy machine torch ops issued from a process's main thread were measured
-    5-9x slower than from another thread (OpenMP's spinning wait in the main thread's
-    team; docs/benchmarks.md), and the engine was built to run on a thread of its own.
-    `server_pid` is the server's process id, which the engine watches while it builds.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    with contextlib.suppress(OSError):
-        os.setpgid(0, 0)  # signals to the server's process group are the server's
-    logging.basicConfig(level=log_level, format=_LOG_FORMAT)
-    exit_code: list[int] = [0]
-    engine = threading.Thread(target=_engine_main, args=(config, conn, exit_code, server_pid),
-                              name="lorafleet-engine")
-    engine.start()
-    engine.join()
-    sys.exit(exit_code[0])
-
-
-def _engine_main(config: Any, conn: Any, exit_code: list[int], server_pid: int) -> None:
-    """Build the engine, answer the handshake, run the loop until STOP or the end.
-
-    While it builds, the engine reads no pipe, so it could not see the server die: a
-    server killed then (SIGKILL, the OOM killer) would leave it running, holding the
-    device, for as long as the build takes, for ever if it hangs on a stuck mount (and a
-    watching thread would not help: a read that blocks in a native library can hold the
-    GIL). So the kernel kills it if the server's waiting thread ends, until the build is
-    done; from then on the pipe's closing tells.
-    """
-    _set_parent_death_signal(signal.SIGKILL)
-    if os.getppid() != server_pid:
-        os._exit(0)  # the server ended before the signal was armed
-    try:
-        loop, host = _build(config, conn)
-        freeze_startup_heap()  # the engine loop's steps never wait for a full collection
-    except BaseException as exc:  # noqa: BLE001 - the server re-raises it, with its type
-        conn.send(CarriedError.of(exc))
-        return
-    try:
-        loop.run(lambda timeout: _receive(conn, timeout))
-    except (EOFError, BrokenPipeError, ConnectionResetError):
-        log.warning("the server process is gone; the engine stops")
-        os._exit(0)  # now: do not wait for adapter loads still reading
-    except BaseException as exc:
-        log.critical("the engine loop died", exc_info=exc)
-        with contextlib.suppress(OSError):
-            conn.send(CarriedError.of(exc))
-        exit_code[0] = 1
-    finally:
-        host.close()
-
-
-def _build(config: Any, conn: Any):
-    from lorafleet.dataplane.engine_process.loop import EngineLoop, MetricEvents
-    from lorafleet.dataplane.server.build import build_engine
-
-    events = MetricEvents()  # forwarded with each News to the server's /metrics
-    parts = build_engine(config, events)
-    loop = EngineLoop(parts.engine, parts.host, events, send=conn.send)
-    facts = parts.facts(loop.first_snapshot())
-    # Disarmed before the answer: the server's thread that waited for it may then end.
-    _set_parent_death_signal(0)
-    conn.send(facts)
-    return loop, parts.host
-
-
-def _set_parent_death_signal(signum: int) -> None:
-    """Linux's PR_SET_PDEATHSIG for the calling thread: `signum` is sent to this process
-    when the thread that started it ends (0 disarms). Elsewhere, nothing."""
-    if not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
-        log.warning("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno()))
-
-
-def _receive(conn: Any, timeout: float) -> list[Command]:
-    """The commands that arrived, waiting up to `timeout` for the first."""
-    if not conn.poll(timeout):
-        return []
-    commands = [conn.recv()]
-    while conn.poll(0):
-        commands.append(conn.recv())
-    return commands

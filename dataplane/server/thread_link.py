@@ -1,7 +1,7 @@
 """The engine loop on a thread of the server's process (`--engine-runs thread`).
 
 For tests and debugging: the engine is reachable as `link.engine`, nothing is pickled
-and a debugger sees both sides. Serving uses a process of its own (engine_process.py),
+and a debugger sees both sides. Serving uses a process of its own (process_link.py),
 because the engine thread and the server's Python share one GIL here.
 """
 
