@@ -61,7 +61,7 @@ def tls_of(args: argparse.Namespace) -> TlsConfig:
 
 def worker_config(args: argparse.Namespace):
     """The WorkerConfig the parsed options describe."""
-    from lorafleet.dataplane.server.build import WorkerConfig
+    from lorafleet.dataplane.worker_config import WorkerConfig
 
     try:
         sources = policy_from_args(args)

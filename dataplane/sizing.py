@@ -1,7 +1,7 @@
 """A worker's memory budget from a checkpoint's config.json alone (pure Python, no torch).
 
 Reproduces, figure for figure, what a worker computes while it is built (see
-dataplane/server/build.py): weights first, then `max_loras` adapter slots of
+dataplane/engine_process/build.py): weights first, then `max_loras` adapter slots of
 `max_lora_rank` for every layer and projection (dataplane/lora/slots.py, kernels/buffers.py),
 then the KV cache from what is left of its budget (dataplane/runner/kv_cache.py). Only the
 free device memory is an estimate here: the worker measures it after the weights are

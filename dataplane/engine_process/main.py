@@ -21,9 +21,9 @@ import sys
 import threading
 from typing import Any
 
+from lorafleet.dataplane.engine_process.build import build_engine
 from lorafleet.dataplane.engine_process.loop import EngineLoop, MetricEvents
 from lorafleet.dataplane.engine_process.messages import CarriedError, Command
-from lorafleet.dataplane.server.build import build_engine
 from lorafleet.startup import freeze_startup_heap
 
 log = logging.getLogger(__name__)

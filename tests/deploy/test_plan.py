@@ -12,7 +12,8 @@ from lorafleet.dataplane import sizing
 from lorafleet.dataplane.lora.slots import DeviceSlotBank
 from lorafleet.dataplane.model.config import ModelConfig
 from lorafleet.dataplane.runner import kv_cache
-from lorafleet.dataplane.server.build import WorkerConfig, build_worker
+from lorafleet.dataplane.server.build import build_worker
+from lorafleet.dataplane.worker_config import WorkerConfig
 from tests.support.tiny_adapters import make_adapter
 from tests.support.tiny_models import make_checkpoint
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 import time
 
 from lorafleet.dataplane.engine.params import SamplingParams
+from lorafleet.dataplane.engine_process.build import build_engine
 from lorafleet.dataplane.lora.host_cache import AdapterSource
-from lorafleet.dataplane.server.build import WorkerConfig, build_engine
+from lorafleet.dataplane.worker_config import WorkerConfig
 from tests.support.lora_suite import NUM_NEW_TOKENS
 
 GREEDY = SamplingParams(max_tokens=NUM_NEW_TOKENS, temperature=0.0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lorafleet.dataplane.server.build import WorkerConfig
+from lorafleet.dataplane.worker_config import WorkerConfig
 from tests.support.worker_thread import WorkerThread
 
 

@@ -272,7 +272,7 @@ def test_engine_threads_sleep_by_default_and_spin_when_asked():
     """Issue 22 #2: spinning by default made `serve` ~10x slower on a machine doing
     anything else; spinning is the setting for a worker with its cores to itself."""
     from lorafleet.dataplane.serve import serve_parser
-    from lorafleet.dataplane.server.build import WorkerConfig
+    from lorafleet.dataplane.worker_config import WorkerConfig
 
     parser = serve_parser()
     assert parser.parse_args(["--model", "m"]).cpu_thread_wait == "sleep"

@@ -9,11 +9,11 @@ import pathlib
 
 from lorafleet.dataplane.plan import plan_parser
 from lorafleet.dataplane.serve import serve_parser, worker_config, worker_parser
-from lorafleet.dataplane.server.build import WorkerConfig
 from lorafleet.dataplane.server.flags import FLAGS, config_values, up_flags
 from lorafleet.dataplane.sizing import PlanRequest
 from lorafleet.dataplane.up.cli import up_parser
 from lorafleet.dataplane.up.fleet import worker_passthrough
+from lorafleet.dataplane.worker_config import WorkerConfig
 
 
 def test_serve_with_no_options_runs_the_config_built_in_code():
