@@ -97,6 +97,15 @@ def _is_component(name: str, component: str) -> bool:
     return name == f"lorafleet.{component}" or name.startswith(f"lorafleet.{component}.")
 
 
+# The worker's option table and tenant limits: a WorkerConfig carries them into the engine
+# process (dataplane/worker_config.py). Data both processes read, not server code.
+WORKER_OPTIONS = ("dataplane.server.flags", "dataplane.server.quotas")
+
+
+def _is_worker_option(name: str) -> bool:
+    return any(_is_component(name, option) for option in WORKER_OPTIONS)
+
+
 CLIENT_ALLOWED_THIRD_PARTY = {"grpc", "grpc_health", "grpc_reflection", "grpc_status", "google"}
 
 
@@ -126,6 +135,10 @@ RULES = {
     "the engine core imports no torch": (
         "lorafleet.dataplane.engine",
         lambda n: _top(n) in TORCH_STACK or _is_component(n, "kernels"),
+    ),
+    "the engine process imports no server code": (
+        "lorafleet.dataplane.engine_process",
+        lambda n: _is_component(n, "dataplane.server") and not _is_worker_option(n),
     ),
     "the gateway imports no torch": (
         "lorafleet.dataplane.gateway",
@@ -170,3 +183,66 @@ def test_only_the_store_speaks_etcd():
     speaking = sorted(m for m in MODULES if _is_component(m, "controlplane")
                       and any(_top(n) == "aetcd" for n in direct_imports(m)))
     assert speaking == ["lorafleet.controlplane.store"]
+
+
+PROCESS_FOLDERS = ("dataplane.engine_process", "dataplane.server")
+
+
+def _cycles(modules) -> list[list[str]]:
+    """Import cycles (strongly connected components of more than one module) among
+    lorafleet's own modules, imports inside functions included."""
+    graph = {m: {n for n in direct_imports(m) if n in modules and n != m} for m in modules}
+    order, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(module: str) -> None:
+        order[module] = low[module] = len(order)
+        stack.append(module)
+        on_stack.add(module)
+        for other in graph[module]:
+            if other not in order:
+                visit(other)
+                low[module] = min(low[module], low[other])
+            elif other in on_stack:
+                low[module] = min(low[module], order[other])
+        if low[module] == order[module]:
+            component = []
+            while not component or component[-1] != module:
+                component.append(stack.pop())
+                on_stack.discard(component[-1])
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for module in modules:
+        if module not in order:
+            visit(module)
+    return found
+
+
+def _process_cycles() -> list[list[str]]:
+    return [cycle for cycle in _cycles(MODULES)
+            if any(_is_component(m, f) for m in cycle for f in PROCESS_FOLDERS)]
+
+
+def test_no_import_cycle_through_the_process_folders():
+    """The engine process's code and the server's import no cycle, not even through an
+    import inside a function: the server's side may use the engine process's, never the
+    other way round."""
+    assert _process_cycles() == []
+
+
+def test_the_cycle_finder_sees_a_function_level_cycle(tmp_path, monkeypatch):
+    """A planted server module that imports the engine's entry point inside a function,
+    imported back by it, is a cycle."""
+    planted = tmp_path / "planted.py"
+    planted.write_text("def f():\n    from lorafleet.dataplane.engine_process import main\n")
+    main = tmp_path / "main.py"
+    main.write_text(MODULES["lorafleet.dataplane.engine_process.main"].read_text()
+                    + "\nfrom lorafleet.dataplane.server import planted\n")
+    monkeypatch.setitem(MODULES, "lorafleet.dataplane.server.planted", planted)
+    monkeypatch.setitem(MODULES, "lorafleet.dataplane.engine_process.main", main)
+    direct_imports.cache_clear()
+    try:
+        assert ["lorafleet.dataplane.engine_process.main",
+                "lorafleet.dataplane.server.planted"] in _process_cycles()
+    finally:
+        direct_imports.cache_clear()
