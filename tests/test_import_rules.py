@@ -136,10 +136,6 @@ RULES = {
         "lorafleet.dataplane.engine",
         lambda n: _top(n) in TORCH_STACK or _is_component(n, "kernels"),
     ),
-    "the engine process imports no server code": (
-        "lorafleet.dataplane.engine_process",
-        lambda n: _is_component(n, "dataplane.server") and not _is_worker_option(n),
-    ),
     "the gateway imports no torch": (
         "lorafleet.dataplane.gateway",
         lambda n: _top(n) in TORCH_STACK or _is_component(n, "kernels"),
@@ -186,6 +182,20 @@ def test_only_the_store_speaks_etcd():
 
 
 PROCESS_FOLDERS = ("dataplane.engine_process", "dataplane.server")
+# What runs in the engine process: its own folder and what it builds and steps.
+ENGINE_SIDE = ("engine_process", "engine", "runner", "model", "lora", "adapters")
+
+
+@pytest.mark.parametrize("folder", ENGINE_SIDE)
+def test_the_engine_process_imports_no_server_code(folder):
+    """Code the engine process runs imports none of the server's (dataplane/server/,
+    its HTTP API, the gateway), the worker's options a WorkerConfig carries aside."""
+    def is_server(name: str) -> bool:
+        return any(_is_component(name, f"dataplane.{server}")
+                   for server in ("server", "openai_http", "gateway")
+                   ) and not _is_worker_option(name)
+
+    assert _violations(f"lorafleet.dataplane.{folder}", is_server) == []
 
 
 def _cycles(modules) -> list[list[str]]:
