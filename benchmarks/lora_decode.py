@@ -27,7 +27,7 @@ from benchmarks.results import append_rows
 from benchmarks.serving.checkpoint import SHAPES, write_adapters, write_model
 from lorafleet.dataplane.engine.params import SamplingParams
 from lorafleet.dataplane.engine_process.build import build_engine
-from lorafleet.dataplane.lora.host_cache import AdapterSource
+from lorafleet.dataplane.engine_process.messages import AdapterSource
 from lorafleet.dataplane.worker_config import WorkerConfig
 
 TARGET_RATIO = 0.8

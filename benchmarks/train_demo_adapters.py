@@ -155,7 +155,7 @@ def check_adapters(model_dir: pathlib.Path, adapters: dict[str, pathlib.Path],
                    max_tokens: int = ANSWER_TOKENS) -> dict[str, dict[str, str]]:
     """Held-out answers per adapter (None: the base model), through lorafleet's engine."""
     from lorafleet.dataplane.engine_process.build import build_engine
-    from lorafleet.dataplane.lora.host_cache import AdapterSource
+    from lorafleet.dataplane.engine_process.messages import AdapterSource
     from lorafleet.dataplane.worker_config import WorkerConfig
 
     # Adapter slots (one per adapter, rank 32 at most) come out of the KV budget first.

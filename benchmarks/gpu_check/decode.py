@@ -25,8 +25,9 @@ from benchmarks.gpu_check.timing import copy_bandwidth
 from benchmarks.lora_decode import decode_tokens_per_second
 from lorafleet.dataplane.demo import write_adapter
 from lorafleet.dataplane.engine.scheduler import SchedulerConfig
+from lorafleet.dataplane.engine_process.messages import AdapterSource
 from lorafleet.dataplane.lora.device import DeviceAdapters
-from lorafleet.dataplane.lora.host_cache import AdapterSource, HostCache
+from lorafleet.dataplane.lora.host_cache import HostCache
 from lorafleet.dataplane.lora.loading import AdapterFiles
 from lorafleet.dataplane.model.config import ModelConfig
 from lorafleet.dataplane.runner.factory import DTYPES, create_engine

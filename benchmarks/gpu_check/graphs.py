@@ -30,7 +30,7 @@ from benchmarks.gpu_check.report import outcome
 from lorafleet.dataplane.demo import write_adapter
 from lorafleet.dataplane.engine.params import SamplingParams
 from lorafleet.dataplane.engine_process.build import EngineParts, build_engine
-from lorafleet.dataplane.lora.host_cache import AdapterSource
+from lorafleet.dataplane.engine_process.messages import AdapterSource
 from lorafleet.dataplane.runner.graphs import attach_decode_graphs
 from lorafleet.dataplane.worker_config import WorkerConfig
 from tests.engine.conftest import _generate, make_prompts

@@ -32,7 +32,7 @@ class EngineReference:
     def _load(self, name: str, path: pathlib.Path) -> str:
         """Loads an adapter as `lorafleet serve --adapter` does: into the host tier, then
         a device slot when one is free; its digest."""
-        from lorafleet.dataplane.lora.host_cache import AdapterSource
+        from lorafleet.dataplane.engine_process.messages import AdapterSource
 
         loaded = self._parts.host.load(AdapterSource(f"{name}@1", str(path), ""))
         self.engine.try_place_adapter(loaded.digest)

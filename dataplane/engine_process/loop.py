@@ -23,6 +23,7 @@ from typing import Any
 
 from lorafleet.dataplane.engine_process.messages import (
     AdapterInfo,
+    AdapterSource,
     Answer,
     CarriedError,
     Command,
@@ -32,7 +33,6 @@ from lorafleet.dataplane.engine_process.messages import (
     News,
     Op,
 )
-from lorafleet.dataplane.lora.host_cache import AdapterSource
 from lorafleet.dataplane.lora.load_threads import LoadThreads
 
 log = logging.getLogger(__name__)

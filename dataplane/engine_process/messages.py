@@ -66,6 +66,16 @@ class NewRequest:
 
 
 @dataclasses.dataclass(frozen=True)
+class AdapterSource:
+    """Where to (re)load one adapter version from, and the digest it must have (the
+    server sends it with LOAD_ADAPTER; the host tier keeps it to reload from)."""
+
+    label: str  # "tenant/name@N", for messages and metrics
+    source_uri: str
+    digest: str  # "" when the caller does not know it yet (a first load learns it)
+
+
+@dataclasses.dataclass(frozen=True)
 class AdapterInfo:
     """What a load into the host tier learned about an adapter (no tensors)."""
 

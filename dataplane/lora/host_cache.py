@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Collection, Hashable
 from typing import Any
 
+from lorafleet.dataplane.engine_process.messages import AdapterSource
 from lorafleet.dataplane.lora.load_threads import LoadThreads
 
 log = logging.getLogger(__name__)
@@ -30,15 +31,6 @@ class DigestMismatch(ValueError):
     """The weights at the source are not the ones the caller expected."""
 
     status_code_name = "FAILED_PRECONDITION"
-
-
-@dataclasses.dataclass(frozen=True)
-class AdapterSource:
-    """Where to (re)load one adapter version from, and the digest it must have."""
-
-    label: str  # "tenant/name@N", for messages and metrics
-    source_uri: str
-    digest: str  # "" when the caller does not know it yet (a first load learns it)
 
 
 class HostCache:

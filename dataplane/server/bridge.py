@@ -30,6 +30,7 @@ from lorafleet.dataplane.engine.outputs import RequestOutput
 from lorafleet.dataplane.engine.request import FinishReason
 from lorafleet.dataplane.engine_process.messages import (
     AdapterInfo,
+    AdapterSource,
     Command,
     EngineDead,
     EngineFacts,
@@ -38,7 +39,6 @@ from lorafleet.dataplane.engine_process.messages import (
     News,
     Op,
 )
-from lorafleet.dataplane.lora.host_cache import AdapterSource
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,7 @@ from lorafleet.dataplane.engine.params import SamplingParams
 from lorafleet.dataplane.engine.prompt_rules import InvalidRequestError
 from lorafleet.dataplane.engine.request import FinishReason
 from lorafleet.dataplane.engine.snapshot import EngineSnapshot
-from lorafleet.dataplane.engine_process.messages import EngineStepError, NewRequest
-from lorafleet.dataplane.lora.host_cache import AdapterSource
+from lorafleet.dataplane.engine_process.messages import AdapterSource, EngineStepError, NewRequest
 from lorafleet.dataplane.server.bridge import EngineBridge
 from lorafleet.dataplane.server.errors import (
     AdapterLoadFailed,

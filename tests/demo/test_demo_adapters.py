@@ -15,7 +15,7 @@ import pytest
 
 from lorafleet.dataplane.engine.params import SamplingParams
 from lorafleet.dataplane.engine_process.build import build_engine
-from lorafleet.dataplane.lora.host_cache import AdapterSource
+from lorafleet.dataplane.engine_process.messages import AdapterSource
 from lorafleet.dataplane.server.detokenize import Detokenizer
 from lorafleet.dataplane.smollm import MODEL_NAME, demo_adapters, ensure_model
 from lorafleet.dataplane.tokenizer import Tokenizer

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from lorafleet.dataplane.lora.host_cache import AdapterSource, HostCache
+from lorafleet.dataplane.engine_process.messages import AdapterSource
+from lorafleet.dataplane.lora.host_cache import HostCache
 from tests.lora.fakes import FakeAdapter
 
 

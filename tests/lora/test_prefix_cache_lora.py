@@ -8,7 +8,7 @@ import time
 
 from lorafleet.dataplane.engine.params import SamplingParams
 from lorafleet.dataplane.engine_process.build import build_engine
-from lorafleet.dataplane.lora.host_cache import AdapterSource
+from lorafleet.dataplane.engine_process.messages import AdapterSource
 from lorafleet.dataplane.worker_config import WorkerConfig
 from tests.support.lora_suite import NUM_NEW_TOKENS
 
