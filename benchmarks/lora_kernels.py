@@ -63,7 +63,7 @@ def naive_per_adapter(y, x, buffers: LoraBuffers, slots: list[int | None]) -> No
         for index, columns in enumerate(buffers.slice_columns):  # one module per projection
             rank = int(buffers.ranks[slot, index])
             a = buffers.slice_a(slot, index)[:rank]
-            b = buffers.lora_b[slot, columns, :rank]
+            b = buffers.lora_b[slot, :rank, columns].t()
             y[rows, columns] += float(buffers.scale[slot, index]) * ((x[rows] @ a.T) @ b.T)
 
 

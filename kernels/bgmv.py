@@ -4,7 +4,7 @@
         y[t, c_i] += scale[s, i] * (x[t] @ A_i[s]^T) @ B_i[s]^T
 
 Shapes and slices (S = num_slots, R = max_rank, N = num_slices, T = num_tokens): as in
-`sgmv.py` — x [T, in], y [T, sum(out_i)], lora_a [S, R * N, in] (rank-major), lora_b [S, sum(out_i), R],
+`sgmv.py` — x [T, in], y [T, sum(out_i)], lora_a [S, R * N, in] (rank-major), lora_b [S, R, sum(out_i)] (rank-major),
 scale [S, N] fp32, ranks [S, N] int32, slice_starts [N + 1] int32;
 `batch.token_slots` [T] int32 holds each row's slot, -1 for none.
 
@@ -67,7 +67,7 @@ def _bgmv_expand_kernel(
     # sizes
     max_rank, num_slices,
     # strides (in elements; innermost strides are 1)
-    stride_sm, stride_bs, stride_bn, stride_ym,
+    stride_sm, stride_bs, stride_br, stride_ym,
     # meta
     BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -90,9 +90,9 @@ def _bgmv_expand_kernel(
     r_mask = r < rank
     n = n0 + tl.arange(0, BLOCK_N)
     n_mask = n < out_features
-    # delta[n] = sum_r shrunk[row, sl, r] * B[slot, col0 + n, r], in fp32.
+    # delta[n] = sum_r shrunk[row, sl, r] * lora_b[slot, r, col0 + n], in fp32.
     shrunk = tl.load(shrunk_ptr + row * stride_sm + sl * max_rank + r, mask=r_mask, other=0.0)
-    b = tl.load(b_ptr + slot * stride_bs + (col0 + n[:, None]) * stride_bn + r[None, :],
+    b = tl.load(b_ptr + slot * stride_bs + r[None, :] * stride_br + (col0 + n[:, None]),
                 mask=n_mask[:, None] & r_mask[None, :], other=0.0).to(tl.float32)
     delta = tl.sum(b * shrunk[None, :], axis=1)
     # y[row, col0 + n] += delta, added in fp32 and rounded once.

@@ -47,7 +47,7 @@ def blocked_torch(y: torch.Tensor, x: torch.Tensor, buffers: LoraBuffers, *,
     if not top:
         return
     num_slices = buffers.num_slices
-    lora_a, lora_b = buffers.lora_a[:, :top * num_slices], buffers.lora_b[:, :, :top]
+    lora_a, lora_b = buffers.lora_a[:, :top * num_slices], buffers.lora_b[:, :top]
     if blocks.slot_range is not None:
         first, end = blocks.slot_range
         lora_a, lora_b = lora_a[first:end], lora_b[first:end]
@@ -65,7 +65,7 @@ def blocked_torch(y: torch.Tensor, x: torch.Tensor, buffers: LoraBuffers, *,
     ranked = shrunk.view(blocks.num_blocks, blocks.block_rows, top, num_slices).transpose(2, 3)
     shrunk = torch.empty_like(ranked, memory_format=torch.contiguous_format)
     torch.mul(ranked, gain.unsqueeze(1), out=shrunk)
-    deltas = [torch.bmm(shrunk[:, :, i], lora_b[:, columns].transpose(1, 2))
+    deltas = [torch.bmm(shrunk[:, :, i], lora_b[:, :, columns])
               for i, columns in enumerate(buffers.slice_columns)]
     delta = (deltas[0] if len(deltas) == 1 else torch.cat(deltas, dim=2)).flatten(0, 1)
     if not blocks.is_dense:

@@ -32,7 +32,9 @@ class LoraBuffers:
     Attributes (S = num_slots, R = max_rank, N = num_slices):
         lora_a: [S, R * N, in_features], shrink weights, rank-major: rank r of slice i in
             row r * N + i (`slice_a` gives a slice's rows).
-        lora_b: [S, sum(out_i), R], expand weights; slice i in rows slice_starts[i]..[i+1].
+        lora_b: [S, R, sum(out_i)], expand weights, rank-major too: rank r of every slice
+            in row r, slice i in columns slice_starts[i]..[i+1], so the rows below a
+            step's top rank are one contiguous block per slot.
         scale: fp32 [S, N], each slice's scale (alpha / r, or alpha / sqrt(r)).
         ranks: int32 [S, N], each slice's rank; 0 when the slot's adapter leaves that
             projection alone (or the slot is empty): the slice then adds nothing.
@@ -75,7 +77,7 @@ class LoraBuffers:
         return cls(
             lora_a=torch.zeros((num_slots, num_slices * max_rank, in_features), dtype=dtype,
                                device=device),
-            lora_b=torch.zeros((num_slots, starts[-1], max_rank), dtype=dtype, device=device),
+            lora_b=torch.zeros((num_slots, max_rank, starts[-1]), dtype=dtype, device=device),
             scale=torch.zeros((num_slots, num_slices), dtype=torch.float32, device=device),
             ranks=torch.zeros((num_slots, num_slices), dtype=torch.int32, device=device),
             slice_starts=torch.tensor(starts, dtype=torch.int32, device=device),
@@ -95,7 +97,7 @@ class LoraBuffers:
     @property
     def max_rank(self) -> int:
         """The rank every slot is sized for, per slice."""
-        return self.lora_b.shape[2]
+        return self.lora_b.shape[1]
 
     @property
     def in_features(self) -> int:
@@ -105,11 +107,11 @@ class LoraBuffers:
     @property
     def out_features(self) -> int:
         """Columns of the fused output y, all slices together."""
-        return self.lora_b.shape[1]
+        return self.lora_b.shape[2]
 
     @functools.cached_property  # read on every kernel call; the sizes never change
     def slice_columns(self) -> tuple[slice, ...]:
-        """Each slice's columns of y (and rows of lora_b)."""
+        """Each slice's columns of y (and of lora_b)."""
         starts = (0, *_running_sums(self.slice_sizes))
         return tuple(slice(starts[i], starts[i + 1]) for i in range(self.num_slices))
 
@@ -156,7 +158,7 @@ class LoraBuffers:
             a, b, scale = weights
             rank = a.shape[0]
             self.slice_a(slot, index)[:rank].copy_(a)
-            self.lora_b[slot, columns[index], :rank].copy_(b)
+            self.lora_b[slot, :rank, columns[index]].copy_(b.t())
             ranks[index], scales[index] = rank, scale
         self.ranks[slot] = torch.tensor(ranks, dtype=torch.int32)
         self.scale[slot] = torch.tensor(scales, dtype=torch.float32)
@@ -204,8 +206,8 @@ def _check_buffers(buffers: LoraBuffers) -> None:
         raise ValueError("lora_a and lora_b must be contiguous 3-D tensors")
     num_slots, num_slices = a.shape[0], len(buffers.slice_sizes)
     expected = {
-        "lora_a": (num_slots, num_slices * b.shape[2], a.shape[2]),
-        "lora_b": (num_slots, sum(buffers.slice_sizes), b.shape[2]),
+        "lora_a": (num_slots, num_slices * b.shape[1], a.shape[2]),
+        "lora_b": (num_slots, b.shape[1], sum(buffers.slice_sizes)),
         "scale": (num_slots, num_slices), "ranks": (num_slots, num_slices),
         "slice_starts": (num_slices + 1,),
     }
@@ -224,5 +226,5 @@ def _check_buffers(buffers: LoraBuffers) -> None:
     if buffers.slice_starts.tolist() != [0, *_running_sums(buffers.slice_sizes)]:
         raise ValueError("slice_starts must be the running sums of slice_sizes")
     ranks = buffers.ranks
-    if ranks.numel() and not bool(((ranks >= 0) & (ranks <= b.shape[2])).all()):
-        raise ValueError(f"ranks must lie in [0, max_rank={b.shape[2]}]")
+    if ranks.numel() and not bool(((ranks >= 0) & (ranks <= b.shape[1])).all()):
+        raise ValueError(f"ranks must lie in [0, max_rank={b.shape[1]}]")

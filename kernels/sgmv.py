@@ -11,7 +11,7 @@ Shapes (S = num_slots, R = max_rank, N = num_slices, T = num_tokens), all in `Lo
     x             [T, in_features]        activations (rows may be strided; columns contiguous)
     y             [T, sum(out_i)]         updated in place; rows in no segment are left alone
     lora_a        [S, R * N, in_features] A_i = lora_a[:, i::N] (rank-major)
-    lora_b        [S, sum(out_i), R]      B_i = lora_b[:, starts[i] : starts[i+1]]
+    lora_b        [S, R, sum(out_i)]      B_i^T = lora_b[:, :, starts[i] : starts[i+1]] (rank-major)
     scale         [S, N] fp32             alpha / r (or the rsLoRA scale) per slot and slice
     ranks         [S, N] int32            rank per slot and slice; 0: the slice adds nothing
     slice_starts  [N + 1] int32           first output column of each slice, then the total
@@ -107,7 +107,7 @@ def _sgmv_expand_kernel(
     # sizes
     max_rank, num_slices, num_col_tiles,
     # strides (in elements; innermost strides are 1)
-    stride_sm, stride_bs, stride_bn, stride_ym,
+    stride_sm, stride_bs, stride_br, stride_ym,
     # meta
     BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
@@ -135,10 +135,10 @@ def _sgmv_expand_kernel(
     r_mask = r < rank
     n = n0 + tl.arange(0, BLOCK_N)
     n_mask = n < out_features
-    # delta[m, n] = sum_r shrunk[row m, sl, r] * B[slot, col0 + n, r], in fp32.
+    # delta[m, n] = sum_r shrunk[row m, sl, r] * lora_b[slot, r, col0 + n], in fp32.
     shrunk = tl.load(shrunk_ptr + rows[:, None] * stride_sm + sl * max_rank + r[None, :],
                      mask=m_mask[:, None] & r_mask[None, :], other=0.0)
-    b = tl.load(b_ptr + slot * stride_bs + (col0 + n[:, None]) * stride_bn + r[None, :],
+    b = tl.load(b_ptr + slot * stride_bs + r[None, :] * stride_br + (col0 + n[:, None]),
                 mask=n_mask[:, None] & r_mask[None, :], other=0.0).to(tl.float32)
     delta = tl.dot(shrunk, tl.trans(b), input_precision=DOT_PRECISION)
     # y[:, col0 + n] += delta, added in fp32 and rounded once.
@@ -218,7 +218,7 @@ def sgmv_torch(y, x, buffers: LoraBuffers, *, batch: LoraBatch,
         for i, rank in enumerate(ranks):
             if rank:
                 ys[rows, columns[i]].addmm_(shrunk[:, i, :rank],
-                                            buffers.lora_b[slot, columns[i], :rank].t(),
+                                            buffers.lora_b[slot, :rank, columns[i]],
                                             alpha=scales[i])
     if first is None:
         y.index_add_(0, batch.token_order, ys)

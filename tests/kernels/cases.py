@@ -80,7 +80,7 @@ def reference_lora(
         for index, columns in enumerate(buffers.slice_columns):
             rank = int(buffers.ranks[slot, index])
             a = buffers.slice_a(slot, index)[:rank].float()
-            b = buffers.lora_b[slot, columns, :rank].float()
+            b = buffers.lora_b[slot, :rank, columns].float().t()
             delta = (x[row].float() @ a.T) @ b.T
             out[row, columns] += float(buffers.scale[slot, index]) * delta
     return out

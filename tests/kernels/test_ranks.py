@@ -37,7 +37,7 @@ def test_padded_slots_match_unpadded_math(max_rank, kernel):
         # Garbage in the padding must not reach the result (any finite value is allowed).
         rank = a.shape[0]
         buffers.lora_a[slot, rank:] = 1e3
-        buffers.lora_b[slot, :, rank:] = -1e3
+        buffers.lora_b[slot, rank:] = -1e3
     slots = [0, 1, None, 1, 0, 0]
     x = torch.randn(len(slots), 256, generator=gen)
     y = _apply(buffers, x, slots, kernel)
@@ -96,7 +96,7 @@ def test_a_worker_sized_for_rank_64_computes_rank_16_adapters_at_rank_16(kernel,
     for slot in used:  # the step's slots: rank 16 at most
         for index, columns in enumerate(buffers.slice_columns):
             buffers.slice_a(slot, index)[16:] = float("nan")
-            buffers.lora_b[slot, columns, 16:] = float("nan")
+            buffers.lora_b[slot, 16:, columns] = float("nan")
     a, b, c = used
     slots = [a, b, c, a, b, c, None, a]  # the other slots (rank 64) sit idle
     assert LoraBatch.from_slots(slots).slot_blocks.slot_range == slot_range

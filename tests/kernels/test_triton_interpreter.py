@@ -47,7 +47,7 @@ def _case(kernel: str, dtype_name: str, slicing: str = "three") -> dict:
         for index, columns in enumerate(buffers.slice_columns):
             rank = int(buffers.ranks[slot, index])
             buffers.slice_a(slot, index)[rank:] = float("nan")
-            buffers.lora_b[slot, columns, rank:] = float("nan")
+            buffers.lora_b[slot, rank:, columns] = float("nan")
     slots = _slots(kernel)
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(len(slots), 80, generator=gen).to(dtype)
