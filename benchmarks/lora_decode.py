@@ -18,13 +18,13 @@ import argparse
 import pathlib
 import statistics
 import tempfile
-import threading
 import time
 
 import torch
 
 from benchmarks.results import append_rows
 from benchmarks.serving.checkpoint import SHAPES, write_adapters, write_model
+from benchmarks.serving.references import on_thread
 from lorafleet.dataplane.engine.params import SamplingParams
 from lorafleet.dataplane.engine_process.build import build_engine
 from lorafleet.dataplane.engine_process.messages import AdapterSource
@@ -72,15 +72,6 @@ def generate(engine, adapters, *, prompt_len: int, num_tokens: int) -> tuple[flo
 def decode_tokens_per_second(engine, adapters, *, prompt_len: int, num_tokens: int) -> float:
     """Decode tokens/s of `engine` (benchmarks/gpu_check/decode.py uses it)."""
     return generate(engine, adapters, prompt_len=prompt_len, num_tokens=num_tokens)[0]
-
-
-def _on_thread(fn):
-    """fn() run on a thread of its own (as the server steps its engine); its result."""
-    result = {}
-    thread = threading.Thread(target=lambda: result.update(value=fn()))
-    thread.start()
-    thread.join()
-    return result["value"]
 
 
 def machine_rates(hidden: int, intermediate: int, rows: int) -> tuple[float, float]:
@@ -143,16 +134,16 @@ def run(shape_name: str, counts: list[int], num_seqs: int, prompt_len: int, num_
         engine = parts.engine
         cases = {k: [digests[i % k] if k else None for i in range(num_seqs)] for k in counts}
         for adapters in cases.values():  # warm-up
-            _on_thread(lambda a=adapters: generate(engine, a, prompt_len=8, num_tokens=4))
+            on_thread(lambda a=adapters: generate(engine, a, prompt_len=8, num_tokens=4))
         # Cases take turns: other load on the machine then spreads over every case.
         rates = {k: [] for k in cases}
         for _ in range(repeats):
             for k, adapters in cases.items():
-                rates[k].append(_on_thread(lambda a=adapters: generate(
+                rates[k].append(on_thread(lambda a=adapters: generate(
                     engine, a, prompt_len=prompt_len, num_tokens=num_tokens)))
         base_bytes = engine.runner.model.weights.num_bytes()
         parts.close()
-        machine = _on_thread(lambda: machine_rates(shape.hidden, shape.intermediate, num_seqs))
+        machine = on_thread(lambda: machine_rates(shape.hidden, shape.intermediate, num_seqs))
     rows = []
     for k, pairs in rates.items():
         decode, end_to_end = [p[0] for p in pairs], [p[1] for p in pairs]

@@ -28,7 +28,6 @@ import dataclasses
 import pathlib
 import statistics
 import tempfile
-import threading
 import time
 
 import torch
@@ -36,6 +35,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.results import append_rows, describe_machine
 from benchmarks.serving.checkpoint import SHAPES, write_model
+from benchmarks.serving.references import on_thread
 from lorafleet.dataplane.engine.params import SamplingParams
 from lorafleet.dataplane.engine.scheduler import SchedulerConfig
 from lorafleet.dataplane.model.decoder import DecoderModel
@@ -199,14 +199,6 @@ def measure(model_dir: pathlib.Path, num_seqs: int, context: int, steps: int,
             "layer": layer, "num_layers": model.config.num_layers}
 
 
-def _on_thread(fn):
-    result = {}
-    thread = threading.Thread(target=lambda: result.update(value=fn()))
-    thread.start()
-    thread.join()
-    return result["value"]
-
-
 def _print(results: list[dict], args) -> None:
     shape = SHAPES[args.shape]
     print(f"\nDecode step profile, {args.shape} ({shape.describe()}), float32 CPU, context "
@@ -273,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         pass
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = write_model(pathlib.Path(tmp) / "model", SHAPES[args.shape])
-        results = [_on_thread(lambda b=b: measure(model_dir, b, args.context, args.steps,
+        results = [on_thread(lambda b=b: measure(model_dir, b, args.context, args.steps,
                                                   args.repeats)) for b in args.seqs]
     _print(results, args)
     append_rows("profile_layers", [_row(r) for r in results], shape=args.shape,

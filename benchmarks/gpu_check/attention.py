@@ -20,11 +20,9 @@ kernels from a graph <= 1.5x that.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-from benchmarks.gpu_check.kernel_tests import num_compiled
+from benchmarks.gpu_check.kernel_tests import triton_error as compiled_error
 from benchmarks.gpu_check.report import outcome, target
 from benchmarks.gpu_check.timing import copy_bandwidth, graph_ms, median_ms, roofline_ms
 from lorafleet.dataplane.model.attention import paged_attention
@@ -73,7 +71,7 @@ def run(device: torch.device, clock, *, is_dry_run: bool) -> dict:
                          "error": f"{type(error).__name__}: {error}"[:300]})
     failures = [row["case"] for row in rows if not row["is_match"]]
     notes = [f"{len(rows) - len(failures)}/{len(rows)} cases match the torch path"]
-    triton_error = _triton_error(device)
+    triton_error = compiled_error(device, KERNELS, "paged_attention")
     notes.append(triton_error or ("compiled Triton ran every case" if device.type == "cuda"
                                   else "cpu dry run: paged_attention ran the torch path"))
     timing_rows, timing_target, timing_note = time_decode(device, clock, is_dry_run)
@@ -173,17 +171,3 @@ def _graph_ms(fn, device: torch.device) -> float | None:
         return graph_ms(fn, device)
     except Exception:  # noqa: BLE001 (a diagnostic column; the row's own timing stands)
         return None
-
-
-def _triton_error(device: torch.device) -> str | None:
-    """Why the run did not prove the compiled kernels, or None when it did."""
-    if device.type != "cuda":
-        return None
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return "TRITON_INTERPRET=1 is set: the kernels ran interpreted, not compiled"
-    if not is_triton_available():
-        return "Triton is not installed: paged_attention ran the torch path"
-    missing = [k.__name__ for k in KERNELS if num_compiled(k) == 0]
-    if missing:
-        return f"no compiled binary for {', '.join(missing)}: Triton did not run them"
-    return None

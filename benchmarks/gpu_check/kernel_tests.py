@@ -51,9 +51,9 @@ def run(device: torch.device, clock, *, is_dry_run: bool) -> dict:
         if not row["is_match"]:
             failures.append(name)
     notes = [f"{len(rows) - len(failures)}/{len(rows)} cases match the fp32 reference"]
-    triton_error = _triton_error(device)
-    notes.append(triton_error or _path_note(device))
-    is_failed = bool(failures) or triton_error is not None or not rows
+    error = triton_error(device)
+    notes.append(error or _path_note(device))
+    is_failed = bool(failures) or error is not None or not rows
     return {"status": "failed" if is_failed else outcome(clock), "rows": rows, "notes": notes}
 
 
@@ -121,15 +121,16 @@ def _check(name: str, case: dict, tolerance: tuple[float, float], device: torch.
             "atol": atol, "is_match": bool(is_close and is_kept and num_changed > 0)}
 
 
-def _triton_error(device: torch.device) -> str | None:
-    """Why the run did not prove the compiled Triton path, or None when it did."""
+def triton_error(device: torch.device, kernels=KERNELS, entry: str = "add_lora") -> str | None:
+    """Why the run did not prove that the compiled `kernels` ran (`entry` being what
+    would otherwise have fallen back to torch), or None when it did."""
     if device.type != "cuda":
         return None
     if os.environ.get("TRITON_INTERPRET") == "1":
         return "TRITON_INTERPRET=1 is set: the kernels ran interpreted, not compiled"
     if not is_triton_available():
-        return "Triton is not installed: add_lora ran the torch path"
-    missing = [k.__name__ for k in KERNELS if num_compiled(k) == 0]
+        return f"Triton is not installed: {entry} ran the torch path"
+    missing = [k.__name__ for k in kernels if num_compiled(k) == 0]
     if missing:
         return f"no compiled binary for {', '.join(missing)}: Triton did not run them"
     return None
