@@ -8,6 +8,8 @@ what another left in the cache.
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import pytest
 
@@ -97,12 +99,22 @@ def test_hits_show_in_status_and_metrics(worker):
     before = scrape(worker.running.metrics_port)
     worker.generate("acme/support@1", prompt)
     worker.generate("acme/support@1", prompt)
-    after = scrape(worker.running.metrics_port)
+    labels = {"adapter": "acme/support", "version": "1"}
 
     def grew(name, **labels):
-        return after.value(name, **labels) - before.value(name, **labels)
+        # A labelled counter exists once first counted: before this test's requests it may
+        # not (when no earlier test of this module ran on this pytest worker), which is 0.
+        return sum(after.values(name, **labels)) - sum(before.values(name, **labels))
 
-    labels = {"adapter": "acme/support", "version": "1"}
+    # A request is counted as its stream closes, which may be just after the caller has
+    # its last message: scrape until the second one shows (bounded).
+    deadline = time.monotonic() + 5
+    while True:
+        after = scrape(worker.running.metrics_port)
+        if grew("lorafleet_prefix_cache_queries_total", **labels) >= 2 * len(prompt) \
+                or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
     assert grew("lorafleet_prefix_cache_queries_total", **labels) == 2 * len(prompt)
     assert grew("lorafleet_prefix_cache_hits_total", **labels) == CACHED
     assert grew("vllm:prefix_cache_queries_total", model_name="tiny-llama") == 2 * len(prompt)
