@@ -74,6 +74,7 @@ async def make_worker(plane):
         worker = FakeWorker(worker_id, [f"127.0.0.1:{plane.port}"], **kwargs)
         await worker.start()
         started.append(worker)
+        await worker.registered()  # else a version created next may find no worker yet
         return worker
 
     yield start

@@ -59,6 +59,7 @@ async def serving_workers(plane):  # noqa: F811 (the imported fixture)
                                    base_model=BASE_MODEL)
         await worker.start()
         started.append(worker)
+        await worker.registered()  # else a version created next may find no worker yet
         return worker
 
     yield start

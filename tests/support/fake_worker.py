@@ -114,6 +114,7 @@ class FakeWorker:
         self.address = ""
         self._server: rpcserver.RunningServer | None = None
         self._heartbeats: asyncio.Task | None = None
+        self._registered = asyncio.Event()  # a control plane took a heartbeat
 
     async def start(self) -> str:
         """Serves WorkerService on a free loopback port and starts heartbeating."""
@@ -147,10 +148,16 @@ class FakeWorker:
                             fleet_pb.SendHeartbeatRequest(worker=self.describe()), timeout=2.0,
                             metadata=bearer(self.api_key))
                     self.is_draining = reply.is_draining
+                    self._registered.set()
                     break
                 except grpc.aio.AioRpcError:
                     continue
             await asyncio.sleep(self.heartbeat_seconds)
+
+    async def registered(self, timeout: float = 10.0) -> None:
+        """Returns once a control plane has taken one of its heartbeats (it is then a
+        worker the fleet knows); raises TimeoutError past `timeout`."""
+        await asyncio.wait_for(self._registered.wait(), timeout)
 
     async def stop_heartbeats(self) -> None:
         """Stops heartbeating; the server keeps answering."""
