@@ -6,30 +6,10 @@ from __future__ import annotations
 
 import time
 
-from lorafleet.dataplane.engine.params import SamplingParams
-from lorafleet.dataplane.engine_process.build import build_engine
-from lorafleet.dataplane.engine_process.messages import AdapterSource
-from lorafleet.dataplane.worker_config import WorkerConfig
-from tests.support.lora_suite import NUM_NEW_TOKENS
+from tests.lora.test_engine_lora import GREEDY, _engine
 
-GREEDY = SamplingParams(max_tokens=NUM_NEW_TOKENS, temperature=0.0)
 SYSTEM = [10 + (j * 31) % 340 for j in range(26)]  # 6 full blocks of 4, and 2 tokens
 NAMES = ("acme/qv8", "acme/all16", "beta/mlp-rslora", None)
-
-
-def _engine(base, adapters, **options):
-    """A worker's engine (the public builder's parts) with every adapter in its host
-    tier's sources."""
-    config = WorkerConfig(base, device="cpu", dtype="float32", kv_cache_bytes=8 << 20,
-                          block_size=4, worker_id="test", max_loras=4, max_cpu_loras=8,
-                          **options)
-    parts = build_engine(config)
-    digests = {}
-    for name, path in adapters.items():
-        digest = parts.files.validate(str(path)).digest
-        parts.host.add_source(AdapterSource(f"{name}@1", str(path), digest))
-        digests[name] = digest
-    return parts, digests
 
 
 def _wave(engine, jobs, digests, wave):
@@ -53,7 +33,7 @@ def _wave(engine, jobs, digests, wave):
 
 def test_adapter_and_base_rows_share_only_their_own_weights_prefix(lora_suite, peft_reference):
     base, adapters = lora_suite
-    parts, digests = _engine(base, adapters)
+    parts, digests = _engine(base, adapters, max_loras=4, max_cpu_loras=8)
     engine = parts.engine
     jobs = [(name, SYSTEM + [300 + i, 301 + i, 302 + (i * 5) % 40][: 1 + i % 3])
             for i, name in enumerate(NAMES * 2)]
@@ -74,7 +54,7 @@ def test_adapter_and_base_rows_share_only_their_own_weights_prefix(lora_suite, p
 def test_a_prompt_cached_on_one_adapter_is_computed_again_on_another(lora_suite,
                                                                       peft_reference):
     base, adapters = lora_suite
-    parts, digests = _engine(base, adapters)
+    parts, digests = _engine(base, adapters, max_loras=4, max_cpu_loras=8)
     engine = parts.engine
     prompt = SYSTEM + [301]
     for wave, name in enumerate(NAMES):  # one after another: each could reuse the last
