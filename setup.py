@@ -10,7 +10,7 @@ tests/test_import_paths.py keeps it so.
 
 from setuptools import find_namespace_packages, find_packages, setup
 
-COMPONENTS = ("clients", "controlplane", "dataplane", "kernels")
+COMPONENTS = ("clients", "controlplane", "dataplane", "kernels", "runtime")
 
 
 def _packages() -> tuple[list[str], dict[str, str]]:

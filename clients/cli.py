@@ -39,7 +39,7 @@ CLIENT_COMMANDS: dict[str, str] = {
 }
 
 # `lorafleet key hash` hashes with argon2, which the client install does not import.
-KEY_HASH = "lorafleet.auth.keyfile"
+KEY_HASH = "lorafleet.runtime.auth.keyfile"
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -19,7 +19,7 @@ from google.protobuf.message import Message
 
 from lorafleet.clients.client import Client
 from lorafleet.clients.errors import LorafleetError
-from lorafleet.tls import TlsConfig, TlsFileError, add_client_tls_arguments
+from lorafleet.runtime.tls import TlsConfig, TlsFileError, add_client_tls_arguments
 
 API_KEY_ENV = "LORAFLEET_API_KEY"
 

@@ -15,7 +15,7 @@ from lorafleet.clients.console import add_api_key_argument, open_client
 from lorafleet.clients.errors import LorafleetError
 from lorafleet.clients.events import Summary
 from lorafleet.clients.requests import generate_request
-from lorafleet.tls import add_client_tls_arguments
+from lorafleet.runtime.tls import add_client_tls_arguments
 
 HELP = "stream a completion (from a worker or a gateway)"
 

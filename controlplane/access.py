@@ -13,17 +13,17 @@ import dataclasses
 import logging
 import pathlib
 
-from lorafleet import rpcserver
-from lorafleet.auth import AuthInterceptor, FileKeyStore, KeyVerifier
-from lorafleet.auth.keys import InvalidKeyRecord
-from lorafleet.auth.policy import CONTROL_PLANE_METHODS
-from lorafleet.auth.startup import INSECURE_WARNING
-from lorafleet.auth.stores import ChainKeyStore, read_key_file
 from lorafleet.control.v1 import access_service_pb2
 from lorafleet.control.v1 import access_service_pb2_grpc as access_grpc
 from lorafleet.controlplane.api_access import AccessServicer, EtcdKeyStore, WorkerBindings
 from lorafleet.controlplane.store import EtcdStore
-from lorafleet.startup import StartupError
+from lorafleet.runtime import rpcserver
+from lorafleet.runtime.auth import AuthInterceptor, FileKeyStore, KeyVerifier
+from lorafleet.runtime.auth.keys import InvalidKeyRecord
+from lorafleet.runtime.auth.policy import CONTROL_PLANE_METHODS
+from lorafleet.runtime.auth.startup import INSECURE_WARNING
+from lorafleet.runtime.auth.stores import ChainKeyStore, read_key_file
+from lorafleet.runtime.startup import StartupError
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 binding of a worker id to the key that first registered it. (controlplane/access.py wires
 them into a replica: who may call it, and how it calls workers.)
 
-Records live at `keys/<key id>` under the root as the JSON line of lorafleet.auth's
+Records live at `keys/<key id>` under the root as the JSON line of lorafleet.runtime.auth's
 KeyRecord (an argon2id hash, never the key). Each replica keeps them in memory, re-read
 every 0.5 s, so a key revoked on any replica fails on every replica within a second.
 """
@@ -15,11 +15,6 @@ import logging
 
 from google.protobuf import timestamp_pb2
 
-from lorafleet.auth import KeyRecord, MemoryKeyStore, Principal, current_principal
-from lorafleet.auth.keys import InvalidKeyRecord, make_key
-from lorafleet.auth.remote import PROTO_ROLE, ROLE_OF
-from lorafleet.auth.stores import FileKeyStore, KeyStore
-from lorafleet.auth.verify import KeyVerifier
 from lorafleet.control.v1 import access_service_pb2 as access_pb
 from lorafleet.control.v1 import access_service_pb2_grpc as access_grpc
 from lorafleet.controlplane.audit import audited, list_entries, name_target
@@ -32,8 +27,13 @@ from lorafleet.controlplane.errors import (
 )
 from lorafleet.controlplane.store import EtcdStore
 from lorafleet.controlplane.transactions import Absent, Delete, Exists, Put, Unchanged
-from lorafleet.error_status import unary_errors
-from lorafleet.names import InvalidName, check_worker_id
+from lorafleet.runtime.auth import KeyRecord, MemoryKeyStore, Principal, current_principal
+from lorafleet.runtime.auth.keys import InvalidKeyRecord, make_key
+from lorafleet.runtime.auth.remote import PROTO_ROLE, ROLE_OF
+from lorafleet.runtime.auth.stores import FileKeyStore, KeyStore
+from lorafleet.runtime.auth.verify import KeyVerifier
+from lorafleet.runtime.error_status import unary_errors
+from lorafleet.runtime.names import InvalidName, check_worker_id
 
 log = logging.getLogger(__name__)
 REFRESH_SECONDS = 0.5

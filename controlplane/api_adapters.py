@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from lorafleet.auth import Role, current_principal
 from lorafleet.control.v1 import adapter_service_pb2 as adapter_pb
 from lorafleet.control.v1 import adapter_service_pb2_grpc as adapter_grpc
 from lorafleet.controlplane.audit import audited
 from lorafleet.controlplane.errors import PermissionDenied
 from lorafleet.controlplane.registry import AdapterRegistry
 from lorafleet.controlplane.rollouts import RolloutManager
-from lorafleet.error_status import unary_errors
+from lorafleet.runtime.auth import Role, current_principal
+from lorafleet.runtime.error_status import unary_errors
 
 
 class AdapterServicer(adapter_grpc.AdapterServiceServicer):

@@ -12,7 +12,7 @@ from lorafleet.controlplane.on_demand import OnDemandPlacer
 from lorafleet.controlplane.routing import diff, holders, live_workers, routing_table
 from lorafleet.controlplane.schema import Snapshot
 from lorafleet.controlplane.store import EtcdStore
-from lorafleet.error_status import stream_errors, unary_errors
+from lorafleet.runtime.error_status import stream_errors, unary_errors
 
 
 def placement_view(snapshot: Snapshot, adapter: str = "") -> list[fleet_pb.VersionPlacement]:

@@ -21,9 +21,9 @@ from collections.abc import Callable
 
 from google.protobuf import timestamp_pb2
 
-from lorafleet.auth import current_principal
 from lorafleet.control.v1 import access_service_pb2 as access_pb
 from lorafleet.controlplane.transactions import Put
+from lorafleet.runtime.auth import current_principal
 
 log = logging.getLogger(__name__)
 

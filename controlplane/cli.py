@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import uuid
 
-from lorafleet import startup
-from lorafleet.auth.startup import add_auth_arguments
 from lorafleet.controlplane.access import auth_config_from_args
 from lorafleet.controlplane.server import ControlPlane, ControlPlaneConfig
-from lorafleet.metrics_http import OFF, add_metrics_port_argument, metrics_port_of
-from lorafleet.rpcserver import ServerSecurity
-from lorafleet.startup import StartupError, Stopper, add_log_level_argument, run, starting
-from lorafleet.tls import TlsConfig, TlsFileError, add_server_tls_arguments
+from lorafleet.runtime import startup
+from lorafleet.runtime.auth.startup import add_auth_arguments
+from lorafleet.runtime.metrics_http import OFF, add_metrics_port_argument, metrics_port_of
+from lorafleet.runtime.rpcserver import ServerSecurity
+from lorafleet.runtime.startup import StartupError, Stopper, add_log_level_argument, run, starting
+from lorafleet.runtime.tls import TlsConfig, TlsFileError, add_server_tls_arguments
 
 DESCRIPTION = """\
 Run a control-plane replica: the adapter registry (AdapterService) and the fleet view

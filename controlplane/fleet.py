@@ -19,7 +19,7 @@ from lorafleet.controlplane.errors import AlreadyExists, InvalidArgument, NotFou
 from lorafleet.controlplane.schema import now
 from lorafleet.controlplane.store import EtcdStore
 from lorafleet.controlplane.transactions import Put
-from lorafleet.names import InvalidName, check_worker_id
+from lorafleet.runtime.names import InvalidName, check_worker_id
 
 
 async def read_workers(store: EtcdStore) -> dict[str, fleet_pb.Worker]:

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from lorafleet.control.v1 import adapter_service_pb2 as adapter_pb
 from lorafleet.controlplane.schema import Snapshot
-from lorafleet.metrics_http import MetricsEndpoint
+from lorafleet.runtime.metrics_http import MetricsEndpoint
 
 ETCD_OPS = ("get", "range", "put", "txn", "lease_grant", "lease_keepalive", "lease_revoke")
 ACTIONS = ("load", "evict")

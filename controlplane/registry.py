@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import urllib.parse
 
-from lorafleet.auth import Role, can_see, current_principal, tenant_scope
 from lorafleet.control.v1 import adapter_service_pb2 as adapter_pb
 from lorafleet.controlplane.errors import (
     AlreadyExists,
@@ -30,7 +29,8 @@ from lorafleet.controlplane.transactions import (
     Unchanged,
 )
 from lorafleet.controlplane.validation import VersionValidator
-from lorafleet.names import SOURCE_SCHEMES, InvalidName, check_adapter_name
+from lorafleet.runtime.auth import Role, can_see, current_principal, tenant_scope
+from lorafleet.runtime.names import SOURCE_SCHEMES, InvalidName, check_adapter_name
 
 NUM_TXN_ATTEMPTS = 5
 # Refused versions an adapter keeps (newest first); older ones go when a version is added.

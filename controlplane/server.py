@@ -16,8 +16,6 @@ import dataclasses
 import logging
 import uuid
 
-from lorafleet import rpcserver
-from lorafleet.auth import Role, own_metadata
 from lorafleet.control.v1 import adapter_service_pb2, fleet_service_pb2
 from lorafleet.control.v1 import adapter_service_pb2_grpc as adapter_grpc
 from lorafleet.control.v1 import fleet_service_pb2_grpc as fleet_grpc
@@ -36,8 +34,10 @@ from lorafleet.controlplane.schema import DEFAULT_ROOT
 from lorafleet.controlplane.store import EtcdStore, RetryPolicy
 from lorafleet.controlplane.validation import VersionValidator
 from lorafleet.controlplane.worker_client import CallPolicy, WorkerClients
-from lorafleet.startup import StartupError
-from lorafleet.tls import PLAINTEXT_TLS, TlsConfig
+from lorafleet.runtime import rpcserver
+from lorafleet.runtime.auth import Role, own_metadata
+from lorafleet.runtime.startup import StartupError
+from lorafleet.runtime.tls import PLAINTEXT_TLS, TlsConfig
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
-from lorafleet.tls import PLAINTEXT_TLS, TlsConfig
+from lorafleet.runtime.tls import PLAINTEXT_TLS, TlsConfig
 from lorafleet.worker.v1 import worker_service_pb2_grpc as worker_grpc
 
 TRANSIENT_CODES = frozenset(

@@ -8,14 +8,14 @@ import dataclasses
 import os
 import sys
 
-from lorafleet.auth.policy import WORKER_METHODS
-from lorafleet.auth.startup import add_auth_arguments, auth_interceptors
 from lorafleet.dataplane.adapters.confinement import policy_from_args
 from lorafleet.dataplane.server.flags import add_worker_flags, config_values
 from lorafleet.dataplane.server.quotas import quota_config_of
-from lorafleet.metrics_http import metrics_port_of
-from lorafleet.rpcserver import ServerSecurity
-from lorafleet.startup import (
+from lorafleet.runtime.auth.policy import WORKER_METHODS
+from lorafleet.runtime.auth.startup import add_auth_arguments, auth_interceptors
+from lorafleet.runtime.metrics_http import metrics_port_of
+from lorafleet.runtime.rpcserver import ServerSecurity
+from lorafleet.runtime.startup import (
     EXIT_FATAL,
     EXIT_OK,
     StartupError,
@@ -25,7 +25,7 @@ from lorafleet.startup import (
     run,
     starting,
 )
-from lorafleet.tls import TlsConfig, TlsFileError
+from lorafleet.runtime.tls import TlsConfig, TlsFileError
 
 SERVE_DESCRIPTION = """\
 Serve one base model and its LoRA adapters from this machine: streaming

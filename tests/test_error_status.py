@@ -7,10 +7,10 @@ import pathlib
 
 import grpc
 
-from lorafleet.error_status import MAX_MESSAGE_CHARS, UNDECLARED_MESSAGE, status_of
+from lorafleet.runtime.error_status import MAX_MESSAGE_CHARS, UNDECLARED_MESSAGE, status_of
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-SOURCES = ("clients", "controlplane", "dataplane", "kernels", "protos/lorafleet")
+SOURCES = ("clients", "controlplane", "dataplane", "kernels", "protos/lorafleet", "runtime")
 
 
 class Refused(LookupError):

@@ -14,7 +14,7 @@ from lorafleet.control.v1 import (
     fleet_service_pb2_grpc,
 )
 from lorafleet.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
-from lorafleet.rpcserver import ServiceBinding, full_name, start_server
+from lorafleet.runtime.rpcserver import ServiceBinding, full_name, start_server
 from lorafleet.worker.v1 import worker_service_pb2, worker_service_pb2_grpc
 from tests.support.grpcurl import run_grpcurl
 

@@ -22,7 +22,8 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Folders whose bare names PyPI packages may carry; each must stay importable as the
 # installed package from the repository root.
-COMPONENT_FOLDERS = ("clients", "controlplane", "dataplane", "deploy", "kernels", "protos")
+COMPONENT_FOLDERS = ("clients", "controlplane", "dataplane", "deploy", "kernels", "protos",
+                     "runtime")
 # The two folders that are run from the checkout by their bare names (`python -m
 # benchmarks`, pytest's `tests.*`); they are tooling, never installed.
 TOOLING_PACKAGES = {"benchmarks", "tests"}
@@ -103,11 +104,11 @@ def test_other_pythons_install_and_resolve_the_same_way(version, tmp_path):
     assert done.returncode == 0, done.stderr
     find = ("import importlib.util as u; "
             "print(u.find_spec('lorafleet.kernels.dispatch').origin, "
-            "u.find_spec('lorafleet.clients.client').origin, u.find_spec('lorafleet.names').origin)")
+            "u.find_spec('lorafleet.clients.client').origin, u.find_spec('lorafleet.runtime.names').origin)")
     done = _run(venv_python, "-c", find)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(ROOT / "kernels" / "dispatch.py"),
                                    str(ROOT / "clients" / "client.py"),
-                                   str(ROOT / "protos" / "lorafleet" / "names.py")]
+                                   str(ROOT / "runtime" / "names.py")]
     done = _run(venv_python, "-c", CHECK, *COMPONENT_FOLDERS, pythonpath=_fake_site(tmp_path))
     assert done.returncode == 0, done.stderr

@@ -19,8 +19,11 @@ COMPONENT_DIRS = {
     "lorafleet.controlplane": ROOT / "controlplane",
     "lorafleet.dataplane": ROOT / "dataplane",
     "lorafleet.kernels": ROOT / "kernels",
+    "lorafleet.runtime": ROOT / "runtime",
 }
 STUBS_DIR = ROOT / "protos" / "lorafleet"
+# The generated stubs' packages (lorafleet.inference, .worker, .control).
+STUB_PACKAGES = tuple(sorted(p.name for p in STUBS_DIR.iterdir() if p.is_dir()))
 TORCH_STACK = {"torch", "triton", "safetensors", "tokenizers", "transformers", "numpy"}
 
 
@@ -111,7 +114,7 @@ CLIENT_ALLOWED_THIRD_PARTY = {"grpc", "grpc_health", "grpc_reflection", "grpc_st
 
 def _client_forbidden(name: str) -> bool:
     if name.startswith("lorafleet"):
-        return any(_is_component(name, c) for c in ("controlplane", "dataplane", "kernels"))
+        return not any(_is_component(name, c) for c in ("clients", "runtime", *STUB_PACKAGES))
     top = _top(name)
     return top not in CLIENT_ALLOWED_THIRD_PARTY and not _is_stdlib(top)
 
@@ -145,10 +148,16 @@ RULES = {
         lambda n: _top(n) in TORCH_STACK or _is_component(n, "kernels")
         or _is_component(n, "dataplane") or _is_component(n, "clients"),
     ),
-    "clients import the stubs and grpc only": ("lorafleet.clients", _client_forbidden),
+    "clients import the stubs, grpc and the runtime only": ("lorafleet.clients",
+                                                             _client_forbidden),
     "the stubs import no component": (
         "lorafleet.inference",
         lambda n: any(_is_component(n, c) for c in ("controlplane", "dataplane", "kernels")),
+    ),
+    "the runtime imports no component and no torch": (
+        "lorafleet.runtime",
+        lambda n: _top(n) in TORCH_STACK
+        or any(_is_component(n, c) for c in ("clients", "controlplane", "dataplane", "kernels")),
     ),
 }
 
@@ -167,6 +176,19 @@ def test_the_walker_sees_a_violation(tmp_path, monkeypatch):
     direct_imports.cache_clear()
     prefix, forbidden = RULES["controlplane never imports torch, kernels or dataplane"]
     assert _violations(prefix, forbidden) == ["lorafleet.controlplane.planted: torch"]
+
+
+def test_the_runtime_rule_sees_a_component_import(tmp_path, monkeypatch):
+    """A planted runtime module that imports the dataplane inside a function is reported."""
+    planted = tmp_path / "planted.py"
+    planted.write_text("def f():\n    from lorafleet import dataplane\n")
+    monkeypatch.setitem(MODULES, "lorafleet.runtime.planted", planted)
+    direct_imports.cache_clear()
+    try:
+        prefix, forbidden = RULES["the runtime imports no component and no torch"]
+        assert _violations(prefix, forbidden) == ["lorafleet.runtime.planted: lorafleet.dataplane"]
+    finally:
+        direct_imports.cache_clear()
 
 
 def test_every_component_has_modules():

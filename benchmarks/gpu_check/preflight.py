@@ -38,7 +38,7 @@ CARRY_HINT = ("bring them as wheels: docs/gpu.md, 'Missing packages' (pip downlo
 
 
 # The component folders and where setup.py maps them: lorafleet.<folder>.
-COMPONENTS = ("clients", "controlplane", "dataplane", "kernels")
+COMPONENTS = ("clients", "controlplane", "dataplane", "kernels", "runtime")
 
 
 class _CheckoutFinder(importlib.abc.MetaPathFinder):

@@ -37,7 +37,7 @@ from benchmarks.serving.references import EngineReference
 from benchmarks.serving.scenario_adapters import CONCURRENCY, TARGET_RATIO
 from benchmarks.serving.worker_process import BASE_MODEL_NAME, serve_command, start_worker
 from benchmarks.serving.workload import Lengths, Popularity, WorkloadSpec, make_requests
-from lorafleet.startup import freeze_startup_heap
+from lorafleet.runtime.startup import freeze_startup_heap
 
 CAP_S = 90.0
 RANK = 16

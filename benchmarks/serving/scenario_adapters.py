@@ -19,7 +19,7 @@ from benchmarks.serving.cells import run_cell
 from benchmarks.serving.references import EngineReference, PeftReference, vllm_note
 from benchmarks.serving.report import latency_fields, print_table
 from benchmarks.serving.workload import Lengths
-from lorafleet.startup import freeze_startup_heap
+from lorafleet.runtime.startup import freeze_startup_heap
 
 CONCURRENCY = 32
 TARGET_RATIO = 0.9

@@ -28,7 +28,7 @@ from lorafleet.dataplane.adapters.errors import (
     AdapterSourceUnavailable,
     echo,
 )
-from lorafleet.names import SOURCE_SCHEMES
+from lorafleet.runtime.names import SOURCE_SCHEMES
 
 # The files of a PEFT adapter directory the loader reads (the .bin only to name the refusal).
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")

@@ -24,7 +24,7 @@ from typing import Any
 from lorafleet.dataplane.engine_process.build import build_engine
 from lorafleet.dataplane.engine_process.loop import EngineLoop, MetricEvents
 from lorafleet.dataplane.engine_process.messages import CarriedError, Command
-from lorafleet.startup import freeze_startup_heap
+from lorafleet.runtime.startup import freeze_startup_heap
 
 log = logging.getLogger(__name__)
 

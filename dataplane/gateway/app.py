@@ -14,8 +14,6 @@ import dataclasses
 import random
 from typing import Any
 
-from lorafleet.auth import bearer, own_metadata
-from lorafleet.auth.interceptor import auth_of
 from lorafleet.dataplane.gateway.follower import Backoff, TableFollower
 from lorafleet.dataplane.gateway.metrics import GatewayMetrics
 from lorafleet.dataplane.gateway.models import RoutingModels
@@ -25,7 +23,9 @@ from lorafleet.dataplane.gateway.table import RoutingTable
 from lorafleet.dataplane.gateway.upstream import OnDemandLoads, WorkerChannels
 from lorafleet.dataplane.server.quotas import QuotaConfig, TenantQuotas
 from lorafleet.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
-from lorafleet.rpcserver import (
+from lorafleet.runtime.auth import bearer, own_metadata
+from lorafleet.runtime.auth.interceptor import auth_of
+from lorafleet.runtime.rpcserver import (
     PLAINTEXT,
     RunningServer,
     ServerSecurity,
@@ -33,7 +33,7 @@ from lorafleet.rpcserver import (
     full_name,
     start_server,
 )
-from lorafleet.tls import PLAINTEXT_TLS, TlsConfig
+from lorafleet.runtime.tls import PLAINTEXT_TLS, TlsConfig
 
 
 @dataclasses.dataclass(frozen=True)

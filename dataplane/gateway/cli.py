@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from lorafleet import startup
-from lorafleet.auth.policy import GATEWAY_METHODS
-from lorafleet.auth.startup import add_auth_arguments, auth_interceptors
 from lorafleet.dataplane.gateway.app import GatewayConfig, start_gateway
 from lorafleet.dataplane.server.quotas import add_tenant_limit_arguments, quota_config_of
-from lorafleet.metrics_http import add_metrics_port_argument, metrics_port_of
-from lorafleet.rpcserver import ServerSecurity
-from lorafleet.startup import StartupError, Stopper, add_log_level_argument, run, starting
-from lorafleet.tls import TlsConfig, TlsFileError, add_server_tls_arguments
+from lorafleet.runtime import startup
+from lorafleet.runtime.auth.policy import GATEWAY_METHODS
+from lorafleet.runtime.auth.startup import add_auth_arguments, auth_interceptors
+from lorafleet.runtime.metrics_http import add_metrics_port_argument, metrics_port_of
+from lorafleet.runtime.rpcserver import ServerSecurity
+from lorafleet.runtime.startup import StartupError, Stopper, add_log_level_argument, run, starting
+from lorafleet.runtime.tls import TlsConfig, TlsFileError, add_server_tls_arguments
 
 DESCRIPTION = """\
 Run a gateway: it serves lorafleet.inference.v1.InferenceService (the same service as a

@@ -19,7 +19,7 @@ import grpc
 from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
 from lorafleet.control.v1 import fleet_service_pb2_grpc as fleet_grpc
 from lorafleet.dataplane.gateway.table import RoutingTable
-from lorafleet.tls import PLAINTEXT_TLS, TlsConfig
+from lorafleet.runtime.tls import PLAINTEXT_TLS, TlsConfig
 
 log = logging.getLogger(__name__)
 

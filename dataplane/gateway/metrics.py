@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from lorafleet.dataplane.gateway.picking import PICKS
 from lorafleet.dataplane.server.tracing import make_tracer_provider, tracer_of
-from lorafleet.metrics_http import MetricsEndpoint
+from lorafleet.runtime.metrics_http import MetricsEndpoint
 
 
 class GatewayMetrics:

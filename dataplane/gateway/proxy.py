@@ -27,16 +27,16 @@ import grpc
 from grpc_health.v1 import health_pb2
 from opentelemetry import trace
 
-from lorafleet.auth.interceptor import on_behalf_of_caller
 from lorafleet.dataplane.gateway.metrics import GatewayMetrics
 from lorafleet.dataplane.gateway.picking import Candidate
 from lorafleet.dataplane.gateway.router import Resolved, RouteError, Router
 from lorafleet.dataplane.gateway.upstream import OnDemandLoads, UpstreamError, WorkerChannels
 from lorafleet.dataplane.server.quotas import QuotaExceeded, TenantQuotas, tenant_of
 from lorafleet.dataplane.server.tracing import context_from_metadata, trace_metadata
-from lorafleet.error_status import details_trailer, status_of
 from lorafleet.inference.v1 import inference_service_pb2 as pb
 from lorafleet.inference.v1 import inference_service_pb2_grpc as pb_grpc
+from lorafleet.runtime.auth.interceptor import on_behalf_of_caller
+from lorafleet.runtime.error_status import details_trailer, status_of
 
 log = logging.getLogger(__name__)
 

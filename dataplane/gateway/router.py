@@ -13,7 +13,6 @@ from collections.abc import Callable, Collection, Mapping
 
 import grpc
 
-from lorafleet.auth.principals import can_see
 from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
 from lorafleet.dataplane.gateway.affinity import prefer, prefix_key
 from lorafleet.dataplane.gateway.picking import (
@@ -27,7 +26,8 @@ from lorafleet.dataplane.gateway.picking import (
 )
 from lorafleet.dataplane.gateway.table import RoutingTable
 from lorafleet.inference.v1 import inference_service_pb2 as pb
-from lorafleet.names import parse_ref
+from lorafleet.runtime.auth.principals import can_see
+from lorafleet.runtime.names import parse_ref
 
 
 class RouteError(Exception):

@@ -19,7 +19,7 @@ from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
 from lorafleet.dataplane.gateway.follower import NoControlPlane
 from lorafleet.dataplane.gateway.picking import find_version
 from lorafleet.inference.v1 import inference_service_pb2_grpc as inference_grpc
-from lorafleet.tls import PLAINTEXT_TLS, TlsConfig
+from lorafleet.runtime.tls import PLAINTEXT_TLS, TlsConfig
 
 log = logging.getLogger(__name__)
 # FleetService.PlaceAdapterVersion on the control plane the gateway follows (follower.place).

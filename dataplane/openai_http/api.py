@@ -13,8 +13,6 @@ import grpc
 from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from lorafleet.auth.interceptor import AuthInterceptor, VerifierUnavailable
-from lorafleet.auth.principals import Principal
 from lorafleet.dataplane.openai_http.answers import REQUEST_ID_HEADER, answer_once, answer_stream
 from lorafleet.dataplane.openai_http.errors import ApiError, from_rpc_error
 from lorafleet.dataplane.openai_http.limits import BODY_SECONDS, MAX_BODY_BYTES
@@ -22,6 +20,8 @@ from lorafleet.dataplane.openai_http.models import ModelCard, ModelLister
 from lorafleet.dataplane.openai_http.parse import ParsedRequest, parse_chat, parse_completion
 from lorafleet.dataplane.openai_http.shapes import ChatShape, CompletionShape, Shape
 from lorafleet.inference.v1 import inference_service_pb2_grpc as ipb_grpc
+from lorafleet.runtime.auth.interceptor import AuthInterceptor, VerifierUnavailable
+from lorafleet.runtime.auth.principals import Principal
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 

@@ -19,13 +19,13 @@ import grpc
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from lorafleet.auth.interceptor import AuthInterceptor
 from lorafleet.dataplane.openai_http import limits
 from lorafleet.dataplane.openai_http.api import OpenAIApi
 from lorafleet.dataplane.openai_http.errors import ApiError, from_rpc_error
 from lorafleet.dataplane.openai_http.limits import MAX_BODY_BYTES
 from lorafleet.dataplane.openai_http.models import ModelLister, WorkerModels
-from lorafleet.tls import PLAINTEXT_TLS, TlsConfig
+from lorafleet.runtime.auth.interceptor import AuthInterceptor
+from lorafleet.runtime.tls import PLAINTEXT_TLS, TlsConfig
 
 log = logging.getLogger(__name__)
 

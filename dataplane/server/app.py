@@ -11,7 +11,6 @@ import threading
 
 from opentelemetry.sdk.trace import TracerProvider
 
-from lorafleet.auth.interceptor import auth_of
 from lorafleet.dataplane.lora.load_threads import LoadThreads
 from lorafleet.dataplane.openai_http import RunningHttp, WorkerModels, start_worker_http
 from lorafleet.dataplane.server.build import build_serving_worker
@@ -22,9 +21,10 @@ from lorafleet.dataplane.server.tracing import make_tracer_provider, tracer_of
 from lorafleet.dataplane.server.worker import Worker
 from lorafleet.dataplane.server.worker_service import WorkerServicer
 from lorafleet.dataplane.worker_config import WorkerConfig
-from lorafleet.error_status import caller_message
 from lorafleet.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
-from lorafleet.rpcserver import (
+from lorafleet.runtime.auth.interceptor import auth_of
+from lorafleet.runtime.error_status import caller_message
+from lorafleet.runtime.rpcserver import (
     PLAINTEXT,
     BoundServer,
     PortInUse,
@@ -34,8 +34,8 @@ from lorafleet.rpcserver import (
     bind_server,
     full_name,
 )
-from lorafleet.startup import StartupError
-from lorafleet.tls import PLAINTEXT_TLS, TlsConfig
+from lorafleet.runtime.startup import StartupError
+from lorafleet.runtime.tls import PLAINTEXT_TLS, TlsConfig
 from lorafleet.worker.v1 import worker_service_pb2, worker_service_pb2_grpc
 
 log = logging.getLogger(__name__)

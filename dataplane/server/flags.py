@@ -22,10 +22,10 @@ from lorafleet.dataplane.adapters.confinement import add_source_arguments
 from lorafleet.dataplane.engine.fairness import QUEUE_POLICIES
 from lorafleet.dataplane.engine.prefix_cache import PREFIX_CACHE_SCOPES
 from lorafleet.dataplane.server.quotas import add_tenant_limit_arguments
-from lorafleet.metrics_http import add_metrics_port_argument
-from lorafleet.names import InvalidName, check_adapter_name
-from lorafleet.startup import add_log_level_argument
-from lorafleet.tls import add_server_tls_arguments
+from lorafleet.runtime.metrics_http import add_metrics_port_argument
+from lorafleet.runtime.names import InvalidName, check_adapter_name
+from lorafleet.runtime.startup import add_log_level_argument
+from lorafleet.runtime.tls import add_server_tls_arguments
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 # Where the engine loop runs: its own process (serving), or a thread beside the server

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 
 import grpc
 
-from lorafleet.auth import bearer
 from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
 from lorafleet.control.v1 import fleet_service_pb2_grpc as fleet_grpc
 from lorafleet.dataplane.server.worker_service import WorkerServicer
-from lorafleet.tls import PLAINTEXT_TLS, TlsConfig
+from lorafleet.runtime.auth import bearer
+from lorafleet.runtime.tls import PLAINTEXT_TLS, TlsConfig
 
 log = logging.getLogger(__name__)
 

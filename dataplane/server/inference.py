@@ -12,9 +12,9 @@ from lorafleet.dataplane.engine.request import FinishReason
 from lorafleet.dataplane.server.requests import cache_salt_of, prompt_of, sampling_of
 from lorafleet.dataplane.server.tracing import context_from_metadata
 from lorafleet.dataplane.server.worker import Admitted, Worker
-from lorafleet.error_status import stream_errors
 from lorafleet.inference.v1 import inference_service_pb2 as pb
 from lorafleet.inference.v1 import inference_service_pb2_grpc as pb_grpc
+from lorafleet.runtime.error_status import stream_errors
 
 _FINISH = {
     FinishReason.STOP: pb.FINISH_REASON_STOP,

@@ -25,7 +25,7 @@ from prometheus_client.utils import floatToGoString
 from lorafleet.dataplane.engine.snapshot import EngineSnapshot
 from lorafleet.dataplane.server.gauges import TIERS, ServerLimits, SnapshotGauges
 from lorafleet.dataplane.server.labels import BASE, VersionLabeler
-from lorafleet.metrics_http import MetricsEndpoint
+from lorafleet.runtime.metrics_http import MetricsEndpoint
 
 # Seconds buckets: tokens on a GPU arrive in milliseconds, CPU and cold loads take seconds.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)

@@ -42,7 +42,7 @@ from lorafleet.dataplane.engine_process.messages import (
     News,
     Op,
 )
-from lorafleet.startup import StartupError, StartupStopped
+from lorafleet.runtime.startup import StartupError, StartupStopped
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2
 
-from lorafleet.auth import current_principal
+from lorafleet.runtime.auth import current_principal
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,8 +13,8 @@ import dataclasses
 import enum
 import time
 
-from lorafleet.auth.principals import can_see
-from lorafleet.names import parse_ref, shorten, version_label
+from lorafleet.runtime.auth.principals import can_see
+from lorafleet.runtime.names import parse_ref, shorten, version_label
 
 
 class VersionState(enum.Enum):

@@ -6,8 +6,8 @@ from lorafleet.dataplane.server.errors import ShuttingDown
 from lorafleet.dataplane.server.requests import BadRequest
 from lorafleet.dataplane.server.versions import VersionEntry, VersionState
 from lorafleet.dataplane.server.worker import Worker
-from lorafleet.error_status import unary_errors
-from lorafleet.names import InvalidName, check_adapter_name
+from lorafleet.runtime.error_status import unary_errors
+from lorafleet.runtime.names import InvalidName, check_adapter_name
 from lorafleet.worker.v1 import worker_service_pb2 as pb
 from lorafleet.worker.v1 import worker_service_pb2_grpc as pb_grpc
 

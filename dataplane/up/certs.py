@@ -4,7 +4,7 @@
 Every certificate names 127.0.0.1, localhost and the --host address, serves as both a
 server and a client certificate, and says who holds it in its common name ("controlplane:
 controlplane-0", "gateway:gateway", "worker:worker-0", "admin"), which is what
-`lorafleet.tls.peer_identity` reads. The control plane and the workers require client
+`lorafleet.runtime.tls.peer_identity` reads. The control plane and the workers require client
 certificates (mTLS); the gateway's callers authenticate with API keys over TLS.
 """
 
@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from lorafleet.tls import PLAINTEXT_TLS, TlsConfig
+from lorafleet.runtime.tls import PLAINTEXT_TLS, TlsConfig
 
 VALID_DAYS = 30
 ADMIN = "admin"

@@ -18,9 +18,9 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from lorafleet import startup
-from lorafleet.startup import StartupError
-from lorafleet.tls import PLAINTEXT_TLS, TlsConfig
+from lorafleet.runtime import startup
+from lorafleet.runtime.startup import StartupError
+from lorafleet.runtime.tls import PLAINTEXT_TLS, TlsConfig
 
 # How long each child may take to stop after SIGTERM before its group gets SIGKILL.
 STOP_GRACE_SECONDS = 10.0

@@ -6,7 +6,7 @@ import argparse
 import pathlib
 
 from lorafleet.dataplane.server.flags import add_up_flags, positive_int
-from lorafleet.startup import add_log_level_argument, run
+from lorafleet.runtime.startup import add_log_level_argument, run
 
 DESCRIPTION = """\
 Run a whole lorafleet on this machine, each part a child process: etcd, a control plane,

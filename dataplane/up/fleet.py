@@ -23,8 +23,8 @@ from lorafleet.dataplane.up.children import (
 )
 from lorafleet.dataplane.up.keys import UpKeys
 from lorafleet.dataplane.up.model import RESULT_PREFIX
-from lorafleet.startup import StartupError
-from lorafleet.tls import PLAINTEXT_TLS, TlsConfig
+from lorafleet.runtime.startup import StartupError
+from lorafleet.runtime.tls import PLAINTEXT_TLS, TlsConfig
 
 LORAFLEET = [sys.executable, "-m", "lorafleet.clients.cli"]
 # Seconds each part may take to report SERVING. A worker loads a model first.

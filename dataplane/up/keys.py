@@ -13,8 +13,8 @@ import dataclasses
 import os
 import pathlib
 
-from lorafleet.auth import make_key
-from lorafleet.auth.startup import API_KEY_ENV
+from lorafleet.runtime.auth import make_key
+from lorafleet.runtime.auth.startup import API_KEY_ENV
 
 DEMO_TENANT = "demo"
 

@@ -13,13 +13,13 @@ import urllib.request
 
 import grpc
 
-from lorafleet.auth import bearer
 from lorafleet.control.v1 import adapter_service_pb2 as apb
 from lorafleet.control.v1 import adapter_service_pb2_grpc as apb_grpc
 from lorafleet.control.v1 import fleet_service_pb2 as fpb
 from lorafleet.control.v1 import fleet_service_pb2_grpc as fpb_grpc
-from lorafleet.startup import StartupError
-from lorafleet.tls import PLAINTEXT_TLS, TlsConfig
+from lorafleet.runtime.auth import bearer
+from lorafleet.runtime.startup import StartupError
+from lorafleet.runtime.tls import PLAINTEXT_TLS, TlsConfig
 
 STYLE_ADAPTER = "demo/style"
 STYLE_WEIGHTS = (90, 10)

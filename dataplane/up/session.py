@@ -14,8 +14,8 @@ from lorafleet.dataplane.up import fleet, register, showcase
 from lorafleet.dataplane.up.certs import PLAINTEXT_UP, UpTls, make_up_certs
 from lorafleet.dataplane.up.children import Child, Children, RestartDelays, died_at_start
 from lorafleet.dataplane.up.keys import make_up_keys
-from lorafleet.startup import EXIT_OK, Stopper
-from lorafleet.tls import TlsConfig
+from lorafleet.runtime.startup import EXIT_OK, Stopper
+from lorafleet.runtime.tls import TlsConfig
 
 
 @dataclasses.dataclass(frozen=True)

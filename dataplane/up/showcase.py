@@ -14,13 +14,13 @@ import sys
 
 import grpc
 
-from lorafleet.auth import bearer
 from lorafleet.dataplane.up.certs import PLAINTEXT_UP, UpTls
 from lorafleet.dataplane.up.keys import UpKeys
 from lorafleet.inference.v1 import inference_service_pb2 as ipb
 from lorafleet.inference.v1 import inference_service_pb2_grpc as ipb_grpc
-from lorafleet.startup import StartupError
-from lorafleet.tls import PLAINTEXT_TLS, TlsConfig
+from lorafleet.runtime.auth import bearer
+from lorafleet.runtime.startup import StartupError
+from lorafleet.runtime.tls import PLAINTEXT_TLS, TlsConfig
 
 # A question of a kind the demo adapters were trained on (benchmarks/demo_data.py, the
 # opposites), which all of them answer right. They are tiny style adapters (caps is rank 8

@@ -16,6 +16,7 @@ COPY clients/ clients/
 COPY controlplane/ controlplane/
 COPY dataplane/ dataplane/
 COPY kernels/ kernels/
+COPY runtime/ runtime/
 RUN /opt/lorafleet/bin/pip install --no-cache-dir .
 
 FROM ${PYTHON_IMAGE}

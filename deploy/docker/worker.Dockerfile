@@ -20,6 +20,7 @@ COPY clients/ clients/
 COPY controlplane/ controlplane/
 COPY dataplane/ dataplane/
 COPY kernels/ kernels/
+COPY runtime/ runtime/
 RUN /opt/lorafleet/bin/pip install --no-cache-dir '.[worker,s3,otlp]'
 
 FROM ${CUDA_IMAGE}

@@ -9,13 +9,13 @@ import pathlib
 import grpc
 import pytest
 
-from lorafleet.auth import bearer, make_key
 from lorafleet.control.v1 import access_service_pb2_grpc as access_grpc
 from lorafleet.control.v1 import adapter_service_pb2 as adapter_pb
 from lorafleet.control.v1 import adapter_service_pb2_grpc as adapter_grpc
 from lorafleet.control.v1 import fleet_service_pb2_grpc as fleet_grpc
 from lorafleet.controlplane.access import AuthConfig
 from lorafleet.controlplane.server import ControlPlane
+from lorafleet.runtime.auth import bearer, make_key
 from tests.controlplane.conftest import fast_config
 
 

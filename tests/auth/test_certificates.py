@@ -7,9 +7,9 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from lorafleet.auth.interceptor import AuthInterceptor, certified_principal
-from lorafleet.auth.principals import Role, current_principal
-from lorafleet.rpcserver import ServerSecurity, ServiceBinding, start_server
+from lorafleet.runtime.auth.interceptor import AuthInterceptor, certified_principal
+from lorafleet.runtime.auth.principals import Role, current_principal
+from lorafleet.runtime.rpcserver import ServerSecurity, ServiceBinding, start_server
 
 METHOD = "/test.Fleet/Heartbeat"
 

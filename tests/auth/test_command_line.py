@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
-from lorafleet.auth import KeyRecord
 from lorafleet.clients.audit import since_of
 from lorafleet.clients.cli import main as lorafleet
+from lorafleet.runtime.auth import KeyRecord
 
 LORAFLEET = [sys.executable, "-m", "lorafleet.clients.cli"]
 NOWHERE = "127.0.0.1:9"

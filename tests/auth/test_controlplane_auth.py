@@ -14,7 +14,7 @@ from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
 from lorafleet.controlplane.access import AuthConfig
 from lorafleet.controlplane.registry import MAX_REJECTED_KEPT
 from lorafleet.controlplane.server import ControlPlane
-from lorafleet.startup import StartupError
+from lorafleet.runtime.startup import StartupError
 from tests.auth.conftest import auth_config, code_and_details, create_adapter
 from tests.controlplane.conftest import eventually, fast_config
 from tests.support.fake_worker import FakeWorker

@@ -13,16 +13,16 @@ import urllib.request
 import grpc
 import pytest
 
-from lorafleet.auth import AuthInterceptor
-from lorafleet.auth.policy import GATEWAY_METHODS, WORKER_METHODS
-from lorafleet.auth.remote import RemoteVerifier
 from lorafleet.control.v1 import access_service_pb2 as access_pb
 from lorafleet.control.v1 import adapter_service_pb2 as apb
 from lorafleet.dataplane.gateway.app import GatewayConfig, start_gateway
 from lorafleet.dataplane.server.app import start_worker
 from lorafleet.inference.v1 import inference_service_pb2 as pb
 from lorafleet.inference.v1 import inference_service_pb2_grpc as pb_grpc
-from lorafleet.rpcserver import ServerSecurity
+from lorafleet.runtime.auth import AuthInterceptor
+from lorafleet.runtime.auth.policy import GATEWAY_METHODS, WORKER_METHODS
+from lorafleet.runtime.auth.remote import RemoteVerifier
+from lorafleet.runtime.rpcserver import ServerSecurity
 from lorafleet.worker.v1 import worker_service_pb2 as wpb
 from lorafleet.worker.v1 import worker_service_pb2_grpc as wpb_grpc
 from tests.auth.conftest import code_and_details

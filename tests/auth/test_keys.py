@@ -9,9 +9,16 @@ import time
 
 import pytest
 
-from lorafleet.auth import FileKeyStore, KeyRecord, KeyVerifier, MemoryKeyStore, Role, make_key
-from lorafleet.auth.interceptor import TENANT_HEADER, vouched_for
-from lorafleet.auth.keys import InvalidKeyRecord, key_id_of
+from lorafleet.runtime.auth import (
+    FileKeyStore,
+    KeyRecord,
+    KeyVerifier,
+    MemoryKeyStore,
+    Role,
+    make_key,
+)
+from lorafleet.runtime.auth.interceptor import TENANT_HEADER, vouched_for
+from lorafleet.runtime.auth.keys import InvalidKeyRecord, key_id_of
 
 
 def test_a_key_is_random_and_only_its_hash_is_stored():

@@ -15,9 +15,6 @@ import urllib.request
 import grpc
 import pytest
 
-from lorafleet.auth import TENANT_HEADER, AuthInterceptor
-from lorafleet.auth.policy import GATEWAY_METHODS, WORKER_METHODS
-from lorafleet.auth.remote import RemoteVerifier
 from lorafleet.clients.aio import AsyncClient
 from lorafleet.control.v1 import adapter_service_pb2 as apb
 from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
@@ -27,7 +24,10 @@ from lorafleet.dataplane.gateway.app import GatewayConfig, start_gateway
 from lorafleet.dataplane.server.app import start_worker
 from lorafleet.inference.v1 import inference_service_pb2 as inference_pb
 from lorafleet.inference.v1 import inference_service_pb2_grpc as inference_grpc
-from lorafleet.rpcserver import ServerSecurity
+from lorafleet.runtime.auth import TENANT_HEADER, AuthInterceptor
+from lorafleet.runtime.auth.policy import GATEWAY_METHODS, WORKER_METHODS
+from lorafleet.runtime.auth.remote import RemoteVerifier
+from lorafleet.runtime.rpcserver import ServerSecurity
 from lorafleet.worker.v1 import worker_service_pb2 as worker_pb
 from tests.auth.conftest import Keys, auth_config
 from tests.controlplane.conftest import eventually

@@ -17,7 +17,7 @@ import pytest
 from cryptography import x509
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from lorafleet.tls import TlsConfig
+from lorafleet.runtime.tls import TlsConfig
 from tests.deploy.support import DEPLOY, compose_interpolate, parse_command
 from tests.deploy.test_compose import SERVICES
 

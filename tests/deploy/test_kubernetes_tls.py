@@ -18,7 +18,7 @@ import pytest
 import trustme
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from lorafleet.tls import TlsConfig
+from lorafleet.runtime.tls import TlsConfig
 from tests.deploy.support import (
     DEPLOY,
     OVERLAYS,

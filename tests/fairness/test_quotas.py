@@ -13,8 +13,6 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from lorafleet.auth import Principal, Role
-from lorafleet.auth.principals import set_principal
 from lorafleet.dataplane.server.quotas import (
     QuotaExceeded,
     TenantLimits,
@@ -23,6 +21,8 @@ from lorafleet.dataplane.server.quotas import (
     quota_config,
 )
 from lorafleet.inference.v1 import inference_service_pb2 as ipb
+from lorafleet.runtime.auth import Principal, Role
+from lorafleet.runtime.auth.principals import set_principal
 from tests.server.conftest import worker_config
 from tests.support.worker_thread import WorkerThread
 

@@ -13,12 +13,12 @@ import grpc
 import pytest
 from hypothesis import given
 
-from lorafleet.auth import make_key
 from lorafleet.control.v1 import access_service_pb2 as apb
 from lorafleet.control.v1 import adapter_service_pb2 as cpb
 from lorafleet.control.v1 import fleet_service_pb2 as fpb
 from lorafleet.controlplane.access import AuthConfig
 from lorafleet.controlplane.server import ControlPlane
+from lorafleet.runtime.auth import make_key
 from tests.controlplane.conftest import fast_config
 from tests.fuzz.calls import PROPER, LoopThread, call, fuzz_settings, is_serving
 from tests.fuzz.messages import authorization, messages, raw_bodies

@@ -16,11 +16,11 @@ import grpc
 import pytest
 from hypothesis import given
 
-from lorafleet.auth import AuthInterceptor, KeyVerifier, MemoryKeyStore
-from lorafleet.auth.keys import make_key
-from lorafleet.auth.policy import WORKER_METHODS
 from lorafleet.inference.v1 import inference_service_pb2 as ipb
-from lorafleet.rpcserver import ServerSecurity
+from lorafleet.runtime.auth import AuthInterceptor, KeyVerifier, MemoryKeyStore
+from lorafleet.runtime.auth.keys import make_key
+from lorafleet.runtime.auth.policy import WORKER_METHODS
+from lorafleet.runtime.rpcserver import ServerSecurity
 from lorafleet.worker.v1 import worker_service_pb2 as wpb
 from tests.fuzz.calls import PROPER, call, fuzz_settings, is_serving
 from tests.fuzz.messages import authorization, messages, raw_bodies

@@ -16,9 +16,9 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from lorafleet import rpcserver
 from lorafleet.inference.v1 import inference_service_pb2 as pb
 from lorafleet.inference.v1 import inference_service_pb2_grpc as pb_grpc
+from lorafleet.runtime import rpcserver
 from lorafleet.worker.v1 import worker_service_pb2 as worker_pb
 from lorafleet.worker.v1 import worker_service_pb2_grpc as worker_grpc
 from tests.support.fake_worker import FakeWorker, FakeWorkerService

@@ -13,7 +13,7 @@ from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
 from lorafleet.controlplane.cli import build_parser, config_from_args
 from lorafleet.controlplane.server import ControlPlane
 from lorafleet.controlplane.store import EtcdStore, RetryPolicy, StoreUnavailable
-from lorafleet.startup import StartupError
+from lorafleet.runtime.startup import StartupError
 from tests.controlplane.conftest import (  # noqa: F401 (make_worker, stubs: fixtures)
     eventually,
     fast_config,

@@ -20,7 +20,7 @@ import grpc
 from lorafleet.dataplane.openai_http import ModelCard
 from lorafleet.inference.v1 import inference_service_pb2 as pb
 from lorafleet.inference.v1 import inference_service_pb2_grpc as pb_grpc
-from lorafleet.rpcserver import ServiceBinding, full_name, start_server
+from lorafleet.runtime.rpcserver import ServiceBinding, full_name, start_server
 
 BASE = "tiny-base"
 

@@ -247,7 +247,7 @@ def test_an_engine_process_that_never_finishes_building_is_stopped_at_the_timeou
     # mount) used to hold `lorafleet serve` at start for ever. Now start-up gives up
     # after --engine-start-timeout with one clear line, and the child is gone.
     from lorafleet.dataplane.server.process_link import ProcessLink
-    from lorafleet.startup import StartupError
+    from lorafleet.runtime.startup import StartupError
 
     base = tmp_path / "base"
     shutil.copytree(lora_suite[0], base)

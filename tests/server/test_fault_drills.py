@@ -206,7 +206,7 @@ def test_engine_loop_death_is_reported_not_hidden(fresh_worker):
 
 def test_busy_port_on_the_same_host_is_refused(fresh_worker):
     port = int(fresh_worker.address.rsplit(":", 1)[1])
-    from lorafleet.rpcserver import PortInUse, start_server
+    from lorafleet.runtime.rpcserver import PortInUse, start_server
 
     with pytest.raises(PortInUse) as info:
         fresh_worker.run(start_server([], f"127.0.0.1:{port}"))

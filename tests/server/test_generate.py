@@ -14,8 +14,8 @@ import pytest
 from lorafleet.dataplane.engine.outputs import ErrorKind, RequestOutput, Usage
 from lorafleet.dataplane.engine.request import FinishReason, RequestTimings
 from lorafleet.dataplane.server.worker import engine_failure
-from lorafleet.error_status import status_of
 from lorafleet.inference.v1 import inference_service_pb2 as pb
+from lorafleet.runtime.error_status import status_of
 from lorafleet.worker.v1 import worker_service_pb2 as wpb
 from tests.support.lora_suite import NUM_NEW_TOKENS, prompts
 

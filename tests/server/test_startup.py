@@ -108,7 +108,7 @@ def test_a_full_collection_after_start_up_skips_the_start_up_heap():
     # freeze_startup_heap (the servers call it before "serving on"), it walks only what
     # was created since.
     script = ("import gc, torch, transformers\n"
-              "from lorafleet.startup import freeze_startup_heap\n"
+              "from lorafleet.runtime.startup import freeze_startup_heap\n"
               "frozen = freeze_startup_heap()\n"
               "print(frozen, len(gc.get_objects()))\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,

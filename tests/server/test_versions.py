@@ -14,7 +14,7 @@ from lorafleet.dataplane.server.versions import (
     VersionTable,
     VersionTaken,
 )
-from lorafleet.names import check_worker_id, parse_ref, shorten
+from lorafleet.runtime.names import check_worker_id, parse_ref, shorten
 
 
 def _entry(name="acme/support", version=1, digest="d1"):

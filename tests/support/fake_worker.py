@@ -14,10 +14,10 @@ import time
 
 import grpc
 
-from lorafleet import rpcserver
-from lorafleet.auth import bearer
 from lorafleet.control.v1 import fleet_service_pb2 as fleet_pb
 from lorafleet.control.v1 import fleet_service_pb2_grpc as fleet_grpc
+from lorafleet.runtime import rpcserver
+from lorafleet.runtime.auth import bearer
 from lorafleet.worker.v1 import worker_service_pb2 as worker_pb
 from lorafleet.worker.v1 import worker_service_pb2_grpc as worker_grpc
 

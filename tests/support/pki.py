@@ -10,7 +10,7 @@ import pathlib
 
 import trustme
 
-from lorafleet.tls import TlsConfig
+from lorafleet.runtime.tls import TlsConfig
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost")
 

@@ -12,7 +12,7 @@ from lorafleet.controlplane.cli import build_parser as controlplane_parser
 from lorafleet.controlplane.cli import config_from_args as controlplane_config
 from lorafleet.dataplane.gateway.cli import build_parser as gateway_parser
 from lorafleet.dataplane.gateway.cli import config_from_args as gateway_config
-from lorafleet.startup import StartupError
+from lorafleet.runtime.startup import StartupError
 
 NO_AUTH = "--insecure-no-auth"
 

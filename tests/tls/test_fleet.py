@@ -16,8 +16,8 @@ from lorafleet.clients.aio import AsyncClient
 from lorafleet.controlplane.server import ControlPlane
 from lorafleet.dataplane.gateway.app import GatewayConfig, start_gateway
 from lorafleet.dataplane.server.app import start_worker
-from lorafleet.rpcserver import ServerSecurity
-from lorafleet.tls import TlsConfig
+from lorafleet.runtime.rpcserver import ServerSecurity
+from lorafleet.runtime.tls import TlsConfig
 from tests.controlplane.conftest import eventually, fast_config
 from tests.server.conftest import worker_config
 

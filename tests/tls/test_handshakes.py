@@ -6,8 +6,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from lorafleet.rpcserver import ServerSecurity, ServiceBinding, start_server
-from lorafleet.tls import PLAINTEXT_TLS, TlsConfig, TlsFileError, peer_identity
+from lorafleet.runtime.rpcserver import ServerSecurity, ServiceBinding, start_server
+from lorafleet.runtime.tls import PLAINTEXT_TLS, TlsConfig, TlsFileError, peer_identity
 from tests.support.pki import expired
 
 NOBODY = b"<no certificate>"

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from lorafleet.dataplane.up.certs import make_up_certs
-from lorafleet.tls import TlsConfig
+from lorafleet.runtime.tls import TlsConfig
 from tests.tls.test_handshakes import _ask, _refused, serve  # noqa: F401 (serve: fixture)
 from tests.up.test_up import READY_LINE, SMALL, UP, Up, _paste, marked  # noqa: F401
 

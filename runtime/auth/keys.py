@@ -16,7 +16,7 @@ import time
 
 import argon2
 
-from lorafleet.auth.principals import ROLE_NAMES, Principal, Role
+from lorafleet.runtime.auth.principals import ROLE_NAMES, Principal, Role
 
 KEY_PREFIX = "lf_"
 _KEY_RE = re.compile(r"lf_([0-9a-f]{12})_[A-Za-z0-9_-]{43}")

@@ -14,14 +14,14 @@ import logging
 import os
 from collections.abc import Sequence
 
-from lorafleet.auth.interceptor import AuthInterceptor
-from lorafleet.auth.keys import InvalidKeyRecord
-from lorafleet.auth.policy import Table
-from lorafleet.auth.remote import RemoteVerifier
-from lorafleet.auth.stores import FileKeyStore
-from lorafleet.auth.verify import KeyVerifier
-from lorafleet.startup import StartupError
-from lorafleet.tls import PLAINTEXT_TLS, TlsConfig
+from lorafleet.runtime.auth.interceptor import AuthInterceptor
+from lorafleet.runtime.auth.keys import InvalidKeyRecord
+from lorafleet.runtime.auth.policy import Table
+from lorafleet.runtime.auth.remote import RemoteVerifier
+from lorafleet.runtime.auth.stores import FileKeyStore
+from lorafleet.runtime.auth.verify import KeyVerifier
+from lorafleet.runtime.startup import StartupError
+from lorafleet.runtime.tls import PLAINTEXT_TLS, TlsConfig
 
 log = logging.getLogger(__name__)
 API_KEY_ENV = "LORAFLEET_API_KEY"

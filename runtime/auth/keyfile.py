@@ -15,8 +15,8 @@ import argparse
 import os
 import sys
 
-from lorafleet.auth.keys import InvalidKeyRecord, make_key
-from lorafleet.auth.principals import ROLE_NAMES
+from lorafleet.runtime.auth.keys import InvalidKeyRecord, make_key
+from lorafleet.runtime.auth.principals import ROLE_NAMES
 
 
 def add_key_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
-from lorafleet.auth.keys import key_id_of, matches
-from lorafleet.auth.principals import Principal
-from lorafleet.auth.stores import KeyStore
+from lorafleet.runtime.auth.keys import key_id_of, matches
+from lorafleet.runtime.auth.principals import Principal
+from lorafleet.runtime.auth.stores import KeyStore
 
 MAX_CACHED_KEYS = 10_000
 

@@ -15,10 +15,10 @@ from collections.abc import Callable, Sequence
 
 import grpc
 
-from lorafleet.auth.interceptor import VerifierUnavailable, bearer
-from lorafleet.auth.principals import Principal, Role
 from lorafleet.control.v1 import access_service_pb2 as access_pb
 from lorafleet.control.v1 import access_service_pb2_grpc as access_grpc
+from lorafleet.runtime.auth.interceptor import VerifierUnavailable, bearer
+from lorafleet.runtime.auth.principals import Principal, Role
 
 ROLE_OF = {access_pb.ROLE_ADMIN: Role.ADMIN, access_pb.ROLE_TENANT: Role.TENANT,
            access_pb.ROLE_WORKER: Role.WORKER, access_pb.ROLE_GATEWAY: Role.GATEWAY,

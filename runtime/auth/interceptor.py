@@ -16,9 +16,9 @@ from typing import Protocol
 
 import grpc
 
-from lorafleet.auth.policy import Table, is_public
-from lorafleet.auth.principals import Principal, Role, current_principal, set_principal
-from lorafleet.tls import TlsConfig, peer_identity
+from lorafleet.runtime.auth.policy import Table, is_public
+from lorafleet.runtime.auth.principals import Principal, Role, current_principal, set_principal
+from lorafleet.runtime.tls import TlsConfig, peer_identity
 
 TENANT_HEADER = "x-lorafleet-tenant"
 _VOUCHERS = (Role.GATEWAY, Role.ADMIN)

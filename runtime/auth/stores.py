@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable
 from typing import Protocol
 
-from lorafleet.auth.keys import InvalidKeyRecord, KeyRecord
+from lorafleet.runtime.auth.keys import InvalidKeyRecord, KeyRecord
 
 log = logging.getLogger(__name__)
 _STAT_INTERVAL_SECONDS = 0.2

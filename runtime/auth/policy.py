@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from lorafleet.auth.principals import Role
+from lorafleet.runtime.auth.principals import Role
 
 ADMIN, TENANT, WORKER, GATEWAY = Role.ADMIN, Role.TENANT, Role.WORKER, Role.GATEWAY
 CONTROLPLANE = Role.CONTROLPLANE
