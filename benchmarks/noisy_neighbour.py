@@ -128,7 +128,7 @@ def _make_models(root: pathlib.Path) -> tuple[pathlib.Path, list[tuple[str, str]
 
 
 def _run_policy(base, adapters, policy: str, args) -> list[dict]:
-    from lorafleet.dataplane.worker_config import WorkerConfig
+    from lorafleet.dataplane.config.worker_config import WorkerConfig
     from tests.support.worker_thread import WorkerThread
 
     config = WorkerConfig(base, device="cpu", dtype="float32", kv_cache_bytes=64 << 20,

@@ -31,11 +31,11 @@ import torch
 from benchmarks.demo_data import HELD_OUT, STYLES, first_sentences, make_questions
 from benchmarks.results import append_rows
 from lorafleet.dataplane.engine.params import SamplingParams
+from lorafleet.dataplane.model.smollm import MODEL_NAME, ensure_model
 from lorafleet.dataplane.runner.factory import create_engine
 from lorafleet.dataplane.runner.kv_cache import KVCacheBudget
 from lorafleet.dataplane.server.detokenize import Detokenizer
-from lorafleet.dataplane.smollm import MODEL_NAME, ensure_model
-from lorafleet.dataplane.tokenizer import Tokenizer
+from lorafleet.dataplane.server.tokenizer import Tokenizer
 
 ANSWER_TOKENS = 48
 
@@ -154,9 +154,9 @@ def save_adapter(model, out_dir: pathlib.Path) -> pathlib.Path:
 def check_adapters(model_dir: pathlib.Path, adapters: dict[str, pathlib.Path],
                    max_tokens: int = ANSWER_TOKENS) -> dict[str, dict[str, str]]:
     """Held-out answers per adapter (None: the base model), through lorafleet's engine."""
+    from lorafleet.dataplane.config.worker_config import WorkerConfig
     from lorafleet.dataplane.engine_process.build import build_engine
     from lorafleet.dataplane.engine_process.messages import AdapterSource
-    from lorafleet.dataplane.worker_config import WorkerConfig
 
     # Adapter slots (one per adapter, rank 32 at most) come out of the KV budget first.
     parts = build_engine(WorkerConfig(model_dir, device="cpu", dtype="float32",

@@ -15,16 +15,16 @@ from collections.abc import Sequence
 # Server subcommands: name -> ("module:function" taking argv, one-line help).
 SERVER_COMMANDS: dict[str, tuple[str, str]] = {
     "controlplane": ("lorafleet.controlplane.cli", "run a control-plane replica over etcd"),
-    "serve": ("lorafleet.dataplane.serve:main",
+    "serve": ("lorafleet.dataplane.server.cli:main",
               "serve a model and its adapters on this machine (no etcd)"),
-    "worker": ("lorafleet.dataplane.serve:worker_main",
+    "worker": ("lorafleet.dataplane.server.cli:worker_main",
                "serve a model as a fleet worker that obeys the control plane"),
     "up": ("lorafleet.dataplane.up.cli:main",
            "run a whole fleet on this machine (etcd, control plane, workers, gateway) "
            "with demo adapters, and print how to call it"),
     "gateway": ("lorafleet.dataplane.gateway.cli:main",
                 "route Generate requests to the fleet by the control plane's routing table"),
-    "plan": ("lorafleet.dataplane.plan:main",
+    "plan": ("lorafleet.dataplane.config.plan:main",
              "size a worker's memory (weights, adapter slots, KV cache) from config.json"),
 }
 

@@ -100,15 +100,6 @@ def _is_component(name: str, component: str) -> bool:
     return name == f"lorafleet.{component}" or name.startswith(f"lorafleet.{component}.")
 
 
-# The worker's option table and tenant limits: a WorkerConfig carries them into the engine
-# process (dataplane/worker_config.py). Data both processes read, not server code.
-WORKER_OPTIONS = ("dataplane.server.flags", "dataplane.server.quotas")
-
-
-def _is_worker_option(name: str) -> bool:
-    return any(_is_component(name, option) for option in WORKER_OPTIONS)
-
-
 CLIENT_ALLOWED_THIRD_PARTY = {"grpc", "grpc_health", "grpc_reflection", "grpc_status", "google"}
 
 
@@ -204,18 +195,18 @@ def test_only_the_store_speaks_etcd():
 
 
 PROCESS_FOLDERS = ("dataplane.engine_process", "dataplane.server")
-# What runs in the engine process: its own folder and what it builds and steps.
-ENGINE_SIDE = ("engine_process", "engine", "runner", "model", "lora", "adapters")
+# What runs in the engine process: its own folder, what it builds and steps, and the
+# worker's configuration (dataplane/config/) both processes read.
+ENGINE_SIDE = ("engine_process", "engine", "runner", "model", "lora", "adapters", "config")
 
 
 @pytest.mark.parametrize("folder", ENGINE_SIDE)
 def test_the_engine_process_imports_no_server_code(folder):
     """Code the engine process runs imports none of the server's (dataplane/server/,
-    its HTTP API, the gateway), the worker's options a WorkerConfig carries aside."""
+    its HTTP API, the gateway)."""
     def is_server(name: str) -> bool:
         return any(_is_component(name, f"dataplane.{server}")
-                   for server in ("server", "openai_http", "gateway")
-                   ) and not _is_worker_option(name)
+                   for server in ("server", "openai_http", "gateway"))
 
     assert _violations(f"lorafleet.dataplane.{folder}", is_server) == []
 

@@ -23,16 +23,16 @@ from benchmarks.gpu_check import model_shape
 from benchmarks.gpu_check.report import target
 from benchmarks.gpu_check.timing import copy_bandwidth
 from benchmarks.lora_decode import decode_tokens_per_second
-from lorafleet.dataplane.demo import write_adapter
+from lorafleet.dataplane.config.sizing import lora_slot_bytes
 from lorafleet.dataplane.engine.scheduler import SchedulerConfig
 from lorafleet.dataplane.engine_process.messages import AdapterSource
 from lorafleet.dataplane.lora.device import DeviceAdapters
 from lorafleet.dataplane.lora.host_cache import HostCache
 from lorafleet.dataplane.lora.loading import AdapterFiles
 from lorafleet.dataplane.model.config import ModelConfig
+from lorafleet.dataplane.model.demo import write_adapter
 from lorafleet.dataplane.runner.factory import DTYPES, create_engine
 from lorafleet.dataplane.runner.kv_cache import KVCacheBudget
-from lorafleet.dataplane.sizing import lora_slot_bytes
 
 CAP_S = 200.0
 TARGET_RATIO = 0.85

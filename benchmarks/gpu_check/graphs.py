@@ -27,12 +27,12 @@ import time
 import torch
 
 from benchmarks.gpu_check.report import outcome
-from lorafleet.dataplane.demo import write_adapter
+from lorafleet.dataplane.config.worker_config import WorkerConfig
 from lorafleet.dataplane.engine.params import SamplingParams
 from lorafleet.dataplane.engine_process.build import EngineParts, build_engine
 from lorafleet.dataplane.engine_process.messages import AdapterSource
+from lorafleet.dataplane.model.demo import write_adapter
 from lorafleet.dataplane.runner.graphs import attach_decode_graphs
-from lorafleet.dataplane.worker_config import WorkerConfig
 from tests.engine.conftest import _generate, make_prompts
 from tests.support.tiny_models import make_checkpoint
 

@@ -14,8 +14,8 @@ import pathlib
 
 import torch
 
-from lorafleet.dataplane.demo import VOCAB_SIZE, write_tokenizer
 from lorafleet.dataplane.model import decoder
+from lorafleet.dataplane.model.demo import VOCAB_SIZE, write_tokenizer
 from lorafleet.dataplane.model.weights import LayerWeights, ModelWeights
 
 LLAMA_8B = {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,

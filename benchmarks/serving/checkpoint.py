@@ -45,7 +45,7 @@ def write_model(directory: pathlib.Path, shape: ModelShape, *, seed: int = 0) ->
     import torch
     from safetensors.torch import save_file
 
-    from lorafleet.dataplane.demo import write_tokenizer
+    from lorafleet.dataplane.model.demo import write_tokenizer
 
     gen = torch.Generator().manual_seed(seed)
     h, inter = shape.hidden, shape.intermediate
@@ -91,7 +91,7 @@ def _config(shape: ModelShape) -> dict:
 def write_adapters(root: pathlib.Path, model_dir: pathlib.Path,
                    ranks: list[int]) -> list[pathlib.Path]:
     """One rank-r PEFT adapter on all seven projections per entry of `ranks`."""
-    from lorafleet.dataplane.demo import write_adapter
+    from lorafleet.dataplane.model.demo import write_adapter
 
     return [write_adapter(root / f"a{i:04d}", model_dir, rank=rank, alpha=2 * rank,
                           target_modules="all-linear", seed=1000 + i)

@@ -19,8 +19,8 @@ class EngineReference:
 
     def __init__(self, model_dir: pathlib.Path, adapters: dict[str, pathlib.Path], *,
                  device: str = "cpu", dtype: str = "float32", **options):
+        from lorafleet.dataplane.config.worker_config import WorkerConfig
         from lorafleet.dataplane.engine_process.build import build_engine
-        from lorafleet.dataplane.worker_config import WorkerConfig
 
         config = WorkerConfig(model_dir, device=device, dtype=dtype, worker_id="reference",
                               **options)

@@ -17,6 +17,7 @@ from typing import Protocol
 import torch
 
 from lorafleet.dataplane.adapters.sources import SourceResolver
+from lorafleet.dataplane.config.worker_config import WorkerConfig
 from lorafleet.dataplane.engine.engine import Engine
 from lorafleet.dataplane.engine.scheduler import SchedulerConfig
 from lorafleet.dataplane.engine.snapshot import EngineSnapshot
@@ -26,7 +27,6 @@ from lorafleet.dataplane.lora.host_cache import HostCache
 from lorafleet.dataplane.lora.loading import AdapterFiles
 from lorafleet.dataplane.model.config import ModelConfig
 from lorafleet.dataplane.runner.factory import create_engine, default_device, resolve_dtype
-from lorafleet.dataplane.worker_config import WorkerConfig
 
 
 class LoadRecorder(Protocol):

@@ -14,6 +14,7 @@ import dataclasses
 import random
 from typing import Any
 
+from lorafleet.dataplane.config.quotas import QuotaConfig, TenantQuotas
 from lorafleet.dataplane.gateway.follower import Backoff, TableFollower
 from lorafleet.dataplane.gateway.metrics import GatewayMetrics
 from lorafleet.dataplane.gateway.models import RoutingModels
@@ -21,7 +22,6 @@ from lorafleet.dataplane.gateway.proxy import GatewayServicer
 from lorafleet.dataplane.gateway.router import Router
 from lorafleet.dataplane.gateway.table import RoutingTable
 from lorafleet.dataplane.gateway.upstream import OnDemandLoads, WorkerChannels
-from lorafleet.dataplane.server.quotas import QuotaConfig, TenantQuotas
 from lorafleet.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from lorafleet.runtime.auth import bearer, own_metadata
 from lorafleet.runtime.auth.interceptor import auth_of

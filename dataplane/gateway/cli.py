@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from lorafleet.dataplane.config.quotas import add_tenant_limit_arguments, quota_config_of
 from lorafleet.dataplane.gateway.app import GatewayConfig, start_gateway
-from lorafleet.dataplane.server.quotas import add_tenant_limit_arguments, quota_config_of
 from lorafleet.runtime import startup
 from lorafleet.runtime.auth.policy import GATEWAY_METHODS
 from lorafleet.runtime.auth.startup import add_auth_arguments, auth_interceptors

@@ -12,7 +12,7 @@ request is one span that continues the caller's W3C trace context; the worker's 
 continues it in turn (see dataplane/server/tracing.py).
 
 Tenant limits here are fleet-wide: a tenant's requests in flight and streamed tokens are
-counted across every worker this gateway routes to (dataplane/server/quotas.py), and a
+counted across every worker this gateway routes to (dataplane/config/quotas.py), and a
 request over a limit is refused before any worker sees it.
 """
 
@@ -27,11 +27,11 @@ import grpc
 from grpc_health.v1 import health_pb2
 from opentelemetry import trace
 
+from lorafleet.dataplane.config.quotas import QuotaExceeded, TenantQuotas, tenant_of
 from lorafleet.dataplane.gateway.metrics import GatewayMetrics
 from lorafleet.dataplane.gateway.picking import Candidate
 from lorafleet.dataplane.gateway.router import Resolved, RouteError, Router
 from lorafleet.dataplane.gateway.upstream import OnDemandLoads, UpstreamError, WorkerChannels
-from lorafleet.dataplane.server.quotas import QuotaExceeded, TenantQuotas, tenant_of
 from lorafleet.dataplane.server.tracing import context_from_metadata, trace_metadata
 from lorafleet.inference.v1 import inference_service_pb2 as pb
 from lorafleet.inference.v1 import inference_service_pb2_grpc as pb_grpc

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import torch
 
+from lorafleet.dataplane.config.sizing import graph_memory_bytes
 from lorafleet.dataplane.engine.adapter_policy import AdapterScheduling
 from lorafleet.dataplane.engine.blocks import BlockAllocator
 from lorafleet.dataplane.engine.engine import Engine
@@ -33,7 +34,6 @@ from lorafleet.dataplane.runner.kv_cache import (
     free_device_memory,
 )
 from lorafleet.dataplane.runner.model_runner import ModelRunner
-from lorafleet.dataplane.sizing import graph_memory_bytes
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -39,11 +39,11 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from lorafleet.dataplane.config.sizing import GRAPH_MAX_CONTEXT
 from lorafleet.dataplane.engine.scheduler import ScheduledRequest
 from lorafleet.dataplane.model.attention import AttentionMetadata, DecodeGroup
 from lorafleet.dataplane.model.decoder import DecoderModel
 from lorafleet.dataplane.model.lora_seam import LoraContext
-from lorafleet.dataplane.sizing import GRAPH_MAX_CONTEXT
 from lorafleet.kernels.attention_batch import PagedAttentionBatch
 from lorafleet.kernels.batch import LoraBatch
 

@@ -13,14 +13,14 @@ import pathlib
 
 import torch
 
-from lorafleet.dataplane.model.config import ModelConfig
-from lorafleet.dataplane.sizing import (
+from lorafleet.dataplane.config.sizing import (
     DEFAULT_CPU_BYTES,
     DEFAULT_GPU_FRACTION,
     kv_block_bytes,
     kv_budget_bytes,
     num_kv_blocks,
 )
+from lorafleet.dataplane.model.config import ModelConfig
 
 
 class KVCacheSizeError(ValueError):

@@ -11,16 +11,16 @@ import threading
 
 from opentelemetry.sdk.trace import TracerProvider
 
+from lorafleet.dataplane.config.sizes import WorkerSizes
+from lorafleet.dataplane.config.worker_config import WorkerConfig
 from lorafleet.dataplane.lora.load_threads import LoadThreads
 from lorafleet.dataplane.openai_http import RunningHttp, WorkerModels, start_worker_http
 from lorafleet.dataplane.server.build import build_serving_worker
 from lorafleet.dataplane.server.heartbeat import Heartbeat
 from lorafleet.dataplane.server.inference import InferenceServicer
-from lorafleet.dataplane.server.sizes import WorkerSizes
 from lorafleet.dataplane.server.tracing import make_tracer_provider, tracer_of
 from lorafleet.dataplane.server.worker import Worker
 from lorafleet.dataplane.server.worker_service import WorkerServicer
-from lorafleet.dataplane.worker_config import WorkerConfig
 from lorafleet.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from lorafleet.runtime.auth.interceptor import auth_of
 from lorafleet.runtime.error_status import caller_message

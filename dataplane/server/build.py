@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 from opentelemetry import trace
 
+from lorafleet.dataplane.config.sizes import WorkerSizes
+from lorafleet.dataplane.config.worker_config import WorkerConfig
 from lorafleet.dataplane.engine_process.build import adapter_files, build_engine
 from lorafleet.dataplane.engine_process.messages import MetricEvent
 from lorafleet.dataplane.model.config import ModelConfig
@@ -25,11 +27,9 @@ from lorafleet.dataplane.server.frontend import Frontend
 from lorafleet.dataplane.server.identity import base_model_of
 from lorafleet.dataplane.server.metrics import WorkerMetrics
 from lorafleet.dataplane.server.process_link import ProcessLink
-from lorafleet.dataplane.server.sizes import WorkerSizes
 from lorafleet.dataplane.server.thread_link import ThreadLink
+from lorafleet.dataplane.server.tokenizer import Tokenizer
 from lorafleet.dataplane.server.worker import Worker, WorkerOptions
-from lorafleet.dataplane.tokenizer import Tokenizer
-from lorafleet.dataplane.worker_config import WorkerConfig
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,9 @@ from typing import Any
 
 from opentelemetry import trace
 
+from lorafleet.dataplane.config.flags import DEFAULTS
+from lorafleet.dataplane.config.quotas import QuotaConfig, TenantQuotas, tenant_of
+from lorafleet.dataplane.config.sizes import WorkerSizes
 from lorafleet.dataplane.engine.outputs import ErrorKind, RequestOutput
 from lorafleet.dataplane.engine.params import SamplingParams
 from lorafleet.dataplane.engine.prompt_rules import InvalidRequestError
@@ -35,12 +38,9 @@ from lorafleet.dataplane.server.errors import (
     QueueFull,
     ShuttingDown,
 )
-from lorafleet.dataplane.server.flags import DEFAULTS
 from lorafleet.dataplane.server.frontend import Frontend
 from lorafleet.dataplane.server.gauges import ServerLimits, model_names
 from lorafleet.dataplane.server.metrics import FinishedRequest, TokenClock, WorkerMetrics
-from lorafleet.dataplane.server.quotas import QuotaConfig, TenantQuotas, tenant_of
-from lorafleet.dataplane.server.sizes import WorkerSizes
 from lorafleet.dataplane.server.tracing import end_request_span, request_span
 from lorafleet.dataplane.server.versions import VersionEntry, VersionState, VersionTable
 

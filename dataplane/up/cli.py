@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import pathlib
 
-from lorafleet.dataplane.server.flags import add_up_flags, positive_int
+from lorafleet.dataplane.config.flags import add_up_flags, positive_int
 from lorafleet.runtime.startup import add_log_level_argument, run
 
 DESCRIPTION = """\

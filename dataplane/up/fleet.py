@@ -11,7 +11,7 @@ import pathlib
 import shutil
 import sys
 
-from lorafleet.dataplane.server.flags import up_flags
+from lorafleet.dataplane.config.flags import up_flags
 from lorafleet.dataplane.up.certs import PLAINTEXT_UP, UpTls
 from lorafleet.dataplane.up.children import (
     Child,

@@ -3,8 +3,8 @@ never imports torch, and a Ctrl-C during a first-run download stops it at once.
 
     python -m lorafleet.dataplane.up.model --data-dir demo [--random-model]
 
-The real chat model (SmolLM2-135M-Instruct, lorafleet.dataplane.smollm) by default; the
-random demo model (lorafleet.dataplane.demo) when asked, or when the real one cannot be
+The real chat model (SmolLM2-135M-Instruct, lorafleet.dataplane.model.smollm) by default; the
+random demo model (lorafleet.dataplane.model.demo) when asked, or when the real one cannot be
 fetched. Prints one-line notes for the operator, then `RESULT {json}` as its last line.
 """
 
@@ -28,7 +28,7 @@ def _note(text: str) -> None:
 def real_model() -> dict | None:
     """The real model and its demo adapters, or None (said why) when unavailable."""
     try:
-        from lorafleet.dataplane import smollm
+        from lorafleet.dataplane.model import smollm
     except ImportError as exc:
         _note(f"{REAL_LABEL} is not available in this install ({exc}); "
               "using the random demo model")
@@ -55,7 +55,7 @@ def real_model() -> dict | None:
 
 def random_model(data_dir: pathlib.Path) -> dict:
     """The random demo model and adapters, written under `data_dir` on first use."""
-    from lorafleet.dataplane.demo import ensure_demo
+    from lorafleet.dataplane.model.demo import ensure_demo
 
     model_dir, adapters = ensure_demo(data_dir / "random-model")
     return {"model_dir": str(model_dir), "model_name": RANDOM_MODEL_NAME, "label": RANDOM_LABEL,

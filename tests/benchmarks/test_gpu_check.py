@@ -203,8 +203,8 @@ def test_decode_kv_budget_is_on_top_of_the_adapter_slots(tmp_path):
     # budget, leaving no block: the part broke. The KV cache must keep the plan's bytes.
     from benchmarks.gpu_check import decode
     from benchmarks.gpu_check.model_shape import TINY, write_config
-    from lorafleet.dataplane.demo import write_adapter
     from lorafleet.dataplane.model.config import ModelConfig
+    from lorafleet.dataplane.model.demo import write_adapter
     from lorafleet.dataplane.runner.kv_cache import bytes_per_block
 
     plan = {**decode.DRY_PLAN, "kv_bytes": 256 << 10}

@@ -13,7 +13,7 @@ import pytest
 from benchmarks.serving import main
 from benchmarks.serving.checkpoint import ModelShape, write_adapters, write_model
 from benchmarks.serving.observe import REQUEST_TIERS
-from lorafleet.dataplane.worker_config import WorkerConfig
+from lorafleet.dataplane.config.worker_config import WorkerConfig
 from tests.support.worker_thread import WorkerThread
 
 SHAPE = ModelShape(hidden=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate=128,

@@ -14,7 +14,7 @@ import zipfile
 import numpy as np
 from safetensors.numpy import load_file
 
-from lorafleet.dataplane.demo import CHAT_TEMPLATE
+from lorafleet.dataplane.model.demo import CHAT_TEMPLATE
 
 _LAYER_NAMES = {
     "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",

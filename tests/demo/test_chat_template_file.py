@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from lorafleet.dataplane.demo import write_tokenizer
-from lorafleet.dataplane.tokenizer import ChatTemplateError, Tokenizer
+from lorafleet.dataplane.model.demo import write_tokenizer
+from lorafleet.dataplane.server.tokenizer import ChatTemplateError, Tokenizer
 
 MESSAGES = [{"role": "user", "content": "Hi"}]
 

@@ -13,14 +13,14 @@ import time
 
 import pytest
 
+from lorafleet.dataplane.config.worker_config import WorkerConfig
 from lorafleet.dataplane.engine.params import SamplingParams
 from lorafleet.dataplane.engine_process.build import build_engine
 from lorafleet.dataplane.engine_process.messages import AdapterSource
+from lorafleet.dataplane.model.smollm import MODEL_NAME, demo_adapters, ensure_model
 from lorafleet.dataplane.server.detokenize import Detokenizer
-from lorafleet.dataplane.smollm import MODEL_NAME, demo_adapters, ensure_model
-from lorafleet.dataplane.tokenizer import Tokenizer
+from lorafleet.dataplane.server.tokenizer import Tokenizer
 from lorafleet.dataplane.up.showcase import QUESTION as SHOWCASE_QUESTION
-from lorafleet.dataplane.worker_config import WorkerConfig
 
 QUESTION = "What is the capital of France?"
 PIRATE_WORDS = re.compile(r"\b(arr+|matey|ahoy|aye|yo ho|ye)\b", re.IGNORECASE)

@@ -9,9 +9,9 @@ import pathlib
 
 import pytest
 
-from lorafleet.dataplane import smollm
-from lorafleet.dataplane.gguf_checkpoint import write_checkpoint
-from lorafleet.dataplane.tokenizer import Tokenizer
+from lorafleet.dataplane.model import smollm
+from lorafleet.dataplane.model.gguf_checkpoint import write_checkpoint
+from lorafleet.dataplane.server.tokenizer import Tokenizer
 from tests.demo.gguf_files import write_gguf, write_wheel
 from tests.engine.drive import GREEDY, make_engine, run_all, tokens_of
 from tests.support.tiny_models import make_checkpoint

@@ -16,7 +16,7 @@ import yaml
 
 from lorafleet.controlplane.cli import build_parser as controlplane_parser
 from lorafleet.dataplane.gateway.cli import build_parser as gateway_parser
-from lorafleet.dataplane.serve import serve_parser, worker_parser
+from lorafleet.dataplane.server.cli import serve_parser, worker_parser
 from tests.support.binaries import installed_binary
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from lorafleet.clients.cli import main as lorafleet
-from lorafleet.dataplane import sizing
+from lorafleet.dataplane.config import sizing
+from lorafleet.dataplane.config.worker_config import WorkerConfig
 from lorafleet.dataplane.lora.slots import DeviceSlotBank
 from lorafleet.dataplane.model.config import ModelConfig
 from lorafleet.dataplane.runner import kv_cache
 from lorafleet.dataplane.server.build import build_worker
-from lorafleet.dataplane.worker_config import WorkerConfig
 from tests.support.tiny_adapters import make_adapter
 from tests.support.tiny_models import make_checkpoint
 
@@ -207,6 +207,6 @@ def test_plan_needs_no_torch(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from lorafleet.dataplane import plan; "
+    code = ("import sys; from lorafleet.dataplane.config import plan; "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -23,7 +23,7 @@ from lorafleet.dataplane.runner.kv_cache import (
 )
 from lorafleet.dataplane.server.frontend import Frontend
 from lorafleet.dataplane.server.requests import PromptInput
-from lorafleet.dataplane.tokenizer import Tokenizer
+from lorafleet.dataplane.server.tokenizer import Tokenizer
 from tests.engine.conftest import make_prompts
 from tests.engine.drive import GREEDY, make_engine, run_all, tokens_of
 

@@ -7,7 +7,7 @@ import torch
 
 from lorafleet.dataplane.engine.params import InvalidParamsError, SamplingParams
 from lorafleet.dataplane.engine.request import FinishReason
-from lorafleet.dataplane.tokenizer import Tokenizer
+from lorafleet.dataplane.server.tokenizer import Tokenizer
 from tests.engine.conftest import make_prompts
 from tests.engine.drive import (
     GREEDY,

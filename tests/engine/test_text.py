@@ -8,7 +8,7 @@ from lorafleet.dataplane.engine.outputs import RequestOutput, TokenLogprob, Usag
 from lorafleet.dataplane.engine.request import FinishReason, RequestTimings
 from lorafleet.dataplane.server.detokenize import Detokenizer
 from lorafleet.dataplane.server.text import OutputText
-from lorafleet.dataplane.tokenizer import ChatTemplateError, Tokenizer
+from lorafleet.dataplane.server.tokenizer import ChatTemplateError, Tokenizer
 
 
 class CharDecoder:

@@ -13,7 +13,7 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from lorafleet.dataplane.server.quotas import (
+from lorafleet.dataplane.config.quotas import (
     QuotaExceeded,
     TenantLimits,
     TenantQuotas,

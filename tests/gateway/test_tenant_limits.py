@@ -10,8 +10,8 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from lorafleet.dataplane.config.quotas import TenantLimits, quota_config
 from lorafleet.dataplane.gateway.cli import build_parser, config_from_args
-from lorafleet.dataplane.server.quotas import TenantLimits, quota_config
 from lorafleet.inference.v1 import inference_service_pb2 as pb
 from lorafleet.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from tests.gateway.conftest import add_adapter, generate, holders, table_shows

@@ -9,13 +9,13 @@ import time
 
 import pytest
 
+from lorafleet.dataplane.config.worker_config import WorkerConfig
 from lorafleet.dataplane.engine.outputs import ErrorKind
 from lorafleet.dataplane.engine.params import SamplingParams
 from lorafleet.dataplane.engine.request import FinishReason
 from lorafleet.dataplane.engine_process.build import build_engine
 from lorafleet.dataplane.engine_process.messages import AdapterSource
 from lorafleet.dataplane.server.metrics import WorkerMetrics
-from lorafleet.dataplane.worker_config import WorkerConfig
 from lorafleet.kernels import dispatch
 from tests.support.lora_suite import NUM_NEW_TOKENS, prompts
 

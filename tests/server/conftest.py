@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lorafleet.dataplane.worker_config import WorkerConfig
+from lorafleet.dataplane.config.worker_config import WorkerConfig
 from tests.support.worker_thread import WorkerThread
 
 

@@ -271,8 +271,8 @@ def test_engine_start_timeout_must_be_positive(lora_suite):
 def test_engine_threads_sleep_by_default_and_spin_when_asked():
     """Issue 22 #2: spinning by default made `serve` ~10x slower on a machine doing
     anything else; spinning is the setting for a worker with its cores to itself."""
-    from lorafleet.dataplane.serve import serve_parser
-    from lorafleet.dataplane.worker_config import WorkerConfig
+    from lorafleet.dataplane.config.worker_config import WorkerConfig
+    from lorafleet.dataplane.server.cli import serve_parser
 
     parser = serve_parser()
     assert parser.parse_args(["--model", "m"]).cpu_thread_wait == "sleep"

@@ -1,4 +1,4 @@
-"""The worker's options have one home (dataplane/server/flags.py; issue 23 #4): a worker
+"""The worker's options have one home (dataplane/config/flags.py; issue 23 #4): a worker
 built in code, started from `serve`, sized by `plan` or started by `up` with no option
 given runs with the same values."""
 
@@ -7,13 +7,13 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
-from lorafleet.dataplane.plan import plan_parser
-from lorafleet.dataplane.serve import serve_parser, worker_config, worker_parser
-from lorafleet.dataplane.server.flags import FLAGS, config_values, up_flags
-from lorafleet.dataplane.sizing import PlanRequest
+from lorafleet.dataplane.config.flags import FLAGS, config_values, up_flags
+from lorafleet.dataplane.config.plan import plan_parser
+from lorafleet.dataplane.config.sizing import PlanRequest
+from lorafleet.dataplane.config.worker_config import WorkerConfig
+from lorafleet.dataplane.server.cli import serve_parser, worker_config, worker_parser
 from lorafleet.dataplane.up.cli import up_parser
 from lorafleet.dataplane.up.fleet import worker_passthrough
-from lorafleet.dataplane.worker_config import WorkerConfig
 
 
 def test_serve_with_no_options_runs_the_config_built_in_code():

@@ -13,7 +13,7 @@ import time
 import grpc
 import pytest
 
-from lorafleet.dataplane.serve import serve_parser, worker_config
+from lorafleet.dataplane.server.cli import serve_parser, worker_config
 from lorafleet.worker.v1 import worker_service_pb2 as wpb
 from tests.observability.scrape import scrape
 from tests.server.conftest import worker_config as small_config

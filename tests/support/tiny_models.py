@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pathlib
 
-from lorafleet.dataplane.demo import VOCAB_SIZE, write_tokenizer
+from lorafleet.dataplane.model.demo import VOCAB_SIZE, write_tokenizer
 
 # name -> (config class name, extra config fields)
 ARCHITECTURES = {

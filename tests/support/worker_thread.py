@@ -8,8 +8,8 @@ import threading
 
 import grpc
 
+from lorafleet.dataplane.config.worker_config import WorkerConfig
 from lorafleet.dataplane.server.app import start_worker
-from lorafleet.dataplane.worker_config import WorkerConfig
 from lorafleet.inference.v1 import inference_service_pb2 as ipb
 from lorafleet.inference.v1 import inference_service_pb2_grpc as ipb_grpc
 from lorafleet.worker.v1 import worker_service_pb2 as wpb

@@ -7,10 +7,10 @@ import dataclasses
 import json
 import sys
 
+from lorafleet.dataplane.config.flags import add_plan_flags, byte_count, config_values
+from lorafleet.dataplane.config.sizes import WorkerSizes
+from lorafleet.dataplane.config.sizing import MemoryPlan, PlanError, PlanRequest, plan_memory
 from lorafleet.dataplane.model.config import ModelConfig, ModelConfigError
-from lorafleet.dataplane.server.flags import add_plan_flags, byte_count, config_values
-from lorafleet.dataplane.server.sizes import WorkerSizes
-from lorafleet.dataplane.sizing import MemoryPlan, PlanError, PlanRequest, plan_memory
 
 DESCRIPTION = """\
 Size a worker before starting it: weights, adapter slots (the worker preallocates

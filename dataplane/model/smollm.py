@@ -130,7 +130,7 @@ def _convert(gguf_path: pathlib.Path, out_dir: pathlib.Path) -> None:
     try:
         import gguf  # noqa: F401 (the converter imports it; checked here for a clear message)
 
-        from lorafleet.dataplane.gguf_checkpoint import GGUFConversionError, write_checkpoint
+        from lorafleet.dataplane.model.gguf_checkpoint import GGUFConversionError, write_checkpoint
     except ImportError as exc:  # gguf and torch come with the worker extra
         raise ModelUnavailable(f"converting the model needs {exc.name}: "
                                "pip install 'lorafleet[worker]'") from exc

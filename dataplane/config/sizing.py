@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from lorafleet.dataplane.config.flags import DEFAULTS
 from lorafleet.dataplane.model.config import PROJECTIONS, ModelConfig
-from lorafleet.dataplane.server.flags import DEFAULTS
 
 # Bytes per element of the weight dtypes the worker serves (dataplane/runner/factory.py).
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -125,7 +125,7 @@ def num_kv_blocks(budget: int, num_reserved: int, block_bytes: int) -> int:
 @dataclasses.dataclass(frozen=True)
 class PlanRequest:
     """The worker options a plan is made for (the names and defaults of the worker's
-    flags, server/flags.py)."""
+    flags, flags.py)."""
 
     max_loras: int = DEFAULTS["max_loras"]
     max_lora_rank: int = DEFAULTS["max_lora_rank"]

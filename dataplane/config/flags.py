@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from lorafleet.dataplane.adapters.confinement import add_source_arguments
+from lorafleet.dataplane.config.quotas import add_tenant_limit_arguments
 from lorafleet.dataplane.engine.fairness import QUEUE_POLICIES
 from lorafleet.dataplane.engine.prefix_cache import PREFIX_CACHE_SCOPES
-from lorafleet.dataplane.server.quotas import add_tenant_limit_arguments
 from lorafleet.runtime.metrics_http import add_metrics_port_argument
 from lorafleet.runtime.names import InvalidName, check_adapter_name
 from lorafleet.runtime.startup import add_log_level_argument

@@ -10,10 +10,10 @@ import pathlib
 import torch
 
 from lorafleet.dataplane.adapters.confinement import UNCONFINED, SourcePolicy
+from lorafleet.dataplane.config.flags import CPU_THREAD_WAITS, DEFAULTS, ENGINE_RUNS
+from lorafleet.dataplane.config.quotas import QuotaConfig
 from lorafleet.dataplane.engine.prefix_cache import PREFIX_CACHE_SCOPES
 from lorafleet.dataplane.runner.kv_cache import KVCacheBudget, default_budget
-from lorafleet.dataplane.server.flags import CPU_THREAD_WAITS, DEFAULTS, ENGINE_RUNS
-from lorafleet.dataplane.server.quotas import QuotaConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +36,7 @@ class WorkerConfig:
     max_waiting: int = DEFAULTS["max_waiting"]
     # Fair share between tenants, or "fifo" (engine/fairness.py).
     queue_policy: str = DEFAULTS["queue_policy"]
-    quotas: QuotaConfig = QuotaConfig()  # per-tenant limits at admission (server/quotas.py)
+    quotas: QuotaConfig = QuotaConfig()  # per-tenant limits at admission (quotas.py)
     worker_id: str = DEFAULTS["worker_id"]  # empty: derived at start from host and port
     sources: SourcePolicy = UNCONFINED  # adapter roots, S3 allow-list, size limit
     engine_runs: str = DEFAULTS["engine_runs"]  # one of ENGINE_RUNS

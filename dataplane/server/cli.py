@@ -9,8 +9,8 @@ import os
 import sys
 
 from lorafleet.dataplane.adapters.confinement import policy_from_args
-from lorafleet.dataplane.server.flags import add_worker_flags, config_values
-from lorafleet.dataplane.server.quotas import quota_config_of
+from lorafleet.dataplane.config.flags import add_worker_flags, config_values
+from lorafleet.dataplane.config.quotas import quota_config_of
 from lorafleet.runtime.auth.policy import WORKER_METHODS
 from lorafleet.runtime.auth.startup import add_auth_arguments, auth_interceptors
 from lorafleet.runtime.metrics_http import metrics_port_of
@@ -61,7 +61,7 @@ def tls_of(args: argparse.Namespace) -> TlsConfig:
 
 def worker_config(args: argparse.Namespace):
     """The WorkerConfig the parsed options describe."""
-    from lorafleet.dataplane.worker_config import WorkerConfig
+    from lorafleet.dataplane.config.worker_config import WorkerConfig
 
     try:
         sources = policy_from_args(args)
