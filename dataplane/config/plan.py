@@ -8,8 +8,8 @@ import json
 import sys
 
 from lorafleet.dataplane.config.flags import add_plan_flags, byte_count, config_values
-from lorafleet.dataplane.config.sizes import WorkerSizes
 from lorafleet.dataplane.config.sizing import MemoryPlan, PlanError, PlanRequest, plan_memory
+from lorafleet.dataplane.config.worker_sizes import WorkerSizes
 from lorafleet.dataplane.model.config import ModelConfig, ModelConfigError
 
 DESCRIPTION = """\

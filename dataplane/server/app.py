@@ -11,8 +11,8 @@ import threading
 
 from opentelemetry.sdk.trace import TracerProvider
 
-from lorafleet.dataplane.config.sizes import WorkerSizes
 from lorafleet.dataplane.config.worker_config import WorkerConfig
+from lorafleet.dataplane.config.worker_sizes import WorkerSizes
 from lorafleet.dataplane.lora.load_threads import LoadThreads
 from lorafleet.dataplane.openai_http import RunningHttp, WorkerModels, start_worker_http
 from lorafleet.dataplane.server.build import build_serving_worker

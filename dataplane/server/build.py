@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 from opentelemetry import trace
 
-from lorafleet.dataplane.config.sizes import WorkerSizes
 from lorafleet.dataplane.config.worker_config import WorkerConfig
+from lorafleet.dataplane.config.worker_sizes import WorkerSizes
 from lorafleet.dataplane.engine_process.build import adapter_files, build_engine
 from lorafleet.dataplane.engine_process.messages import MetricEvent
 from lorafleet.dataplane.model.config import ModelConfig
@@ -29,7 +29,7 @@ from lorafleet.dataplane.server.metrics import WorkerMetrics
 from lorafleet.dataplane.server.process_link import ProcessLink
 from lorafleet.dataplane.server.thread_link import ThreadLink
 from lorafleet.dataplane.server.tokenizer import Tokenizer
-from lorafleet.dataplane.server.worker import Worker, WorkerOptions
+from lorafleet.dataplane.server.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,6 @@ def _assemble(config: WorkerConfig, link: EngineLink, tokenizer: Tokenizer,
     metrics.observe(lambda: bridge.snapshot)
     facts = link.facts
     frontend = Frontend(tokenizer, facts.prompt_limits)
-    options = WorkerOptions(config.worker_id, config.max_waiting, config.max_num_seqs,
-                            quotas=config.quotas)
     base_model = base_model_of(
         config.model_dir, model_config, name=config.model_name or config.model_dir.name,
         dtype=str(dtype).removeprefix("torch."), max_context=facts.max_model_len)
@@ -99,7 +97,7 @@ def _assemble(config: WorkerConfig, link: EngineLink, tokenizer: Tokenizer,
         num_kv_blocks=facts.num_kv_blocks, kv_block_size=config.block_size,
         kv_block_bytes=bytes_per_block(model_config, config.block_size, dtype),
         max_model_len=facts.max_model_len)
-    worker = Worker(bridge, adapter_files(config, model_config), frontend, metrics, options,
+    worker = Worker(bridge, adapter_files(config, model_config), frontend, metrics, config,
                     base_model, sizes, tracer=tracer or trace.NoOpTracer())
     return worker, sizes
 

@@ -97,7 +97,7 @@ async def serve(args: argparse.Namespace, stopper: Stopper, on_ready=None) -> in
                                                              interceptors),
                                      tls=tls, stop=stopper.threaded, **fleet)
     freeze_startup_heap()
-    print(f"lorafleet worker {running.worker.options.worker_id} serving on {running.address}", flush=True)
+    print(f"lorafleet worker {running.worker.config.worker_id} serving on {running.address}", flush=True)
     print(f"  {running.sizes.describe()}", flush=True)
     if running.metrics_port is not None:
         print(f"  metrics: http://{args.host}:{running.metrics_port}/metrics", flush=True)

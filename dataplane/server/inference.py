@@ -63,7 +63,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             adapter_digest=entry.digest if entry else "",
             matched_stop=output.stop_string or "",
             error_message=output.error or "",
-            worker_id=self._worker.options.worker_id,
+            worker_id=self._worker.config.worker_id,
             request_id=admitted.caller_id,
         )
         _set_duration(summary.timings.queued, timings.first_scheduled, timings.arrival)

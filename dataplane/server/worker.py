@@ -20,9 +20,9 @@ from typing import Any
 
 from opentelemetry import trace
 
-from lorafleet.dataplane.config.flags import DEFAULTS
-from lorafleet.dataplane.config.quotas import QuotaConfig, TenantQuotas, tenant_of
-from lorafleet.dataplane.config.sizes import WorkerSizes
+from lorafleet.dataplane.config.quotas import TenantQuotas, tenant_of
+from lorafleet.dataplane.config.worker_config import WorkerConfig
+from lorafleet.dataplane.config.worker_sizes import WorkerSizes
 from lorafleet.dataplane.engine.outputs import ErrorKind, RequestOutput
 from lorafleet.dataplane.engine.params import SamplingParams
 from lorafleet.dataplane.engine.prompt_rules import InvalidRequestError
@@ -44,16 +44,8 @@ from lorafleet.dataplane.server.metrics import FinishedRequest, TokenClock, Work
 from lorafleet.dataplane.server.tracing import end_request_span, request_span
 from lorafleet.dataplane.server.versions import VersionEntry, VersionState, VersionTable
 
-
-@dataclasses.dataclass(frozen=True)
-class WorkerOptions:
-    """Limits and identity of one worker."""
-
-    worker_id: str
-    max_waiting: int = DEFAULTS["max_waiting"]
-    max_num_seqs: int = DEFAULTS["max_num_seqs"]
-    evict_timeout_seconds: float = 600.0
-    quotas: QuotaConfig = QuotaConfig()
+# How long an eviction waits for the requests pinned to the version to end.
+EVICT_TIMEOUT_SECONDS = 600.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,13 +63,13 @@ class Worker:
     """Owns admission and adapter lifecycle; the engine runs behind `bridge`."""
 
     def __init__(self, bridge: EngineBridge, adapters: Any, frontend: Frontend,
-                 metrics: WorkerMetrics, options: WorkerOptions, base_model: Any,
+                 metrics: WorkerMetrics, config: WorkerConfig, base_model: Any,
                  sizes: WorkerSizes, *, tracer: trace.Tracer):
         self.bridge = bridge
         self.adapters = adapters  # validates adapter dirs: see dataplane/lora/loading.py
         self.frontend = frontend
         self.metrics = metrics
-        self.options = options
+        self.config = config  # identity, queue limits and tenant limits are read here
         self.base_model = base_model  # worker.v1 BaseModel
         self.sizes = sizes
         self.tracer = tracer
@@ -85,7 +77,7 @@ class Worker:
         self.is_shutting_down = False
         self._num_in_flight = 0
         self._loads: dict[tuple[str, int], asyncio.Future] = {}
-        self.quotas = TenantQuotas(options.quotas)
+        self.quotas = TenantQuotas(config.quotas)
         metrics.set_limits(ServerLimits(base_model.name, sizes.max_loras,
                                         sizes.kv_block_size, sizes.num_kv_blocks))
 
@@ -104,10 +96,10 @@ class Worker:
             raise ShuttingDown("worker is shutting down")
         if not self.bridge.is_alive:
             raise NotServing("this worker's engine has stopped; retry on another worker")
-        if self._num_in_flight >= self.options.max_waiting + self.options.max_num_seqs:
+        if self._num_in_flight >= self.config.max_waiting + self.config.max_num_seqs:
             raise QueueFull(
                 f"{self._num_in_flight} requests in flight; the worker accepts "
-                f"{self.options.max_waiting} waiting beyond {self.options.max_num_seqs} running")
+                f"{self.config.max_waiting} waiting beyond {self.config.max_num_seqs} running")
         entry = self.versions.resolve(adapter_ref) if adapter_ref else None
         if tenant is None:
             tenant = tenant_of(entry.name if entry is not None else "")
@@ -240,7 +232,7 @@ class Worker:
                               + " is not on this worker")
         for entry in targets:
             if not keep_host and not await self.versions.retire(
-                    entry, self.options.evict_timeout_seconds):
+                    entry, EVICT_TIMEOUT_SECONDS):
                 raise EvictTimeout(f"{entry.label} still has {entry.num_pins} requests")
             await self._evict_from_cache(entry, keep_host)
             if not keep_host:

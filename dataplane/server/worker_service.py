@@ -70,7 +70,7 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
 
     def status(self) -> pb.GetWorkerStatusResponse:
         """Identity, limits and load of this worker (load as the engine last published)."""
-        worker, options = self.worker, self.worker.options
+        worker, config = self.worker, self.worker.config
         snapshot, sizes = worker.snapshot, worker.sizes
         stats, counts = snapshot.stats, snapshot.adapter_counts
         in_flight: dict[str, int] = {}
@@ -78,13 +78,13 @@ class WorkerServicer(pb_grpc.WorkerServiceServicer):
             if entry.num_pins:
                 in_flight[entry.label] = entry.num_pins
         return pb.GetWorkerStatusResponse(
-            worker_id=options.worker_id, address=self.address,
+            worker_id=config.worker_id, address=self.address,
             admin_address=self.admin_address, base_model=worker.base_model,
             capacities=pb.Capacities(
                 max_loras=sizes.max_loras, max_lora_rank=sizes.max_lora_rank,
                 max_cpu_loras=sizes.max_cpu_loras, num_kv_blocks=sizes.num_kv_blocks,
-                kv_block_size=sizes.kv_block_size, max_num_seqs=options.max_num_seqs,
-                max_waiting=options.max_waiting, lora_slot_bytes=sizes.lora_slot_bytes),
+                kv_block_size=sizes.kv_block_size, max_num_seqs=config.max_num_seqs,
+                max_waiting=config.max_waiting, lora_slot_bytes=sizes.lora_slot_bytes),
             load=pb.WorkerLoad(
                 num_waiting=stats.num_waiting, num_running=stats.num_running,
                 num_kv_blocks_used=stats.num_used_blocks, num_device_adapters=counts["device"],

@@ -45,7 +45,7 @@ async def _direct(address: str, adapter: str, prompt) -> tuple[list[int], str]:
 async def test_outputs_through_the_gateway_equal_the_workers(
         etcd, plane, stubs, real_workers, lora_suite, gateways):  # noqa: F811
     suite = lora_suite[1]
-    workers = {w.worker.options.worker_id: w for w in
+    workers = {w.worker.config.worker_id: w for w in
                [await real_workers("real-0"), await real_workers("real-1")]}
     await add_adapter(stubs, "acme/qv8", [suite["acme/qv8"]], {1: 1})
     await add_adapter(stubs, "beta/ko16", [suite["beta/ko16"]], {1: 1})
