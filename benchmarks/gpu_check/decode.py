@@ -27,7 +27,7 @@ from lorafleet.dataplane.config.sizing import lora_slot_bytes
 from lorafleet.dataplane.engine.scheduler import SchedulerConfig
 from lorafleet.dataplane.engine_process.messages import AdapterSource
 from lorafleet.dataplane.lora.device import DeviceAdapters
-from lorafleet.dataplane.lora.host_cache import HostCache
+from lorafleet.dataplane.lora.host_tier import HostAdapters as HostCache
 from lorafleet.dataplane.lora.loading import AdapterFiles
 from lorafleet.dataplane.model.config import ModelConfig
 from lorafleet.dataplane.model.demo import write_adapter

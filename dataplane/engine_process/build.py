@@ -23,7 +23,7 @@ from lorafleet.dataplane.engine.scheduler import SchedulerConfig
 from lorafleet.dataplane.engine.snapshot import EngineSnapshot
 from lorafleet.dataplane.engine_process.messages import EngineFacts
 from lorafleet.dataplane.lora.device import DeviceAdapters
-from lorafleet.dataplane.lora.host_cache import HostCache
+from lorafleet.dataplane.lora.host_tier import HostAdapters
 from lorafleet.dataplane.lora.loading import AdapterFiles
 from lorafleet.dataplane.model.config import ModelConfig
 from lorafleet.dataplane.runner.factory import create_engine, default_device, resolve_dtype
@@ -48,7 +48,7 @@ class EngineParts:
     itself builds these too."""
 
     engine: Engine
-    host: HostCache
+    host: HostAdapters
     adapters: DeviceAdapters
     files: AdapterFiles
 
@@ -75,7 +75,7 @@ def build_engine(config: WorkerConfig,
     device = torch.device(config.device) if config.device else default_device()
     dtype = resolve_dtype(config.dtype, model_config.torch_dtype)
     files = adapter_files(config, model_config, pin_memory=device.type == "cuda")
-    host = HostCache(max_host=config.max_cpu_loras,
+    host = HostAdapters(max_host=config.max_cpu_loras,
                      load=lambda source: files.load(source.source_uri),
                      on_load=recorder.record_load, on_evict=recorder.record_eviction)
     adapters = DeviceAdapters(model_config, host, max_loras=config.max_loras,

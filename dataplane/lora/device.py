@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Hashable
 
-from lorafleet.dataplane.lora.host_cache import HostCache
+from lorafleet.dataplane.lora.host_tier import HostAdapters
 from lorafleet.dataplane.lora.slots import DeviceSlotBank, LoraStep
 from lorafleet.dataplane.model.config import ModelConfig
 from lorafleet.kernels.batch import LoraBatch
@@ -21,7 +21,7 @@ from lorafleet.kernels.batch import LoraBatch
 class DeviceAdapters:
     """`max_loras` device slots of `max_lora_rank`, filled from the host tier."""
 
-    def __init__(self, model_config: ModelConfig, host: HostCache, *, max_loras: int,
+    def __init__(self, model_config: ModelConfig, host: HostAdapters, *, max_loras: int,
                  max_lora_rank: int, on_load: Callable[[str, float, bool], None] | None = None,
                  on_evict: Callable[[str], None] | None = None):
         self.model_config = model_config

@@ -33,7 +33,7 @@ class DigestMismatch(ValueError):
     status_code_name = "FAILED_PRECONDITION"
 
 
-class HostCache:
+class HostAdapters:
     """A host LRU of at least `max_host` adapters and background loads from source."""
 
     def __init__(self, *, max_host: int, load: Callable[[AdapterSource], Any],

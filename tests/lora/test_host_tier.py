@@ -9,7 +9,7 @@ import time
 import pytest
 
 from lorafleet.dataplane.engine_process.messages import AdapterSource
-from lorafleet.dataplane.lora.host_cache import HostCache
+from lorafleet.dataplane.lora.host_tier import HostAdapters
 from tests.lora.fakes import FakeAdapter
 
 
@@ -25,7 +25,7 @@ def _wait_until(predicate, timeout=5.0):
 
 
 def _make(max_host=3, load=None):
-    return HostCache(max_host=max_host, load=load or (lambda s: FakeAdapter(s.digest)))
+    return HostAdapters(max_host=max_host, load=load or (lambda s: FakeAdapter(s.digest)))
 
 
 def test_cold_adapter_loads_in_background_without_blocking_the_caller():
