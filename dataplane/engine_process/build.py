@@ -76,8 +76,8 @@ def build_engine(config: WorkerConfig,
     dtype = resolve_dtype(config.dtype, model_config.torch_dtype)
     files = adapter_files(config, model_config, pin_memory=device.type == "cuda")
     host = HostAdapters(max_host=config.max_cpu_loras,
-                     load=lambda source: files.load(source.source_uri),
-                     on_load=recorder.record_load, on_evict=recorder.record_eviction)
+                        load=lambda source: files.load(source.source_uri),
+                        on_load=recorder.record_load, on_evict=recorder.record_eviction)
     adapters = DeviceAdapters(model_config, host, max_loras=config.max_loras,
                               max_lora_rank=config.max_lora_rank,
                               on_load=recorder.record_load, on_evict=recorder.record_eviction)

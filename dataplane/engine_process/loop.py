@@ -48,7 +48,7 @@ Receive = Callable[[float], list[Command]]  # waits up to `timeout` s (0: never 
 
 class MetricEvents:
     """Adapter loads and evictions seen by the loop's owner, until the next News.
-    `record_load`/`record_eviction` match HostAdapters's and DeviceAdapters' callbacks."""
+    `record_load`/`record_eviction` match HostAdapters' and DeviceAdapters' callbacks."""
 
     def __init__(self) -> None:
         self._events: list[MetricEvent] = []
