@@ -3,7 +3,7 @@
 The step's adapter rows are padded into one block of rows per slot (`LoraBatch.slot_blocks`);
 then, with A_b and B_b the weights of block b's slot,
 
-    shrunk[b] = x_blocks[b] @ A_b^T * gain_b        one bmm over every block
+    shrunk[b] = (A_b @ x_blocks[b]^T)^T * gain_b    one bmm over every block
     y[rows of b, c_i] += shrunk[b, :, i] @ B_b,i^T   one bmm per slice i
 
 Blocks over a slot range read the buffers through views (no copy); gathered blocks copy
@@ -57,12 +57,15 @@ def blocked_torch(y: torch.Tensor, x: torch.Tensor, buffers: LoraBuffers, *,
         lora_a, lora_b = lora_a.index_select(0, slots), lora_b.index_select(0, slots)
         ranks, scale = buffers.ranks.index_select(0, slots), buffers.scale.index_select(0, slots)
     x_blocks = x.index_select(0, blocks.source_rows).view(blocks.num_blocks, blocks.block_rows, -1)
-    shrunk = torch.bmm(x_blocks, lora_a.transpose(1, 2))
-    # Rank-major columns (r * N + i) to slice-major [blocks, rows, N, top], times the gain:
+    # A_b @ x_b^T, not x_b @ A_b^T: the same products, but MKL's batched matmul streams A
+    # at twice the rate this way (one thread, 32 slots of the demo model's q|k|v: 23 GB/s
+    # against 11), and reading A is half of what this call costs.
+    shrunk = torch.bmm(lora_a, x_blocks.transpose(1, 2))
+    # Rank-major rows (r * N + i) to slice-major [blocks, rows, N, top], times the gain:
     # gain[b, i, r] = scale[b, i] for r < rank[b, i], else 0 (scales, drops padding).
     is_live = torch.arange(top, device=x.device)[None, None, :] < ranks[:, :, None]
     gain = torch.where(is_live, scale[:, :, None], 0.0).to(x.dtype)
-    ranked = shrunk.view(blocks.num_blocks, blocks.block_rows, top, num_slices).transpose(2, 3)
+    ranked = shrunk.view(blocks.num_blocks, top, num_slices, blocks.block_rows).permute(0, 3, 2, 1)
     shrunk = torch.empty_like(ranked, memory_format=torch.contiguous_format)
     torch.mul(ranked, gain.unsqueeze(1), out=shrunk)
     deltas = [torch.bmm(shrunk[:, :, i], lora_b[:, :, columns])
