@@ -34,7 +34,7 @@ DOWNLOAD_TIMEOUT_S = 600.0
 # Written last; its format number changes whenever the conversion's output does.
 MARKER = ".lorafleet-model.json"
 _MARKER_FORMAT = 1
-DEMO_ADAPTERS_DIR = pathlib.Path(__file__).parent / "demo_adapters"
+DEMO_ADAPTERS_DIR = pathlib.Path(__file__).parent.parent / "demo_adapters"
 DEMO_ADAPTER_NAMES = ("caps", "pirate", "json")
 
 
