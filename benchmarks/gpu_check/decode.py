@@ -27,7 +27,7 @@ from lorafleet.dataplane.config.sizing import lora_slot_bytes
 from lorafleet.dataplane.engine.scheduler import SchedulerConfig
 from lorafleet.dataplane.engine_process.messages import AdapterSource
 from lorafleet.dataplane.lora.device import DeviceAdapters
-from lorafleet.dataplane.lora.host_tier import HostAdapters as HostCache
+from lorafleet.dataplane.lora.host_tier import HostAdapters
 from lorafleet.dataplane.lora.loading import AdapterFiles
 from lorafleet.dataplane.model.config import ModelConfig
 from lorafleet.dataplane.model.demo import write_adapter
@@ -116,7 +116,7 @@ def _build(model_dir, adapter_dirs, device: torch.device, plan: dict):
     num_seqs, dtype = len(adapter_dirs), DTYPES[plan["dtype"]]
     model_config = ModelConfig.from_dir(model_dir)
     files = AdapterFiles(model_config, RANK, dtype, pin_memory=device.type == "cuda")
-    host = HostCache(max_host=num_seqs, load=lambda source: files.load(source.source_uri))
+    host = HostAdapters(max_host=num_seqs, load=lambda source: files.load(source.source_uri))
     adapters = DeviceAdapters(model_config, host, max_loras=num_seqs, max_lora_rank=RANK)
     element_size = torch.empty((), dtype=dtype).element_size()
     slot_bytes = adapters.num_slots * lora_slot_bytes(model_config, RANK, element_size)

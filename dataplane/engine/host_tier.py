@@ -1,6 +1,6 @@
 """The scheduler's view of the adapters held in host memory.
 
-The host tier (dataplane/lora/host_cache.py) holds loaded adapters by digest and loads
+The host tier (dataplane/lora/host_tier.py) holds loaded adapters by digest and loads
 missing ones in the background. The scheduler only asks whether an adapter is there,
 asks for a load, learns which loads failed and says which adapters must stay (those of
 waiting and running requests); so it stays pure Python and never waits on a load.

@@ -2,7 +2,7 @@
 
 The budget is measured after the model weights are placed; memory reserved for other
 device buffers (the adapter cache's slots) is subtracted before the blocks are counted.
-The arithmetic is dataplane/sizing.py's, the same `lorafleet plan` does; this module
+The arithmetic is dataplane/config/sizing.py's, the same `lorafleet plan` does; this module
 measures the device and allocates.
 """
 

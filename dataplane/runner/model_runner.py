@@ -12,7 +12,7 @@ from lorafleet.dataplane.lora.device import DeviceAdapters
 from lorafleet.dataplane.model.decoder import DecoderModel
 from lorafleet.dataplane.runner.batch import BatchBuilder, StepBatch
 from lorafleet.dataplane.runner.graphs import DecodeGraphs
-from lorafleet.dataplane.sampler import Sampler
+from lorafleet.dataplane.runner.sampler import Sampler
 
 
 class ModelRunner:
