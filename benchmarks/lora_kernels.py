@@ -16,7 +16,7 @@ that are no cost of the op itself):
 (sgmv_torch: one shrink and one expand per slice per adapter) and `blocked`
 (blocked_torch: rows padded into one block per slot, one batched matmul for the shrink
 and one per slice for the expand) are the two CPU paths; `base` is the group's own fused
-matmul, for scale. `pick` is the path the cost model in kernels/dispatch.py chooses,
+matmul, for scale. `pick` is the path the cost model in kernels/cpu/lora.py chooses,
 `faster` the one that measured faster, `lost` the time the pick lost (0 when it was
 right). The paths run on one thread (`--threads`), as `add_lora` runs them for up to 256
 rows.
@@ -37,9 +37,9 @@ import torch
 
 from benchmarks.serving.checkpoint import SHAPES, ModelShape
 from lorafleet.kernels.batch import LoraBatch
-from lorafleet.kernels.blocked import blocked_torch
 from lorafleet.kernels.buffers import LoraBuffers
-from lorafleet.kernels.dispatch import prefers_slot_blocks
+from lorafleet.kernels.cpu.blocked import blocked_torch
+from lorafleet.kernels.cpu.lora import prefers_slot_blocks
 from lorafleet.kernels.sgmv import sgmv_torch
 
 RESULTS = pathlib.Path(__file__).parent / "results" / "lora_kernels.jsonl"

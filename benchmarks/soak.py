@@ -6,7 +6,7 @@ tokens, 1-24 output tokens, greedy or sampled, on the base model or an adapter, 
 cancelled after their first message. Every 500 requests it records the resident memory
 (RSS) of the server process and of the engine process. Issue 21 #6 saw the engine process
 grow from 500 to 940 MB over 5,000 such requests (oneDNN kept a kernel per matmul shape;
-dataplane/model/cpu_linear.padded_rows); the table shows whether it stays flat.
+kernels/cpu/linear.padded_rows); the table shows whether it stays flat.
 
     python -m benchmarks soak              # 5,000 requests
     python -m benchmarks soak --quick      # 1,500 requests

@@ -5,7 +5,7 @@
 and each slice i (one projection of a fused group such as q|k|v; c_i its columns of y).
 Build a `LoraBatch` (kernels/batch.py) once per step from the per-row slots, keep each
 (layer, projection group)'s adapters in `LoraBuffers` (kernels/buffers.py), and call
-`add_lora`. SGMV/BGMV run in Triton on CUDA, in torch elsewhere.
+`add_lora`. SGMV/BGMV run in Triton on CUDA, in torch elsewhere (kernels/cpu/).
 """
 
 from __future__ import annotations
@@ -14,51 +14,11 @@ import torch
 
 from lorafleet.kernels.batch import LoraBatch
 from lorafleet.kernels.bgmv import bgmv_triton
-from lorafleet.kernels.blocked import blocked_torch, step_rank
 from lorafleet.kernels.buffers import LoraBuffers
 from lorafleet.kernels.checks import check_lora_args
-from lorafleet.kernels.sgmv import sgmv_torch, sgmv_triton
+from lorafleet.kernels.cpu.lora import add_lora_torch
+from lorafleet.kernels.sgmv import sgmv_triton
 from lorafleet.kernels.triton_support import is_triton_available
-
-# CPU cost model of the two torch paths, in microseconds, fitted by least squares (on
-# relative error) to benchmarks/lora_kernels.py on this 2-core CPU: fp32, rank 16, one
-# thread (as `add_lora` runs them), the four projection groups the model calls (q|k|v, o,
-# gate|up, down) of the tiny (hidden 256) and small (hidden 1024) Llama shapes, 1-128
-# rows, 1-32 adapters, rows in adapter runs and shuffled; 400 cases. With R = the
-# step's top rank (the largest among its adapters, `step_rank`), N = slices, K = adapters
-# in the step, n = rows with an adapter, in/out the group's sizes:
-#   grouped (sgmv_torch) = 12.5 + 7.7 K (1 + N) + 0.37e-3 K R (N in + out)
-#                          + 1.05e-3 n (in + out)
-#       ~8 us per op: one shrink plus one expand per slice for each adapter, then the
-#       adapters' weights and the rows' activations streamed once;
-#   blocked (blocked_torch) = 16.7 + 27.2 N + 0.30e-3 B R (N in + out) + 2.26e-3 P (in + out)
-#                             [+ 0.15e-3 B R (N in + out) when the slots are gathered]
-#       a fixed handful of ops whatever K: B = slot blocks, P = padded rows (B x the
-#       longest segment), so its activations cost grows with the padding. The fit saw
-#       slots in one range only; the gather term is the copy measured apart (8 adapters
-#       of hidden 1024, q|k|v: gathered 0.52 ms against 0.43 over a range).
-# The model picks the faster path in 93% of the cases, losing 1.4% of the total time
-# against always picking right (a fixed "4+ adapters and little padding" rule lost 8%).
-# Gathered slot blocks are never picked past 1M gathered elements: copying larger
-# weights measured 2-4x slower per element (32 adapters of hidden 1024: 2.2 ms for the
-# q|k|v copy alone), and the grouped path reads them in place.
-_GROUPED_FIXED_US = 12.5
-_GROUPED_US_PER_OP = 7.7
-_GROUPED_US_PER_WEIGHT = 0.37e-3
-_GROUPED_US_PER_ACTIVATION = 1.05e-3
-_BLOCKED_FIXED_US = 16.7
-_BLOCKED_US_PER_SLICE = 27.2
-_BLOCKED_US_PER_WEIGHT = 0.30e-3
-_BLOCKED_US_PER_ACTIVATION = 2.26e-3
-_GATHER_US_PER_WEIGHT = 0.15e-3
-_GATHER_MAX_ELEMENTS = 1 << 20
-# The torch path's ops are small (a few rows by rank 16): spread over OpenMP threads, each
-# pays a wake-up of the other threads that costs more than the op. Measured on the 2-core
-# CPU (tiny Llama, 32 sequences decoding, lora_decode, quiet machine, median of 3): with
-# the LoRA ops on one thread and the base model's matmuls on two, 8 adapters went from 462
-# to 1,149 decode tok/s and 32 adapters from 846 to 1,081 (base 2,079 unchanged). Batches
-# with more rows than this (prefill) keep every thread.
-_ONE_THREAD_MAX_ROWS = 256
 
 
 def add_lora(
@@ -76,9 +36,9 @@ def add_lora(
     `sgmv.py`; padding past a slot's rank must be finite (`LoraBuffers` keeps it zero).
     CUDA tensors go to the Triton kernels when Triton is installed (BGMV when
     `batch.is_bgmv`, SGMV otherwise); other tensors go to the faster torch path for this
-    batch by the cost model above. `is_checked=True` skips the per-call checks of x, y and
-    the batch, for callers whose rows match the batch by construction (the model's forward
-    pass): they cost more than a small kernel.
+    batch, as the CPU backend chooses (kernels/cpu/lora.py). `is_checked=True` skips the
+    per-call checks of x, y and the batch, for callers whose rows match the batch by
+    construction (the model's forward pass): they cost more than a small kernel.
     """
     if not is_checked:
         check_lora_args(y, x, buffers, batch)
@@ -88,36 +48,4 @@ def add_lora(
         kernel = bgmv_triton if batch.is_bgmv else sgmv_triton
         kernel(y, x, buffers, batch=batch, is_checked=True)
         return
-    kernel = blocked_torch if prefers_slot_blocks(batch, buffers) else sgmv_torch
-    num_threads = torch.get_num_threads()
-    if x.is_cuda or num_threads == 1 or len(batch.token_order) > _ONE_THREAD_MAX_ROWS:
-        kernel(y, x, buffers, batch=batch, is_checked=True)
-        return
-    torch.set_num_threads(1)
-    try:
-        kernel(y, x, buffers, batch=batch, is_checked=True)
-    finally:
-        torch.set_num_threads(num_threads)
-
-
-def prefers_slot_blocks(batch: LoraBatch, buffers: LoraBuffers) -> bool:
-    """Whether the torch path should run over slot blocks rather than group by adapter."""
-    blocks = batch.slot_blocks
-    if blocks is None:
-        return False
-    per_slot = step_rank(batch, buffers) * (buffers.num_slices * buffers.in_features
-                                            + buffers.out_features)
-    weights = blocks.num_blocks * per_slot
-    if blocks.slot_range is None and weights > _GATHER_MAX_ELEMENTS:
-        return False
-    activations = buffers.in_features + buffers.out_features
-    num_rows, num_adapters = len(batch.token_order), batch.num_segments
-    blocked_us = (_BLOCKED_FIXED_US + _BLOCKED_US_PER_SLICE * buffers.num_slices
-                  + _BLOCKED_US_PER_WEIGHT * weights
-                  + _BLOCKED_US_PER_ACTIVATION * blocks.num_padded_rows * activations)
-    if blocks.slot_range is None:
-        blocked_us += _GATHER_US_PER_WEIGHT * weights
-    grouped_us = (_GROUPED_FIXED_US + _GROUPED_US_PER_OP * num_adapters * (1 + buffers.num_slices)
-                  + _GROUPED_US_PER_WEIGHT * num_adapters * per_slot
-                  + _GROUPED_US_PER_ACTIVATION * num_rows * activations)
-    return blocked_us < grouped_us
+    add_lora_torch(y, x, buffers, batch=batch)

@@ -21,10 +21,10 @@ import torch.nn.functional as F
 
 from lorafleet.dataplane.model.attention import AttentionMetadata, paged_attention
 from lorafleet.dataplane.model.config import ModelConfig
-from lorafleet.dataplane.model.cpu_linear import can_pack, linear, resolve_cpu_linear
 from lorafleet.dataplane.model.lora_seam import LoraContext, project
 from lorafleet.dataplane.model.rope import RotaryEmbedding, apply_rotary_
 from lorafleet.dataplane.model.weights import LayerWeights, ModelWeights, load_weights
+from lorafleet.kernels.cpu.linear import can_pack, linear, resolve_cpu_linear
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import torch
 
-from lorafleet.dataplane.model.cpu_linear import Weight, linear
+from lorafleet.kernels.cpu.linear import Weight, linear
 
 # group -> its projections, in the order of their output columns.
 PROJECTION_GROUPS: dict[str, tuple[str, ...]] = {

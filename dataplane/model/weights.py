@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 
 from lorafleet.dataplane.model.config import ModelConfig
-from lorafleet.dataplane.model.cpu_linear import PackedWeight, Weight, pack
+from lorafleet.kernels.cpu.linear import PackedWeight, Weight, pack
 
 
 class CheckpointError(ValueError):

@@ -9,10 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lorafleet.dataplane.model import cpu_linear
 from lorafleet.dataplane.model.attention import AttentionMetadata, PrefillSpan
-from lorafleet.dataplane.model.cpu_linear import PackedWeight
 from lorafleet.dataplane.model.decoder import DecoderModel
+from lorafleet.kernels.cpu import linear as cpu_linear
+from lorafleet.kernels.cpu.linear import PackedWeight
 from tests.engine.conftest import make_prompts
 from tests.engine.drive import GREEDY, make_engine, run_all, tokens_of
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from lorafleet.kernels.batch import LoraBatch
-from lorafleet.kernels.blocked import blocked_torch
 from lorafleet.kernels.buffers import LoraBuffers
+from lorafleet.kernels.cpu.blocked import blocked_torch
 from lorafleet.kernels.dispatch import add_lora
 from lorafleet.kernels.sgmv import sgmv_torch
 

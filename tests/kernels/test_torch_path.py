@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from lorafleet.kernels.batch import LoraBatch
-from lorafleet.kernels.blocked import blocked_torch
 from lorafleet.kernels.buffers import LoraBuffers
-from lorafleet.kernels.dispatch import add_lora, prefers_slot_blocks
+from lorafleet.kernels.cpu.blocked import blocked_torch
+from lorafleet.kernels.cpu.lora import prefers_slot_blocks
+from lorafleet.kernels.dispatch import add_lora
 from lorafleet.kernels.sgmv import sgmv_torch
 from tests.kernels.cases import PATTERNS, filled_buffers, reference_lora, request_slots, token_slots
 
@@ -104,7 +105,7 @@ def test_a_step_with_no_adapter_rows_has_no_slot_blocks(buffers):
 
 def test_many_adapters_with_one_row_each_run_over_slot_blocks():
     # 32 decode rows on 32 adapters: the grouped path would run 128 small ops per q|k|v
-    # call (dispatch.py has the measurements).
+    # call (kernels/cpu/lora.py has the measurements).
     buffers = LoraBuffers.allocate(num_slots=32, max_rank=16, in_features=1024,
                                    out_features=(1024, 256, 256), dtype=torch.float32)
     batch = LoraBatch.from_slots(request_slots("distinct", 32, 32, seed=7))
@@ -132,7 +133,7 @@ def test_y_may_be_a_column_slice_of_a_wider_output():
 
 @pytest.mark.parametrize("num_adapters, is_blocked", [(1, False), (8, True), (32, True)])
 def test_tiny_decode_path_is_the_one_measured_faster(num_adapters, is_blocked):
-    """32 decode rows on the tiny model's q|k|v group (dispatch.py has the measurements)."""
+    """32 decode rows on the tiny model's q|k|v group (kernels/cpu/lora.py has the measurements)."""
     buffers = LoraBuffers.allocate(num_slots=32, max_rank=16, in_features=256,
                                    out_features=(256, 128, 128), dtype=torch.float32)
     batch = LoraBatch.from_slots([row % num_adapters for row in range(32)])

@@ -16,7 +16,7 @@ from lorafleet.dataplane.engine.request import FinishReason
 from lorafleet.dataplane.engine_process.build import build_engine
 from lorafleet.dataplane.engine_process.messages import AdapterSource
 from lorafleet.dataplane.server.metrics import WorkerMetrics
-from lorafleet.kernels import dispatch
+from lorafleet.kernels.cpu import lora as cpu_lora
 from tests.support.lora_suite import NUM_NEW_TOKENS, prompts
 
 GREEDY = SamplingParams(max_tokens=NUM_NEW_TOKENS, temperature=0.0)
@@ -71,7 +71,7 @@ def test_sixteen_requests_over_eight_adapters_and_base_match_peft(lora_suite, pe
                                                                   path, monkeypatch):
     # Both CPU LoRA paths, and the cost model's mix of them, match PEFT token for token.
     if path != "cost model":
-        monkeypatch.setattr(dispatch, "prefers_slot_blocks",
+        monkeypatch.setattr(cpu_lora, "prefers_slot_blocks",
                             lambda batch, buffers: path == "blocked")
     base, adapters = lora_suite
     parts, digests = _engine(base, adapters, max_loras=8, max_cpu_loras=8)
