@@ -269,6 +269,7 @@ def _run_lorafleet(model_dir, adapters: dict, workloads: dict, rows: list[dict],
                 systems.server_rate(target, requests)
             runs = sorted(systems.server_rate(target, requests) for _ in range(reps))
             row["server_tok_s"], row["server_client_cpu_s"] = runs[len(runs) // 2]
+            row["server_options"] = " ".join(systems.SERVE_CPU_OPTIONS)
             _progress("server", row, row["server_tok_s"])
     peft = None if args.no_peft else PeftReference(model_dir, adapters)
     for row, requests in cells:

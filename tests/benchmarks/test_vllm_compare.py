@@ -73,6 +73,7 @@ def _assert_lorafleet_filled(row: dict) -> None:
     assert row["engine_tok_s"] > 0 and row["server_tok_s"] > 0
     assert row["server_engine_ratio"] == pytest.approx(row["server_tok_s"] / row["engine_tok_s"])
     assert row["server_client_cpu_s"] >= 0
+    assert row["server_options"] == "--cpu-thread-wait spin"  # a machine to itself, as vLLM's
     assert row["num_tokens"] == row["batch"] * 4
     assert row["machine_info"]["commit"] and row["machine_info"]["num_cores"] >= 1
     assert row["load_avg_1m"] >= 0 and row["lorafleet"]
