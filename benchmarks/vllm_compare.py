@@ -82,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="VLLM_CPU_KVCACHE_SPACE (default 2)")
     parser.add_argument("--vllm-timeout", type=float, default=1800.0,
                         help="seconds allowed for each vLLM run (default 1800)")
+    parser.add_argument("--server-cpu-thread-wait", choices=("spin", "sleep"), default="spin",
+                        help="lorafleet serve's --cpu-thread-wait (default spin: the setting "
+                             "for a worker with its cores to itself, as each system has here, "
+                             "and vLLM gets its own such settings; sleep is the worker's "
+                             "default, for a machine doing other work too)")
     parser.add_argument("--no-peft", action="store_true", help="skip transformers + peft")
     parser.add_argument("--results-dir", type=pathlib.Path, default=RESULTS_DIR,
                         help="where vllm_compare.jsonl goes (default benchmarks/results)")
@@ -263,13 +268,14 @@ def _run_lorafleet(model_dir, adapters: dict, workloads: dict, rows: list[dict],
             _progress("engine", row, row["engine_tok_s"])
     finally:
         engine.close()
-    with systems.served(model_dir, adapters, args.num_adapters) as target:
+    with systems.served(model_dir, adapters, args.num_adapters,
+                        args.server_cpu_thread_wait) as target:
         for row, requests in cells:
             for _ in range(warm):
                 systems.server_rate(target, requests)
             runs = sorted(systems.server_rate(target, requests) for _ in range(reps))
             row["server_tok_s"], row["server_client_cpu_s"] = runs[len(runs) // 2]
-            row["server_options"] = " ".join(systems.SERVE_CPU_OPTIONS)
+            row["server_options"] = f"--cpu-thread-wait {args.server_cpu_thread_wait}"
             _progress("server", row, row["server_tok_s"])
     peft = None if args.no_peft else PeftReference(model_dir, adapters)
     for row, requests in cells:

@@ -47,19 +47,13 @@ class TokenEngine(EngineReference):
         return [outputs[f"tokens-{index}"] for index in range(len(requests))]
 
 
-# The worker's setting for a machine whose cores it has to itself, as each system has here
-# (they run one at a time, and vLLM gets its own such settings: threads bound to every
-# core, spinning). The default, threads that sleep at once, is for machines doing other
-# work too; at one row it cost the demo model's decode step 32-36 -> 46-50 ms here.
-SERVE_CPU_OPTIONS = ("--cpu-thread-wait", "spin")
-
-
 @contextlib.contextmanager
-def served(model_dir: pathlib.Path, adapters: dict[str, pathlib.Path], num_slots: int):
-    """A `lorafleet serve` subprocess holding every adapter in `num_slots` device slots,
-    with SERVE_CPU_OPTIONS; yields the serving benchmark's Target for it."""
+def served(model_dir: pathlib.Path, adapters: dict[str, pathlib.Path], num_slots: int,
+           cpu_thread_wait: str):
+    """A `lorafleet serve --cpu-thread-wait WAIT` subprocess holding every adapter in
+    `num_slots` device slots; yields the serving benchmark's Target for it."""
     options = ["--device", "cpu", "--max-loras", str(num_slots), "--max-lora-rank", "16",
-               "--max-cpu-loras", str(max(len(adapters), 1)), *SERVE_CPU_OPTIONS]
+               "--max-cpu-loras", str(max(len(adapters), 1)), "--cpu-thread-wait", cpu_thread_wait]
     process = start_worker(serve_command(model_dir, list(adapters.items()), options,
                                          http=False))
     try:

@@ -73,7 +73,7 @@ def _assert_lorafleet_filled(row: dict) -> None:
     assert row["engine_tok_s"] > 0 and row["server_tok_s"] > 0
     assert row["server_engine_ratio"] == pytest.approx(row["server_tok_s"] / row["engine_tok_s"])
     assert row["server_client_cpu_s"] >= 0
-    assert row["server_options"] == "--cpu-thread-wait spin"  # a machine to itself, as vLLM's
+    assert row["server_options"] in ("--cpu-thread-wait spin", "--cpu-thread-wait sleep")
     assert row["num_tokens"] == row["batch"] * 4
     assert row["machine_info"]["commit"] and row["machine_info"]["num_cores"] >= 1
     assert row["load_avg_1m"] >= 0 and row["lorafleet"]
@@ -82,8 +82,9 @@ def _assert_lorafleet_filled(row: dict) -> None:
 
 @pytest.mark.slow
 def test_without_vllm_the_recorded_numbers_are_shown_and_labelled(tmp_path, small_tiny, capsys):
-    rows = _run(tmp_path, "--no-vllm")
+    rows = _run(tmp_path, "--no-vllm", "--server-cpu-thread-wait", "sleep")
     out = capsys.readouterr().out
+    assert {r["server_options"] for r in rows} == {"--cpu-thread-wait sleep"}
     assert [(r["batch"], r["num_adapters"]) for r in rows] == [(32, 0), (8, 8), (1, 0)]
     base, mixed, single = rows
     for row in rows:
@@ -109,6 +110,8 @@ def test_with_a_side_interpreter_its_times_and_tokens_are_used(tmp_path, small_t
                                                                 fake_python, capsys):
     rows = _run(tmp_path, "--vllm-python", str(fake_python), "--no-peft")
     out = capsys.readouterr().out
+    # By default the worker waits as on a machine to itself, as vLLM's settings do.
+    assert {r["server_options"] for r in rows} == {"--cpu-thread-wait spin"}
     for row in rows:
         _assert_lorafleet_filled(row)
         assert row["vllm_source"] == "measured" and row["peft_tok_s"] is None
