@@ -9,6 +9,7 @@ import torch
 
 from lorafleet.kernels.batch import LoraBatch
 from lorafleet.kernels.buffers import LoraBuffers
+from lorafleet.kernels.cpu import lora as cpu_lora
 from lorafleet.kernels.cpu.blocked import blocked_torch
 from lorafleet.kernels.cpu.lora import prefers_slot_blocks
 from lorafleet.kernels.dispatch import add_lora
@@ -140,9 +141,35 @@ def test_tiny_decode_path_is_the_one_measured_faster(num_adapters, is_blocked):
     assert prefers_slot_blocks(batch, buffers) is is_blocked
 
 
-def test_add_lora_gives_back_the_callers_thread_count(buffers):
-    # Small batches run their LoRA ops on one thread; the engine's matmuls must get every
-    # thread back afterwards, also when the kernel refuses its arguments.
+@pytest.mark.parametrize(("wait_policy", "kernel_threads"), [("PASSIVE", 1), ("", 2)])
+def test_small_batches_use_one_thread_only_where_threads_sleep(buffers, monkeypatch,
+                                                               wait_policy, kernel_threads):
+    # Sleeping OpenMP threads make every op spread over them pay a wake-up, so LoRA's small
+    # ops keep to one thread; spinning threads are awake, so both serve (kernels/cpu/lora.py).
+    monkeypatch.setenv("OMP_WAIT_POLICY", wait_policy)
+    cpu_lora.threads_sleep.cache_clear()
+    seen = []
+    for name in ("blocked_torch", "sgmv_torch"):
+        kernel = getattr(cpu_lora, name)
+        monkeypatch.setattr(cpu_lora, name, lambda *a, k=kernel, **kw: (
+            seen.append(torch.get_num_threads()), k(*a, **kw)))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _check(_batch_rows("bgmv", "distinct"), buffers, add_lora)
+        assert seen == [kernel_threads] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+        monkeypatch.undo()
+        cpu_lora.threads_sleep.cache_clear()
+
+
+def test_add_lora_gives_back_the_callers_thread_count(buffers, monkeypatch):
+    # Small batches run their LoRA ops on one thread where threads sleep; the engine's
+    # matmuls must get every thread back afterwards, also when the kernel refuses its
+    # arguments.
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    cpu_lora.threads_sleep.cache_clear()
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -155,3 +182,5 @@ def test_add_lora_gives_back_the_callers_thread_count(buffers):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+        monkeypatch.undo()
+        cpu_lora.threads_sleep.cache_clear()
