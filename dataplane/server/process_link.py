@@ -42,6 +42,7 @@ from lorafleet.dataplane.engine_process.messages import (
     News,
     Op,
 )
+from lorafleet.kernels.cpu.lora import LORA_THREADS_ENV
 from lorafleet.runtime.startup import StartupError, StartupStopped
 
 log = logging.getLogger(__name__)
@@ -193,11 +194,15 @@ def _child_environment(wait: str):
     for 1,685-2,351 tok/s sleeping. So: sleep by default (most machines do other work
     too), spin on a worker with its cores to itself (`lorafleet serve --cpu-thread-wait`).
     """
-    if wait == "spin" or "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
         yield
         return
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    name, value = ("OMP_WAIT_POLICY", "PASSIVE") if wait != "spin" else (LORA_THREADS_ENV, "all")
+    if name in os.environ:  # the operator's
+        yield
+        return
+    os.environ[name] = value
     try:
         yield
     finally:
-        os.environ.pop("OMP_WAIT_POLICY", None)
+        os.environ.pop(name, None)

@@ -2,8 +2,8 @@
 
 `add_lora_torch` is what `kernels/dispatch.add_lora` runs off CUDA (and on CUDA without
 Triton): the grouped path (`sgmv_torch`) or the slot-block path (`blocked_torch`), chosen
-per call by a cost model, with the small ops of a decode batch on one thread where
-OpenMP's idle threads sleep.
+per call by a cost model, with the small ops of a decode batch on one thread unless the
+process's OpenMP threads spin for them (LORA_THREADS_ENV).
 """
 
 from __future__ import annotations
@@ -51,14 +51,17 @@ _BLOCKED_US_PER_ACTIVATION = 2.26e-3
 _GATHER_US_PER_WEIGHT = 0.15e-3
 _GATHER_MAX_ELEMENTS = 1 << 20
 # The torch path's ops are small (a few rows by rank 16). Where OpenMP's idle threads sleep
-# at once (OMP_WAIT_POLICY=PASSIVE: the worker's default `--cpu-thread-wait sleep` sets it
-# for its engine process), each op spread over the threads pays a wake-up that costs more
-# than the op, so they run on one thread: on the 2-core CPU, tiny Llama, 32 sequences, 8
-# adapters went from 462 to 1,149 decode tok/s, 32 adapters from 846 to 1,081; the demo
-# model's shape, 32 adapters, decode step 168-177 ms against 210-223 on both threads.
-# Where they spin (`--cpu-thread-wait spin`, one OpenMP team in the process) the other
-# thread is awake, and both threads win: 137-146 ms against 151-165 at 32 adapters, equal
-# or better at 2 and 8. Batches with more rows than this (prefill) keep every thread.
+# at once, or spin only briefly (libgomp cuts the spin to ~100 iterations once its threads
+# outnumber the CPUs, as in any process where two threads ran parallel torch ops), each op
+# spread over the threads pays a wake-up that costs more than the op, so they run on one
+# thread: on the 2-core CPU, tiny Llama, 32 sequences, 8 adapters went from 462 to 1,149
+# decode tok/s, 32 adapters from 846 to 1,081; the demo model's shape, 32 adapters, decode
+# step 168-177 ms against 210-223 on both threads (OMP_WAIT_POLICY=PASSIVE). In the engine
+# process of `lorafleet serve --cpu-thread-wait spin` (one OpenMP team whose threads spin;
+# it is started with LORA_THREADS_ENV=all) the other thread is awake and both win: 137-146
+# ms against 151-165 at 32 adapters, equal or better at 2 and 8. Batches with more rows
+# than this (prefill) keep every thread.
+LORA_THREADS_ENV = "LORAFLEET_CPU_LORA_THREADS"
 _ONE_THREAD_MAX_ROWS = 256
 
 
@@ -68,7 +71,7 @@ def add_lora_torch(y: torch.Tensor, x: torch.Tensor, buffers: LoraBuffers, *,
     kernel = blocked_torch if prefers_slot_blocks(batch, buffers) else sgmv_torch
     num_threads = torch.get_num_threads()
     if (x.is_cuda or num_threads == 1 or len(batch.token_order) > _ONE_THREAD_MAX_ROWS
-            or not threads_sleep()):
+            or uses_every_thread()):
         kernel(y, x, buffers, batch=batch, is_checked=True)
         return
     torch.set_num_threads(1)
@@ -79,10 +82,10 @@ def add_lora_torch(y: torch.Tensor, x: torch.Tensor, buffers: LoraBuffers, *,
 
 
 @functools.cache
-def threads_sleep() -> bool:
-    """Whether OpenMP's idle threads sleep at once in this process (read once, as OpenMP
-    reads its environment once)."""
-    return os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
+def uses_every_thread() -> bool:
+    """Whether LoRA's small ops run on every thread in this process (LORA_THREADS_ENV=all:
+    the engine process whose threads spin), not on one; read once."""
+    return os.environ.get(LORA_THREADS_ENV, "one") == "all"
 
 
 def prefers_slot_blocks(batch: LoraBatch, buffers: LoraBuffers) -> bool:

@@ -141,13 +141,17 @@ def test_tiny_decode_path_is_the_one_measured_faster(num_adapters, is_blocked):
     assert prefers_slot_blocks(batch, buffers) is is_blocked
 
 
-@pytest.mark.parametrize(("wait_policy", "kernel_threads"), [("PASSIVE", 1), ("", 2)])
-def test_small_batches_use_one_thread_only_where_threads_sleep(buffers, monkeypatch,
-                                                               wait_policy, kernel_threads):
-    # Sleeping OpenMP threads make every op spread over them pay a wake-up, so LoRA's small
-    # ops keep to one thread; spinning threads are awake, so both serve (kernels/cpu/lora.py).
-    monkeypatch.setenv("OMP_WAIT_POLICY", wait_policy)
-    cpu_lora.threads_sleep.cache_clear()
+@pytest.mark.parametrize(("lora_threads", "kernel_threads"), [(None, 1), ("all", 2)])
+def test_small_batches_use_one_thread_unless_the_threads_spin_for_them(
+        buffers, monkeypatch, lora_threads, kernel_threads):
+    # Waking sleeping (or throttled) OpenMP threads costs more than LoRA's small ops, so
+    # they keep to one thread; the engine process whose threads spin uses every thread
+    # (kernels/cpu/lora.py).
+    if lora_threads is None:
+        monkeypatch.delenv(cpu_lora.LORA_THREADS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(cpu_lora.LORA_THREADS_ENV, lora_threads)
+    cpu_lora.uses_every_thread.cache_clear()
     seen = []
     for name in ("blocked_torch", "sgmv_torch"):
         kernel = getattr(cpu_lora, name)
@@ -161,15 +165,14 @@ def test_small_batches_use_one_thread_only_where_threads_sleep(buffers, monkeypa
     finally:
         torch.set_num_threads(before)
         monkeypatch.undo()
-        cpu_lora.threads_sleep.cache_clear()
+        cpu_lora.uses_every_thread.cache_clear()
 
 
 def test_add_lora_gives_back_the_callers_thread_count(buffers, monkeypatch):
-    # Small batches run their LoRA ops on one thread where threads sleep; the engine's
-    # matmuls must get every thread back afterwards, also when the kernel refuses its
-    # arguments.
-    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
-    cpu_lora.threads_sleep.cache_clear()
+    # Small batches run their LoRA ops on one thread; the engine's matmuls must get every
+    # thread back afterwards, also when the kernel refuses its arguments.
+    monkeypatch.delenv(cpu_lora.LORA_THREADS_ENV, raising=False)
+    cpu_lora.uses_every_thread.cache_clear()
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -183,4 +186,4 @@ def test_add_lora_gives_back_the_callers_thread_count(buffers, monkeypatch):
     finally:
         torch.set_num_threads(before)
         monkeypatch.undo()
-        cpu_lora.threads_sleep.cache_clear()
+        cpu_lora.uses_every_thread.cache_clear()

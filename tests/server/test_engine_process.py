@@ -199,19 +199,27 @@ def test_the_engine_process_threads_sleep_by_default(in_process):
     assert child.get("OMP_WAIT_POLICY") == os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
 
 
-@pytest.mark.parametrize("wait, preset, expected", [
-    ("sleep", None, "PASSIVE"), ("spin", None, None), ("sleep", "ACTIVE", "ACTIVE")])
-def test_cpu_thread_wait_sets_the_engine_process_environment(wait, preset, expected, monkeypatch):
+@pytest.mark.parametrize("wait, preset, expected, lora_threads", [
+    ("sleep", None, "PASSIVE", None), ("spin", None, None, "all"),
+    ("sleep", "ACTIVE", "ACTIVE", None), ("spin", "PASSIVE", "PASSIVE", None)])
+def test_cpu_thread_wait_sets_the_engine_process_environment(wait, preset, expected,
+                                                             lora_threads, monkeypatch):
+    # With spinning threads (one OpenMP team: the engine process) LoRA's small ops use every
+    # thread (kernels/cpu/lora.py); an operator's own wait policy decides instead.
     from lorafleet.dataplane.server.process_link import _child_environment
+    from lorafleet.kernels.cpu.lora import LORA_THREADS_ENV
 
     monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    monkeypatch.delenv(LORA_THREADS_ENV, raising=False)
     if preset is None:
         monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     else:
         monkeypatch.setenv("OMP_WAIT_POLICY", preset)
     with _child_environment(wait):
         assert os.environ.get("OMP_WAIT_POLICY") == expected
+        assert os.environ.get(LORA_THREADS_ENV) == lora_threads
     assert os.environ.get("OMP_WAIT_POLICY") == preset  # the server's own is left as it was
+    assert LORA_THREADS_ENV not in os.environ
 
 
 @pytest.mark.slow
