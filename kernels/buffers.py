@@ -56,6 +56,7 @@ class LoraBuffers:
         is_meta = self.ranks.device.type == "meta"
         object.__setattr__(self, "_host_ranks", [] if is_meta else self.ranks.tolist())
         object.__setattr__(self, "_host_scales", [] if is_meta else self.scale.tolist())
+        object.__setattr__(self, "_gains", {})  # (top, dtype) -> gain_upto's tensor
 
     @classmethod
     def allocate(
@@ -131,6 +132,18 @@ class LoraBuffers:
         """Each slot's scale per slice, on the host (read-only; what `scale` holds)."""
         return self._host_scales
 
+    def gain_upto(self, top: int, dtype: torch.dtype) -> torch.Tensor:
+        """[S, N, top] in `dtype`: scale[s, i] for r < ranks[s, i], else 0; what the torch
+        paths multiply the shrink by (it scales, and drops any rank past the slot's own).
+        Kept until a slot changes, so a step's calls do not rebuild it from ranks and scale."""
+        key = (top, dtype)
+        gain = self._gains.get(key)
+        if gain is None:
+            is_live = torch.arange(top, device=self.ranks.device) < self.ranks[:, :, None]
+            gain = torch.where(is_live, self.scale[:, :, None], 0.0).to(dtype)
+            self._gains[key] = gain
+        return gain
+
     def slice_a(self, slot: int, index: int) -> torch.Tensor:
         """A view of slice `index`'s shrink rows of `slot`: [max_rank, in_features]."""
         return self.lora_a[slot, index::self.num_slices]
@@ -164,6 +177,7 @@ class LoraBuffers:
         self.scale[slot] = torch.tensor(scales, dtype=torch.float32)
         self._host_ranks[slot] = ranks
         self._host_scales[slot] = self.scale[slot].tolist()  # rounded to fp32, as the kernels see it
+        self._gains.clear()
 
     def clear_slot(self, slot: int) -> None:
         """Marks `slot` empty: rows that still point at it get nothing added."""
@@ -172,6 +186,7 @@ class LoraBuffers:
         self.scale[slot] = 0.0
         self._host_ranks[slot] = [0] * self.num_slices
         self._host_scales[slot] = [0.0] * self.num_slices
+        self._gains.clear()
 
     def _check_slot(self, slot: int) -> None:
         if not 0 <= slot < self.num_slots:

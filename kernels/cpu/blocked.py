@@ -48,23 +48,21 @@ def blocked_torch(y: torch.Tensor, x: torch.Tensor, buffers: LoraBuffers, *,
         return
     num_slices = buffers.num_slices
     lora_a, lora_b = buffers.lora_a[:, :top * num_slices], buffers.lora_b[:, :top]
+    gain = buffers.gain_upto(top, x.dtype)
     if blocks.slot_range is not None:
         first, end = blocks.slot_range
-        lora_a, lora_b = lora_a[first:end], lora_b[first:end]
-        ranks, scale = buffers.ranks[first:end], buffers.scale[first:end]
+        lora_a, lora_b, gain = lora_a[first:end], lora_b[first:end], gain[first:end]
     else:  # copies only the rows and columns below the top rank
         slots = blocks.block_slots
         lora_a, lora_b = lora_a.index_select(0, slots), lora_b.index_select(0, slots)
-        ranks, scale = buffers.ranks.index_select(0, slots), buffers.scale.index_select(0, slots)
+        gain = gain.index_select(0, slots)
     x_blocks = x.index_select(0, blocks.source_rows).view(blocks.num_blocks, blocks.block_rows, -1)
     # A_b @ x_b^T, not x_b @ A_b^T: the same products, but MKL's batched matmul streams A
     # at twice the rate this way (one thread, 32 slots of the demo model's q|k|v: 23 GB/s
     # against 11), and reading A is half of what this call costs.
     shrunk = torch.bmm(lora_a, x_blocks.transpose(1, 2))
-    # Rank-major rows (r * N + i) to slice-major [blocks, rows, N, top], times the gain:
-    # gain[b, i, r] = scale[b, i] for r < rank[b, i], else 0 (scales, drops padding).
-    is_live = torch.arange(top, device=x.device)[None, None, :] < ranks[:, :, None]
-    gain = torch.where(is_live, scale[:, :, None], 0.0).to(x.dtype)
+    # Rank-major rows (r * N + i) to slice-major [blocks, rows, N, top], times the gain
+    # (scales, drops padding).
     ranked = shrunk.view(blocks.num_blocks, top, num_slices, blocks.block_rows).permute(0, 3, 2, 1)
     shrunk = torch.empty_like(ranked, memory_format=torch.contiguous_format)
     torch.mul(ranked, gain.unsqueeze(1), out=shrunk)

@@ -187,3 +187,20 @@ def test_add_lora_gives_back_the_callers_thread_count(buffers, monkeypatch):
         torch.set_num_threads(before)
         monkeypatch.undo()
         cpu_lora.uses_every_thread.cache_clear()
+
+
+def test_a_slot_rewritten_with_another_rank_and_scale_is_computed_with_its_new_ones():
+    # The blocked path keeps each (top rank, dtype)'s gain until a slot changes: a stale one
+    # would scale a new adapter by the old one's alpha / r, or keep ranks it no longer has.
+    buffers = filled_buffers([16, 8, 16, 4], 16, 64, (64, 32), torch.float32, seed=3)
+    slots = [0, 1, 2, 3] * 4
+    x, y = torch.randn(len(slots), 64), torch.zeros(len(slots), 96)
+    batch = LoraBatch.from_slots(slots)
+    blocked_torch(y.clone(), x, buffers, batch=batch)  # builds the gain for top rank 16
+    gen = torch.Generator().manual_seed(5)
+    buffers.write_slot(1, [(torch.randn(16, 64, generator=gen), torch.randn(64, 16, generator=gen),
+                            0.25), None])
+    buffers.clear_slot(3)
+    out = y.clone()
+    blocked_torch(out, x, buffers, batch=batch)
+    torch.testing.assert_close(out, reference_lora(y, x, buffers, slots), atol=1e-4, rtol=1e-4)
