@@ -56,7 +56,7 @@ class LoraBuffers:
         is_meta = self.ranks.device.type == "meta"
         object.__setattr__(self, "_host_ranks", [] if is_meta else self.ranks.tolist())
         object.__setattr__(self, "_host_scales", [] if is_meta else self.scale.tolist())
-        object.__setattr__(self, "_gains", {})  # (top, dtype) -> gain_upto's tensor
+        object.__setattr__(self, "_gains", {})  # dtype -> [S, N, max_rank] gain
 
     @classmethod
     def allocate(
@@ -135,14 +135,14 @@ class LoraBuffers:
     def gain_upto(self, top: int, dtype: torch.dtype) -> torch.Tensor:
         """[S, N, top] in `dtype`: scale[s, i] for r < ranks[s, i], else 0; what the torch
         paths multiply the shrink by (it scales, and drops any rank past the slot's own).
-        Kept until a slot changes, so a step's calls do not rebuild it from ranks and scale."""
-        key = (top, dtype)
-        gain = self._gains.get(key)
+        A view of one tensor per dtype kept until a slot changes, so a step's calls do not
+        rebuild it from ranks and scale."""
+        gain = self._gains.get(dtype)
         if gain is None:
-            is_live = torch.arange(top, device=self.ranks.device) < self.ranks[:, :, None]
+            is_live = torch.arange(self.max_rank, device=self.ranks.device) < self.ranks[:, :, None]
             gain = torch.where(is_live, self.scale[:, :, None], 0.0).to(dtype)
-            self._gains[key] = gain
-        return gain
+            self._gains[dtype] = gain
+        return gain[:, :, :top]
 
     def slice_a(self, slot: int, index: int) -> torch.Tensor:
         """A view of slice `index`'s shrink rows of `slot`: [max_rank, in_features]."""
