@@ -184,8 +184,7 @@ def _guard_unary(behavior):
     async def guarded(request, context):
         if isinstance(request, _Malformed):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-        result = behavior(request, context)
-        return await result if inspect.isawaitable(result) else result
+        return await settle(behavior(request, context))
 
     return guarded
 
@@ -194,12 +193,22 @@ def _guard_stream(behavior):
     async def guarded(request, context):
         if isinstance(request, _Malformed):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-        responses = behavior(request, context)
-        if inspect.isasyncgen(responses) or hasattr(responses, "__aiter__"):
-            async for response in responses:
-                yield response
-        else:
-            for response in responses:
-                yield response
+        async for response in relay(behavior(request, context)):
+            yield response
 
     return guarded
+
+
+async def settle(result):
+    """A unary handler's response: awaited when the handler is async, as it is otherwise."""
+    return await result if inspect.isawaitable(result) else result
+
+
+async def relay(responses):
+    """A streaming handler's responses, from an async iterator or a plain one."""
+    if hasattr(responses, "__aiter__"):
+        async for response in responses:
+            yield response
+    else:
+        for response in responses:
+            yield response

@@ -10,7 +10,6 @@ it authenticated); from anyone else the header is ignored.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Protocol
 
@@ -18,6 +17,7 @@ import grpc
 
 from lorafleet.runtime.auth.policy import Table, is_public
 from lorafleet.runtime.auth.principals import Principal, Role, current_principal, set_principal
+from lorafleet.runtime.rpcserver import relay, settle
 from lorafleet.runtime.tls import TlsConfig, peer_identity
 
 TENANT_HEADER = "x-lorafleet-tenant"
@@ -155,8 +155,7 @@ def certified_principal(identity: str | None) -> Principal | None:
 def _guard_unary(admit: _Admission, behavior):
     async def guarded(request, context):
         await admit(context)
-        result = behavior(request, context)
-        return await result if inspect.isawaitable(result) else result
+        return await settle(behavior(request, context))
 
     return guarded
 
@@ -164,13 +163,8 @@ def _guard_unary(admit: _Admission, behavior):
 def _guard_stream(admit: _Admission, behavior):
     async def guarded(request, context):
         await admit(context)
-        responses = behavior(request, context)
-        if hasattr(responses, "__aiter__"):
-            async for response in responses:
-                yield response
-        else:
-            for response in responses:
-                yield response
+        async for response in relay(behavior(request, context)):
+            yield response
 
     return guarded
 
