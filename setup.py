@@ -34,5 +34,6 @@ def _data_packages() -> dict[str, list[str]]:
 
 packages, package_dir = _packages()
 package_data = _data_packages()
+# The CPU backend's native kernels are compiled from their source where they run.
 setup(packages=packages + list(package_data), package_dir=package_dir,
-      package_data=package_data)
+      package_data={**package_data, "lorafleet.kernels.cpu": ["*.c"]})

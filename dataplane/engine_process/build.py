@@ -12,6 +12,7 @@ an object after it was constructed.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Protocol
 
 import torch
@@ -27,6 +28,9 @@ from lorafleet.dataplane.lora.host_tier import HostAdapters
 from lorafleet.dataplane.lora.loading import AdapterFiles
 from lorafleet.dataplane.model.config import ModelConfig
 from lorafleet.dataplane.runner.factory import create_engine, default_device, resolve_dtype
+from lorafleet.kernels.cpu import native
+
+log = logging.getLogger(__name__)
 
 
 class LoadRecorder(Protocol):
@@ -88,6 +92,8 @@ def build_engine(config: WorkerConfig,
                                          config.queue_policy),
         adapters=adapters, prefix_cache_scope=config.prefix_cache_scope,
         enforce_eager=config.enforce_eager)
+    if device.type == "cpu" and dtype == torch.float32:  # builds them now, not mid-step
+        log.info("the CPU's small decode ops run as %s", native.describe())
     return EngineParts(engine, host, adapters, files)
 
 

@@ -10,7 +10,9 @@ Two paths compute the same thing. On CUDA with Triton, the paged-attention kerne
 (kernels/paged_attention.py) read the blocks in place, described by the step's flat
 `PagedAttentionBatch`; elsewhere (the CPU worker, and as the kernels' test oracle) torch
 gathers each group's blocks and runs SDPA, described by decode groups and prefill spans.
-`BatchBuilder` builds the description of the path the step takes (both when asked).
+`BatchBuilder` builds the description of the path the step takes (both when asked). On
+a CPU in float32 the CPU backend's native kernels store the keys and values and attend
+the decode groups where their blocks lie (kernels/cpu/native.py); prefills keep SDPA.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from lorafleet.kernels.attention_batch import PagedAttentionBatch
+from lorafleet.kernels.cpu import native
 from lorafleet.kernels.paged_attention import paged_attention_triton
 from lorafleet.kernels.triton_support import is_triton_available
 
@@ -45,13 +48,17 @@ class DecodeGroup:
     """Single-query sequences at batch rows [start, stop), attended as one padded batch.
 
     block_tables [rows, max_blocks] (padding points at any real block); mask [rows, 1, 1,
-    num_keys] hides padded keys (True: attend).
+    num_keys] hides padded keys (True: attend) for the torch path; the CPU's native
+    kernel reads `lengths` [rows] (keys per sequence) and `window` (a sliding window's
+    keys, None: all) instead.
     """
 
     start: int
     stop: int
     block_tables: torch.Tensor
     mask: torch.Tensor
+    lengths: torch.Tensor
+    window: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,13 +88,18 @@ def paged_attention(
 ) -> torch.Tensor:
     """Stores k, v [tokens, kv_heads, dim] in the cache, then attends q [tokens, heads, dim]."""
     num_kv_heads, head_dim = k.shape[1], k.shape[2]
-    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.kv_positions, k)
-    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.kv_positions, v)
+    is_native = native.runs(q)
+    if is_native:
+        native.store_kv(k, v, k_cache, v_cache, meta.kv_positions)
+    else:
+        k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.kv_positions, k)
+        v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, meta.kv_positions, v)
     if meta.paged is not None and runs_paged_kernels(q.device):
         return paged_attention_triton(q, k_cache, v_cache, batch=meta.paged, is_checked=True)
     # Groups and spans cover the rows in order: a step of one group (most decode steps)
     # returns its output as it is.
-    parts = [_decode(q[group.start : group.stop], k_cache, v_cache, group)
+    decode = _decode_native if is_native else _decode
+    parts = [decode(q[group.start : group.stop], k_cache, v_cache, group)
              for group in meta.decodes]
     parts += [_prefill(q[span.start : span.stop], k_cache, v_cache, span)
               for span in meta.prefills]
@@ -114,6 +126,12 @@ def _decode(q, k_cache, v_cache, group: DecodeGroup) -> torch.Tensor:
     grouped = q.view(seqs, num_kv_heads, -1, q.shape[-1])
     out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=mask)
     return out.reshape(q.shape)
+
+
+def _decode_native(q, k_cache, v_cache, group: DecodeGroup) -> torch.Tensor:
+    """`_decode` by the CPU's native kernel: no gather, no padded keys."""
+    return native.decode_attention(q, k_cache, v_cache, group.block_tables, group.lengths,
+                                   group.window)
 
 
 def _prefill(q, k_cache, v_cache, span: PrefillSpan) -> torch.Tensor:

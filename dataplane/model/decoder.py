@@ -7,7 +7,8 @@ one matmul per projection group (q|k|v, o, gate|up, down), each through
 
 A deep, thin model runs its layer's small ops thousands of times a step, so a layer keeps
 them few (benchmarks/profile_layers.py counts them: 39 on CPU, 67 before): the residual
-stream is updated in place, RMSNorm is one op, rotary embeddings turn q and k together in
+stream is updated in place, the residual add and RMSNorm are one pass (the CPU backend's
+native kernels; one op each on torch), rotary embeddings turn q and k together in
 place inside the q|k|v output, SiLU runs in place on the gate, and whatever every layer
 would look up (rotary rows, per-layer cache views) is looked up once per step.
 """
@@ -24,16 +25,30 @@ from lorafleet.dataplane.model.config import ModelConfig
 from lorafleet.dataplane.model.lora_seam import LoraContext, project
 from lorafleet.dataplane.model.rope import RotaryEmbedding, apply_rotary_
 from lorafleet.dataplane.model.weights import LayerWeights, ModelWeights, load_weights
+from lorafleet.kernels.cpu import native
 from lorafleet.kernels.cpu.linear import can_pack, linear, resolve_cpu_linear
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm computed in float32, as transformers does."""
-    if x.dtype == torch.float32:  # one fused op, the same numbers to the bit
+    if native.runs(x):  # one pass (torch's rms_norm is 7 ops on a CPU)
+        return native.add_rms_norm(x, None, weight, eps)
+    if x.dtype == torch.float32:  # one op, the same numbers to the bit
         return F.rms_norm(x, weight.shape, weight, eps)
     h = x.to(torch.float32)
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
     return weight * h.to(x.dtype)
+
+
+def add_rms_norm(hidden: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor,
+                 eps: float) -> torch.Tensor:
+    """Adds `delta` to the residual stream `hidden` in place (when given), then returns
+    RMSNorm(hidden)."""
+    if native.runs(hidden):
+        return native.add_rms_norm(hidden, delta, weight, eps)
+    if delta is not None:
+        hidden.add_(delta)
+    return rms_norm(hidden, weight, eps)
 
 
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -82,22 +97,28 @@ class DecoderModel:
         rope = self.rotary.cos_sin(positions)
         # Every layer's key and value cache (view: a copy would lose the writes).
         caches = kv_cache.view(-1, *kv_cache.shape[2:]).unbind(0)
+        down = None
         for index, layer in enumerate(self.weights.layers):
-            self._layer(index, layer, hidden, rope, meta, caches[2 * index : 2 * index + 2], lora)
+            down = self._layer(index, layer, hidden, down, rope, meta,
+                               caches[2 * index : 2 * index + 2], lora)
+        if down is not None:
+            hidden.add_(down)
         hidden = rms_norm(hidden[sample_rows], self.weights.norm, self.config.rms_norm_eps)
         return linear(hidden, self.weights.lm_head, None).float()
 
-    def _layer(self, index, layer: LayerWeights, hidden, rope, meta, cache, lora) -> None:
-        """Adds the layer's attention and MLP outputs to the residual stream `hidden`."""
+    def _layer(self, index, layer: LayerWeights, hidden, down, rope, meta, cache, lora):
+        """Adds the previous layer's MLP output `down` (None before the first layer) and
+        this layer's attention output to the residual stream `hidden`; returns this
+        layer's MLP output, added by the next layer's norm (one pass for both)."""
         eps = self.config.rms_norm_eps
-        x = rms_norm(hidden, layer.input_norm, eps)
-        hidden.add_(self._attention(index, layer, x, rope, meta, cache, lora))
-        x = rms_norm(hidden, layer.post_attention_norm, eps)
+        x = add_rms_norm(hidden, down, layer.input_norm, eps)
+        attention = self._attention(index, layer, x, rope, meta, cache, lora)
+        x = add_rms_norm(hidden, attention, layer.post_attention_norm, eps)
         gate, up = project(x, layer.gate_up, layer.gate_up_bias, index, "gate_up_proj",
                            self._gate_up_sizes, lora)
         (down,) = project(silu_mul(gate, up), layer.down, layer.down_bias, index,
                           "down_proj", (self.config.hidden_size,), lora)
-        hidden.add_(down)
+        return down
 
     def _attention(self, index, layer: LayerWeights, x, rope, meta, cache, lora):
         c = self.config

@@ -11,6 +11,7 @@ import math
 import torch
 
 from lorafleet.dataplane.model.config import ModelConfig
+from lorafleet.kernels.cpu import native
 
 
 class UnsupportedRopeError(ValueError):
@@ -75,6 +76,9 @@ class RotaryEmbedding:
 def apply_rotary_(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> None:
     """Rotates x [tokens, heads, head_dim] in place (heads may be q's and k's side by side,
     a view into the projection's output); cos, signed_sin from `RotaryEmbedding.cos_sin`."""
+    if native.runs(x) and x.shape[-1] <= native.MAX_ROTARY_DIM:  # one pass, same numbers
+        native.rotary_(x, cos, signed_sin)
+        return
     rolled = x.roll(x.shape[-1] // 2, dims=-1)
     rolled.mul_(signed_sin)
     x.mul_(cos).add_(rolled)

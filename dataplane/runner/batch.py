@@ -121,7 +121,8 @@ class BatchBuilder:
         if self.sliding_window is not None:
             mask &= keys[None, :] > (lengths[:, None] - 1 - self.sliding_window)
         return DecodeGroup(start=start, stop=start + len(decodes),
-                           block_tables=self._tensor(tables), mask=mask[:, None, None, :])
+                           block_tables=self._tensor(tables), mask=mask[:, None, None, :],
+                           lengths=lengths, window=self.sliding_window)
 
     def _prefill_spans(self, prefills: list[ScheduledRequest], row: int) -> tuple:
         """Per-sequence spans of multi-token chunks, with their causal masks."""

@@ -243,7 +243,8 @@ class DecodeGraphs:
         if self.sliding_window is not None:
             mask &= keys[None, :] > (contexts[:, None] - 1 - self.sliding_window)
         return DecodeGroup(start=0, stop=bucket, block_tables=self.block_tables[:bucket].long(),
-                           mask=mask[:, None, None, :])
+                           mask=mask[:, None, None, :], lengths=contexts,
+                           window=self.sliding_window)
 
     def _lora(self, bucket: int) -> LoraContext:
         """The bucket's LoRA context: on the static slot buffer under graphs (the kernels

@@ -132,14 +132,15 @@ def test_adapter_and_base_rows_through_the_graph_buffers_match_peft(lora_suite, 
 
 def _run_emulated(lora_suite, num_requests: int, *, naive: bool) -> dict:
     """tests/engine/run_graphs_emulated.py in a process of its own (the interpreter has to
-    be chosen before Triton is imported): its JSON line."""
+    be chosen before Triton is imported): its JSON line. The step runs as on a GPU, so
+    without the CPU's native kernels (a recording sees aten ops and Triton launches only)."""
     base, adapters = lora_suite
     request = {"base": str(base), "adapters": {n: str(p) for n, p in adapters.items()},
                "num_requests": num_requests, "naive": naive}
     done = subprocess.run(
         [sys.executable, "-m", "tests.engine.run_graphs_emulated", json.dumps(request)],
-        cwd=ROOT, env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True,
-        timeout=300)
+        cwd=ROOT, env={**os.environ, "TRITON_INTERPRET": "1", "LORAFLEET_CPU_NATIVE": "off"},
+        capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
