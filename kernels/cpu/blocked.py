@@ -56,7 +56,15 @@ def blocked_torch(y: torch.Tensor, x: torch.Tensor, buffers: LoraBuffers, *,
         slots = blocks.block_slots
         lora_a, lora_b = lora_a.index_select(0, slots), lora_b.index_select(0, slots)
         gain = gain.index_select(0, slots)
-    x_blocks = x.index_select(0, blocks.source_rows).view(blocks.num_blocks, blocks.block_rows, -1)
+    # Rows already in block order (consecutive, no padding: every row its own slot's, in
+    # slot order) are views of x and y; otherwise they are gathered and scattered back.
+    first = batch.sorted_rows_start if blocks.is_dense else None
+    if first is not None:
+        rows = slice(first, first + blocks.num_padded_rows)
+        x_blocks = x[rows].reshape(blocks.num_blocks, blocks.block_rows, -1)
+    else:
+        x_blocks = x.index_select(0, blocks.source_rows).view(blocks.num_blocks,
+                                                               blocks.block_rows, -1)
     # A_b @ x_b^T, not x_b @ A_b^T: the same products, but MKL's batched matmul streams A
     # at twice the rate this way (one thread, 32 slots of the demo model's q|k|v: 23 GB/s
     # against 11), and reading A is half of what this call costs.
@@ -69,6 +77,9 @@ def blocked_torch(y: torch.Tensor, x: torch.Tensor, buffers: LoraBuffers, *,
     deltas = [torch.bmm(shrunk[:, :, i], lora_b[:, :, columns])
               for i, columns in enumerate(buffers.slice_columns)]
     delta = (deltas[0] if len(deltas) == 1 else torch.cat(deltas, dim=2)).flatten(0, 1)
+    if first is not None:
+        y[rows].add_(delta)
+        return
     if not blocks.is_dense:
         delta = delta.index_select(0, blocks.padded_rows)
     y.index_add_(0, batch.token_order, delta)

@@ -93,7 +93,11 @@ void lf_store_kv(const float *k, int64_t k_stride, const float *v, int64_t v_str
  * block_size, kv_heads, dim] contiguous, tables [seqs, table_stride] block ids, lengths
  * [seqs] keys per sequence; a window > 0 keeps the last `window` keys only. Query head h
  * reads KV head h / (heads / kv_heads). out [seqs, heads, dim] contiguous. Softmax in
- * float32 with the maximum subtracted. */
+ * float32 with the maximum subtracted.
+ *
+ * A work item is one sequence with all its KV heads when there are sequences enough for
+ * every thread (a token's keys, every head's, are one contiguous run), else one
+ * (sequence, KV head) pair. */
 void lf_decode_attention(const float *q, int64_t q_stride, const float *k_cache,
                          const float *v_cache, const int64_t *tables, int64_t table_stride,
                          const int64_t *lengths, int64_t seqs, int64_t heads,
@@ -102,37 +106,42 @@ void lf_decode_attention(const float *q, int64_t q_stride, const float *k_cache,
     const int64_t group = heads / kv_heads;
     const int64_t token_stride = kv_heads * dim;
     const int64_t block_stride = block_size * token_stride;
-    const int64_t items = seqs * kv_heads;
+    const int64_t heads_per_item = seqs >= 2 * (int64_t)num_threads ? kv_heads : 1;
+    const int64_t items_per_seq = kv_heads / heads_per_item;
+    const int64_t items = seqs * items_per_seq;
 #pragma omp parallel for num_threads(num_threads) schedule(dynamic, 1) \
     if (items >= 2 && num_threads > 1)
     for (int64_t item = 0; item < items; ++item) {
-        const int64_t s = item / kv_heads, g = item % kv_heads;
+        const int64_t s = item / items_per_seq;
+        const int64_t g0 = (item % items_per_seq) * heads_per_item;
+        const int64_t rows = heads_per_item * group; /* query heads of this item */
         const int64_t length = lengths[s];
         const int64_t first = (window > 0 && length > window) ? length - window : 0;
         const int64_t keys = length - first;
         const int64_t *table = tables + s * table_stride;
-        const float *queries = q + s * q_stride + g * group * dim;
-        float *result = out + (s * heads + g * group) * dim;
-        float *scores = malloc((size_t)(group * keys) * sizeof(float));
-        if (keys <= 0 || scores == NULL) {
-            memset(result, 0, (size_t)(group * dim) * sizeof(float));
-            free(scores);
-            continue;
-        }
-        for (int64_t j = 0; j < keys; ++j) {
-            const int64_t t = first + j;
-            const float *key = k_cache + table[t / block_size] * block_stride
-                               + (t % block_size) * token_stride + g * dim;
-            for (int64_t h = 0; h < group; ++h) {
-                const float *query = queries + h * dim;
-                float dot = 0.0f;
+        const float *queries = q + s * q_stride + g0 * group * dim;
+        float *result = out + (s * heads + g0 * group) * dim;
+        memset(result, 0, (size_t)(rows * dim) * sizeof(float));
+        float *scores = keys > 0 ? malloc((size_t)(rows * keys) * sizeof(float)) : NULL;
+        if (scores == NULL) continue;
+        for (int64_t b = first / block_size; b * block_size < length; ++b) {
+            const int64_t start = b * block_size > first ? b * block_size : first;
+            const int64_t stop = (b + 1) * block_size < length ? (b + 1) * block_size : length;
+            const float *block = k_cache + table[b] * block_stride + g0 * dim;
+            for (int64_t t = start; t < stop; ++t) {
+                const float *token = block + (t - b * block_size) * token_stride;
+                for (int64_t r = 0; r < rows; ++r) {
+                    const float *key = token + (r / group) * dim;
+                    const float *query = queries + r * dim;
+                    float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
-                for (int64_t i = 0; i < dim; ++i) dot += query[i] * key[i];
-                scores[h * keys + j] = dot * scale;
+                    for (int64_t i = 0; i < dim; ++i) dot += query[i] * key[i];
+                    scores[r * keys + (t - first)] = dot * scale;
+                }
             }
         }
-        for (int64_t h = 0; h < group; ++h) {
-            float *row = scores + h * keys;
+        for (int64_t r = 0; r < rows; ++r) {
+            float *row = scores + r * keys;
             float top = row[0];
             for (int64_t j = 1; j < keys; ++j) top = row[j] > top ? row[j] : top;
             float total = 0.0f;
@@ -142,17 +151,20 @@ void lf_decode_attention(const float *q, int64_t q_stride, const float *k_cache,
             }
             const float inverse = 1.0f / total;
             for (int64_t j = 0; j < keys; ++j) row[j] *= inverse;
-            memset(result + h * dim, 0, (size_t)dim * sizeof(float));
         }
-        for (int64_t j = 0; j < keys; ++j) {
-            const int64_t t = first + j;
-            const float *value = v_cache + table[t / block_size] * block_stride
-                                 + (t % block_size) * token_stride + g * dim;
-            for (int64_t h = 0; h < group; ++h) {
-                const float p = scores[h * keys + j];
-                float *acc = result + h * dim;
+        for (int64_t b = first / block_size; b * block_size < length; ++b) {
+            const int64_t start = b * block_size > first ? b * block_size : first;
+            const int64_t stop = (b + 1) * block_size < length ? (b + 1) * block_size : length;
+            const float *block = v_cache + table[b] * block_stride + g0 * dim;
+            for (int64_t t = start; t < stop; ++t) {
+                const float *token = block + (t - b * block_size) * token_stride;
+                for (int64_t r = 0; r < rows; ++r) {
+                    const float *value = token + (r / group) * dim;
+                    const float p = scores[r * keys + (t - first)];
+                    float *acc = result + r * dim;
 #pragma omp simd
-                for (int64_t i = 0; i < dim; ++i) acc[i] += p * value[i];
+                    for (int64_t i = 0; i < dim; ++i) acc[i] += p * value[i];
+                }
             }
         }
         free(scores);

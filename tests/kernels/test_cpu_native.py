@@ -100,9 +100,11 @@ def _group(tables, lengths, window=None):
 
 @pytest.mark.parametrize("heads,kv_heads", [(4, 2), (6, 2), (2, 2), (8, 1)])
 @pytest.mark.parametrize("window", [None, 5])
+@pytest.mark.parametrize("lengths", [[1, 4, 13, 30, 7], [30], [13, 2]],
+                         ids=["per sequence", "per head of one", "per head of two"])
 def test_decode_attention_reads_the_blocks_in_place_like_gather_and_sdpa(heads, kv_heads,
-                                                                         window):
-    lengths = [1, 4, 13, 30, 7]
+                                                                         window, lengths):
+    """Work split per sequence (5 sequences for 2 threads) or per KV head (fewer)."""
     k_cache, v_cache, tables = _paged(heads + kv_heads, lengths, kv_heads=kv_heads)
     group = _group(tables, lengths, window)
     qkv = torch.randn(len(lengths), heads + 2 * kv_heads, 16)

@@ -99,6 +99,16 @@ def test_slot_blocks_of_any_layout_match(buffers, slots):
         assert blocks.slot_range is None and blocks.block_slots.tolist() == used
 
 
+@pytest.mark.parametrize("slots", [[None, 3, 4, 5, 6, None], [None, 3, 3, 4, 4, 5, 5]])
+def test_rows_already_in_block_order_are_views_not_gathers(buffers, slots):
+    """Consecutive rows, each slot's own, in slot order and none padded (a decode batch
+    whose rows were placed in order): the blocks are views of x and y."""
+    batch = _check(slots, buffers, blocked_torch)
+    blocks = batch.slot_blocks
+    assert blocks.is_dense and batch.sorted_rows_start == 1
+    assert "source_rows" not in blocks.__dict__ and "padded_rows" not in blocks.__dict__
+
+
 def test_a_step_with_no_adapter_rows_has_no_slot_blocks(buffers):
     batch = _check([None, None], buffers, blocked_torch)
     assert batch.slot_blocks is None
