@@ -88,7 +88,9 @@ def paged_attention(
 ) -> torch.Tensor:
     """Stores k, v [tokens, kv_heads, dim] in the cache, then attends q [tokens, heads, dim]."""
     num_kv_heads, head_dim = k.shape[1], k.shape[2]
-    is_native = native.runs(q)
+    # Native: each token's heads side by side (views of the q|k|v output are).
+    is_native = native.runs(q, k, v, k_cache) and q.stride(1) == k.stride(1) == v.stride(1) \
+        == head_dim
     if is_native:
         native.store_kv(k, v, k_cache, v_cache, meta.kv_positions)
     else:

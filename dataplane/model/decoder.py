@@ -31,7 +31,7 @@ from lorafleet.kernels.cpu.linear import can_pack, linear, resolve_cpu_linear
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm computed in float32, as transformers does."""
-    if native.runs(x):  # one pass (torch's rms_norm is 7 ops on a CPU)
+    if x.dim() == 2 and native.runs(x):  # one pass (torch's rms_norm is 7 ops on a CPU)
         return native.add_rms_norm(x, None, weight, eps)
     if x.dtype == torch.float32:  # one op, the same numbers to the bit
         return F.rms_norm(x, weight.shape, weight, eps)
@@ -44,7 +44,7 @@ def add_rms_norm(hidden: torch.Tensor, delta: torch.Tensor | None, weight: torch
                  eps: float) -> torch.Tensor:
     """Adds `delta` to the residual stream `hidden` in place (when given), then returns
     RMSNorm(hidden)."""
-    if native.runs(hidden):
+    if hidden.dim() == 2 and native.runs(hidden, *(() if delta is None else (delta,))):
         return native.add_rms_norm(hidden, delta, weight, eps)
     if delta is not None:
         hidden.add_(delta)

@@ -76,7 +76,7 @@ class RotaryEmbedding:
 def apply_rotary_(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> None:
     """Rotates x [tokens, heads, head_dim] in place (heads may be q's and k's side by side,
     a view into the projection's output); cos, signed_sin from `RotaryEmbedding.cos_sin`."""
-    if native.runs(x) and x.shape[-1] <= native.MAX_ROTARY_DIM:  # one pass, same numbers
+    if native.runs(x) and x.stride(-2) == x.shape[-1] <= native.MAX_ROTARY_DIM:  # one pass
         native.rotary_(x, cos, signed_sin)
         return
     rolled = x.roll(x.shape[-1] // 2, dims=-1)

@@ -15,7 +15,7 @@ The library is compiled once per source and compiler into a cache folder
 loaded with ctypes: no torch headers, no build step at install. Without a C compiler, or
 with LORAFLEET_CPU_NATIVE=off, `library()` is None and every caller keeps its torch ops
 (the same numbers within float32 rounding, slower); the engine logs which it runs.
-Float32 CPU tensors only: `runs(tensor)` says whether a tensor may take this path.
+Float32 CPU tensors only: `runs(*tensors)` says whether they may take this path.
 """
 
 from __future__ import annotations
@@ -85,10 +85,12 @@ def describe() -> str:
     return "native kernels" if library() is not None else "torch ops (no C compiler built them)"
 
 
-def runs(tensor: torch.Tensor) -> bool:
-    """Whether `tensor`'s op may run natively: float32 on the CPU, and the library built."""
-    return tensor.dtype == torch.float32 and tensor.device.type == "cpu" \
-        and library() is not None
+def runs(*tensors: torch.Tensor) -> bool:
+    """Whether an op on these tensors may run natively: each float32 on the CPU with its
+    last dimension contiguous, and the library built. (Each kernel's other layout needs
+    are checked where it is called.)"""
+    return all(t.dtype == torch.float32 and t.device.type == "cpu" and t.stride(-1) == 1
+               for t in tensors) and library() is not None
 
 
 def _compiler() -> str:

@@ -209,3 +209,24 @@ def test_a_wrong_switch_value_is_refused(monkeypatch):
     monkeypatch.setenv(native.ENV_VAR, "maybe")
     with pytest.raises(ValueError, match="LORAFLEET_CPU_NATIVE='maybe'"):
         native.is_enabled()
+
+
+def test_layouts_the_kernels_do_not_read_take_the_torch_ops():
+    """A 3-d RMSNorm input, heads that are not side by side, a strided last dimension:
+    the model's helpers fall back to torch rather than read them wrongly."""
+    from lorafleet.dataplane.model.decoder import add_rms_norm, rms_norm
+
+    torch.manual_seed(3)
+    weight = torch.randn(8)
+    x = torch.randn(2, 3, 8)
+    assert torch.equal(rms_norm(x, weight, 1e-6), F.rms_norm(x, (8,), weight, 1e-6))
+    hidden, delta = torch.randn(4, 8), torch.randn(8, 4).t()  # delta strided along width
+    expected = F.rms_norm(hidden + delta, (8,), weight, 1e-6)
+    assert torch.equal(add_rms_norm(hidden, delta, weight, 1e-6), expected)
+    heads_apart = torch.randn(3, 16, 5).transpose(1, 2)  # [tokens, heads, dim], dim strided
+    cos, sin = torch.randn(3, 1, 16), torch.randn(3, 1, 16)
+    reference = heads_apart.clone()
+    rolled = reference.roll(8, dims=-1).mul_(sin)
+    reference.mul_(cos).add_(rolled)
+    apply_rotary_(heads_apart, cos, sin)
+    assert torch.equal(heads_apart, reference)
