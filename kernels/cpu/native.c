@@ -87,6 +87,13 @@ void lf_store_kv(const float *k, int64_t k_stride, const float *v, int64_t v_str
     }
 }
 
+/* Token t's row (every KV head) of a cache [blocks, block_size, kv_heads * dim] through
+ * its sequence's block table. */
+static inline const float *token_row(const float *cache, const int64_t *table, int64_t t,
+                                     int64_t block_size, int64_t token_stride) {
+    return cache + (table[t / block_size] * block_size + t % block_size) * token_stride;
+}
+
 /* One query per sequence against its paged keys and values, read where they lie.
  *
  * q [seqs, heads, dim] (token stride given; heads contiguous), caches [blocks,
@@ -105,7 +112,6 @@ void lf_decode_attention(const float *q, int64_t q_stride, const float *k_cache,
                          float scale, float *out, int num_threads) {
     const int64_t group = heads / kv_heads;
     const int64_t token_stride = kv_heads * dim;
-    const int64_t block_stride = block_size * token_stride;
     const int64_t heads_per_item = seqs >= 2 * (int64_t)num_threads ? kv_heads : 1;
     const int64_t items_per_seq = kv_heads / heads_per_item;
     const int64_t items = seqs * items_per_seq;
@@ -124,20 +130,15 @@ void lf_decode_attention(const float *q, int64_t q_stride, const float *k_cache,
         memset(result, 0, (size_t)(rows * dim) * sizeof(float));
         float *scores = keys > 0 ? malloc((size_t)(rows * keys) * sizeof(float)) : NULL;
         if (scores == NULL) continue;
-        for (int64_t b = first / block_size; b * block_size < length; ++b) {
-            const int64_t start = b * block_size > first ? b * block_size : first;
-            const int64_t stop = (b + 1) * block_size < length ? (b + 1) * block_size : length;
-            const float *block = k_cache + table[b] * block_stride + g0 * dim;
-            for (int64_t t = start; t < stop; ++t) {
-                const float *token = block + (t - b * block_size) * token_stride;
-                for (int64_t r = 0; r < rows; ++r) {
-                    const float *key = token + (r / group) * dim;
-                    const float *query = queries + r * dim;
-                    float dot = 0.0f;
+        for (int64_t t = first; t < length; ++t) {
+            const float *token = token_row(k_cache, table, t, block_size, token_stride) + g0 * dim;
+            for (int64_t r = 0; r < rows; ++r) {
+                const float *key = token + (r / group) * dim;
+                const float *query = queries + r * dim;
+                float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
-                    for (int64_t i = 0; i < dim; ++i) dot += query[i] * key[i];
-                    scores[r * keys + (t - first)] = dot * scale;
-                }
+                for (int64_t i = 0; i < dim; ++i) dot += query[i] * key[i];
+                scores[r * keys + (t - first)] = dot * scale;
             }
         }
         for (int64_t r = 0; r < rows; ++r) {
@@ -152,19 +153,14 @@ void lf_decode_attention(const float *q, int64_t q_stride, const float *k_cache,
             const float inverse = 1.0f / total;
             for (int64_t j = 0; j < keys; ++j) row[j] *= inverse;
         }
-        for (int64_t b = first / block_size; b * block_size < length; ++b) {
-            const int64_t start = b * block_size > first ? b * block_size : first;
-            const int64_t stop = (b + 1) * block_size < length ? (b + 1) * block_size : length;
-            const float *block = v_cache + table[b] * block_stride + g0 * dim;
-            for (int64_t t = start; t < stop; ++t) {
-                const float *token = block + (t - b * block_size) * token_stride;
-                for (int64_t r = 0; r < rows; ++r) {
-                    const float *value = token + (r / group) * dim;
-                    const float p = scores[r * keys + (t - first)];
-                    float *acc = result + r * dim;
+        for (int64_t t = first; t < length; ++t) {
+            const float *token = token_row(v_cache, table, t, block_size, token_stride) + g0 * dim;
+            for (int64_t r = 0; r < rows; ++r) {
+                const float *value = token + (r / group) * dim;
+                const float p = scores[r * keys + (t - first)];
+                float *acc = result + r * dim;
 #pragma omp simd
-                    for (int64_t i = 0; i < dim; ++i) acc[i] += p * value[i];
-                }
+                for (int64_t i = 0; i < dim; ++i) acc[i] += p * value[i];
             }
         }
         free(scores);
