@@ -125,10 +125,11 @@ def _built_library() -> pathlib.Path:
                          .encode()).hexdigest()[:16]
     folder = _cache_dir()
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError:
         folder = pathlib.Path(tempfile.gettempdir()) / f"lorafleet-native-{os.getuid()}"
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, exist_ok=True)
+    _check_private(folder)
     target = folder / f"lorafleet_cpu_{key}.so"
     if target.exists():
         return target
@@ -141,6 +142,15 @@ def _built_library() -> pathlib.Path:
     os.replace(partial, target)
     log.info("built the CPU native kernels: %s", target)
     return target
+
+
+def _check_private(folder: pathlib.Path) -> None:
+    """The process loads code from `folder`: only its own user may have written there."""
+    status = folder.stat()
+    if status.st_uid != os.getuid() or status.st_mode & 0o022:
+        raise RuntimeError(f"{folder} is not this user's alone (owner uid {status.st_uid}, "
+                           f"mode {status.st_mode & 0o777:o}); the native kernels are not "
+                           f"loaded from it")
 
 
 def _threads() -> int:

@@ -88,6 +88,18 @@ def _paged(seed, lengths, kv_heads=2, dim=16, block_size=4, num_blocks=64):
     return k_cache, v_cache, torch.tensor(tables)
 
 
+def test_a_cache_folder_others_can_write_to_is_refused(tmp_path, monkeypatch):
+    """The worker loads code from the cache: a folder another user could plant a library
+    in (group- or world-writable) is not used."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv(native.CACHE_ENV_VAR, str(shared))
+    with pytest.raises(RuntimeError, match="not this user's alone"):
+        native._built_library()
+    assert list(shared.iterdir()) == []
+
+
 def _group(tables, lengths, window=None):
     lengths = torch.tensor(lengths)
     keys = torch.arange(tables.shape[1] * 4)
