@@ -31,7 +31,7 @@ import tempfile
 
 from benchmarks.results import RESULTS_DIR, append_rows, describe_machine, machine_info
 from benchmarks.serving.checkpoint import SHAPES, ModelShape, write_adapters, write_model
-from benchmarks.serving.references import PeftReference
+from benchmarks.serving.references import PeftReference, on_thread
 from benchmarks.serving.workload import Lengths, Popularity, WorkloadSpec, make_requests
 from benchmarks.vllm_side import protocol, systems, table
 
@@ -114,6 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     machine_info()  # now: the commit of the code that runs, not of the tree at the end
     python = None if args.no_vllm else protocol.find_python(args.vllm_python)
+    # Every torch op of this process (checkpoints, the in-process engine, peft) on one
+    # thread that is not the main one: one OpenMP team, as in the server's engine process.
+    rows, versions = on_thread(_compare_models, args, python)
+    report(rows, args, python, versions, sys.argv[1:] if argv is None else list(argv))
+    return 0
+
+
+def _compare_models(args, python) -> tuple[list[dict], dict]:
     rows, versions = [], {}
     with tempfile.TemporaryDirectory(prefix="lorafleet-vllm-compare-") as scratch:
         for name in args.models:
@@ -121,8 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             model_rows, side_versions = compare_model(name, args, pathlib.Path(scratch), python)
             rows += model_rows
             versions.update(side_versions)
-    report(rows, args, python, versions, sys.argv[1:] if argv is None else list(argv))
-    return 0
+    return rows, versions
 
 
 def compare_model(name: str, args, scratch: pathlib.Path, python) -> tuple[list[dict], dict]:

@@ -145,14 +145,19 @@ class PeftReference:
 
 
 def on_thread(fn, *args):
-    """fn(*args) on a new thread; returns its result or raises its exception.
+    """fn(*args) off the main thread: on a new thread, or where it is called from when
+    that is not the main thread; returns its result or raises its exception.
 
     Why: the server steps its engine on a thread of its own, and on this 2-core machine,
     when other processes compete for the cores, torch ops run from the main thread were
     measured 5-9x slower than from another thread (OpenMP's spinning wait in the main
     thread's team; OMP_WAIT_POLICY=passive removes the gap). Both references run where
-    the server's engine runs, so the ratios compare like with like.
+    the server's engine runs, so the ratios compare like with like. A caller already off
+    the main thread keeps its thread: each thread that runs torch ops holds an OpenMP
+    team, and with two teams libgomp shortens every thread's spin (docs/benchmarks.md).
     """
+    if threading.current_thread() is not threading.main_thread():
+        return fn(*args)
     outcome: list = []
 
     def call() -> None:

@@ -8,11 +8,13 @@ import json
 import os
 import pathlib
 import sys
+import threading
 
 import pytest
 
 from benchmarks import vllm_compare
 from benchmarks.serving.checkpoint import ModelShape
+from benchmarks.serving.references import on_thread
 from benchmarks.vllm_side import protocol, table
 
 SHAPE = ModelShape(64, 2, 4, 2, 128, 384)  # stands in for tiny: seconds, not minutes
@@ -244,3 +246,24 @@ def test_side_script_imports_nothing_of_lorafleet():
     assert set(imports) <= {"json", "platform", "sys", "time", "torch", "vllm",
                             "vllm.inputs", "vllm.lora.request"}, imports
     assert protocol.RESULT_PREFIX in source
+
+
+def test_every_torch_op_of_the_run_is_on_one_thread_that_is_not_the_main_one(monkeypatch,
+                                                                             tmp_path):
+    """Checkpoints, the in-process engine and its runs share one thread, not the main one:
+    a second thread running torch ops holds a second OpenMP team, and libgomp then cuts
+    every thread's spin, which read the engine column at one row 21 tokens/s against the
+    server's 29 (30 and 30 after)."""
+    seen = []
+
+    def compare_model(name, args, scratch, python):
+        seen.append(threading.current_thread())
+        on_thread(lambda: seen.append(threading.current_thread()))
+        return [], {}
+
+    monkeypatch.setattr(vllm_compare, "compare_model", compare_model)
+    monkeypatch.setattr(vllm_compare, "report", lambda *args: None)
+    vllm_compare.main(["--models", "tiny", "--no-vllm", "--no-peft",
+                       "--results-dir", str(tmp_path)])
+    assert len(seen) == 2
+    assert seen[0] is not threading.main_thread() and seen[1] is seen[0]
