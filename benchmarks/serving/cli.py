@@ -30,6 +30,7 @@ from benchmarks.serving import (
 )
 from benchmarks.serving.checkpoint import SHAPES
 from benchmarks.serving.context import Context
+from benchmarks.serving.references import on_thread
 from benchmarks.serving.transports import TRANSPORTS
 from benchmarks.serving.worker_process import WorkerStartError
 from benchmarks.serving.workload import parse_lengths
@@ -160,6 +161,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _run_presets(args, context: Context) -> None:
+    for name in args.preset:
+        print(f"\n== serving: {name} ==", flush=True)
+        SCENARIOS[name](context)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the presets; prints tables; writes JSON lines and plots. Exit status 0, or 1
     when a worker could not start."""
@@ -171,9 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="lorafleet-serving-") as scratch:
         context = Context(args, pathlib.Path(scratch))
         try:
-            for name in args.preset:
-                print(f"\n== serving: {name} ==", flush=True)
-                SCENARIOS[name](context)
+            # Every torch op of this process (checkpoints, the in-process engine, peft) on
+            # one thread that is not the main one: one OpenMP team, as in the server's
+            # engine process (references.on_thread says why).
+            on_thread(_run_presets, args, context)
         except WorkerStartError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

@@ -129,3 +129,24 @@ def test_engine_reference_times_one_request_to_its_first_token(checkpoint):
         assert not engine.engine.has_unfinished()  # each ran to its end
     finally:
         engine.close()
+
+
+def test_presets_run_on_one_thread_that_is_not_the_main_one(monkeypatch, tmp_path):
+    """Checkpoints, the in-process engine and its runs share one thread, not the main one:
+    a second thread running torch ops would hold a second OpenMP team, which cuts every
+    thread's spin and slows the engine column (see test_vllm_compare's twin)."""
+    import threading
+
+    from benchmarks.serving import cli
+    from benchmarks.serving.references import on_thread
+
+    seen = []
+
+    def preset(context):
+        seen.append(threading.current_thread())
+        on_thread(lambda: seen.append(threading.current_thread()))
+
+    monkeypatch.setitem(cli.SCENARIOS, "adapters", preset)
+    assert main(["--preset", "adapters", "--results-dir", str(tmp_path), "--no-plots"]) == 0
+    assert len(seen) == 2
+    assert seen[0] is not threading.main_thread() and seen[1] is seen[0]
