@@ -58,9 +58,9 @@ def blocked_torch(y: torch.Tensor, x: torch.Tensor, buffers: LoraBuffers, *,
         gain = gain.index_select(0, slots)
     # Rows already in block order (consecutive, no padding: every row its own slot's, in
     # slot order) are views of x and y; otherwise they are gathered and scattered back.
-    first = batch.sorted_rows_start if blocks.is_dense else None
-    if first is not None:
-        rows = slice(first, first + blocks.num_padded_rows)
+    row_start = batch.sorted_rows_start if blocks.is_dense else None
+    if row_start is not None:
+        rows = slice(row_start, row_start + blocks.num_padded_rows)
         x_blocks = x[rows].reshape(blocks.num_blocks, blocks.block_rows, -1)
     else:
         x_blocks = x.index_select(0, blocks.source_rows).view(blocks.num_blocks,
@@ -77,7 +77,7 @@ def blocked_torch(y: torch.Tensor, x: torch.Tensor, buffers: LoraBuffers, *,
     deltas = [torch.bmm(shrunk[:, :, i], lora_b[:, :, columns])
               for i, columns in enumerate(buffers.slice_columns)]
     delta = (deltas[0] if len(deltas) == 1 else torch.cat(deltas, dim=2)).flatten(0, 1)
-    if first is not None:
+    if row_start is not None:
         y[rows].add_(delta)
         return
     if not blocks.is_dense:
